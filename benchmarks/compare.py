@@ -5,9 +5,11 @@ equal rollout NFE, over several seeds.
                                  [--presets shapes_flowgrpo ...] [--output outputs/compare] [--write-readme]
                                  [key=value ...]
 
-Every run trains one preset from the same base model on local Ray until its budget is spent (training
-wall time, evaluations excluded; or cumulative rollout NFE: G2RPO spends ~7x Flow-GRPO's per prompt),
-evaluating every `--eval-every` iterations and at the end. Writes results.json, a figure with accuracy
+Every run trains one preset from the same base model on local Ray until both budgets are spent
+(training wall time, evaluations excluded; and cumulative rollout NFE: G2RPO spends ~7x Flow-GRPO's
+per prompt). It evaluates at the iteration where each budget is first crossed (that is the preset's
+result at that budget), every `--eval-every` iterations, and at the end. The base model is evaluated
+once and shared (fixed eval seeds: it does not depend on the preset or the seed). Writes results.json, a figure with accuracy
 against wall time and against NFE, and a Markdown table; `--write-readme` puts the table and the
 command into README's results section (between its markers), so the README numbers are never typed
 by hand.
@@ -23,6 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import numpy as np  # noqa: E402
@@ -31,54 +34,86 @@ from cluster.config import REPO_ROOT, load_config  # noqa: E402
 
 PRESETS = ["shapes_flowgrpo", "shapes_flowgrpo_fast", "shapes_dancegrpo", "shapes_mixgrpo", "shapes_g2rpo"]
 BEGIN, END = "<!-- BEGIN COMPARE RESULTS -->", "<!-- END COMPARE RESULTS -->"
+BUDGET_KEYS = {"wall": "charts/wall_seconds", "nfe": "charts/nfe_total"}
+TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
-def run_one(preset: str, seed: int, budget: str, limit: float, args, out: Path) -> dict:
-    """Train `preset` until `budget` ('wall' seconds or 'nfe') reaches `limit`; return its curve."""
+def crossing(rows: list[dict], key: str, limit: float) -> int | None:
+    """Index of the first iteration whose cumulative `key` reached `limit` (None: never)."""
+    return next((i for i, r in enumerate(rows) if r[key] >= limit), None)
+
+
+def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, base: dict | None) -> dict:
+    """Train `preset` until both budgets are spent (training wall seconds and rollout NFE), evaluating
+    at the iteration each budget is first crossed; the accuracy there is the preset's result at that
+    budget. One run serves both budgets: a budget is crossed within one iteration of its limit.
+    `base`: the base model's evaluation when an earlier run already made it (it does not depend on
+    the preset's RL settings or seed: fixed eval seeds, same model)."""
     from cluster.plots import read_metrics
     from cluster.trainer import Trainer
 
-    run_dir = out / f"{preset}-{budget}-seed{seed}"
+    run_dir = out / f"{preset}-seed{seed}"
     cfg = load_config(REPO_ROOT / "configs" / f"{preset}.yaml", [
         f"seed={seed}", f"logging.output_dir={run_dir}", f"logging.eval_every={args.eval_every}",
-        "logging.eval_base=true", "logging.tensorboard=false", "logging.checkpoint_every=0",
-        f"iterations={args.max_iterations}", *args.overrides,
+        f"logging.eval_base={str(base is None).lower()}", "logging.tensorboard=false",
+        "logging.checkpoint_every=0", f"iterations={args.max_iterations}", *args.overrides,
     ])  # fmt: skip
-    key = "charts/wall_seconds" if budget == "wall" else "charts/nfe_total"
+    crossed: set[str] = set()
+
+    def budget_crossed(m: dict) -> bool:
+        new = {b for b, limit in limits.items() if b not in crossed and m[BUDGET_KEYS[b]] >= limit}
+        crossed.update(new)
+        return bool(new)
+
     trainer = Trainer(cfg)
     try:
         trainer.setup()
-        final = trainer.run(stop=lambda m: m[key] >= limit)
+        final = trainer.run(stop=lambda m: all(m[BUDGET_KEYS[b]] >= lim for b, lim in limits.items()),
+                            evaluate_when=budget_crossed)
     finally:
         trainer.shutdown()
     rows = read_metrics(run_dir / "metrics.jsonl")
-    base = json.loads((run_dir / "eval_base.json").read_text())
+    if base is None:
+        base = json.loads((run_dir / "eval_base.json").read_text())
     points = [(0.0, 0.0, base.get("overall", float("nan")))]
     points += [(r["charts/wall_seconds"], r["charts/nfe_total"], r["eval/overall"]) for r in rows if "eval/overall" in r]
     points.append((rows[-1]["charts/wall_seconds"], rows[-1]["charts/nfe_total"], final.summary.get("overall", float("nan"))))
-    return {"preset": preset, "seed": seed, "budget": budget, "iterations": len(rows), "final": final.summary,
-            "base": base, "curve": points}
+    at = {}
+    for budget, limit in limits.items():
+        i = crossing(rows, BUDGET_KEYS[budget], limit)
+        capped = i is None or i == len(rows) - 1
+        summary = final.summary if capped else {k[5:]: v for k, v in rows[i].items() if k.startswith("eval/")}
+        row = rows[-1] if i is None else rows[i]
+        at[budget] = {"iterations": len(rows) if i is None else i + 1, "summary": summary, "reached": i is not None,
+                      "wall_s": row["charts/wall_seconds"], "nfe": row["charts/nfe_total"]}
+    return {"preset": preset, "seed": seed, "iterations": len(rows), "final": final.summary, "base": base,
+            "curve": points, "at": at}
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| preset | budget | seeds | iterations | NFE | train s | base | final overall (mean ± std) |",
-             "|---|---|---|---|---|---|---|---|"]
+    """One row per preset and budget: where each run stood when the budget was spent (mean over seeds)."""
+    tags = [t for t in TAGS if any(t in r["base"] for r in results)]
+    lines = ["| preset | budget | seeds | iterations | NFE | train s | base | overall (mean ± std) | "
+             + " | ".join(tags) + " |", "|---" * (8 + len(tags)) + "|"]
     for preset in dict.fromkeys(r["preset"] for r in results):
+        rs = [r for r in results if r["preset"] == preset]
         for budget in ("wall", "nfe"):
-            rs = [r for r in results if r["preset"] == preset and r["budget"] == budget]
-            if not rs:
+            at = [r["at"][budget] for r in rs if budget in r["at"]]
+            if not at:
                 continue
-            final = np.array([r["final"].get("overall", np.nan) for r in rs])
+            overall = np.array([a["summary"].get("overall", np.nan) for a in at])
+            short = "" if all(a["reached"] for a in at) else " (cap hit first)"
+            per_tag = " | ".join(f"{np.mean([a['summary'].get(t, np.nan) for a in at]):.2f}" for t in tags)
             lines.append(
-                f"| {preset} | {budget} | {len(rs)} | {np.mean([r['iterations'] for r in rs]):.0f} "
-                f"| {np.mean([r['curve'][-1][1] for r in rs]):.0f} | {np.mean([r['curve'][-1][0] for r in rs]):.0f} "
+                f"| {preset} | {budget}{short} | {len(at)} | {np.mean([a['iterations'] for a in at]):.0f} "
+                f"| {np.mean([a['nfe'] for a in at]):.0f} | {np.mean([a['wall_s'] for a in at]):.0f} "
                 f"| {np.mean([r['base'].get('overall', np.nan) for r in rs]):.3f} "
-                f"| {final.mean():.3f} ± {final.std():.3f} |"
+                f"| {overall.mean():.3f} ± {overall.std():.3f} | {per_tag} |"
             )
     return "\n".join(lines)
 
 
-def figure(results: list[dict], path: Path) -> None:
+def figure(results: list[dict], limits: dict[str, float], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,12 +122,13 @@ def figure(results: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     for ax, budget, x, label in ((axes[0], "wall", 0, "training wall time (s)"), (axes[1], "nfe", 1, "rollout NFE")):
         for i, preset in enumerate(dict.fromkeys(r["preset"] for r in results)):
-            for j, r in enumerate(r for r in results if r["preset"] == preset and r["budget"] == budget):
+            for j, r in enumerate(r for r in results if r["preset"] == preset):
                 pts = np.array(r["curve"])
                 ax.plot(pts[:, x], pts[:, 2], "o-", color=f"C{i}", alpha=0.8, label=preset if j == 0 else None)
+        ax.axvline(limits[budget], color="k", ls="--", lw=0.8)
         ax.set_xlabel(label)
         ax.set_ylabel("shapes-GenEval overall")
-        ax.set_title(f"equal {'wall-clock' if budget == 'wall' else 'NFE'} budget")
+        ax.set_title(f"equal {'wall-clock' if budget == 'wall' else 'NFE'} budget (dashed)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -101,15 +137,10 @@ def figure(results: list[dict], path: Path) -> None:
 
 
 def write_readme(markdown: str, command: str, figure_path: Path) -> None:
-    readme = REPO_ROOT / "README.md"
-    text = readme.read_text()
-    if BEGIN not in text:
-        raise SystemExit(f"README.md has no {BEGIN} marker")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    from readme_section import replace_between
+
     rel = os.path.relpath(figure_path, REPO_ROOT)
-    body = f"Generated by `{command}`.\n\n{markdown}\n\n![accuracy vs budget]({rel})\n"
-    readme.write_text(f"{head}{BEGIN}\n{body}{END}{tail}")
+    replace_between(BEGIN, END, f"Generated by `{command}`.\n\n{markdown}\n\n![accuracy vs budget]({rel})\n")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -129,19 +160,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 4), include_dashboard=False, log_to_driver=False)
-    results = []
+    results, base = [], None
+    limits = {"wall": 60 * args.minutes, "nfe": args.nfe}
     try:
         for preset in args.presets:
             for seed in args.seeds:
-                for budget, limit in (("wall", 60 * args.minutes), ("nfe", args.nfe)):
-                    print(f"[compare] {preset} seed {seed} budget {budget}={limit:g}", flush=True)
-                    results.append(run_one(preset, seed, budget, limit, args, out))
+                print(f"[compare] {preset} seed {seed} until wall {limits['wall']:g} s and NFE {limits['nfe']:g}",
+                      flush=True)
+                results.append(run_one(preset, seed, limits, args, out, base))
+                base = results[-1]["base"]
+                print(f"[compare] {preset} seed {seed}: " + ", ".join(
+                    f"{b} {a['summary'].get('overall', float('nan')):.3f}" for b, a in results[-1]["at"].items()),
+                    flush=True)
     finally:
         ray.shutdown()
     (out / "results.json").write_text(json.dumps(results, indent=2))
     markdown = table(results)
     (out / "results.md").write_text(markdown + "\n")
-    figure(results, out / "compare.png")
+    figure(results, limits, out / "compare.png")
     print(markdown)
     if args.write_readme:
         command = "python benchmarks/compare.py " + shlex.join(argv if argv is not None else sys.argv[1:])

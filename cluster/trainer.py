@@ -233,12 +233,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def train(self, stop: Callable[[dict], bool] | None = None) -> dict:
+    def train(self, stop: Callable[[dict], bool] | None = None,
+              evaluate_when: Callable[[dict], bool] | None = None) -> dict:
         """Run the remaining iterations (or until `stop(metrics)` is true after an iteration: budgets).
+        Evaluates every `logging.eval_every` iterations and after any iteration where
+        `evaluate_when(metrics)` is true (benchmarks evaluate where a budget is crossed).
         If anything but a learner rank fails, the iterations already completed are checkpointed before
         the error propagates, so `--resume` loses nothing."""
         try:
-            return self._train(stop)
+            return self._train(stop, evaluate_when)
         except LearnerRankError:
             raise
         except BaseException:
@@ -247,7 +250,7 @@ class Trainer:
                 self.checkpoint()
             raise
 
-    def _train(self, stop: Callable[[dict], bool] | None) -> dict:
+    def _train(self, stop: Callable[[dict], bool] | None, evaluate_when: Callable[[dict], bool] | None) -> dict:
         cfg, last = self.cfg, {}
         start_it = self.iteration
         wall_start, eval_seconds = time.perf_counter(), 0.0
@@ -280,7 +283,11 @@ class Trainer:
             }  # fmt: skip
             self.nfe_total += sum(s.result.rollout.nfe for s in scored)
             metrics["charts/nfe_total"] = float(self.nfe_total)
-            if cfg.logging.eval_every and (it + 1) % cfg.logging.eval_every == 0 and it + 1 < cfg.iterations:
+            stopping = stop is not None and stop(metrics) and it + 1 < cfg.iterations
+            periodic = cfg.logging.eval_every and (it + 1) % cfg.logging.eval_every == 0
+            wanted = periodic or (evaluate_when is not None and evaluate_when(metrics))
+            # The last iteration (or the one a budget stops at) is evaluated by run(), not twice.
+            if wanted and it + 1 < cfg.iterations and not stopping:
                 t_eval = time.perf_counter()
                 summary = self.evaluate(name=f"eval_iter{it + 1:06d}").summary
                 eval_seconds += time.perf_counter() - t_eval
@@ -293,18 +300,19 @@ class Trainer:
             if (every and (it + 1) % every == 0) or it + 1 == cfg.iterations:
                 self.checkpoint()
             last = metrics
-            if stop is not None and stop(metrics) and it + 1 < cfg.iterations:
+            if stopping:
                 if self._last_checkpoint != self.iteration:
                     self.checkpoint()
                 break
         return last
 
-    def run(self, stop: Callable[[dict], bool] | None = None) -> Evaluation:
+    def run(self, stop: Callable[[dict], bool] | None = None,
+            evaluate_when: Callable[[dict], bool] | None = None) -> Evaluation:
         """The whole job: evaluate the base policy (unless resuming), train, evaluate, and draw the
         reward/accuracy curve and the before/after grid into the output dir."""
         out = Path(self.cfg.logging.output_dir)
         base = self.evaluate(name="eval_base") if self.cfg.logging.eval_base and self.iteration == 0 else None
-        self.train(stop)
+        self.train(stop, evaluate_when)
         final = self.evaluate()
         plot_curves(out / "metrics.jsonl", out / "curves.png", base=base.summary if base else None,
                     final=final.summary)

@@ -45,7 +45,13 @@ class ModelConfig(_Section):
     resolution: int = Field(32, ge=8, description="Image height and width in pixels.")
     guidance_scale: float = Field(4.5, ge=0.0, description="Classifier-free guidance scale (1 disables CFG).")
     negative_prompt: str = Field("", description="Negative prompt for CFG.")
-    max_sequence_length: int = Field(77, ge=1, description="T5 sequence length for prompt encoding.")
+    max_sequence_length: int = Field(
+        0,
+        ge=0,
+        description="T5 sequence length for prompt encoding. 0 only for an SD3 pipeline without T5 (the "
+        "shapes model): SD3 otherwise pads the prompt with this many zero tokens, which the transformer "
+        "attends to at a cost and which must match what the model was trained with.",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings.")
     gradient_checkpointing: bool = Field(False, description="Enable gradient checkpointing on the transformer.")
 

@@ -117,9 +117,16 @@ def load_pipeline(cfg: ModelConfig):
         index = cls.load_config(location)
         # Components saved as null (a T5-less SD3 has text_encoder_3 = None) must be passed explicitly.
         absent = {name: None for name, spec in index.items() if not name.startswith("_") and spec == [None, None]}
-        return cls.from_pretrained(location, dtype=_DTYPES[cfg.dtype], **absent)
+        pipe = cls.from_pretrained(location, dtype=_DTYPES[cfg.dtype], **absent)
     except OSError as err:
         raise ModelFolderError(f"could not load {cls.__name__} from {location!r}: {err}") from err
+    t5 = pipe.text_encoder_2 if cfg.family == "flux" else pipe.text_encoder_3
+    if cfg.max_sequence_length == 0 and t5 is not None:
+        raise ValueError(
+            f"model.max_sequence_length is 0 but {location} has a T5 text encoder; set it to the T5 length "
+            "the model expects (SD3.5: 128 in Flow-GRPO, FLUX.1: 512)"
+        )
+    return pipe
 
 
 # ----------------------------------------------------------------------------- prompt embeddings

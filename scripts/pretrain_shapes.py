@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-from build_tiny_sd3 import ARCH, build_pipeline, load_tiny_pipeline, param_counts  # noqa: E402
+from build_tiny_sd3 import ARCH, MODEL_MAX_LENGTH, build_pipeline, load_tiny_pipeline, param_counts  # noqa: E402
 from diffusers import AutoencoderKL, StableDiffusion3Pipeline  # noqa: E402
 
 from rewards.shapes import all_records, render, sample_scene, underspecified_caption  # noqa: E402
@@ -233,6 +233,10 @@ def phase_decoder(work: Path, args) -> None:
         with torch.no_grad():
             posterior = vae.encode(x).latent_dist
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+            # Generated latents are near, not on, the encoder's manifold: decoding slightly perturbed
+            # latents to the clean render teaches the decoder to snap them to hard-edged shapes.
+            level = args.decoder_noise * torch.rand(z.shape[0], 1, 1, 1, generator=gen) / vae.config.scaling_factor
+            z = z + level * torch.randn(z.shape, generator=gen)
         loss = F.l1_loss(vae.decode(z).sample, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -336,6 +340,22 @@ def phase_dit(work: Path, args) -> None:
                 tensors.update(flat_state(name, m))
                 tensors.update({f"ema.{name}.{k}": v for k, v in ema[name].items()})
             save_checkpoint(work / "dit_ckpt", tensors, {"step": step, "elapsed_s": time.time() - started})
+            if args.eval_every and step % args.eval_every == 0:
+                quick_eval(work, args, step)
+
+
+def quick_eval(work: Path, args, step: int) -> None:
+    """Progress check on the EMA weights just checkpointed: 2 images per test prompt, 20 ODE steps.
+    Cheaper than the card's evaluation and only a guide to when the base model is in its target range."""
+    from rollout.config import ModelConfig
+    from rollout.policy import Policy
+
+    snapshot = work / "snapshot"
+    phase_export(work, snapshot, quiet=True)
+    policy = Policy.from_config(ModelConfig(path=str(snapshot)))
+    t0 = time.time()
+    _, acc = evaluate(policy, read_records(args.eval_prompts), 2, args.seed, num_steps=20)
+    log(f"quick eval at step {step} ({time.time() - t0:.0f} s): " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()))
 
 
 @torch.no_grad()
@@ -360,7 +380,7 @@ def strip_local_paths(folder: Path) -> None:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def phase_export(work: Path, out: Path) -> None:
+def phase_export(work: Path, out: Path, quiet: bool = False) -> None:
     pipe = load_training_pipeline(work)
     pipe.vae = AutoencoderKL.from_pretrained(work / "vae_decoder")
     tensors, state = load_checkpoint(work / "dit_ckpt")
@@ -374,6 +394,8 @@ def phase_export(work: Path, out: Path) -> None:
     summary = {"vae_steps": vae_state["step"], "vae_wall_s": vae_state["elapsed_s"],
                "decoder_steps": decoder_state["step"], "decoder_wall_s": decoder_state["elapsed_s"],
                "dit_steps": state["step"], "dit_wall_s": state["elapsed_s"]}
+    if quiet:
+        return
     (work / "training_summary.json").write_text(json.dumps(summary))
     log(f"exported EMA pipeline after {state['step']} steps to {out}")
 
@@ -403,13 +425,13 @@ def generate(policy, prompts: list[str], seed: int, num_steps: int = 40, chunk: 
     return torch.cat(images)
 
 
-def evaluate(policy, records: list[dict], per_prompt: int, seed: int):
+def evaluate(policy, records: list[dict], per_prompt: int, seed: int, num_steps: int = 40):
     """GenEval protocol on the shapes world: `per_prompt` images per record, official verdicts per tag."""
     from rewards.geneval_rules import accuracy
     from rewards.shapes import score_image
 
     expanded = [r for r in records for _ in range(per_prompt)]
-    images = generate(policy, [r["prompt"] for r in expanded], seed)
+    images = generate(policy, [r["prompt"] for r in expanded], seed, num_steps)
     verdicts = [score_image(img.numpy(), r).correct for img, r in zip(images, expanded, strict=True)]
     return images, accuracy([r["tag"] for r in expanded], verdicts)
 
@@ -517,8 +539,8 @@ SD3.5-Medium on a GPU cluster. It is deliberately imperfect (like SD3.5-M at 0.6
 | transformer | SD3Transformer2DModel | {tr['num_layers']} joint blocks, width {width} ({tr['num_attention_heads']} heads x {tr['attention_head_dim']}), patch {tr['patch_size']} over {latent}x{latent}x{vae['latent_channels']} latents (64 tokens) | {counts['transformer']:,} |
 | vae | AutoencoderKL | {ARCH['resolution']} px <-> {latent}x{latent}x{vae['latent_channels']} (4x), blocks {vae['block_out_channels']}, shift/scale set from the trained latents | {counts['vae']:,} |
 | text_encoder, text_encoder_2 | CLIPTextModelWithProjection | {clip['num_hidden_layers']} layers, width {clip['hidden_size']}, projection {clip['projection_dim']} | {counts['text_encoder']:,} each |
-| tokenizer, tokenizer_2 | CLIPTokenizer | byte-level BPE ({ARCH['vocab_size']} merges budget) trained on the world's captions, model_max_length 77 | - |
-| text_encoder_3 | none | SD3 pads with zeros of length `model.max_sequence_length` (77) | - |
+| tokenizer, tokenizer_2 | CLIPTokenizer | byte-level BPE ({ARCH['vocab_size']} merges budget) trained on the world's captions, model_max_length {MODEL_MAX_LENGTH} | - |
+| text_encoder_3 | none | `model.max_sequence_length` 0: no T5 zero padding, 80 tokens per joint attention | - |
 | scheduler | FlowMatchEulerDiscreteScheduler | shift 3 | - |
 
 Why latent and not pixels: a patch-4 pixel model drew 4x4 colour blocks after 15 minutes on 2 cores and
@@ -593,13 +615,16 @@ def parse_args(argv=None):
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-4)
     p.add_argument("--decoder-steps", type=int, default=900)
+    p.add_argument("--decoder-noise", type=float, default=0.15,
+                   help="Max std of the noise added to decoder-phase latents, in units of the latent std.")
     p.add_argument("--steps", type=int, default=1400)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--max-sequence-length", type=int, default=77, help="T5 zero-padding length (model.max_sequence_length).")
+    p.add_argument("--max-sequence-length", type=int, default=0, help="T5 zero-padding length (model.max_sequence_length).")
     p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=500, help="Quick eval of the EMA weights every N dit steps (0: never).")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--eval-prompts", default=str(REPO_ROOT / "assets" / "prompts" / "shapes_test.jsonl"))
     p.add_argument("--eval-images-per-prompt", type=int, default=4)

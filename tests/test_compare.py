@@ -1,4 +1,4 @@
-"""benchmarks/compare.py smoke: every shapes preset for one iteration per budget, on the tiny model."""
+"""benchmarks/compare.py smoke: every shapes preset for two iterations on the tiny model."""
 
 from __future__ import annotations
 
@@ -17,18 +17,35 @@ def test_compare_runs_every_preset_and_writes_table_and_figure(tiny_sd3_path, tm
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
     results = compare.main([
-        "--seeds", "0", "--max-iterations", "1", "--minutes", "0.01", "--nfe", "1", "--eval-every", "1",
+        "--seeds", "0", "--max-iterations", "2", "--minutes", "1000", "--nfe", "1", "--eval-every", "0",
         "--output", str(tmp_path),
         f"model.path={tiny_sd3_path}", "model.guidance_scale=2.0", "sampling.num_steps=6", "sampling.eval_num_steps=3",
         "sampling.window_range=[0,3]", "sampling.group_size=4", "data.images_per_iteration=8",
         "data.eval_num_prompts=2", "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5",
     ])  # fmt: skip
-    assert sorted({(r["preset"], r["budget"]) for r in results}) == sorted(
-        (p, b) for p in compare.PRESETS for b in ("wall", "nfe"))
+    assert [r["preset"] for r in results] == compare.PRESETS  # one run per preset serves both budgets
+    for r in results:
+        assert set(r["at"]) == {"wall", "nfe"}
+        for at in r["at"].values():
+            assert 0.0 <= at["summary"]["overall"] <= 1.0
+        # the NFE budget is crossed by iteration 1 and evaluated there; the wall budget never is (cap)
+        assert r["at"]["nfe"]["iterations"] == 1 and r["at"]["nfe"]["reached"]
+        assert r["iterations"] == 2 and not r["at"]["wall"]["reached"]
+        assert len(r["curve"]) == 3  # base, the NFE crossing, the final evaluation
     g2rpo = next(r for r in results if r["preset"] == "shapes_g2rpo")
     flow = next(r for r in results if r["preset"] == "shapes_flowgrpo")
     assert g2rpo["curve"][-1][1] > flow["curve"][-1][1]  # G2RPO spends more NFE per iteration
+    assert all(r["base"] == results[0]["base"] for r in results)  # evaluated once, shared
     assert (tmp_path / "compare.png").stat().st_size > 1000
     table = (tmp_path / "results.md").read_text()
     assert all(p in table for p in compare.PRESETS)
-    assert len(json.loads((tmp_path / "results.json").read_text())) == 10
+    assert len(json.loads((tmp_path / "results.json").read_text())) == 5
+
+
+def test_budget_crossing_index():
+    spec = importlib.util.spec_from_file_location("compare", REPO_ROOT / "benchmarks" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    rows = [{"charts/nfe_total": v} for v in (100.0, 250.0, 400.0)]
+    assert compare.crossing(rows, "charts/nfe_total", 250) == 1
+    assert compare.crossing(rows, "charts/nfe_total", 401) is None
