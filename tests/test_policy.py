@@ -171,6 +171,11 @@ def test_flux_runs_through_the_same_wrapper(flux_path):
     assert source.decode(x).shape == (2, 16, 16, 3)
 
 
+def test_zero_sequence_length_is_refused_for_a_pipeline_with_t5(flux_path):
+    with pytest.raises(ValueError, match="model.max_sequence_length is 0"):
+        _policy(flux_path, family="flux", resolution=16, max_sequence_length=0)
+
+
 def test_missing_folder_names_what_was_expected(tmp_path):
     with pytest.raises(ModelFolderError, match="model_index.json"):
         Policy.from_config(ModelConfig(path=str(tmp_path / "no-such-model")))
