@@ -12,11 +12,8 @@ it attaches to that cluster unchanged. `eval` runs in this process (no Ray neede
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,39 +51,6 @@ def _load(args) -> object:
     return load_config(args.config, overrides)
 
 
-def _init_ray(cfg, address: str | None) -> None:
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    c = cfg.cluster
-    if c.include_dashboard and c.dashboard_host not in LOOPBACK:
-        print(f"[flowray] WARNING: the Ray dashboard will listen on {c.dashboard_host}; it can run arbitrary code. "
-              "Keep it on a trusted network (see README, 'Security').", flush=True)
-    ray.init(
-        address="local",
-        num_cpus=max(os.cpu_count() or 1, _cpu_demand(cfg)),
-        include_dashboard=c.include_dashboard,
-        dashboard_host=c.dashboard_host,
-        log_to_driver=True,
-    )
-
-
-def _cpu_demand(cfg) -> int:
-    """Logical CPUs the run reserves (a local Ray is sized to fit it even on a 2-core laptop)."""
-    import math
-
-    c = cfg.cluster
-    rollout = 0.0 if c.colocate else c.num_rollout_actors * c.rollout_num_cpus
-    learner = c.num_learner_ranks * c.learner_num_cpus
-    if c.colocate:
-        learner += c.num_learner_ranks * math.ceil(c.num_rollout_actors / c.num_learner_ranks) * c.rollout_num_cpus
-    rewards = sum(s.actors * s.num_cpus_per_actor for s in cfg.rewards.scorers)
-    return math.ceil(rollout + learner + rewards)
-
-
 def train(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     cfg = _load(args)
@@ -101,9 +65,10 @@ def train(argv: list[str]) -> int:
         return 0 if report.ok else 1
     import ray
 
+    from cluster.ray_init import init_ray
     from cluster.trainer import Trainer
 
-    _init_ray(cfg, args.address)
+    init_ray(cfg, args.address)
     out = Path(cfg.logging.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(_yaml(cfg))

@@ -159,7 +159,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 4), include_dashboard=False, log_to_driver=False)
+    from cluster.ray_init import cpu_demand
+
+    configs = [load_config(REPO_ROOT / "configs" / f"{p}.yaml", args.overrides) for p in args.presets]
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, *map(cpu_demand, configs)), include_dashboard=False,
+             log_to_driver=False)
     results, base = [], None
     limits = {"wall": 60 * args.minutes, "nfe": args.nfe}
     try:

@@ -75,19 +75,24 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
 
+    import ray
+
     from cluster.plots import read_metrics
+    from cluster.ray_init import init_ray
     from cluster.trainer import Trainer
 
     out = Path(args.output)
     cfg = load_config(args.config, [*args.overrides, f"logging.output_dir={out}",
                                     f"logging.eval_every={args.eval_every}", "logging.eval_base=true"])
     t0 = time.perf_counter()
+    init_ray(cfg, log_to_driver=False)
     trainer = Trainer(cfg)
     try:
         trainer.setup()
         final = trainer.run().summary
     finally:
         trainer.shutdown()
+        ray.shutdown()
     job_s = time.perf_counter() - t0
     base = json.loads((out / "eval_base.json").read_text())
     rows = read_metrics(out / "metrics.jsonl")

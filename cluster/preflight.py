@@ -297,7 +297,9 @@ def detect_resources() -> tuple[dict[str, float], str]:
     return local_resources(), "this machine"
 
 
-def _check_resources(cfg: ExperimentConfig, report: PreflightReport, resources: dict, local: bool) -> None:
+def check_resources(cfg: ExperimentConfig, report: PreflightReport, resources: dict, local: bool) -> None:
+    """Add a cluster.cpus and a cluster.gpus check: the run's demand against `resources` (a local Ray
+    short of CPUs is only a warning: cluster/ray_init.py sizes it to fit)."""
     demand = resource_demand(cfg)
     for resource in ("CPU", "GPU"):
         need = sum(part[resource] for part in demand.values())
@@ -307,7 +309,7 @@ def _check_resources(cfg: ExperimentConfig, report: PreflightReport, resources: 
         if need <= have + 1e-9:
             report.add(key, "ok", f"needs {need:g} {resource}(s) of {have:g} on {report.resources_source}")
         elif resource == "CPU" and local:
-            # launch.py sizes a local Ray to the demand, so actors share the cores (slower, still correct).
+            # cluster/ray_init.py sizes a local Ray to the demand, so actors share the cores (slower, still correct).
             report.add(key, "warn", f"needs {need:g} CPUs ({detail}) but {report.resources_source} has {have:g}: "
                        "a local Ray is sized to fit, so the actors share the cores")
         else:
@@ -333,7 +335,7 @@ def preflight(cfg: ExperimentConfig, *, cluster_resources: dict | None = None) -
     steps: list[Callable[[ExperimentConfig, PreflightReport], None]] = [_check_prompts, _check_model, _check_scorers]
     for step in steps:
         step(cfg, report)
-    _check_resources(cfg, report, cluster_resources, local)
+    check_resources(cfg, report, cluster_resources, local)
     return report
 
 

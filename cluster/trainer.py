@@ -30,6 +30,7 @@ from cluster.evaluation import Evaluation, evaluate
 from cluster.metrics import MetricsLogger, progress_line
 from cluster.placement import create_placement
 from cluster.plots import before_after_grid, plot_curves
+from cluster.ray_init import require_fit
 from cluster.weight_sync import WeightSync
 from learner.advantages import grpo_advantages, zero_std_mask
 from learner.worker import TrainGroup
@@ -133,6 +134,7 @@ class Trainer:
 
     def setup(self) -> None:
         c = self.cfg.cluster
+        require_fit(self.cfg)  # fail now, naming the keys, rather than wait forever for unplaceable actors
         self.placement = create_placement(c)
         self.learners = learner_actors(self.cfg, self.placement)
         master = ray.get(self.learners[0].rendezvous.remote())

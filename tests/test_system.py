@@ -79,3 +79,16 @@ def test_async_run_logs_staleness_and_writes_outputs(local_ray, tiny_sd3_path, t
         assert (tmp_path / picture).stat().st_size > 1000, picture
     assert 0.0 <= summary["rewards"]["shapes_quality"]["mean"] <= 1.0
     assert (tmp_path / "checkpoints" / "iter_000003" / "trainable.safetensors").is_file()
+
+
+def test_a_run_the_cluster_cannot_hold_fails_fast_naming_the_keys(local_ray, tiny_sd3_path, tmp_path):
+    from cluster.ray_init import InsufficientResources
+
+    total = ray.cluster_resources()["CPU"]
+    cfg = _config(tiny_sd3_path, tmp_path, **{"cluster.num_rollout_actors": int(total) + 1,
+                                              "cluster.rollout_num_cpus": 1.0})
+    trainer = Trainer(cfg)
+    with pytest.raises(InsufficientResources, match=r"cluster.num_rollout_actors \(\d+\) x cluster.rollout_num_cpus"):
+        trainer.setup()  # raised before any placement group or actor was created
+    assert not any(pg["state"] != "REMOVED" and pg["name"] == "flowray"
+                   for pg in ray.util.placement_group_table().values())

@@ -1,0 +1,58 @@
+"""benchmarks/main_job.py: the report's arithmetic, and a smoke run of the whole job on the tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from cluster.config import REPO_ROOT
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("main_job", REPO_ROOT / "benchmarks" / "main_job.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.unit
+def test_time_to_a_level_is_the_first_evaluation_reaching_it():
+    main_job = _module()
+    points = [(0.0, 0.40), (100.0, 0.55), (200.0, 0.91), (300.0, 0.88)]
+    assert main_job.first_reaching(points, 0.90) == 200.0
+    assert main_job.first_reaching(points, 0.65) == 200.0
+    assert main_job.first_reaching(points, 0.95) is None
+
+
+@pytest.mark.unit
+def test_report_lists_each_category_the_gain_and_the_quality_watch():
+    main_job = _module()
+    base = {"single_object": 0.5, "overall": 0.40, "num_prompts": 2, "images_per_prompt": 1,
+            "rewards": {"shapes_quality": {"mean": 0.98}}}
+    final = {"single_object": 1.0, "overall": 0.70, "num_prompts": 2, "images_per_prompt": 1,
+             "rewards": {"shapes_quality": {"mean": 0.90}}}
+    text = main_job.report(base, final, [(0.0, 0.40), (60.0, 0.70)], 0.90, 5, 90.0, 40)
+    assert "| single_object | 0.500 | 1.000 | +0.500 |" in text
+    assert "| **overall** | 0.400 | 0.700 | +0.300 |" in text
+    assert "| 0.980 | 0.900 | -0.080 |" in text  # the watch shows a drop in cleanliness
+    assert "to overall >= 0.90: not reached" in text and "to base + 0.25 = 0.65: 1.0 min" in text
+
+
+@pytest.mark.system
+def test_main_job_smoke_writes_every_output(tiny_sd3_path, tmp_path):
+    main_job = _module()
+    result = main_job.main([
+        "--eval-every", "1", "--output", str(tmp_path),
+        f"model.path={tiny_sd3_path}", "model.guidance_scale=2.0", "sampling.num_steps=3", "sampling.eval_num_steps=3",
+        "sampling.group_size=4", "data.images_per_iteration=8", "data.eval_num_prompts=2",
+        "data.eval_images_per_prompt=1", "iterations=2", "logging.tensorboard=false",
+        "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5",
+    ])  # fmt: skip
+    assert result["iterations"] == 2 and len(result["points"]) == 3  # base, iteration 1, final
+    for name in ("eval_base.json", "eval.json", "metrics.jsonl", "curves.png", "before_after.png", "main_job.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "main_job.json").read_text())
+    assert saved["final"]["overall"] == result["final"]["overall"]
+    assert "shapes_quality" in saved["final"]["rewards"]  # the default preset's watch is evaluated
