@@ -22,8 +22,10 @@ class LoraSettings(_Section):
     rank: int = Field(32, ge=1, description="LoRA rank r.")
     alpha: float = Field(64.0, gt=0, description="LoRA alpha (scale = alpha / rank).")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
-        description="Module names (peft target_modules) that get adapters.",
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"],
+        description="Module names (peft target_modules) that get adapters. The default is Flow-GRPO's SD3 list: "
+        "the image stream's attention (to_*) and the text stream's (add_*, to_add_out), through which "
+        "the prompt steers composition.",
     )
     init: Literal["gaussian", "default"] = Field(
         "gaussian", description="peft init_lora_weights: 'gaussian' (Flow-GRPO) or peft's default."

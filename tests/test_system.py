@@ -24,7 +24,8 @@ def _config(tiny_sd3_path, tmp_path, **over):
         "data.images_per_iteration=8", "data.eval_num_prompts=2", "iterations=2",
         "rewards.scorers=[{name: shapes_quality}]", "learner.zero_stage=2", "learner.learning_rate=1e-2",
         "learner.micro_batch_size=8", "cluster.num_learner_ranks=2", "cluster.num_rollout_actors=1",
-        "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5", "logging.tensorboard=false",
+        "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5", "cluster.async_mode=false",
+        "logging.tensorboard=false",
         f"logging.output_dir={tmp_path}",
     ]
     return load_config(None, overrides + [f"{k}={v}" for k, v in over.items()])
