@@ -48,7 +48,7 @@ def test_shapes_presets_share_task_model_and_budget_with_the_default(name):
     assert (cfg.iterations, cfg.seed, cfg.rewards.scorers) == (base.iterations, base.seed, base.rewards.scorers)
     assert (cfg.sampling.group_size, cfg.sampling.num_steps) == (8, 10)
     budget = ("learning_rate", "optimizer_steps_per_iteration", "micro_batch_size")
-    assert [getattr(cfg.learner, k) for k in budget] == [getattr(base.learner, k) for k in budget] == [2e-3, 4, 32]
+    assert [getattr(cfg.learner, k) for k in budget] == [getattr(base.learner, k) for k in budget] == [3e-4, 4, 32]
 
 
 def test_shapes_presets_carry_each_algorithms_sampling():
