@@ -23,8 +23,7 @@ def cpu_demand(cfg: ExperimentConfig) -> int:
     return math.ceil(sum(part["CPU"] for part in resource_demand(cfg).values()) - 1e-9)
 
 
-def init_ray(cfg: ExperimentConfig, address: str | None = None, *, log_to_driver: bool = True,
-             num_cpus: int | None = None) -> None:
+def init_ray(cfg: ExperimentConfig, address: str | None = None, *, log_to_driver: bool = True) -> None:
     """`ray.init` for a run of `cfg`: connect to `address` (or RAY_ADDRESS), else start a local Ray
     (dashboard on loopback unless `cluster.dashboard_host` says otherwise, with a warning)."""
     import ray
@@ -39,7 +38,7 @@ def init_ray(cfg: ExperimentConfig, address: str | None = None, *, log_to_driver
               "Keep it on a trusted network (see README, 'Security').", flush=True)
     ray.init(
         address="local",
-        num_cpus=num_cpus or max(os.cpu_count() or 1, cpu_demand(cfg)),
+        num_cpus=max(os.cpu_count() or 1, cpu_demand(cfg)),
         include_dashboard=c.include_dashboard,
         dashboard_host=c.dashboard_host,
         log_to_driver=log_to_driver,
