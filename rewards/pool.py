@@ -10,8 +10,10 @@ images as soon as they are sampled (`submit` returns a handle at once) and gathe
 Guarantees:
 - Actors are named `reward-<scorer>-<i>` and restart (Ray's max_restarts) when they die.
 - A request lost to an actor death is resubmitted exactly once, under the same request id, to the
-  same actor handle (Ray queues it until the restarted actor is up). Results are stored by request
-  id and each id is accepted once, so no score is ever counted twice.
+  same actor handle, after that actor answers a ping again (a call made while Ray is still restarting
+  it fails at once with ActorUnavailableError; such a call is not a second loss and is retried once the
+  actor is back). Results are stored by request id and each id is accepted once, so no score is ever
+  counted twice.
 - Each request has `timeout_s` from the moment its actor could start it (its predecessors on that
   actor done); past it, gather raises RewardTimeoutError naming the scorer, and the hung actor is
   killed so Ray restarts it.
@@ -40,6 +42,7 @@ from rewards.config import RewardsConfig, ScorerConfig
 from rewards.worker import RewardWorker, ScoreResponse
 
 _ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
+_MAX_UNAVAILABLE = 20  # refusals of one request by a restarting actor before we call it lost
 LATENCY_BOUNDARIES_S = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0]
 
 
@@ -93,6 +96,7 @@ class _Request:
     attempts: int = 0
     submitted_at: float = 0.0
     started_at: float | None = None  # when its actor could start it (head of that actor's queue)
+    unavailable: int = 0  # calls refused while the actor was restarting
 
 
 @dataclass
@@ -218,13 +222,26 @@ class ScorerPool:
         """Read a finished request; True when it has its answer, False when it was resubmitted."""
         try:
             response: ScoreResponse = ray.get(request.ref)
+        except ActorUnavailableError as err:
+            # The actor is restarting (Ray's answer for calls queued on a killed actor, and for calls made
+            # before the restart finished): the call did not complete. Resubmit, without counting it as
+            # a second death of the request.
+            self.metrics.failures.inc(tags={"scorer": self.scorer, "kind": "actor_unavailable"})
+            request.attempts -= 1
+            self.resubmitted_total += 1
+            if request.unavailable >= _MAX_UNAVAILABLE:
+                raise RewardActorError(self.scorer, f"actor reward-{self.scorer}-{request.actor} stayed unavailable "
+                                       f"through {_MAX_UNAVAILABLE} retries of request {request.request_id}: {err}") from err
+            request.unavailable += 1
+            self._redispatch_when_back(request)
+            return False
         except _ACTOR_LOST as err:
             self.metrics.failures.inc(tags={"scorer": self.scorer, "kind": "actor_lost"})
             if request.attempts >= 2:
                 raise RewardActorError(self.scorer, f"actor reward-{self.scorer}-{request.actor} lost request "
                                        f"{request.request_id} twice: {err}") from err
             self.resubmitted_total += 1
-            self._dispatch(request)  # same id, same actor handle: Ray holds it until the restart is done
+            self._redispatch_when_back(request)
             return False
         self.metrics.latency.observe(time.monotonic() - request.submitted_at, tags={"scorer": self.scorer})
         if response.error is not None:
@@ -235,6 +252,29 @@ class ScorerPool:
         else:
             self._done[request.request_id] = response
         return True
+
+    def _redispatch_when_back(self, request: _Request) -> None:
+        """Wait (up to timeout_s) until the request's actor answers a ping, then send the request again
+        under the same id. Calls made during a restart are refused outright, so dispatching blindly would
+        burn the one resubmission on the restart itself."""
+        actor = self.actors[request.actor]
+        deadline = time.monotonic() + self.config.timeout_s
+        while True:
+            try:
+                ray.get(actor.ping.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                break
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise RewardActorError(self.scorer, f"actor reward-{self.scorer}-{request.actor} did not come "
+                                           f"back within timeout_s={self.config.timeout_s:g}") from None
+                time.sleep(0.1)
+            except ray.exceptions.GetTimeoutError:
+                raise RewardActorError(self.scorer, f"actor reward-{self.scorer}-{request.actor} did not answer a "
+                                       f"ping within timeout_s={self.config.timeout_s:g} after a restart") from None
+            except RayActorError as err:
+                raise RewardActorError(self.scorer, f"actor reward-{self.scorer}-{request.actor} did not restart "
+                                       f"(max_restarts={self.config.max_restarts}): {err}") from err
+        self._dispatch(request)
 
     def _on_timeout(self, request: _Request) -> None:
         self.metrics.failures.inc(tags={"scorer": self.scorer, "kind": "timeout"})
