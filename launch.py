@@ -72,15 +72,13 @@ def train(argv: list[str]) -> int:
     out = Path(cfg.logging.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(_yaml(cfg))
-    trainer = Trainer(cfg, resume=args.resume)
+    print(f"[flowray] {cfg.name}: {cfg.iterations} iterations of {cfg.sampling.strategy}, "
+          f"{cfg.prompts_per_iteration} prompts x {cfg.sampling.group_size} images, output {out}", flush=True)
     try:
-        print(f"[flowray] {cfg.name}: {cfg.iterations} iterations of {cfg.sampling.strategy}, "
-              f"{cfg.prompts_per_iteration} prompts x {cfg.sampling.group_size} images, output {out}", flush=True)
-        trainer.setup()
-        final = trainer.run()
+        with Trainer(cfg, resume=args.resume) as trainer:
+            final = trainer.run()
         print(f"[flowray] eval: {_brief(final.summary)} -> {out / 'eval.json'}; curves.png, before_after.png", flush=True)
     finally:
-        trainer.shutdown()
         ray.shutdown()
     return 0
 

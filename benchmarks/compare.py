@@ -65,13 +65,9 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, b
         crossed.update(new)
         return bool(new)
 
-    trainer = Trainer(cfg)
-    try:
-        trainer.setup()
+    with Trainer(cfg) as trainer:
         final = trainer.run(stop=lambda m: all(m[BUDGET_KEYS[b]] >= lim for b, lim in limits.items()),
                             evaluate_when=budget_crossed)
-    finally:
-        trainer.shutdown()
     rows = read_metrics(run_dir / "metrics.jsonl")
     if base is None:
         base = json.loads((run_dir / "eval_base.json").read_text())
@@ -159,11 +155,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    from cluster.ray_init import cpu_demand
+    from cluster.ray_init import cpu_demand, start_local_ray
 
     configs = [load_config(REPO_ROOT / "configs" / f"{p}.yaml", args.overrides) for p in args.presets]
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, *map(cpu_demand, configs)), include_dashboard=False,
-             log_to_driver=False)
+    start_local_ray(max(map(cpu_demand, configs)), log_to_driver=False)
     results, base = [], None
     limits = {"wall": 60 * args.minutes, "nfe": args.nfe}
     try:

@@ -86,12 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
                                     f"logging.eval_every={args.eval_every}", "logging.eval_base=true"])
     t0 = time.perf_counter()
     init_ray(cfg, log_to_driver=False)
-    trainer = Trainer(cfg)
     try:
-        trainer.setup()
-        final = trainer.run().summary
+        with Trainer(cfg) as trainer:
+            final = trainer.run().summary
     finally:
-        trainer.shutdown()
         ray.shutdown()
     job_s = time.perf_counter() - t0
     base = json.loads((out / "eval_base.json").read_text())

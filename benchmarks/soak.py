@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import ray  # noqa: E402
 
+from cluster.ray_init import start_local_ray  # noqa: E402
 from rewards.config import RewardsConfig, ScorerConfig  # noqa: E402
 from rewards.pool import RewardPools  # noqa: E402
 from rewards.shapes.world import all_records, render, sample_scene  # noqa: E402
@@ -44,10 +45,9 @@ def main() -> None:
     images = np.stack([render(sample_scene(r, rng)) for r in picks])
     prompts = [r["prompt"] for r in picks]
 
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, args.actors + 1), include_dashboard=False,
-             log_to_driver=False)
     cfg = RewardsConfig(scorers=[ScorerConfig(name="shapes_geneval", actors=args.actors,
                                               batch_size_per_request=args.batch)])
+    start_local_ray(sum(s.actors * s.num_cpus_per_actor for s in cfg.scorers), log_to_driver=False)
     pools = RewardPools(cfg)
     pool = pools.pools["shapes_geneval"]
     pids = {i: ray.get(a.ping.remote()) for i, a in enumerate(pool.actors)}

@@ -88,21 +88,20 @@ def single_process(args) -> dict:
 def ray_system(args, *, async_mode: bool, backend: str = "object_store") -> dict:
     import ray
 
+    from cluster.ray_init import cpu_demand, start_local_ray
     from cluster.trainer import Trainer
 
     out = tempfile.mkdtemp(prefix="flowray-bench-")
     cfg = _cfg(args, **{"cluster.async_mode": str(async_mode).lower(), "cluster.sync_backend": backend,
                         "logging.output_dir": out, "logging.checkpoint_every": 10**6})
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 4), include_dashboard=False, log_to_driver=False)
-    trainer = Trainer(cfg)
+    start_local_ray(cpu_demand(cfg), log_to_driver=False)
     try:
-        trainer.setup()
-        start = time.perf_counter()
-        trainer.train()
-        total = time.perf_counter() - start
-        syncs = [trainer.sync()["time/sync"] for _ in range(5)]
+        with Trainer(cfg) as trainer:
+            start = time.perf_counter()
+            trainer.train()
+            total = time.perf_counter() - start
+            syncs = [trainer.sync()["time/sync"] for _ in range(5)]
     finally:
-        trainer.shutdown()
         ray.shutdown()
     lines = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     steps = [m["time/step"] for m in lines[1:]]

@@ -37,6 +37,12 @@ class DataConfig(_Section):
     images_per_iteration: int = Field(
         64, ge=2, description="Global images sampled per iteration (prompts per iteration x sampling.group_size)."
     )
+    prompt_order: Literal["epochs", "tag_balanced"] = Field(
+        "epochs",
+        description="Which training prompts an iteration samples. 'epochs': seeded permutations of the whole file. "
+        "'tag_balanced': tags take turns (each record needs a 'tag'), each tag walking its own permutations, so a "
+        "task with few prompts is trained as often as one with many (the evaluation averages over tags).",
+    )
     eval_num_prompts: int | None = Field(None, ge=1, description="Evaluate on the first N test prompts (None: all).")
     eval_images_per_prompt: int = Field(1, ge=1, description="Images per test prompt at evaluation.")
 

@@ -112,6 +112,10 @@ def _check_prompts(cfg: ExperimentConfig, report: PreflightReport) -> None:
             report.add(f"data.{key}", "error", f"{value!r} does not load: {err}")
             continue
         problems = _fit_scorers(records, names, path)
+        if key == "train_prompts" and cfg.data.prompt_order == "tag_balanced":
+            untagged = [i for i, r in enumerate(records, start=1) if not isinstance(r.get("tag"), str)]
+            if untagged:
+                problems.append(f"records {untagged[:5]} have no 'tag', which data.prompt_order='tag_balanced' needs")
         if problems:
             report.add(f"data.{key}", "error", "; ".join(problems))
             continue

@@ -33,14 +33,24 @@ def init_ray(cfg: ExperimentConfig, address: str | None = None, *, log_to_driver
         ray.init(address=address, log_to_driver=log_to_driver)
         return
     c = cfg.cluster
-    if c.include_dashboard and c.dashboard_host not in LOOPBACK:
-        print(f"[flowray] WARNING: the Ray dashboard will listen on {c.dashboard_host}; it can run arbitrary code. "
+    start_local_ray(cpu_demand(cfg), include_dashboard=c.include_dashboard, dashboard_host=c.dashboard_host,
+                    log_to_driver=log_to_driver)
+
+
+def start_local_ray(cpus_needed: float, *, include_dashboard: bool = False, dashboard_host: str = "127.0.0.1",
+                    log_to_driver: bool = True) -> None:
+    """A single-node Ray with max(this machine's cores, cpus_needed) logical CPUs. The benchmarks call
+    this directly (dashboard off); runs go through `init_ray`."""
+    import ray
+
+    if include_dashboard and dashboard_host not in LOOPBACK:
+        print(f"[flowray] WARNING: the Ray dashboard will listen on {dashboard_host}; it can run arbitrary code. "
               "Keep it on a trusted network (see README, 'Security').", flush=True)
     ray.init(
         address="local",
-        num_cpus=max(os.cpu_count() or 1, cpu_demand(cfg)),
-        include_dashboard=c.include_dashboard,
-        dashboard_host=c.dashboard_host,
+        num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed - 1e-9)),
+        include_dashboard=include_dashboard,
+        dashboard_host=dashboard_host,
         log_to_driver=log_to_driver,
     )
 

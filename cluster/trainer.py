@@ -14,7 +14,8 @@ actor restart is identical and is counted once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,33 @@ def prompts_for_iteration(num_prompts: int, per_iteration: int, seed: int, itera
     return out
 
 
+def tag_balanced_prompts_for_iteration(tags: Sequence[str], per_iteration: int, seed: int, iteration: int) -> list[int]:
+    """Prompt indices of an iteration when tags take turns: slot p of the run goes to tag p mod T (tags
+    in sorted order), and each tag walks seeded permutations of its own prompts. A pure function of
+    (tags, seed, iteration), so a resumed run samples what the uninterrupted one would have."""
+    by_tag: dict[str, list[int]] = defaultdict(list)
+    for i, tag in enumerate(tags):
+        by_tag[tag].append(i)
+    names = sorted(by_tag)
+    out = []
+    for pos in range(iteration * per_iteration, (iteration + 1) * per_iteration):
+        round_, t = divmod(pos, len(names))
+        members = by_tag[names[t]]
+        epoch, offset = divmod(round_, len(members))
+        gen = torch.Generator().manual_seed(derive_seed(seed, "data", names[t], epoch))
+        out.append(members[int(torch.randperm(len(members), generator=gen)[offset])])
+    return out
+
+
+def prompt_tags(records: Sequence[dict], path: str) -> list[str]:
+    """Each record's `tag`, for data.prompt_order='tag_balanced'; names the first record without one."""
+    for line, record in enumerate(records, start=1):
+        if not isinstance(record.get("tag"), str):
+            raise ValueError(f"{path}: record {line} has no 'tag', which data.prompt_order='tag_balanced' needs "
+                             f"(prompt {record.get('prompt')!r})")
+    return [r["tag"] for r in records]
+
+
 def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[list[TrainGroup], dict]:
     """Advantages over the whole iteration at once (so `global` std sees every image); images with a
     masked reward are left out of their group, and samples left with no valid image are not trained."""
@@ -124,6 +152,7 @@ class Trainer:
         self.cfg = cfg
         self.resume = resume
         self.prompts = load_prompts(resolve(cfg.data.train_prompts))
+        self.tags = prompt_tags(self.prompts, cfg.data.train_prompts) if cfg.data.prompt_order == "tag_balanced" else None
         self.iteration = 0  # iterations completed
         self._last_checkpoint = -1  # iteration of the newest checkpoint written by this process
         self.nfe_total = 0  # rollout velocity evaluations so far (this process)
@@ -160,7 +189,20 @@ class Trainer:
         self.iteration, self.version = int(state["iteration"]), int(versions[0])
         print(f"[flowray] resumed from {ckpt} (iteration {self.iteration}, policy version {self.version})")
 
+    def __enter__(self) -> Trainer:
+        """`with Trainer(cfg) as trainer:` sets up, and shuts down on the way out, also when setup fails."""
+        try:
+            self.setup()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
     def shutdown(self) -> None:
+        """Kill this run's actors and free its placement group; safe after a partial setup."""
         if self.logger is not None:
             self.logger.close()
         if hasattr(self, "rewards"):
@@ -173,7 +215,11 @@ class Trainer:
     # ------------------------------------------------------------------ the five stages
 
     def requests(self, iteration: int) -> list[GroupRequest]:
-        idx = prompts_for_iteration(len(self.prompts), self.cfg.prompts_per_iteration, self.cfg.seed, iteration)
+        n, seed = self.cfg.prompts_per_iteration, self.cfg.seed
+        if self.tags is None:
+            idx = prompts_for_iteration(len(self.prompts), n, seed, iteration)
+        else:
+            idx = tag_balanced_prompts_for_iteration(self.tags, n, seed, iteration)
         return [
             GroupRequest(g, self.prompts[i]["prompt"], self.prompts[i], derive_seed(self.cfg.seed, "group", iteration, g), iteration)
             for g, i in enumerate(idx)

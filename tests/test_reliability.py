@@ -24,9 +24,7 @@ def _single_rank(tiny_sd3_path, out, **over):
 
 def test_rollout_actor_killed_mid_iteration_groups_counted_once(local_ray, tiny_sd3_path, tmp_path):
     cfg = _single_rank(tiny_sd3_path, tmp_path, iterations=2)
-    trainer = Trainer(cfg)
-    try:
-        trainer.setup()
+    with Trainer(cfg) as trainer:
         pid = ray.get(trainer.rollouts[0].pid.remote())
         pending = trainer.submit_rollout(0)
         os.kill(pid, signal.SIGKILL)
@@ -36,33 +34,23 @@ def test_rollout_actor_killed_mid_iteration_groups_counted_once(local_ray, tiny_
         assert ray.get(trainer.rollouts[0].get_version.remote()) == trainer.version  # it got the weights back
         trainer.iteration = 0
         trainer.train()
-    finally:
-        trainer.shutdown()
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [sorted(m["groups"]) for m in lines] == [[0, 1], [0, 1]]
 
 
 def test_learner_death_names_the_rank(local_ray, tiny_sd3_path, tmp_path):
     cfg = _single_rank(tiny_sd3_path, tmp_path)
-    trainer = Trainer(cfg)
-    try:
-        trainer.setup()
+    with Trainer(cfg) as trainer:
         os.kill(ray.get(trainer.learners[0].pid.remote()), signal.SIGKILL)
         with pytest.raises(LearnerRankError, match=r"learner-0.*--resume"):
             trainer.train()
-    finally:
-        trainer.shutdown()
 
 
 def test_resume_is_bit_identical(local_ray, tiny_sd3_path, tmp_path):
     def run(out, iterations, resume=False):
-        trainer = Trainer(_single_rank(tiny_sd3_path, out, iterations=iterations, **{"logging.checkpoint_every": 2}),
-                          resume=resume)
-        try:
-            trainer.setup()
+        cfg = _single_rank(tiny_sd3_path, out, iterations=iterations, **{"logging.checkpoint_every": 2})
+        with Trainer(cfg, resume=resume) as trainer:
             trainer.train()
-        finally:
-            trainer.shutdown()
 
     run(tmp_path / "straight", 4)
     run(tmp_path / "stopped", 2)
@@ -80,9 +68,7 @@ def test_resume_is_bit_identical(local_ray, tiny_sd3_path, tmp_path):
 
 def test_a_failing_reward_checkpoints_completed_iterations_first(local_ray, tiny_sd3_path, tmp_path):
     cfg = _single_rank(tiny_sd3_path, tmp_path, iterations=3, **{"logging.checkpoint_every": 0})
-    trainer = Trainer(cfg)
-    try:
-        trainer.setup()
+    with Trainer(cfg) as trainer:
         calls = {"n": 0}
         real = trainer.reward
 
@@ -95,7 +81,5 @@ def test_a_failing_reward_checkpoints_completed_iterations_first(local_ray, tiny
         trainer.reward = flaky
         with pytest.raises(RuntimeError, match="unreachable"):
             trainer.train()
-    finally:
-        trainer.shutdown()
     latest = checkpoints.latest_checkpoint(tmp_path)
     assert latest is not None and checkpoints.read_state(latest)["iteration"] == 1

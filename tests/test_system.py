@@ -39,9 +39,7 @@ def _digest(actor, method="weights"):
 @pytest.mark.parametrize("backend", ["object_store", "collective"])
 def test_two_iterations_sync_bit_exact(local_ray, tiny_sd3_path, tmp_path, backend):
     cfg = _config(tiny_sd3_path, tmp_path, **{"cluster.sync_backend": backend})
-    trainer = Trainer(cfg)
-    try:
-        trainer.setup()
+    with Trainer(cfg) as trainer:
         before = _digest(trainer.learners[0], "export_weights")
         assert _digest(trainer.rollouts[0]) == before  # setup's first sync: version 0 everywhere
         for it in range(2):
@@ -56,19 +54,13 @@ def test_two_iterations_sync_bit_exact(local_ray, tiny_sd3_path, tmp_path, backe
             # every rank holds the same weights (data-parallel)
             assert _digest(trainer.learners[1], "export_weights") == learner_digest
         assert learner_digest != before
-    finally:
-        trainer.shutdown()
 
 
 def test_async_run_logs_staleness_and_writes_outputs(local_ray, tiny_sd3_path, tmp_path):
     cfg = _config(tiny_sd3_path, tmp_path, **{"cluster.async_mode": "true", "iterations": 3,
                                                "learner.ema_decay": 0.5, "logging.eval_every": 2})
-    trainer = Trainer(cfg)
-    try:
-        trainer.setup()
+    with Trainer(cfg) as trainer:
         summary = trainer.run().summary
-    finally:
-        trainer.shutdown()
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in lines] == [0, 1, 2]
     assert lines[0]["learner/staleness_max"] == 0.0

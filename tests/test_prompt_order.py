@@ -1,0 +1,58 @@
+"""Which training prompts an iteration samples (data.prompt_order)."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+
+from cluster.config import REPO_ROOT, load_config
+from cluster.preflight import preflight
+from cluster.trainer import prompt_tags, prompts_for_iteration, tag_balanced_prompts_for_iteration
+
+TRAIN = REPO_ROOT / "assets" / "prompts" / "shapes_train.jsonl"
+
+
+def _tags() -> list[str]:
+    return [json.loads(line)["tag"] for line in TRAIN.read_text().splitlines() if line.strip()]
+
+
+def test_tag_balanced_gives_every_tag_equal_turns_and_walks_each_tags_prompts():
+    tags = _tags()
+    counts = collections.Counter(tags)
+    assert counts["color_attr"] > 20 * counts["single_object"]  # the file itself is far from balanced
+    seen = collections.Counter()
+    picked: dict[str, list[int]] = collections.defaultdict(list)
+    for it in range(12):
+        for i in tag_balanced_prompts_for_iteration(tags, 8, seed=0, iteration=it):
+            seen[tags[i]] += 1
+            picked[tags[i]].append(i)
+    assert max(seen.values()) - min(seen.values()) <= 1  # 96 slots over 6 tags: 16 each
+    # within a tag, one pass visits each of its prompts once before any repeats
+    position = picked["position"][: counts["position"]]
+    assert sorted(position) == sorted(i for i, t in enumerate(tags) if t == "position")
+
+
+def test_tag_balanced_is_a_pure_function_of_seed_and_iteration():
+    tags = _tags()
+    a = [tag_balanced_prompts_for_iteration(tags, 8, 3, it) for it in range(5)]
+    b = [tag_balanced_prompts_for_iteration(tags, 8, 3, it) for it in range(5)]
+    assert a == b
+    assert a != [tag_balanced_prompts_for_iteration(tags, 8, 4, it) for it in range(5)]
+    assert a[0] != prompts_for_iteration(len(tags), 8, 3, 0)
+
+
+def test_untagged_records_are_named_at_load_and_in_preflight(tmp_path):
+    records = [json.loads(x) for x in TRAIN.read_text().splitlines()[:8]]
+    del records[2]["tag"]
+    with pytest.raises(ValueError, match=r"record 3 has no 'tag'.*tag_balanced"):
+        prompt_tags(records, "train.jsonl")
+    path = tmp_path / "train.txt"  # plain prompts carry no tags
+    path.write_text("a photo of a circle\na photo of a square\n")
+    cfg = load_config(None, [f"data.train_prompts={path}", "data.prompt_order=tag_balanced",
+                             "rewards.scorers=[{name: shapes_quality}]"])
+    errors = {c.key: c.message for c in preflight(cfg, cluster_resources={"CPU": 64}).errors}
+    assert "records [1, 2] have no 'tag'" in errors["data.train_prompts"]
+    ok = load_config(None, [f"data.train_prompts={path}", "rewards.scorers=[{name: shapes_quality}]"])
+    assert "data.train_prompts" not in {c.key for c in preflight(ok, cluster_resources={"CPU": 64}).errors}
