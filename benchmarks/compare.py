@@ -49,7 +49,7 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, b
     budget. One run serves both budgets: a budget is crossed within one iteration of its limit.
     `base`: the base model's evaluation when an earlier run already made it (it does not depend on
     the preset's RL settings or seed: fixed eval seeds, same model)."""
-    from cluster.plots import read_metrics
+    from cluster.plots import eval_points, read_metrics
     from cluster.trainer import Trainer
 
     run_dir = out / f"{preset}-seed{seed}"
@@ -71,9 +71,8 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, b
     rows = read_metrics(run_dir / "metrics.jsonl")
     if base is None:
         base = json.loads((run_dir / "eval_base.json").read_text())
-    points = [(0.0, 0.0, base.get("overall", float("nan")))]
-    points += [(r["charts/wall_seconds"], r["charts/nfe_total"], r["eval/overall"]) for r in rows if "eval/overall" in r]
-    points.append((rows[-1]["charts/wall_seconds"], rows[-1]["charts/nfe_total"], final.summary.get("overall", float("nan"))))
+    points = eval_points(rows, base.get("overall", float("nan")), final.summary.get("overall", float("nan")),
+                         x_keys=("charts/wall_seconds", "charts/nfe_total"))
     at = {}
     for budget, limit in limits.items():
         i = crossing(rows, BUDGET_KEYS[budget], limit)

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
 
-    from cluster.plots import read_metrics
+    from cluster.plots import eval_points, read_metrics
     from cluster.ray_init import init_ray
     from cluster.trainer import Trainer
 
@@ -94,9 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     job_s = time.perf_counter() - t0
     base = json.loads((out / "eval_base.json").read_text())
     rows = read_metrics(out / "metrics.jsonl")
-    points = [(0.0, base["overall"])]
-    points += [(r["charts/wall_seconds"], r["eval/overall"]) for r in rows if "eval/overall" in r]
-    points.append((rows[-1]["charts/wall_seconds"], final["overall"]))
+    points = eval_points(rows, base["overall"], final["overall"])
     text = report(base, final, points, args.target, len(rows), job_s, cfg.sampling.eval_num_steps)
     print(text, flush=True)
     result = {"base": base, "final": final, "points": points, "iterations": len(rows), "job_s": job_s,

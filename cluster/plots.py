@@ -14,6 +14,16 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def eval_points(rows: list[dict], base_overall: float, final_overall: float,
+                x_keys: tuple[str, ...] = ("charts/wall_seconds",)) -> list[tuple[float, ...]]:
+    """A run's accuracy curve as (x..., overall) points: the base policy at x = 0, each periodic
+    evaluation logged in metrics.jsonl, and the final evaluation at the last iteration's x."""
+    points = [(*(0.0 for _ in x_keys), base_overall)]
+    points += [(*(r[k] for k in x_keys), r["eval/overall"]) for r in rows if "eval/overall" in r]
+    points.append((*(rows[-1][k] for k in x_keys), final_overall))
+    return points
+
+
 def plot_curves(metrics_path: str | Path, out_png: str | Path, *, base: dict | None = None,
                 final: dict | None = None) -> Path:
     """Training reward (and GenEval accuracy where scored) per iteration; evaluation points on top."""
