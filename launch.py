@@ -70,8 +70,6 @@ def train(argv: list[str]) -> int:
 
     init_ray(cfg, args.address)
     out = Path(cfg.logging.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(_yaml(cfg))
     print(f"[flowray] {cfg.name}: {cfg.iterations} iterations of {cfg.sampling.strategy}, "
           f"{cfg.prompts_per_iteration} prompts x {cfg.sampling.group_size} images, output {out}", flush=True)
     try:
@@ -125,12 +123,6 @@ def _brief(summary: dict) -> str:
     parts = [f"{k} {summary[k]:.3f}" for k in keys]
     parts += [f"{n} {v['mean']:.3f}" for n, v in summary["rewards"].items()]
     return ", ".join(parts)
-
-
-def _yaml(cfg) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
 def main(argv: list[str] | None = None) -> int:

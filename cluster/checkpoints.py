@@ -15,10 +15,32 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import warnings
 from pathlib import Path
 
 STATE_FILE = "trainer_state.json"
+PREVIOUS_RUNS = "previous_runs"
+
+
+def archive_previous_run(output_dir: str | Path) -> Path | None:
+    """A fresh (not resumed) run into a folder that already holds a run moves that run's files into
+    `<output_dir>/previous_runs/<UTC time>/` first, so its metrics.jsonl is not appended to the old
+    one and `--resume` never picks the old run's checkpoints. Returns the archive, or None."""
+    out = Path(output_dir)
+    if not ((out / "metrics.jsonl").exists() or checkpoints_root(out).exists()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    dest = out / PREVIOUS_RUNS / stamp
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = out / PREVIOUS_RUNS / f"{stamp}-{n}"
+    dest.mkdir(parents=True)
+    for entry in sorted(out.iterdir()):
+        if entry.name != PREVIOUS_RUNS:
+            shutil.move(str(entry), str(dest / entry.name))
+    return dest
 
 
 def checkpoints_root(output_dir: str | Path) -> Path:

@@ -43,6 +43,17 @@ class MetricsLogger:
             self.gauges = {key: Gauge(name, description=f"flowray {key}") for key, name in DASHBOARD_GAUGES.items()}
         self.start = time.time()
 
+    def drop_from(self, iteration: int) -> int:
+        """Remove metrics.jsonl rows of iterations >= `iteration` (a resumed run redoes them after its
+        checkpoint); returns how many were dropped."""
+        self.jsonl.close()
+        path = self.dir / "metrics.jsonl"
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("iteration", -1) < iteration]
+        path.write_text("".join(kept), encoding="utf-8")
+        self.jsonl = path.open("a", encoding="utf-8")
+        return len(lines) - len(kept)
+
     def log(self, iteration: int, metrics: dict, **extra) -> None:
         record = {"iteration": iteration, "time": round(time.time() - self.start, 3), **metrics, **extra}
         self.jsonl.write(json.dumps(record, default=_jsonable) + "\n")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import ray
 import torch
+import yaml
 from ray.exceptions import RayActorError
 
 from cluster import checkpoints
@@ -164,6 +165,11 @@ class Trainer:
     def setup(self) -> None:
         c = self.cfg.cluster
         require_fit(self.cfg)  # fail now, naming the keys, rather than wait forever for unplaceable actors
+        out = Path(self.cfg.logging.output_dir)
+        if not self.resume and (archived := checkpoints.archive_previous_run(out)) is not None:
+            print(f"[flowray] {out} held an earlier run: moved it to {archived}", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
         self.placement = create_placement(c)
         self.learners = learner_actors(self.cfg, self.placement)
         master = ray.get(self.learners[0].rendezvous.remote())
@@ -181,12 +187,14 @@ class Trainer:
         ckpt = checkpoints.latest_checkpoint(self.cfg.logging.output_dir)
         if ckpt is None:
             print(f"[flowray] --resume: no complete checkpoint under {self.cfg.logging.output_dir}; starting fresh")
+            self.logger.drop_from(0)
             return
         state = checkpoints.read_state(ckpt)
         if state["seed"] != self.cfg.seed:
             raise ValueError(f"checkpoint {ckpt} was made with seed {state['seed']}, the config says {self.cfg.seed}")
         versions = self._call_learners(lambda learner: learner.load_checkpoint.remote(str(ckpt)))
         self.iteration, self.version = int(state["iteration"]), int(versions[0])
+        self.logger.drop_from(self.iteration)  # rows a crashed run logged after its last checkpoint
         print(f"[flowray] resumed from {ckpt} (iteration {self.iteration}, policy version {self.version})")
 
     def __enter__(self) -> Trainer:

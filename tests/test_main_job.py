@@ -43,16 +43,20 @@ def test_report_lists_each_category_the_gain_and_the_quality_watch():
 @pytest.mark.system
 def test_main_job_smoke_writes_every_output(tiny_sd3_path, tmp_path):
     main_job = _module()
-    result = main_job.main([
+    argv = [
         "--eval-every", "1", "--output", str(tmp_path),
         f"model.path={tiny_sd3_path}", "model.guidance_scale=2.0", "sampling.num_steps=3", "sampling.eval_num_steps=3",
         "sampling.group_size=4", "data.images_per_iteration=8", "data.eval_num_prompts=2",
         "data.eval_images_per_prompt=1", "iterations=2", "logging.tensorboard=false",
         "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5",
-    ])  # fmt: skip
+    ]  # fmt: skip
+    result = main_job.main(argv)
     assert result["iterations"] == 2 and len(result["points"]) == 3  # base, iteration 1, final
     for name in ("eval_base.json", "eval.json", "metrics.jsonl", "curves.png", "before_after.png", "main_job.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     saved = json.loads((tmp_path / "main_job.json").read_text())
     assert saved["final"]["overall"] == result["final"]["overall"]
     assert "shapes_quality" in saved["final"]["rewards"]  # the default preset's watch is evaluated
+    again = main_job.main(["--report-only", *argv])  # the report again, from the files alone
+    assert (again["final"], again["points"], again["job_s"]) == (result["final"], result["points"], result["job_s"])
+    assert not (tmp_path / "previous_runs").exists()  # nothing was trained, so nothing was archived
