@@ -95,7 +95,7 @@ def _looks_local(value: str) -> bool:
 
 
 def _check_prompts(cfg: ExperimentConfig, report: PreflightReport) -> None:
-    from rewards.prompts import load_prompts
+    from rewards.prompts import load_prompts, prompt_tags
 
     names = [s.name for s in cfg.rewards.scorers]
     vocabulary: dict = {}
@@ -113,9 +113,10 @@ def _check_prompts(cfg: ExperimentConfig, report: PreflightReport) -> None:
             continue
         problems = _fit_scorers(records, names, path)
         if key == "train_prompts" and cfg.data.prompt_order == "tag_balanced":
-            untagged = [i for i, r in enumerate(records, start=1) if not isinstance(r.get("tag"), str)]
-            if untagged:
-                problems.append(f"records {untagged[:5]} have no 'tag', which data.prompt_order='tag_balanced' needs")
+            try:
+                prompt_tags(records, value)
+            except ValueError as err:
+                problems.append(str(err))
         if problems:
             report.add(f"data.{key}", "error", "; ".join(problems))
             continue

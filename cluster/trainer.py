@@ -39,7 +39,7 @@ from learner.worker import TrainGroup
 from rewards.base import ScoreResult
 from rewards.combine import combine
 from rewards.pool import RewardBatch, RewardPools
-from rewards.prompts import load_prompts
+from rewards.prompts import load_prompts, prompt_tags
 from rollout.seeding import derive_seed
 from rollout.worker import GroupRequest, GroupResult
 
@@ -89,15 +89,6 @@ def tag_balanced_prompts_for_iteration(tags: Sequence[str], per_iteration: int, 
         gen = torch.Generator().manual_seed(derive_seed(seed, "data", names[t], epoch))
         out.append(members[int(torch.randperm(len(members), generator=gen)[offset])])
     return out
-
-
-def prompt_tags(records: Sequence[dict], path: str) -> list[str]:
-    """Each record's `tag`, for data.prompt_order='tag_balanced'; names the first record without one."""
-    for line, record in enumerate(records, start=1):
-        if not isinstance(record.get("tag"), str):
-            raise ValueError(f"{path}: record {line} has no 'tag', which data.prompt_order='tag_balanced' needs "
-                             f"(prompt {record.get('prompt')!r})")
-    return [r["tag"] for r in records]
 
 
 def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[list[TrainGroup], dict]:

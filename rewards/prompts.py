@@ -14,7 +14,7 @@ every problem is a ValueError naming file:line and the field.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from rewards.geneval_rules import GENEVAL_TAGS, RELATIONS
@@ -169,3 +169,12 @@ def load_prompts(path: str | Path, classes: Collection[str] | None = None,
     if not records:
         raise ValueError(f"{path}: no prompt records (the file is empty)")
     return records
+
+
+def prompt_tags(records: Sequence[dict], path: str) -> list[str]:
+    """Each record's `tag`, for data.prompt_order='tag_balanced'; names the first record without one."""
+    for line, record in enumerate(records, start=1):
+        if not isinstance(record.get("tag"), str):
+            raise ValueError(f"{path}: record {line} has no 'tag', which data.prompt_order='tag_balanced' needs "
+                             f"(prompt {record.get('prompt')!r})")
+    return [r["tag"] for r in records]
