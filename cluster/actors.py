@@ -9,29 +9,14 @@ breaks the collective group, so the driver stops with a message naming it and `-
 from __future__ import annotations
 
 import os
-import time
 
 import ray
-from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.config import ExperimentConfig
 from cluster.placement import Placement
 from learner.worker import LearnerWorker
 from rollout.worker import RolloutWorker
-
-
-def call_when_available(make_call, what: str, timeout_s: float = 600.0):
-    """ray.get(make_call()), retried while the actor is restarting (Ray answers such calls with
-    ActorUnavailableError / ActorDiedError until the new process is up)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return ray.get(make_call())
-        except RayActorError as err:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what}: the actor did not come back within {timeout_s:.0f} s") from err
-            time.sleep(0.5)
 
 
 def _device(num_gpus: float) -> str:

@@ -33,9 +33,7 @@ class MetricsLogger:
         self.jsonl = (self.dir / "metrics.jsonl").open("a", encoding="utf-8")
         self.tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+            self.tb = self._tensorboard_writer()
         self.gauges = {}
         if ray_gauges:
             from ray.util.metrics import Gauge
@@ -43,9 +41,19 @@ class MetricsLogger:
             self.gauges = {key: Gauge(name, description=f"flowray {key}") for key, name in DASHBOARD_GAUGES.items()}
         self.start = time.time()
 
+    def _tensorboard_writer(self, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.dir / "tensorboard"), purge_step=purge_step)
+
     def drop_from(self, iteration: int) -> int:
-        """Remove metrics.jsonl rows of iterations >= `iteration` (a resumed run redoes them after its
-        checkpoint); returns how many were dropped."""
+        """Forget what was logged for iterations >= `iteration` (a resumed run redoes them after its
+        checkpoint): those metrics.jsonl rows are removed, and TensorBoard is told to hide its events at
+        those steps (event files are append-only; `purge_step` marks them stale for every reader).
+        Returns how many metrics.jsonl rows were dropped."""
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = self._tensorboard_writer(purge_step=iteration)
         self.jsonl.close()
         path = self.dir / "metrics.jsonl"
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import ray
 from ray.exceptions import RayActorError
 
-from cluster.actors import call_when_available
+from common.actor_calls import call_when_available
 
 
 @dataclass

@@ -36,6 +36,7 @@ import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from common.actor_calls import ActorNotBackError, call_when_available
 from rewards.base import Scorer, ScoreResult, validate_batch
 from rewards.combine import CombinedRewards, combine
 from rewards.config import RewardsConfig, ScorerConfig
@@ -258,22 +259,15 @@ class ScorerPool:
         under the same id. Calls made during a restart are refused outright, so dispatching blindly would
         burn the one resubmission on the restart itself."""
         actor = self.actors[request.actor]
-        deadline = time.monotonic() + self.config.timeout_s
-        while True:
-            try:
-                ray.get(actor.ping.remote(), timeout=max(0.1, deadline - time.monotonic()))
-                break
-            except ActorUnavailableError:
-                if time.monotonic() > deadline:
-                    raise RewardActorError(self.scorer, f"actor reward-{self.scorer}-{request.actor} did not come "
-                                           f"back within timeout_s={self.config.timeout_s:g}") from None
-                time.sleep(0.1)
-            except ray.exceptions.GetTimeoutError:
-                raise RewardActorError(self.scorer, f"actor reward-{self.scorer}-{request.actor} did not answer a "
-                                       f"ping within timeout_s={self.config.timeout_s:g} after a restart") from None
-            except RayActorError as err:
-                raise RewardActorError(self.scorer, f"actor reward-{self.scorer}-{request.actor} did not restart "
-                                       f"(max_restarts={self.config.max_restarts}): {err}") from err
+        name = f"actor reward-{self.scorer}-{request.actor}"
+        try:
+            call_when_available(actor.ping.remote, f"{name} after a restart", self.config.timeout_s,
+                                retry_on=(ActorUnavailableError,), poll_s=0.1)
+        except ActorNotBackError as err:
+            raise RewardActorError(self.scorer, f"{err} (this scorer's timeout_s)") from None
+        except RayActorError as err:
+            raise RewardActorError(self.scorer, f"{name} did not restart (max_restarts={self.config.max_restarts}): "
+                                   f"{err}") from err
         self._dispatch(request)
 
     def _on_timeout(self, request: _Request) -> None:

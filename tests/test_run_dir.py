@@ -35,3 +35,20 @@ def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path):
     logger.close()
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3] and rows[-1]["reward/mean"] == 30.0
+
+
+def test_resume_hides_tensorboard_steps_logged_after_the_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    crashed = MetricsLogger(tmp_path, ray_gauges=False)
+    for it in range(5):
+        crashed.log(it, {"reward/mean": float(it)})
+    crashed.close()
+    resumed = MetricsLogger(tmp_path, ray_gauges=False)  # a new process resuming from iteration 3
+    resumed.drop_from(3)
+    resumed.log(3, {"reward/mean": 30.0})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = events.Scalars("reward/mean")
+    assert [(s.step, s.value) for s in scalars] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0)]
