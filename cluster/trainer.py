@@ -29,7 +29,7 @@ from cluster import checkpoints
 from cluster.actors import learner_actors, rollout_actors
 from cluster.config import REPO_ROOT, ExperimentConfig
 from cluster.evaluation import Evaluation, evaluate
-from cluster.metrics import MetricsLogger, progress_line
+from cluster.metrics import MetricsLogger, progress_line, reward_by_tag
 from cluster.placement import create_placement
 from cluster.plots import before_after_grid, plot_curves
 from cluster.ray_init import require_fit
@@ -421,6 +421,8 @@ class Trainer:
         correct = [out[k] for k in out if k.endswith("/correct")]
         if correct:
             out["reward/accuracy"] = correct[0]
+        tags = [s.result.request.metadata.get("tag") for s in scored]
+        out.update(reward_by_tag(batch.combined.reward, tags, [len(s.result.images) for s in scored]))
         return out
 
     def _call_learners(self, call, with_rank: bool = False) -> list:

@@ -66,6 +66,8 @@ def test_async_run_logs_staleness_and_writes_outputs(local_ray, tiny_sd3_path, t
     assert lines[0]["learner/staleness_max"] == 0.0
     assert lines[1]["learner/staleness_max"] == 1.0 and lines[2]["learner/staleness_max"] == 1.0
     assert all(sorted(m["groups"]) == [0, 1] for m in lines)
+    per_tag = [{k: v for k, v in m.items() if k.startswith("reward/tag/")} for m in lines]
+    assert all(tags and all(0.0 <= v <= 1.0 for v in tags.values()) for tags in per_tag)  # shapes prompts are tagged
     assert (tmp_path / "eval.json").is_file() and (tmp_path / "eval_grid.png").stat().st_size > 0
     assert (tmp_path / "eval_iter000002.json").is_file() and "eval/num_prompts" not in lines[1]
     for picture in ("curves.png", "before_after.png", "eval_base_grid.png"):
