@@ -1,0 +1,35 @@
+"""benchmarks/reward_variance.py: the variance split, and a smoke run on the tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from cluster.config import REPO_ROOT
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("reward_variance", REPO_ROOT / "benchmarks" / "reward_variance.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.unit
+def test_variance_share_separates_initial_noise_from_sde_noise():
+    share = _module().variance_share
+    # Rewards set by the initial noise alone: no variance within a group.
+    by_init = np.array([[[0.0, 0.0], [1.0, 1.0]]])
+    assert share(by_init) == (0.0, 0.25)
+    # Rewards set by the SDE noise alone: every group spans the same values.
+    by_sde = np.array([[[0.0, 1.0], [0.0, 1.0]]])
+    assert share(by_sde) == (0.25, 0.25)
+
+
+def test_smoke_on_the_tiny_model(tiny_sd3_path, capsys):
+    result = _module().main(["--prompts", "2", "--inits", "2", f"model.path={tiny_sd3_path}",
+                             "sampling.group_size=2", "sampling.num_steps=2"])
+    assert result["strategy"] == "flow_grpo" and 0.0 <= result["within"] <= result["total"] + 1e-12
+    assert "share from the SDE steps" in capsys.readouterr().out
