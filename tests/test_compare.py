@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from cluster.config import REPO_ROOT
+from tests.script_loader import load_script
 
 pytestmark = pytest.mark.system
 
 
 def test_compare_runs_every_preset_and_writes_table_and_figure(tiny_sd3_path, tmp_path):
-    spec = importlib.util.spec_from_file_location("compare", REPO_ROOT / "benchmarks" / "compare.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = load_script("benchmarks/compare.py")
     results = compare.main([
         "--seeds", "0", "--max-iterations", "2", "--minutes", "1000", "--nfe", "1", "--eval-every", "0",
         "--output", str(tmp_path),
@@ -43,9 +40,7 @@ def test_compare_runs_every_preset_and_writes_table_and_figure(tiny_sd3_path, tm
 
 
 def test_budget_crossing_index():
-    spec = importlib.util.spec_from_file_location("compare", REPO_ROOT / "benchmarks" / "compare.py")
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = load_script("benchmarks/compare.py")
     rows = [{"charts/nfe_total": v} for v in (100.0, 250.0, 400.0)]
     assert compare.crossing(rows, "charts/nfe_total", 250) == 1
     assert compare.crossing(rows, "charts/nfe_total", 401) is None

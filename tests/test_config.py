@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import REPO_ROOT, ConfigError, ExperimentConfig, config_reference, load_config
+from tests.script_loader import load_script
 
 pytestmark = pytest.mark.unit
 
@@ -87,10 +88,6 @@ def test_reference_documents_every_field():
 
 
 def test_readme_reference_is_current():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gen", REPO_ROOT / "scripts" / "gen_config_reference.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    gen = load_script("scripts/gen_config_reference.py")
     readme = (REPO_ROOT / "README.md").read_text()
     assert gen.render(readme) == readme, "README config reference is stale: run scripts/gen_config_reference.py"

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from cluster.config import REPO_ROOT
+from tests.script_loader import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("main_job", REPO_ROOT / "benchmarks" / "main_job.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/main_job.py")
 
 
 @pytest.mark.unit

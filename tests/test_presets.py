@@ -2,7 +2,6 @@
 OCR / PickScore / GenEval prompt sets are what scripts/make_text_prompts.py writes; plain JSONL and
 .txt prompt files load, and their errors name file:line and the field."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,14 @@ import pytest
 from cluster.config import load_config
 from rewards.ocr import ocr_target
 from rewards.prompts import load_prompts
+from tests.script_loader import load_script
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 ASSETS = ROOT / "assets" / "prompts"
-_SPEC = importlib.util.spec_from_file_location("make_text_prompts", ROOT / "scripts" / "make_text_prompts.py")
-make_text_prompts = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(make_text_prompts)
+make_text_prompts = load_script("scripts/make_text_prompts.py")
 
 SHAPES = ["shapes_flowgrpo", "shapes_flowgrpo_fast", "shapes_dancegrpo", "shapes_mixgrpo", "shapes_g2rpo"]
 SD35 = {"sd35_geneval": ("geneval", 0.04), "sd35_ocr": ("ocr", 0.04), "sd35_pickscore": ("pickscore", 0.01)}

@@ -1,7 +1,6 @@
 """GenEval-metadata prompt files: the committed shapes sets load, are disjoint and are what the script
 writes; every malformed record is a ValueError naming file:line and the field."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,13 @@ import pytest
 from rewards.geneval_rules import GENEVAL_TAGS
 from rewards.prompts import load_prompts
 from rewards.shapes.world import COLORS, SHAPES
+from tests.script_loader import load_script
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets" / "prompts"
-# scripts/ is not a package: load the script by path so the test runs under bare `pytest` too.
-_SPEC = importlib.util.spec_from_file_location("make_shapes_prompts", ROOT / "scripts" / "make_shapes_prompts.py")
-make_shapes_prompts = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(make_shapes_prompts)
+make_shapes_prompts = load_script("scripts/make_shapes_prompts.py")
 split = make_shapes_prompts.split
 GOOD = {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}], "exclude": [],
         "prompt": "a photo of a red circle"}

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
-from cluster.config import REPO_ROOT
+from tests.script_loader import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("reward_variance", REPO_ROOT / "benchmarks" / "reward_variance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/reward_variance.py")
 
 
 @pytest.mark.unit
