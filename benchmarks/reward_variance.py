@@ -5,7 +5,7 @@
 
 For each of `--prompts` training prompts (drawn with a fixed seed) the configured strategy samples
 `--inits` groups, each from ONE shared initial noise (`sampling.same_latent=true`), scored with the
-shapes-GenEval partial reward. The mean within-group variance over the mean total variance is the share of the
+config's reward (its scorers, combined with their weights, as the trainer does). The mean within-group variance over the mean total variance is the share of the
 reward variance that the policy's own noise (the trained SDE steps) explains; the rest comes from the
 initial noise, which no log-prob term is credited with. A share near 1 means sharing the initial noise
 within a group (DanceGRPO's `same_latent`) cannot sharpen the advantages much.
@@ -28,8 +28,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cluster.config import REPO_ROOT, load_config  # noqa: E402
 from cluster.trainer import resolve  # noqa: E402
+from rewards.base import build_scorer  # noqa: E402
+from rewards.combine import combine  # noqa: E402
 from rewards.prompts import load_prompts  # noqa: E402
-from rewards.shapes_scorer import ShapesGenevalScorer  # noqa: E402
+from rollout.seeding import derive_seed  # noqa: E402
 from rollout.worker import GroupRequest, RolloutWorker  # noqa: E402
 
 
@@ -51,15 +53,21 @@ def main(argv: list[str] | None = None) -> dict:
     sampling = cfg.sampling.model_copy(update={"same_latent": True})
     worker = RolloutWorker(cfg.model.model_copy(update={"path": resolve(cfg.model.path)}), sampling)
     records = load_prompts(resolve(cfg.data.train_prompts))
-    scorer = ShapesGenevalScorer("partial")
+    scorers = {s.name: build_scorer(s.name, **s.scorer_options()) for s in cfg.rewards.scorers}
+
+    def reward(images, record) -> np.ndarray:
+        n = len(images)
+        scores = {name: scorer(images, [record["prompt"]] * n, [record] * n).reward for name, scorer in scorers.items()}
+        return combine(scores, cfg.rewards.weights()).reward
+
     picks = np.random.default_rng(cfg.seed).choice(len(records), min(args.prompts, len(records)), replace=False)
     start, rewards = time.perf_counter(), []
     for n, index in enumerate(picks, 1):
         record, per_init = records[index], []
         for k in range(args.inits):
-            request = GroupRequest(0, record["prompt"], record, seed=int(index) * 1000 + k, iteration=0)
-            images = worker.rollout([request])[0].images
-            per_init.append(scorer(images, [record["prompt"]] * len(images), [record] * len(images)).reward)
+            seed = derive_seed(cfg.seed, "reward_variance", int(index), k)
+            images = worker.rollout([GroupRequest(0, record["prompt"], record, seed, iteration=0)])[0].images
+            per_init.append(reward(images, record))
         rewards.append(np.stack(per_init))
         print(f"[{n}/{len(picks)}] {record['prompt']!r}: mean reward {rewards[-1].mean():.3f}", flush=True)
     within, total = variance_share(np.stack(rewards))

@@ -84,18 +84,14 @@ def reward_by_tag(reward, tags: list, sizes: list[int]) -> dict:
     """`reward/tag/<tag>`: the mean finite reward of an iteration's images, per prompt tag (GenEval's
     category), so a run shows which categories it learns and which it trades away. `reward` holds the
     images of consecutive groups, `sizes[i]` of them with tag `tags[i]`; untagged groups are skipped."""
-    sums: dict[str, list[float]] = {}
-    start = 0
-    for tag, size in zip(tags, sizes, strict=True):
-        chunk = [float(r) for r in reward[start:start + size] if math.isfinite(r)]
-        start += size
-        if tag is not None and chunk:
-            total = sums.setdefault(str(tag), [0.0, 0])
-            total[0] += sum(chunk)
-            total[1] += len(chunk)
-    if start != len(reward):
-        raise ValueError(f"reward_by_tag: group sizes add up to {start}, but there are {len(reward)} rewards")
-    return {f"reward/tag/{tag}": total / count for tag, (total, count) in sorted(sums.items())}
+    import numpy as np
+
+    reward = np.asarray(reward, dtype=np.float64)
+    if sum(sizes) != len(reward):
+        raise ValueError(f"reward_by_tag: group sizes add up to {sum(sizes)}, but there are {len(reward)} rewards")
+    labels = np.repeat(np.asarray(["" if t is None else str(t) for t in tags], dtype=object), sizes)
+    keep = np.isfinite(reward) & (labels != "")
+    return {f"reward/tag/{t}": float(reward[keep & (labels == t)].mean()) for t in sorted(set(labels[keep]))}
 
 
 def _jsonable(value):
