@@ -51,5 +51,14 @@ def test_errors_outside_retry_on_propagate(local_ray):
     actor = Flaky.remote()
     ray.get(actor.ping.remote())
     ray.kill(actor, no_restart=True)
+    # ray.kill is asynchronous: a call made at once can still be answered. Wait until the death is
+    # visible, so the call below is certain to meet ActorDiedError rather than race the kill.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ping.remote(), timeout=5)
+        except ActorDiedError:
+            break
+        time.sleep(0.1)
     with pytest.raises(ActorDiedError):
         call_when_available(actor.ping.remote, "dead actor", timeout_s=30, retry_on=(ActorUnavailableError,))
