@@ -31,9 +31,9 @@ class MetricsLogger:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = (self.dir / "metrics.jsonl").open("a", encoding="utf-8")
-        self.tb = None
-        if tensorboard:
-            self.tb = self._tensorboard_writer()
+        # The TensorBoard writer opens at the first `log`, so that a resumed run, which calls
+        # `drop_from` first, writes one event file (with its purge step), not an empty one as well.
+        self.tensorboard, self.tb, self._purge_step = tensorboard, None, None
         self.gauges = {}
         if ray_gauges:
             from ray.util.metrics import Gauge
@@ -41,10 +41,13 @@ class MetricsLogger:
             self.gauges = {key: Gauge(name, description=f"flowray {key}") for key, name in DASHBOARD_GAUGES.items()}
         self.start = time.time()
 
-    def _tensorboard_writer(self, purge_step: int | None = None):
-        from torch.utils.tensorboard import SummaryWriter
+    def _writer(self):
+        """The open TensorBoard writer (None when disabled), opened on first use."""
+        if self.tensorboard and self.tb is None:
+            from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(str(self.dir / "tensorboard"), purge_step=purge_step)
+            self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=self._purge_step)
+        return self.tb
 
     def drop_from(self, iteration: int) -> int:
         """Forget what was logged for iterations >= `iteration` (a resumed run redoes them after its
@@ -53,7 +56,8 @@ class MetricsLogger:
         Returns how many metrics.jsonl rows were dropped."""
         if self.tb is not None:
             self.tb.close()
-            self.tb = self._tensorboard_writer(purge_step=iteration)
+            self.tb = None
+        self._purge_step = iteration
         self.jsonl.close()
         path = self.dir / "metrics.jsonl"
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -66,11 +70,12 @@ class MetricsLogger:
         record = {"iteration": iteration, "time": round(time.time() - self.start, 3), **metrics, **extra}
         self.jsonl.write(json.dumps(record, default=_jsonable) + "\n")
         self.jsonl.flush()
+        tb = self._writer()
         for key, value in metrics.items():
             if not _finite(value):
                 continue
-            if self.tb is not None:
-                self.tb.add_scalar(key, value, iteration)
+            if tb is not None:
+                tb.add_scalar(key, value, iteration)
             if key in self.gauges:
                 self.gauges[key].set(float(value))
 

@@ -52,3 +52,5 @@ def test_resume_hides_tensorboard_steps_logged_after_the_checkpoint(tmp_path):
     events.Reload()
     scalars = events.Scalars("reward/mean")
     assert [(s.step, s.value) for s in scalars] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0)]
+    # One event file per session: the resumed logger opened its writer once, with the purge step.
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 2
