@@ -18,7 +18,7 @@ side by side in one run tells which gives the most signal per second of sampling
 Measured on this project's 2-core CPU machine (2026-11-22, base model, 6-8 batches of 8 prompts x 8
 images, full fine-tuning or LoRA): cosine 0.01 +- 0.02 for the default preset's shapes-GenEval reward,
 and also within +-0.03 of 0 for noise levels 0.3 and 1.2, for the G2RPO preset, for fixed prompts, and for
-a mean-red-channel reward that the same loop learns in 12 iterations. So one batch's gradient here is at
+a mean-red-channel reward (a throwaway scorer patched in, not shipped) that the same loop learns in 12 iterations. So one batch's gradient here is at
 least ~97% noise, and at batches this small the measure cannot rank settings; it resolves them only
 with far larger batches (a GPU).
 """
