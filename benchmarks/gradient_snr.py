@@ -18,9 +18,9 @@ side by side in one run tells which gives the most signal per second of sampling
 Measured on this project's 2-core CPU machine (2026-11-22, base model, 6-8 batches of 8 prompts x 8
 images, full fine-tuning or LoRA): cosine 0.01 +- 0.02 for the default preset's shapes-GenEval reward,
 and also within +-0.03 of 0 for noise levels 0.3 and 1.2, for the G2RPO preset, for fixed prompts, and for
-a mean-red-channel reward (a throwaway scorer patched in, not shipped) that the same loop learns in 12 iterations. So one batch's gradient here is at
-least ~97% noise, and at batches this small the measure cannot rank settings; it resolves them only
-with far larger batches (a GPU).
+a mean-red-channel reward (a throwaway scorer patched in, not shipped) that the same loop learns in 12
+iterations. So one batch's gradient here is at least ~97% noise, and at batches this small the measure
+cannot rank settings; it resolves them only with far larger batches (a GPU).
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cluster.config import REPO_ROOT, load_config  # noqa: E402
-from cluster.trainer import Scored, iteration_advantages, resolve  # noqa: E402
+from cluster.trainer import in_process_scorers, iteration_advantages, resolve, score_in_process  # noqa: E402
 from learner.worker import LearnerWorker, build_micro_batches, flatten_transitions  # noqa: E402
-from rewards.base import build_scorer  # noqa: E402
 from rewards.combine import combine  # noqa: E402
 from rewards.prompts import load_prompts  # noqa: E402
 from rollout.policy import Policy  # noqa: E402
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     learner.policy.load_trainable(worker.policy.export_trainable())
     learner.policy.transformer.train()
     records = load_prompts(resolve(cfg.data.train_prompts))
-    scorers = {s.name: build_scorer(s.name, **s.scorer_options()) for s in cfg.rewards.scorers}
+    scorers = in_process_scorers(cfg)
     rng = np.random.default_rng(cfg.seed)
     grads, rewards, sample_s, grad_s = [], [], 0.0, 0.0
     fixed = rng.choice(len(records), args.prompts_per_batch, replace=False)
@@ -96,12 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
         picks = fixed if args.same_prompts else rng.choice(len(records), args.prompts_per_batch, replace=False)
         requests = [GroupRequest(i, records[k]["prompt"], records[k], derive_seed(cfg.seed, "snr", b, i), iteration=b)
                     for i, k in enumerate(picks)]
-        scored = []
-        for result in worker.rollout(requests):
-            n, rec = len(result.images), result.request.metadata
-            scores = {name: s(result.images, [rec["prompt"]] * n, [rec] * n) for name, s in scorers.items()}
-            scored.append(Scored(result, scores))
-            rewards.append(combine({k: v.reward for k, v in scores.items()}, cfg.rewards.weights()).reward.mean())
+        scored = score_in_process(worker.rollout(requests), scorers)
+        rewards += [combine({k: v.reward for k, v in s.scores.items()}, cfg.rewards.weights()).reward.mean()
+                    for s in scored]
         groups, _ = iteration_advantages(scored, cfg)
         t1 = time.perf_counter()
         r0 = groups[0].rollout
@@ -115,8 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"strategy": cfg.sampling.strategy, "noise_level": cfg.sampling.noise_level,
               "num_steps": cfg.sampling.num_steps, "cosine": cos, "cosine_err": cos_err, "seconds_per_batch": per_batch,
               "reward_mean": float(np.mean(rewards))}
+    which = "fixed prompts" if args.same_prompts else "prompts"
     print(f"{cfg.sampling.strategy} noise {cfg.sampling.noise_level} T {cfg.sampling.num_steps}: mean pairwise cosine "
-          f"{cos:.4f} +- {cos_err:.4f} over {args.batches} batches of {args.prompts_per_batch} {'fixed ' if args.same_prompts else ''}prompts; {per_batch:.1f} s per batch "
+          f"{cos:.4f} +- {cos_err:.4f} over {args.batches} batches of {args.prompts_per_batch} {which}; "
+          f"{per_batch:.1f} s per batch "
           f"(sampling {sample_s / args.batches:.1f}, gradient {grad_s / args.batches:.1f}); base reward "
           f"{result['reward_mean']:.3f}")
     return result

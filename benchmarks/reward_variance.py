@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cluster.config import REPO_ROOT, load_config  # noqa: E402
-from cluster.trainer import resolve  # noqa: E402
-from rewards.base import build_scorer  # noqa: E402
+from cluster.trainer import in_process_scorers, resolve, score_in_process  # noqa: E402
 from rewards.combine import combine  # noqa: E402
 from rewards.prompts import load_prompts  # noqa: E402
 from rollout.seeding import derive_seed  # noqa: E402
@@ -53,12 +52,11 @@ def main(argv: list[str] | None = None) -> dict:
     sampling = cfg.sampling.model_copy(update={"same_latent": True})
     worker = RolloutWorker(cfg.model.model_copy(update={"path": resolve(cfg.model.path)}), sampling)
     records = load_prompts(resolve(cfg.data.train_prompts))
-    scorers = {s.name: build_scorer(s.name, **s.scorer_options()) for s in cfg.rewards.scorers}
+    scorers = in_process_scorers(cfg)
 
-    def reward(images, record) -> np.ndarray:
-        n = len(images)
-        scores = {name: scorer(images, [record["prompt"]] * n, [record] * n).reward for name, scorer in scorers.items()}
-        return combine(scores, cfg.rewards.weights()).reward
+    def reward(result) -> np.ndarray:
+        (scored,) = score_in_process([result], scorers)
+        return combine({k: v.reward for k, v in scored.scores.items()}, cfg.rewards.weights()).reward
 
     picks = np.random.default_rng(cfg.seed).choice(len(records), min(args.prompts, len(records)), replace=False)
     start, rewards = time.perf_counter(), []
@@ -66,8 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         record, per_init = records[index], []
         for k in range(args.inits):
             seed = derive_seed(cfg.seed, "reward_variance", int(index), k)
-            images = worker.rollout([GroupRequest(0, record["prompt"], record, seed, iteration=0)])[0].images
-            per_init.append(reward(images, record))
+            per_init.append(reward(worker.rollout([GroupRequest(0, record["prompt"], record, seed, iteration=0)])[0]))
         rewards.append(np.stack(per_init))
         print(f"[{n}/{len(picks)}] {record['prompt']!r}: mean reward {rewards[-1].mean():.3f}", flush=True)
     within, total = variance_share(np.stack(rewards))

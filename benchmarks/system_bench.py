@@ -42,10 +42,9 @@ def _cfg(args, **extra):
 
 def single_process(args) -> dict:
     """The same iteration in one process, no Ray: the baseline for the overhead ratio."""
-    from cluster.trainer import Scored, iteration_advantages, resolve
+    from cluster.trainer import in_process_scorers, iteration_advantages, resolve, score_in_process
     from learner.engine import free_port
     from learner.worker import LearnerWorker
-    from rewards.base import build_scorer
     from rewards.prompts import load_prompts
     from rollout.seeding import derive_seed
     from rollout.worker import GroupRequest, RolloutWorker
@@ -56,7 +55,7 @@ def single_process(args) -> dict:
     learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=cfg.seed, torch_threads=1)
     learner.setup("127.0.0.1", free_port())
     rollout.load_weights(learner.export_weights(), 0)
-    scorers = {s.name: build_scorer(s.name, **s.scorer_options()) for s in cfg.rewards.scorers}
+    scorers = in_process_scorers(cfg)
     prompts = load_prompts(resolve(cfg.data.train_prompts))
     times, roll_s, upd_s, images, transitions = [], [], [], 0, 0
     for it in range(args.iterations):
@@ -65,8 +64,7 @@ def single_process(args) -> dict:
                              derive_seed(cfg.seed, "group", it, g), it) for g in range(cfg.prompts_per_iteration)]
         results = rollout.rollout(reqs)
         t1 = time.perf_counter()
-        scored = [Scored(r, {n: s(r.images, [r.request.prompt] * len(r.images), [r.request.metadata] * len(r.images))
-                             for n, s in scorers.items()}) for r in results]
+        scored = score_in_process(results, scorers)
         groups, _ = iteration_advantages(scored, cfg)
         t2 = time.perf_counter()
         metrics = learner.train(groups, it)

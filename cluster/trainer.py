@@ -58,6 +58,24 @@ class Scored:
     scores: dict  # scorer -> ScoreResult
 
 
+def in_process_scorers(cfg: ExperimentConfig) -> dict:
+    """The config's scorers built in this process, by name: for the benchmarks that run without Ray
+    (the trainer itself scores through reward actors)."""
+    from rewards.base import build_scorer
+
+    return {s.name: build_scorer(s.name, **s.scorer_options()) for s in cfg.rewards.scorers}
+
+
+def score_in_process(results: Sequence[GroupResult], scorers: dict) -> list[Scored]:
+    """Score each sampled group with `in_process_scorers`."""
+    out = []
+    for r in results:
+        n = len(r.images)
+        out.append(Scored(r, {name: scorer(r.images, [r.request.prompt] * n, [r.request.metadata] * n)
+                              for name, scorer in scorers.items()}))
+    return out
+
+
 def resolve(path: str) -> str:
     p = REPO_ROOT / path
     return str(p) if not path.startswith("/") and p.exists() else path
