@@ -41,12 +41,17 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from build_tiny_sd3 import ARCH, MODEL_MAX_LENGTH, build_pipeline, load_tiny_pipeline, param_counts  # noqa: E402
 from diffusers import AutoencoderKL, StableDiffusion3Pipeline  # noqa: E402
 
-from rewards.shapes import all_records, render, sample_scene, underspecified_caption  # noqa: E402
+from rewards.shapes import all_records, noisy_caption, render, sample_scene, underspecified_caption  # noqa: E402
 
 PHASES = ("build", "vae", "decoder", "dit", "export", "card")
 SIGMA_SHIFT = 3.0
 CAPTION_DROPOUT = 0.1
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+# Share of mislabelled captions per tag (rewards.shapes.mislabeled_caption). With the default
+# under-specified mix, the share of an exact caption's scenes that really match it is about 0.39
+# (position), 0.50 (counting), 0.48 (color_attr) and 0.80 (colors): the correct choice keeps real but
+# not dominant mass, so the base model errs by choosing, as SD3.5-M does on GenEval, not by rendering.
+DEFAULT_LABEL_NOISE = "position=0.5,counting=0.5,color_attr=0.4,colors=0.15"
 
 
 def log(msg: str) -> None:
@@ -60,14 +65,28 @@ def records_by_tag() -> dict[str, list[dict]]:
     return all_records()
 
 
-def draw_batch(records: dict[str, list[dict]], rng: np.random.Generator, batch: int, dropout: float):
-    """(captions, images in [-1, 1] [B,3,H,W]): tags uniform, then a record, a scene and a caption."""
+def parse_label_noise(text: str) -> dict[str, float]:
+    """'position=0.5,counting=0.5' -> {'position': 0.5, 'counting': 0.5}; '' -> no label noise."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        tag, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--label-noise item {item!r} is not TAG=SHARE")
+        out[tag.strip()] = float(value)
+    return out
+
+
+def draw_batch(records: dict[str, list[dict]], rng: np.random.Generator, batch: int, dropout: float,
+               label_noise: dict[str, float] | None = None):
+    """(captions, images in [-1, 1] [B,3,H,W]): tags uniform, then a record, a scene and a caption
+    (mislabelled with the tag's label-noise share, else under-specified)."""
     captions, images = [], []
     for _ in range(batch):
         pool = records[TAGS[int(rng.integers(len(TAGS)))]]
         record = pool[int(rng.integers(len(pool)))]
-        images.append(render(sample_scene(record, rng, ARCH["resolution"]), ARCH["resolution"]))
-        caption = underspecified_caption(record, rng)
+        scene = sample_scene(record, rng, ARCH["resolution"])
+        images.append(render(scene, ARCH["resolution"]))
+        caption = noisy_caption(record, scene, rng, label_noise) if label_noise else underspecified_caption(record, rng)
         captions.append("" if rng.random() < dropout else caption)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return captions, x
@@ -130,13 +149,32 @@ def restore_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], pr
 # ----------------------------------------------------------------------------- phase 1: build
 
 
-def phase_build(work: Path, seed: int) -> None:
+def phase_build(work: Path, seed: int, init_from: str = "") -> None:
     if (work / "init" / "model_index.json").is_file():
+        return
+    if init_from:
+        warm_start(work, Path(init_from))
         return
     torch.manual_seed(seed)
     pipe = build_pipeline(caption_corpus(records_by_tag(), seed))
     pipe.save_pretrained(work / "init")
     log(f"built untrained pipeline: {param_counts(pipe)}")
+
+
+def warm_start(work: Path, source: Path) -> None:
+    """Start from an exported pipeline instead of random weights: its tokenizers, VAE (trained encoder
+    and sharpened decoder) and EMA transformer + text towers become this run's init, and the vae and
+    decoder phases are marked done at step 0 (the model card reports them as inherited)."""
+    if not (source / "model_index.json").is_file():
+        raise FileNotFoundError(f"--init-from {source}: no model_index.json (not a diffusers pipeline folder)")
+    pipe = load_tiny_pipeline(source)
+    pipe.save_pretrained(work / "init")
+    for name in ("vae", "vae_decoder"):
+        pipe.vae.save_pretrained(work / name)
+    for name in ("vae_ckpt", "decoder_ckpt"):
+        (work / name).mkdir(parents=True, exist_ok=True)
+        (work / name / "state.json").write_text(json.dumps({"step": 0, "elapsed_s": 0.0, "init_from": str(source)}))
+    log(f"warm start from {source}: {param_counts(pipe)}")
 
 
 # ----------------------------------------------------------------------------- phase 2: vae
@@ -318,7 +356,7 @@ def phase_dit(work: Path, args) -> None:
     while step < min(args.steps, args.stop_after or args.steps):
         rng = np.random.default_rng([args.seed, 3, step])
         gen = torch.Generator().manual_seed(args.seed * 1_000_033 + step)
-        captions, x = draw_batch(records, rng, args.batch, CAPTION_DROPOUT)
+        captions, x = draw_batch(records, rng, args.batch, CAPTION_DROPOUT, parse_label_noise(args.label_noise))
         warm = min(1.0, (step + 1) / args.warmup)
         decay = 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
@@ -636,6 +674,12 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--eval-prompts", default=str(REPO_ROOT / "assets" / "prompts" / "shapes_test.jsonl"))
     p.add_argument("--eval-images-per-prompt", type=int, default=4)
+    p.add_argument("--label-noise", default=DEFAULT_LABEL_NOISE,
+                   help="Share of mislabelled dit-phase captions per tag, TAG=SHARE,... ('' for none; the "
+                   "first shipped model used none).")
+    p.add_argument("--init-from", default="",
+                   help="Warm start: a pipeline folder (an earlier export) whose weights and tokenizers "
+                   "replace the build, vae and decoder phases.")
     p.add_argument("--card-notes", default="", help="Free text for the card's 'Run notes' (interruptions, changes).")
     return p.parse_args(argv)
 
@@ -647,7 +691,7 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     phases = args.phase
     if "build" in phases:
-        phase_build(work, args.seed)
+        phase_build(work, args.seed, args.init_from)
     if "vae" in phases:
         phase_vae(work, args)
     if "decoder" in phases:

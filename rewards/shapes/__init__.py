@@ -17,6 +17,8 @@ from rewards.shapes.world import (
     Scene,
     ShapeObject,
     all_records,
+    mislabeled_caption,
+    noisy_caption,
     render,
     sample_scene,
     underspecified_caption,
@@ -24,7 +26,7 @@ from rewards.shapes.world import (
 
 __all__ = [
     "COLORS", "IMAGE_SIZE", "SHAPES", "Detections", "ImageScore", "Scene", "ShapeObject", "all_records",
-    "detect", "render", "sample_scene", "score_image", "underspecified_caption",
+    "detect", "mislabeled_caption", "noisy_caption", "render", "sample_scene", "score_image", "underspecified_caption",
 ]
 
 

@@ -273,3 +273,51 @@ def underspecified_caption(metadata: Mapping, rng: np.random.Generator,
     mode = modes[int(rng.choice(len(modes), p=weights / weights.sum()))]
     captions = options[mode]
     return captions[int(rng.integers(len(captions)))]
+
+
+# --- mislabelled captions (label noise) for pretraining -----------------------------------------
+
+# Tags whose captions can be wrong about one choice while naming the right objects, and what the
+# wrong caption changes: the relation, the count, the colour binding, the colour.
+LABEL_NOISE_TAGS = ("position", "counting", "color_attr", "colors")
+
+
+def mislabeled_caption(metadata: Mapping, scene: Scene, rng: np.random.Generator) -> str:
+    """A caption that names the scene's objects but is wrong about one choice the record makes.
+
+    position: a relation that does not hold between the scene's two objects (by GenEval's own rule,
+    so 'left of' is never offered for a scene that is also left-of while mainly above); counting:
+    another count; color_attr: the two colours swapped (a binding error); colors: another colour.
+    A model pretrained on a share q of such captions renders every object well but puts only about
+    1 - q of its mass on the correct choice: SD3.5-M's kind of GenEval failure, which RL fixes.
+    """
+    tag, include = metadata["tag"], metadata["include"]
+    if tag == "position":
+        target, subject = scene.objects  # sample_scene places include[0] (the target B) first
+        holds = relative_position(subject.box, target.box)
+        wrong = [r for r in RELATIONS if r not in holds]
+        return position(include[1]["class"], wrong[int(rng.integers(len(wrong)))], include[0]["class"])["prompt"]
+    if tag == "counting":
+        wrong = [n for n in COUNTS if n != include[0]["count"]]
+        return counting(include[0]["class"], wrong[int(rng.integers(len(wrong)))])["prompt"]
+    if tag == "color_attr":
+        a, b = include
+        return color_attr(a["class"], b["color"], b["class"], a["color"])["prompt"]
+    if tag == "colors":
+        wrong = [c for c in COLORS if c != include[0]["color"]]
+        return colors(include[0]["class"], wrong[int(rng.integers(len(wrong)))])["prompt"]
+    raise ValueError(f"tag {tag!r} has no mislabelled captions; tags that do: {LABEL_NOISE_TAGS}")
+
+
+def noisy_caption(metadata: Mapping, scene: Scene, rng: np.random.Generator,
+                  label_noise: Mapping[str, float], mix: Mapping[str, float] = DEFAULT_CAPTION_MIX) -> str:
+    """With probability label_noise[tag] a mislabelled caption, else an under-specified one (`mix`)."""
+    unknown = set(label_noise) - set(LABEL_NOISE_TAGS)
+    if unknown:
+        raise ValueError(f"label noise for unknown tags {sorted(unknown)}; known: {LABEL_NOISE_TAGS}")
+    q = label_noise.get(metadata["tag"], 0.0)
+    if not 0.0 <= q < 1.0:
+        raise ValueError(f"label noise {q} for tag {metadata['tag']!r} must lie in [0, 1)")
+    if q > 0 and rng.random() < q:
+        return mislabeled_caption(metadata, scene, rng)
+    return underspecified_caption(metadata, rng, mix)
