@@ -2,16 +2,20 @@
 
     python launch.py [--config PATH] [key=value ...] [--iterations N] [--output-dir DIR]
                      [--resume] [--address ADDR] [--dry-run]
-    python launch.py eval [--config PATH] [--checkpoint DIR] [--prompts FILE] --output-dir DIR [key=value ...]
+    python launch.py eval [--config PATH] [--checkpoint DIR] [--split test|train] [--against EVAL_DIR]
+                          --output-dir DIR [key=value ...]
 
 No --config means the shapes Flow-GRPO preset. Training runs on a local single-node Ray unless
 --address or RAY_ADDRESS names a cluster; under `ray job submit --working-dir . -- python launch.py ...`
-it attaches to that cluster unchanged. `eval` runs in this process (no Ray needed).
+it attaches to that cluster unchanged. `eval` runs in this process (no Ray needed), through the same
+plan, sampler and scorers as the trainer's evaluations (cluster.evaluation), on the configured device;
+`--against` pairs the result with an earlier evaluation image by image.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -34,8 +38,12 @@ def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="launch.py eval", description="evaluate a policy (ODE, T_eval steps)")
     p.add_argument("--config", help="YAML preset (default: configs/shapes_flowgrpo.yaml)")
     p.add_argument("--checkpoint", help="a checkpoint folder (checkpoints/iter_*) or a run dir (its newest)")
-    p.add_argument("--prompts", help="prompt file in the GenEval metadata schema (default: data.test_prompts)")
-    p.add_argument("--output-dir", required=True, help="where eval.json and eval_grid.png go")
+    p.add_argument("--split", choices=("test", "train"), default="test",
+                   help="test: data.test_prompts (the reported accuracy); train: the held-out check on the "
+                   "training prompts (data.eval_train_images_per_tag images per tag, evaluation seeds)")
+    p.add_argument("--against", metavar="EVAL_DIR",
+                   help="an earlier evaluation's folder (same prompts and seeds): report the paired difference")
+    p.add_argument("--output-dir", required=True, help="where eval.json, eval_images.jsonl and eval_grid.png go")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     return p
 
@@ -55,7 +63,6 @@ def train(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     cfg = _load(args)
     if args.dry_run:
-        import json
 
         from cluster.preflight import preflight
 
@@ -82,45 +89,50 @@ def train(argv: list[str]) -> int:
 
 
 def evaluate_cmd(argv: list[str]) -> int:
-    import numpy as np
     from safetensors.torch import load_file
 
     from cluster import checkpoints
-    from cluster.evaluation import evaluate
-    from cluster.trainer import resolve
-    from rewards.base import build_scorer
-    from rewards.prompts import load_prompts
+    from cluster.actors import device_for
+    from cluster.evaluation import compare_evaluations, comparison_table, evaluate, plan_for, sample_sharded
+    from cluster.trainer import in_process_scorers
     from rollout.worker import RolloutWorker
 
     args = _eval_parser().parse_args(argv)
     cfg = _load(args)
-    records = load_prompts(resolve(args.prompts or cfg.data.test_prompts))[: cfg.data.eval_num_prompts]
-    worker = RolloutWorker(cfg.model, cfg.sampling, name="eval")
+    plan = plan_for(cfg, args.split)  # before loading anything: a plan too small to meet its targets fails here
+    worker = RolloutWorker(cfg.model, cfg.sampling, name="eval", device=device_for(cfg.cluster.rollout_num_gpus))
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
         if not (ckpt / checkpoints.STATE_FILE).is_file():
             ckpt = checkpoints.latest_checkpoint(ckpt) or ckpt
-        weights = ckpt / "trainable.safetensors"
+        # The trainer evaluates the EMA weights when learner.ema_decay is set: so does this.
+        weights = ckpt / ("ema.safetensors" if cfg.learner.ema_decay is not None else "trainable.safetensors")
         if not weights.is_file():
             raise SystemExit(f"error: {args.checkpoint} holds no checkpoint (expected {weights})")
         worker.load_weights(load_file(str(weights)), version=checkpoints.read_state(ckpt)["policy_version"])
-    scorers = {s.name: build_scorer(s.name, **s.scorer_options()) for s in cfg.rewards.scorers}
+    scorers = in_process_scorers(cfg)
 
-    def sample(prompts, per_prompt, seeds) -> np.ndarray:
-        return worker.evaluate(prompts, per_prompt, seeds)
+    def sample(prompts, seeds):
+        return sample_sharded([worker], prompts, seeds, lambda w, p, s: w.evaluate(p, s))
 
     def score(images, prompts, metadata):
         return {name: scorer(images, prompts, metadata) for name, scorer in scorers.items()}
 
-    summary = evaluate(records, sample, score, images_per_prompt=cfg.data.eval_images_per_prompt,
-                       output_dir=args.output_dir).summary
-    print(f"[flowray] eval: {_brief(summary)} -> {Path(args.output_dir) / 'eval.json'}")
+    name = "eval" if args.split == "test" else "eval_train"
+    summary = evaluate(plan, sample, score, output_dir=args.output_dir, name=name).summary
+    print(f"[flowray] eval: {_brief(summary)} -> {Path(args.output_dir) / (name + '.json')}")
+    if args.against:
+        comparison = compare_evaluations(args.against, args.output_dir, name=name)
+        (Path(args.output_dir) / "comparison.json").write_text(json.dumps(comparison, indent=2))
+        print(comparison_table(comparison))
+        print("\n".join(comparison["verdicts"]))
     return 0
 
 
 def _brief(summary: dict) -> str:
-    keys = [k for k in summary if k not in ("rewards", "num_prompts", "images_per_prompt")]
-    parts = [f"{k} {summary[k]:.3f}" for k in keys]
+    """`overall 0.512 [0.489, 0.535], single_object ...` and each scorer's mean reward."""
+    ci = summary.get("ci", {})
+    parts = [f"{k} {summary[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" for k in ci]
     parts += [f"{n} {v['mean']:.3f}" for n, v in summary["rewards"].items()]
     return ", ".join(parts)
 
@@ -128,12 +140,13 @@ def _brief(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from cluster.config import ConfigError
+    from cluster.evaluation import EvaluationFileError
 
     try:
         if argv and argv[0] == "eval":
             return evaluate_cmd(argv[1:])
         return train(argv)
-    except ConfigError as err:
+    except (ConfigError, EvaluationFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

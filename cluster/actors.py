@@ -19,7 +19,8 @@ from learner.worker import LearnerWorker
 from rollout.worker import RolloutWorker
 
 
-def _device(num_gpus: float) -> str:
+def device_for(num_gpus: float) -> str:
+    """The torch device of a worker reserved `num_gpus` GPUs (launch.py eval uses the rollout setting)."""
     return "cuda" if num_gpus > 0 else "cpu"
 
 
@@ -54,7 +55,7 @@ def rollout_actors(cfg: ExperimentConfig, placement: Placement, max_restarts: in
                 runtime_env=_env(cfg),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement.group, placement.rollout_bundle(i)),
             ).remote(
-                cfg.model, cfg.sampling, name=f"rollout-{i}", device=_device(c.rollout_num_gpus),
+                cfg.model, cfg.sampling, name=f"rollout-{i}", device=device_for(c.rollout_num_gpus),
                 torch_threads=c.torch_threads_per_actor,
             )  # fmt: skip
         )
@@ -75,7 +76,7 @@ def learner_actors(cfg: ExperimentConfig, placement: Placement) -> list:
             scheduling_strategy=PlacementGroupSchedulingStrategy(placement.group, placement.learner_bundle(r)),
         ).remote(
             cfg.model, cfg.sampling, cfg.learner, rank=r, world_size=c.num_learner_ranks, seed=cfg.seed,
-            device=_device(c.learner_num_gpus), torch_threads=c.torch_threads_per_actor,
+            device=device_for(c.learner_num_gpus), torch_threads=c.torch_threads_per_actor,
         )  # fmt: skip
         for r in range(c.num_learner_ranks)
     ]

@@ -21,6 +21,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PRESET = REPO_ROOT / "configs" / "shapes_flowgrpo.yaml"
 
 
+def resolve(path: str) -> str:
+    """A repo-relative data path (prompt files, the shipped model) as an absolute one when it exists
+    under the repo, so runs started from any directory find them; other paths pass through."""
+    p = REPO_ROOT / path
+    return str(p) if not path.startswith("/") and p.exists() else path
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -44,7 +51,34 @@ class DataConfig(_Section):
         "task with few prompts is trained as often as one with many (the evaluation averages over tags).",
     )
     eval_num_prompts: int | None = Field(None, ge=1, description="Evaluate on the first N test prompts (None: all).")
-    eval_images_per_prompt: int = Field(1, ge=1, description="Images per test prompt at evaluation.")
+    eval_images_per_prompt: int = Field(
+        1, ge=1, description="Images per test prompt at evaluation (when data.eval_images_per_tag is unset or the "
+        "prompts carry no tag)."
+    )
+    eval_images_per_tag: int | None = Field(
+        None, ge=1,
+        description="Balanced evaluation of tagged (GenEval) prompts: about this many images per tag, split evenly "
+        "over the tag's prompts (ceil(N / prompts of the tag) each), so a tag with one prompt weighs as much as one "
+        "with 24. None: data.eval_images_per_prompt for every prompt.",
+    )
+    eval_seed: int = Field(
+        1234, description="Seed of the evaluation noise: image j of prompt i starts from seed (eval_seed, split, i, j), "
+        "so every evaluation with the same prompts and counts is paired image by image with every other."
+    )
+    eval_max_halfwidth: float | None = Field(
+        None, gt=0, lt=1,
+        description="Refuse (at setup and --dry-run) an evaluation whose image counts cannot give every tag's accuracy "
+        "a 95% interval of at most +-this (binomial worst case, p = 1/2). None: no check.",
+    )
+    eval_max_halfwidth_overall: float | None = Field(
+        None, gt=0, lt=1, description="The same check for `overall` (GenEval's mean over tags)."
+    )
+    eval_train_images_per_tag: int = Field(
+        0, ge=0,
+        description="Held-out check on the training prompts: images per tag sampled from them with evaluation seeds "
+        "(never the training seeds) at the base and final evaluations, so 'learned the training prompts' can be told "
+        "from 'generalised'. 0: off.",
+    )
 
 
 class ClusterConfig(_Section):
@@ -89,6 +123,20 @@ class LoggingConfig(_Section):
     )
     keep_checkpoints: int = Field(2, ge=1, description="Keep the last K complete checkpoints.")
     tensorboard: bool = Field(True, description="Also write TensorBoard event files.")
+    probe_every: int = Field(
+        0, ge=0,
+        description="Training monitor: every N iterations, sample a fixed probe set (test prompts, fixed seeds) with "
+        "the sampling policy's weights and sampling.num_steps ODE steps, score it and log probe/* (a curve paired "
+        "over time; images to TensorBoard). 0: off.",
+    )
+    probe_images_per_tag: int = Field(
+        24, ge=1, description="Probe set size per tag (untagged prompt files: images per prompt is 1)."
+    )
+    wandb: bool = Field(False, description="Also log metrics (and probe images) to Weights & Biases (`pip install wandb`).")
+    wandb_project: str = Field("flowray", description="Weights & Biases project name.")
+    wandb_mode: Literal["online", "offline"] = Field(
+        "online", description="Weights & Biases mode; 'offline' writes under <output_dir>/wandb for `wandb sync`."
+    )
 
 
 class ExperimentConfig(_Section):

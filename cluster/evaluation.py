@@ -1,38 +1,368 @@
-"""Evaluation: deterministic ODE images (T_eval steps, fixed seeds) on the test prompts, scored by the
-configured reward models; shapes-GenEval accuracy per category when the scorer reports GenEval's
-`correct` verdict. Writes eval.json and an image grid. Two evaluations of one checkpoint agree exactly.
+"""Evaluation: deterministic ODE images (T_eval steps) from seeds fixed per (prompt, image), scored by
+the configured reward models, written image by image so two evaluations can be compared pairwise.
+
+A plan (`plan_evaluation`) fixes what is sampled: with `data.eval_images_per_tag`, every tag of a
+GenEval-style prompt file gets about that many images whatever its number of prompts (more images per
+prompt where a tag has few prompts), since GenEval's `overall` is the mean over tags and one prompt of
+a tag with one prompt would otherwise carry a sixth of it. Image j of prompt i always starts from the
+noise of seed derive_seed(data.eval_seed, "eval", split, i, j), so every evaluation of a checkpoint
+with the same plan is paired image by image with every other.
+
+Each evaluation `<name>` writes:
+- `<name>_images.jsonl`: one row per image (prompt index, tag, prompt, image index, seed, every
+  scorer's reward and diagnostics, GenEval's verdicts among them);
+- `<name>.json`: accuracy per tag and `overall` (GenEval's mean over tags), each with a two-stage
+  bootstrap 95% interval (`cluster.eval_stats`), each scorer's mean reward with its interval, the
+  plan's fingerprint and the per-image file's sha256 (so a truncated or swapped file is caught);
+- `<name>_grid.png`: a few images of a few prompts per tag.
+`compare_evaluations` pairs two evaluations with the same fingerprint and gives the difference per tag
+and overall with a paired bootstrap interval. The trainer (through its actors) and `launch.py eval`
+(in process) both evaluate through `evaluate` and `sample_sharded`: one path, the same numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cluster.eval_stats import Estimate, bootstrap, verdict, worst_case_halfwidths
 from rewards.base import ScoreResult
-from rewards.geneval_rules import accuracy
 from rollout.seeding import derive_seed
 
-SampleFn = Callable[[list[str], int, list[int]], np.ndarray]  # (prompts, images per prompt, seed per prompt) -> uint8
+# (prompts, seeds per prompt) -> uint8 [sum of len(seeds[i]), H, W, 3], prompt-major
+SampleFn = Callable[[list[str], list[list[int]]], np.ndarray]
 ScoreFn = Callable[[np.ndarray, list[str], list[dict]], dict[str, ScoreResult]]
 
 EVAL_SEED = 1234
+ACCURACY_DIAGNOSTIC = "correct"  # GenEval's official per-image verdict (rewards.geneval_rules)
 
 
-def summarize(records: Sequence[dict], per_prompt: int, scores: dict[str, ScoreResult]) -> dict:
-    """eval.json content: per scorer mean reward (+ diagnostics); GenEval `overall` and one key per tag."""
-    tags = [r.get("tag", "all") for r in records for _ in range(per_prompt)]
-    out: dict = {"num_prompts": len(records), "images_per_prompt": per_prompt, "rewards": {}}
-    for name, result in scores.items():
-        entry = {"mean": float(np.nanmean(result.reward))}
-        entry.update({d: float(np.nanmean(v)) for d, v in result.diagnostics.items()})
+class EvaluationFileError(ValueError):
+    """A per-image evaluation file that is missing, truncated, from another run, or not comparable."""
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What an evaluation samples: the prompt records, and one seed per image of each."""
+
+    split: str  # "test", "train" (the held-out check on training prompts) or "probe"
+    records: tuple[dict, ...]
+    seeds: tuple[tuple[int, ...], ...]
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(s) for s in self.seeds)
+
+    def tags(self) -> list[str]:
+        return [str(r.get("tag", "all")) for r in self.records]
+
+    def images_per_tag(self) -> dict[str, int]:
+        counts: Counter = Counter()
+        for tag, seeds in zip(self.tags(), self.seeds, strict=True):
+            counts[tag] += len(seeds)
+        return dict(sorted(counts.items()))
+
+    def prompts_per_tag(self) -> dict[str, int]:
+        return dict(sorted(Counter(self.tags()).items()))
+
+    def fingerprint(self) -> str:
+        """sha256 of (split, every prompt with its seeds): equal fingerprints pair image by image."""
+        payload = [self.split, [[r["prompt"], list(s)] for r, s in zip(self.records, self.seeds, strict=True)]]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def images_per_record(records: Sequence[dict], images_per_tag: int | None, images_per_prompt: int) -> list[int]:
+    """Images of each record: ceil(images_per_tag / prompts of its tag) when every record is tagged and
+    `images_per_tag` is set, else `images_per_prompt` each."""
+    if images_per_tag and records and all("tag" in r for r in records):
+        per_tag = Counter(r["tag"] for r in records)
+        return [math.ceil(images_per_tag / per_tag[r["tag"]]) for r in records]
+    return [images_per_prompt] * len(records)
+
+
+def plan_evaluation(records: Sequence[dict], *, split: str, seed: int, images_per_tag: int | None,
+                    images_per_prompt: int) -> EvalPlan:
+    if not records:
+        raise ValueError(f"evaluation ({split}): no prompts")
+    counts = images_per_record(records, images_per_tag, images_per_prompt)
+    seeds = tuple(tuple(derive_seed(seed, "eval", split, i, j) for j in range(n)) for i, n in enumerate(counts))
+    return EvalPlan(split, tuple(dict(r) for r in records), seeds)
+
+
+def check_power(plan: EvalPlan, max_halfwidth: float | None, max_halfwidth_overall: float | None,
+                key: str = "data.eval_images_per_tag") -> dict[str, float]:
+    """Refuse a plan too small to meet its own interval targets, naming the key that sizes it.
+    Returns the worst-case (p = 1/2) half-widths."""
+    worst = worst_case_halfwidths(plan.images_per_tag(), plan.prompts_per_tag())
+    problems = [f"{t} +-{w:.3f} > {max_halfwidth}" for t, w in worst.items()
+                if t != "overall" and max_halfwidth is not None and w > max_halfwidth]
+    if max_halfwidth_overall is not None and worst["overall"] > max_halfwidth_overall:
+        problems.append(f"overall +-{worst['overall']:.3f} > {max_halfwidth_overall}")
+    if problems:
+        from cluster.config import ConfigError
+
+        tags = len(worst) - 1
+        bounds = [b for b in (max_halfwidth, max_halfwidth_overall and max_halfwidth_overall * math.sqrt(tags)) if b]
+        need = math.ceil(2 * (0.98 / min(bounds)) ** 2)  # 1.96 * sqrt(2 * 0.25 / n) <= bound, per tag
+        raise ConfigError(
+            f"the {plan.split} evaluation ({plan.images_per_tag()} images per tag) cannot meet its interval "
+            f"targets: {', '.join(problems)} (worst case p = 1/2, two-stage bootstrap). Raise {key} (to about {need}) or loosen "
+            "data.eval_max_halfwidth / data.eval_max_halfwidth_overall"
+        )
+    return worst
+
+
+SPLITS = ("test", "train", "probe")
+
+
+def plan_for(cfg, split: str) -> EvalPlan:
+    """The evaluation plan a config defines for `split`: 'test' (data.test_prompts, the reported
+    accuracy), 'train' (the held-out check: training prompts, evaluation seeds) or 'probe' (the
+    training monitor's small fixed set of test prompts). Checks the plan's power (data.eval_max_halfwidth*)."""
+    from cluster.config import resolve
+    from rewards.prompts import load_prompts
+
+    d = cfg.data
+    if split == "test":
+        records = load_prompts(resolve(d.test_prompts))[: d.eval_num_prompts]
+        plan = plan_evaluation(records, split=split, seed=d.eval_seed, images_per_tag=d.eval_images_per_tag,
+                               images_per_prompt=d.eval_images_per_prompt)
+        check_power(plan, d.eval_max_halfwidth, d.eval_max_halfwidth_overall)
+        return plan
+    if split == "train":
+        if not d.eval_train_images_per_tag:
+            raise ValueError("the held-out training-prompt check is off (data.eval_train_images_per_tag is 0)")
+        records = load_prompts(resolve(d.train_prompts))
+        return plan_evaluation(records, split=split, seed=d.eval_seed, images_per_tag=d.eval_train_images_per_tag,
+                               images_per_prompt=1)
+    if split == "probe":
+        records = load_prompts(resolve(d.test_prompts))[: d.eval_num_prompts]
+        return plan_evaluation(records, split=split, seed=d.eval_seed,
+                               images_per_tag=cfg.logging.probe_images_per_tag, images_per_prompt=1)
+    raise ValueError(f"unknown evaluation split {split!r}; known: {SPLITS}")
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_sharded(workers: Sequence, prompts: list[str], seeds: list[list[int]], call: Callable,
+                   gather: Callable = lambda results: results) -> np.ndarray:
+    """Sample prompts round-robin over workers and reassemble them prompt-major. `call(worker,
+    prompts, seeds)` starts a worker's share (an actor's `.remote`, or an in-process call) and
+    `gather` waits for all shares (`ray.get` for actors): the trainer and `launch.py eval` differ
+    only in these two."""
+    n = len(workers)
+    shares = gather([call(w, prompts[a::n], seeds[a::n]) for a, w in enumerate(workers) if prompts[a::n]])
+    per_prompt: list[np.ndarray] = [np.empty(0)] * len(prompts)
+    for a, share in enumerate(shares):
+        start = 0
+        for i in range(a, len(prompts), n):
+            per_prompt[i] = share[start : start + len(seeds[i])]
+            start += len(seeds[i])
+    return np.concatenate(per_prompt)
+
+
+# ----------------------------------------------------------------------------- one evaluation
+
+
+@dataclass
+class Evaluation:
+    summary: dict  # what <name>.json holds
+    images: np.ndarray  # uint8 [plan.num_images, H, W, 3], prompt-major
+    plan: EvalPlan
+    rows: list[dict]  # what <name>_images.jsonl holds
+
+    def image_index(self, per_prompt: int, prompts_per_tag: int) -> list[int]:
+        """Rows of `images` for a picture: the first `per_prompt` images of the first
+        `prompts_per_tag` prompts of each tag (tags in order of appearance)."""
+        starts = np.cumsum([0] + [len(s) for s in self.plan.seeds])
+        taken: dict[str, int] = defaultdict(int)
+        out = []
+        for i, tag in enumerate(self.plan.tags()):
+            if taken[tag] < prompts_per_tag:
+                taken[tag] += 1
+                out.extend(range(starts[i], starts[i] + min(per_prompt, len(self.plan.seeds[i]))))
+        return out
+
+
+def per_image_rows(plan: EvalPlan, scores: dict[str, ScoreResult]) -> list[dict]:
+    rows = []
+    k = 0
+    for i, (record, seeds) in enumerate(zip(plan.records, plan.seeds, strict=True)):
+        for j, seed in enumerate(seeds):
+            row = {"prompt_index": i, "image_index": j, "tag": str(record.get("tag", "all")),
+                   "prompt": record["prompt"], "seed": seed}
+            for name, result in scores.items():
+                row[name] = _json_float(result.reward[k])
+                row.update({f"{name}/{d}": _json_float(v[k]) for d, v in result.diagnostics.items()})
+            rows.append(row)
+            k += 1
+    return rows
+
+
+def _json_float(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def accuracy_key(rows: Sequence[dict]) -> str | None:
+    """The per-image verdict column GenEval's accuracy is read from (the first scorer reporting one)."""
+    return next((k for k in rows[0] if k.endswith("/" + ACCURACY_DIAGNOSTIC)), None) if rows else None
+
+
+def _column(rows: Sequence[dict], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=np.float64)
+
+
+def summarize(plan: EvalPlan, rows: list[dict], scorer_names: Sequence[str]) -> dict:
+    """<name>.json: accuracy per tag and overall with intervals (when a scorer gives GenEval verdicts),
+    and each scorer's mean reward with its interval."""
+    prompt_index = [r["prompt_index"] for r in rows]
+    tags = [r["tag"] for r in rows]
+    out: dict = {"split": plan.split, "num_prompts": len(plan.records), "num_images": plan.num_images,
+                 "images_per_tag": plan.images_per_tag(), "fingerprint": plan.fingerprint(), "rewards": {}}
+    key = accuracy_key(rows)
+    if key is not None:
+        est = bootstrap(np.nan_to_num(_column(rows, key)), prompt_index, tags)
+        out.update({k: e.value for k, e in est.items()})
+        out["ci"] = {k: e.as_list() for k, e in est.items()}
+    for name in scorer_names:
+        values = _column(rows, name)
+        ok = np.isfinite(values)
+        entry: dict = {"mean": float(values[ok].mean()) if ok.any() else float("nan"), "masked": int((~ok).sum())}
+        if ok.any():
+            est = bootstrap(values[ok], np.asarray(prompt_index)[ok], ["all"] * int(ok.sum()))["overall"]
+            entry["ci"] = est.as_list()
+        diag = [k for k in rows[0] if k.startswith(name + "/")]
+        entry.update({k.split("/", 1)[1]: float(np.nanmean(_column(rows, k))) for k in diag})
         out["rewards"][name] = entry
-        if "correct" in result.diagnostics and "overall" not in out:
-            out.update(accuracy(tags, np.nan_to_num(result.diagnostics["correct"]).tolist()))
     return out
+
+
+def evaluate(plan: EvalPlan, sample: SampleFn, score: ScoreFn, *, output_dir: str | Path,
+             name: str = "eval", grid: bool = True) -> Evaluation:
+    """Sample and score the plan; write <name>_images.jsonl, <name>.json and <name>_grid.png."""
+    prompts = [r["prompt"] for r in plan.records]
+    images = sample(prompts, [list(s) for s in plan.seeds])
+    if images.shape[0] != plan.num_images:
+        raise ValueError(f"evaluate: sampler returned {images.shape[0]} images, expected {plan.num_images}")
+    rep_prompts = [r["prompt"] for r, s in zip(plan.records, plan.seeds, strict=True) for _ in s]
+    rep_meta = [dict(r) for r, s in zip(plan.records, plan.seeds, strict=True) for _ in s]
+    scores = score(images, rep_prompts, rep_meta)
+    rows = per_image_rows(plan, scores)
+    summary = summarize(plan, rows, list(scores))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (out / f"{name}_images.jsonl").write_text(text)
+    summary["images_file"] = f"{name}_images.jsonl"
+    summary["images_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    evaluation = Evaluation(summary, images, plan, rows)
+    if grid:
+        pick = evaluation.image_index(per_prompt=8, prompts_per_tag=2)
+        save_png(image_grid(images[pick], columns=8), out / f"{name}_grid.png")
+    return evaluation
+
+
+# ----------------------------------------------------------------------------- reading and comparing
+
+
+def load_evaluation(path: str | Path, name: str = "eval") -> tuple[dict, list[dict]]:
+    """(summary, per-image rows) of an evaluation: `path` is its folder (holding <name>.json) or the
+    json itself. Raises EvaluationFileError naming the file when it is missing, truncated or does not
+    belong to the summary."""
+    path = Path(path)
+    summary_file = path if path.suffix == ".json" else path / f"{name}.json"
+    if not summary_file.is_file():
+        raise EvaluationFileError(f"{summary_file}: no evaluation summary there (run `launch.py eval` first)")
+    summary = json.loads(summary_file.read_text())
+    if "images_file" not in summary:
+        raise EvaluationFileError(f"{summary_file}: written by an older flowray without per-image results; re-evaluate")
+    images_file = summary_file.parent / summary["images_file"]
+    if not images_file.is_file():
+        raise EvaluationFileError(f"{images_file}: missing (named by {summary_file})")
+    text = images_file.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != summary["num_images"]:
+        raise EvaluationFileError(f"{images_file}: {len(lines)} rows, but {summary_file} counts "
+                                  f"{summary['num_images']} images (truncated?)")
+    if hashlib.sha256(text.encode()).hexdigest() != summary["images_sha256"]:
+        raise EvaluationFileError(f"{images_file}: its content does not match {summary_file} "
+                                  "(from another run, or edited)")
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise EvaluationFileError(f"{images_file}:{n}: not JSON ({err.msg})") from None
+    return summary, rows
+
+
+def compare_evaluations(before: str | Path, after: str | Path, name: str = "eval",
+                        name_after: str | None = None) -> dict:
+    """after - before, image by image, per tag and overall, with paired bootstrap 95% intervals.
+    Refuses evaluations of different prompts, seeds or image counts (their fingerprints differ)."""
+    (sa, ra), (sb, rb) = load_evaluation(before, name), load_evaluation(after, name_after or name)
+    if sa["fingerprint"] != sb["fingerprint"]:
+        diff = next((f"row {n}: ({x['prompt']!r}, seed {x['seed']}) vs ({y['prompt']!r}, seed {y['seed']})"
+                     for n, (x, y) in enumerate(zip(ra, rb, strict=False), 1)
+                     if (x["prompt"], x["seed"]) != (y["prompt"], y["seed"])),
+                    f"{len(ra)} vs {len(rb)} images")
+        raise EvaluationFileError(
+            f"{before} and {after} evaluated different prompts, seeds or image counts (split "
+            f"{sa['split']!r} vs {sb['split']!r}; first difference: {diff}): a paired comparison needs "
+            "the same data.test_prompts, data.eval_seed and image counts"
+        )
+    prompt_index = [r["prompt_index"] for r in ra]
+    out: dict = {"before": str(before), "after": str(after), "split": sa["split"], "num_images": len(ra),
+                 "fingerprint": sa["fingerprint"], "differences": {}, "verdicts": []}
+    key = accuracy_key(ra)
+    if key is not None:  # per tag and overall, as GenEval reports accuracy
+        est = bootstrap(np.nan_to_num(_column(rb, key)) - np.nan_to_num(_column(ra, key)), prompt_index,
+                        [r["tag"] for r in ra])
+        out["differences"]["accuracy"] = {k: _difference(sa[k], sb[k], e) for k, e in est.items()}
+        out["verdicts"] += [verdict(f"accuracy {k}", e) for k, e in est.items()]
+    for n in (n for n in sa["rewards"] if n in sb["rewards"]):  # each reward model's mean, images scored by both
+        a, b = _column(ra, n), _column(rb, n)
+        ok = np.isfinite(a) & np.isfinite(b)
+        if not ok.any():
+            continue
+        est = bootstrap((b - a)[ok], np.asarray(prompt_index)[ok], ["all"] * int(ok.sum()))["overall"]
+        out["differences"][f"reward/{n}"] = {"overall": _difference(float(a[ok].mean()), float(b[ok].mean()), est)}
+        out["verdicts"].append(verdict(f"reward/{n}", est))
+    return out
+
+
+def _difference(before: float, after: float, est: Estimate) -> dict:
+    return {"before": before, "after": after, "difference": est.value, "ci": est.as_list()}
+
+
+def comparison_table(comparison: dict) -> str:
+    """Markdown: one row per tag (and overall) and per reward, before / after / paired difference."""
+    lines = ["| | before | after | after - before (paired 95% CI) | |", "|---|---|---|---|---|"]
+    for label, per_key in comparison["differences"].items():
+        for key, d in per_key.items():
+            est = Estimate(d["difference"], *d["ci"])
+            sign = "up" if est.low > 0 else "down" if est.high < 0 else "no clear change"
+            name = key if label == "accuracy" else label
+            bold = "**" if key == "overall" and label == "accuracy" else ""
+            lines.append(f"| {bold}{name}{bold} | {d['before']:.3f} | {d['after']:.3f} | "
+                         f"{est.value:+.3f} [{est.low:+.3f}, {est.high:+.3f}] | {sign} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- pictures
 
 
 def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
@@ -53,37 +383,3 @@ def save_png(array: np.ndarray, path: Path, scale: int = 4) -> None:
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     img.save(path)
-
-
-@dataclass
-class Evaluation:
-    summary: dict  # what eval.json holds
-    images: np.ndarray  # uint8 [prompts * images_per_prompt, H, W, 3], prompt-major
-
-
-def evaluate(
-    records: Sequence[dict],
-    sample: SampleFn,
-    score: ScoreFn,
-    *,
-    images_per_prompt: int,
-    output_dir: str | Path,
-    seed: int = EVAL_SEED,
-    name: str = "eval",
-) -> Evaluation:
-    """Sample, score and write `<output_dir>/<name>.json` and `<name>_grid.png`."""
-    if not records:
-        raise ValueError("evaluate: no prompts")
-    prompts = [r["prompt"] for r in records]
-    images = sample(prompts, images_per_prompt, [derive_seed(seed, "eval", i) for i in range(len(prompts))])
-    expected = len(prompts) * images_per_prompt
-    if images.shape[0] != expected:
-        raise ValueError(f"evaluate: sampler returned {images.shape[0]} images, expected {expected}")
-    rep_prompts = [p for p in prompts for _ in range(images_per_prompt)]
-    rep_meta = [dict(r) for r in records for _ in range(images_per_prompt)]
-    summary = summarize(records, images_per_prompt, score(images, rep_prompts, rep_meta))
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
-    save_png(image_grid(images[: 16 * images_per_prompt], columns=max(images_per_prompt, 8)), out / f"{name}_grid.png")
-    return Evaluation(summary, images)

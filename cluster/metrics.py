@@ -27,7 +27,11 @@ def _finite(value) -> bool:
 
 
 class MetricsLogger:
-    def __init__(self, output_dir: str | Path, *, tensorboard: bool = True, ray_gauges: bool = True):
+    """`wandb`: None, or the settings of an optional Weights & Biases run ({"project", "mode", "name",
+    "config"}); it receives the same scalars and images as TensorBoard."""
+
+    def __init__(self, output_dir: str | Path, *, tensorboard: bool = True, ray_gauges: bool = True,
+                 wandb: dict | None = None):
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = (self.dir / "metrics.jsonl").open("a", encoding="utf-8")
@@ -40,6 +44,7 @@ class MetricsLogger:
 
             self.gauges = {key: Gauge(name, description=f"flowray {key}") for key, name in DASHBOARD_GAUGES.items()}
         self.start = time.time()
+        self.wandb = _wandb_run(self.dir, wandb) if wandb else None
 
     def _writer(self):
         """The open TensorBoard writer (None when disabled), opened on first use."""
@@ -70,19 +75,47 @@ class MetricsLogger:
         record = {"iteration": iteration, "time": round(time.time() - self.start, 3), **metrics, **extra}
         self.jsonl.write(json.dumps(record, default=_jsonable) + "\n")
         self.jsonl.flush()
+        self.log_scalars(metrics, iteration)
+
+    def log_scalars(self, metrics: dict, step: int) -> None:
+        """Finite scalars to TensorBoard, W&B and the dashboard gauges (not metrics.jsonl: `log` writes it)."""
         tb = self._writer()
-        for key, value in metrics.items():
-            if not _finite(value):
-                continue
+        finite = {k: float(v) for k, v in metrics.items() if _finite(v)}
+        for key, value in finite.items():
             if tb is not None:
-                tb.add_scalar(key, value, iteration)
+                tb.add_scalar(key, value, step)
             if key in self.gauges:
-                self.gauges[key].set(float(value))
+                self.gauges[key].set(value)
+        if self.wandb is not None and finite:
+            self.wandb.log(finite, step=step)
+
+    def log_image(self, key: str, image, step: int) -> None:
+        """A uint8 [H, W, 3] picture (the probe grid) to TensorBoard and W&B."""
+        tb = self._writer()
+        if tb is not None:
+            tb.add_image(key, image, step, dataformats="HWC")
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({key: wandb.Image(image)}, step=step)
 
     def close(self) -> None:
         self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+def _wandb_run(folder: Path, settings: dict):
+    """Start the optional W&B run (logging.wandb); its files go under <output_dir>/wandb."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError("logging.wandb is true but wandb is not installed: pip install 'flowray[wandb]'") from None
+    return wandb.init(project=settings["project"], mode=settings["mode"], name=settings.get("name"),
+                      config=settings.get("config"), dir=str(folder), reinit="finish_previous")
 
 
 def reward_by_tag(reward, tags: list, sizes: list[int]) -> dict:

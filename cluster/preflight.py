@@ -132,6 +132,26 @@ def _check_prompts(cfg: ExperimentConfig, report: PreflightReport) -> None:
         report.add(f"data.{key}", status, message)
 
 
+def _check_evaluation(cfg: ExperimentConfig, report: PreflightReport) -> None:
+    """The evaluation plan's size, cost and worst-case intervals (data.eval_*), and whether it meets
+    its own interval targets."""
+    from cluster.config import ConfigError
+    from cluster.eval_stats import worst_case_halfwidths
+    from cluster.evaluation import plan_for
+
+    try:
+        plan = plan_for(cfg, "test")
+    except ConfigError as err:
+        report.add("data.eval_images_per_tag", "error", str(err))
+        return
+    except (OSError, ValueError):
+        return  # the prompt file's own error is reported by _check_prompts
+    worst = worst_case_halfwidths(plan.images_per_tag(), plan.prompts_per_tag())
+    report.add("data.eval_images_per_tag", "ok",
+               f"test evaluation: {plan.num_images} images ({plan.images_per_tag()} per tag), worst-case 95% "
+               f"half-width overall +-{worst['overall']:.3f}, widest tag +-{max(v for k, v in worst.items() if k != 'overall'):.3f}")
+
+
 def _fit_scorers(records: list[dict], scorers: list[str], path: Path) -> list[str]:
     """Why these records cannot feed these scorers ([] when they can)."""
     from rewards.ocr import _QUOTED
@@ -337,7 +357,8 @@ def preflight(cfg: ExperimentConfig, *, cluster_resources: dict | None = None) -
     else:
         source = "the given cluster resources"
     report = PreflightReport(resources_source=source)
-    steps: list[Callable[[ExperimentConfig, PreflightReport], None]] = [_check_prompts, _check_model, _check_scorers]
+    steps: list[Callable[[ExperimentConfig, PreflightReport], None]] = [_check_prompts, _check_evaluation, _check_model,
+                                                                      _check_scorers]
     for step in steps:
         step(cfg, report)
     check_resources(cfg, report, cluster_resources, local)

@@ -13,6 +13,7 @@ actor restart is identical and is counted once.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -27,8 +28,16 @@ from ray.exceptions import RayActorError
 
 from cluster import checkpoints
 from cluster.actors import learner_actors, rollout_actors
-from cluster.config import REPO_ROOT, ExperimentConfig
-from cluster.evaluation import Evaluation, evaluate
+from cluster.config import ExperimentConfig, resolve
+from cluster.evaluation import (
+    Evaluation,
+    compare_evaluations,
+    comparison_table,
+    evaluate,
+    image_grid,
+    plan_for,
+    sample_sharded,
+)
 from cluster.metrics import MetricsLogger, progress_line, reward_by_tag
 from cluster.placement import create_placement
 from cluster.plots import before_after_grid, plot_curves
@@ -74,11 +83,6 @@ def score_in_process(results: Sequence[GroupResult], scorers: dict) -> list[Scor
         out.append(Scored(r, {name: scorer(r.images, [r.request.prompt] * n, [r.request.metadata] * n)
                               for name, scorer in scorers.items()}))
     return out
-
-
-def resolve(path: str) -> str:
-    p = REPO_ROOT / path
-    return str(p) if not path.startswith("/") and p.exists() else path
 
 
 def prompts_for_iteration(num_prompts: int, per_iteration: int, seed: int, iteration: int) -> list[int]:
@@ -186,7 +190,10 @@ class Trainer:
         self.rollouts = rollout_actors(self.cfg, self.placement)
         self.rewards = RewardPools(self.cfg.rewards)
         self.sync_weights = WeightSync(c.sync_backend, self.learners[0], self.rollouts)
-        self.logger = MetricsLogger(self.cfg.logging.output_dir, tensorboard=self.cfg.logging.tensorboard)
+        lc = self.cfg.logging
+        wandb = {"project": lc.wandb_project, "mode": lc.wandb_mode, "name": self.cfg.name,
+                 "config": self.cfg.model_dump(mode="json")} if lc.wandb else None
+        self.logger = MetricsLogger(lc.output_dir, tensorboard=lc.tensorboard, wandb=wandb)
         if self.resume:
             self._restore()
         # Rollout actors initialise their own LoRA adapters; the first sync gives them the learner's.
@@ -318,6 +325,9 @@ class Trainer:
     def _train(self, stop: Callable[[dict], bool] | None, evaluate_when: Callable[[dict], bool] | None) -> dict:
         cfg, last = self.cfg, {}
         start_it = self.iteration
+        probe_every = cfg.logging.probe_every
+        if probe_every and start_it == 0:  # the monitor's starting point (probes/probe_000000.json)
+            self.logger.log_scalars(self.probe("probe_000000", step=0), 0)
         wall_start, eval_seconds = time.perf_counter(), 0.0
         pending = self.submit_rollout(start_it) if start_it < cfg.iterations else None
         for it in range(start_it, cfg.iterations):
@@ -332,13 +342,19 @@ class Trainer:
             learned = self.update(groups, it)
             t_upd = time.perf_counter() - t0 - t_roll - t_rew
             synced = self.sync()
+            t_step = time.perf_counter() - t0
+            probed = {}
+            if probe_every and (it + 1) % probe_every == 0:  # before the next rollout takes the actors
+                probed = self.probe(f"probe_{it + 1:06d}", step=it + 1)
+                probed["time/probe"] = time.perf_counter() - t0 - t_step
+                eval_seconds += probed["time/probe"]
             if not cfg.cluster.async_mode and it + 1 < cfg.iterations:
                 pending = self.submit_rollout(it + 1)
             self.iteration = it + 1
             metrics = {
-                **self._reward_metrics(scored), **adv_metrics, **learned, **synced,
+                **self._reward_metrics(scored), **adv_metrics, **learned, **synced, **probed,
                 "time/rollout": t_roll, "time/reward": t_rew, "time/update": t_upd,
-                "time/step": time.perf_counter() - t0,
+                "time/step": t_step,
                 "charts/images_per_s": sum(len(s.result.images) for s in scored) / max(t_roll + t_rew, 1e-9),
                 "charts/transitions_per_s": learned.get("learner/transitions", 0.0) * len(self.learners)
                 / max(learned.get("learner/seconds", 1e-9), 1e-9),
@@ -373,47 +389,69 @@ class Trainer:
 
     def run(self, stop: Callable[[dict], bool] | None = None,
             evaluate_when: Callable[[dict], bool] | None = None) -> Evaluation:
-        """The whole job: evaluate the base policy (unless resuming), train, evaluate, and draw the
-        reward/accuracy curve and the before/after grid into the output dir."""
+        """The whole job: evaluate the base policy (unless resuming), train, evaluate, compare the two
+        image by image (comparison.json), and draw curves.png and the before/after grid."""
         out = Path(self.cfg.logging.output_dir)
-        base = self.evaluate(name="eval_base") if self.cfg.logging.eval_base and self.iteration == 0 else None
+        base = None
+        if self.cfg.logging.eval_base and self.iteration == 0:
+            base = self.evaluate(name="eval_base")
+            self.train_check(name="eval_base_train")
         self.train(stop, evaluate_when)
         final = self.evaluate()
+        self.train_check(name="eval_train")
+        for before, after, file in (("eval_base", "eval", "comparison.json"),
+                                    ("eval_base_train", "eval_train", "comparison_train.json")):
+            if (out / f"{before}.json").is_file() and (out / f"{after}.json").is_file():
+                comparison = compare_evaluations(out, out, name=before, name_after=after)
+                (out / file).write_text(json.dumps(comparison, indent=2))
+                print(f"[flowray] {after} vs {before} (paired, {comparison['num_images']} images):\n"
+                      + comparison_table(comparison), flush=True)
         plot_curves(out / "metrics.jsonl", out / "curves.png", base=base.summary if base else None,
                     final=final.summary)
         if base is not None:
-            before_after_grid(base.images, final.images, out / "before_after.png",
-                              per_prompt=self.cfg.data.eval_images_per_prompt)
+            pick = base.image_index(per_prompt=4, prompts_per_tag=2)
+            before_after_grid(base.images[pick], final.images[pick], out / "before_after.png", per_prompt=4)
         return final
 
-    def evaluate(self, name: str = "eval") -> Evaluation:
-        """Final (or periodic) evaluation with the rollout actors' current weights and the reward pools."""
-        records = load_prompts(resolve(self.cfg.data.test_prompts))[: self.cfg.data.eval_num_prompts]
+    def _sample(self, grid: str = "eval"):
+        """The evaluation sampler over this run's rollout actors (cluster.evaluation.sample_sharded)."""
+        def sample(prompts: list[str], seeds: list[list[int]]) -> np.ndarray:
+            return sample_sharded(self.rollouts, prompts, seeds, lambda a, p, s: a.evaluate.remote(p, s, grid), ray.get)
+        return sample
 
-        def sample(prompts: list[str], per_prompt: int, seeds: list[int]) -> np.ndarray:
-            n = len(self.rollouts)
-            refs = [self.rollouts[a].evaluate.remote(prompts[a::n], per_prompt, seeds[a::n]) for a in range(n)]
-            shards = ray.get(refs)
-            out = np.empty((len(prompts) * per_prompt, *shards[0].shape[1:]), dtype=np.uint8)
-            for a, shard in enumerate(shards):  # undo the round-robin split, prompt by prompt
-                for j, i in enumerate(range(a, len(prompts), n)):
-                    out[i * per_prompt : (i + 1) * per_prompt] = shard[j * per_prompt : (j + 1) * per_prompt]
-            return out
+    def _score(self, images, prompts, metadata):
+        return self.rewards.score(images, prompts, metadata).results
 
-        def score(images, prompts, metadata):
-            return self.rewards.score(images, prompts, metadata).results
-
+    def evaluate(self, name: str = "eval", split: str = "test") -> Evaluation:
+        """Evaluation of the current policy (its EMA weights when learner.ema_decay is set) through the
+        rollout actors and the reward pools: `<name>.json`, `<name>_images.jsonl`, `<name>_grid.png`."""
+        plan = plan_for(self.cfg, split)
         ema = self.cfg.learner.ema_decay is not None
         if ema:  # evaluate the EMA weights, then give the actors the training weights back
             ema_ref = self.learners[0].export_weights.remote(ema=True)
             ray.get([a.load_weights.remote(ema_ref, self.version) for a in self.rollouts])
         try:
-            return evaluate(records, sample, score, images_per_prompt=self.cfg.data.eval_images_per_prompt,
-                            output_dir=self.cfg.logging.output_dir, name=name)
+            return evaluate(plan, self._sample(), self._score, output_dir=self.cfg.logging.output_dir, name=name)
         finally:
             if ema:
                 for actor in self.rollouts:
                     self.sync_weights.resend(actor, restarted=False)
+
+    def train_check(self, name: str) -> Evaluation | None:
+        """The held-out check on the training prompts (data.eval_train_images_per_tag; None when off)."""
+        return self.evaluate(name=name, split="train") if self.cfg.data.eval_train_images_per_tag else None
+
+    def probe(self, name: str, step: int) -> dict:
+        """The training monitor's probe: the fixed probe set sampled with the sampling policy's weights
+        on the training grid (ODE), scored; returns probe/* metrics and sends the grid to TensorBoard."""
+        plan = plan_for(self.cfg, "probe")
+        folder = Path(self.cfg.logging.output_dir) / "probes"
+        result = evaluate(plan, self._sample(grid="train"), self._score, output_dir=folder, name=name, grid=False)
+        metrics = {f"probe/{k}": v for k, v in result.summary.items() if isinstance(v, float)}
+        metrics.update({f"probe/{n}": r["mean"] for n, r in result.summary["rewards"].items()})
+        pick = result.image_index(per_prompt=4, prompts_per_tag=1)
+        self.logger.log_image("probe/images", image_grid(result.images[pick], columns=4), step)
+        return metrics
 
     def checkpoint(self) -> str:
         staging = checkpoints.staging_dir(self.cfg.logging.output_dir, self.iteration)

@@ -435,13 +435,15 @@ def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Ten
 
 
 def eval_sample(
-    velocity_fn: VelocityFn, init_noise: InitNoiseFn, sigmas: torch.Tensor, *, num_images: int, seed: int
+    velocity_fn: VelocityFn, init_noise: InitNoiseFn, sigmas: torch.Tensor, *, seeds: Sequence[int]
 ) -> torch.Tensor:
-    """Evaluation images for one prompt: `num_images` Euler ODE samples from noise drawn with `seed`
-    on a fresh CPU generator, so the same seed gives the same images."""
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    return euler_sample(velocity_fn, init_noise(num_images, torch.Generator().manual_seed(seed)), sigmas)
+    """Evaluation images for one prompt: one Euler ODE sample per seed, image i starting from the noise
+    of `seeds[i]` on a fresh CPU generator, so an image depends on its own seed only (not on how many
+    images are sampled with it): evaluations of two checkpoints pair image by image."""
+    if not seeds:
+        raise ValueError("eval_sample needs at least one seed")
+    noise = torch.cat([init_noise(1, torch.Generator().manual_seed(int(s))) for s in seeds])
+    return euler_sample(velocity_fn, noise, sigmas)
 
 
 def trajectory_nfe(num_steps: int, group_size: int) -> int:

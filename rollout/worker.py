@@ -106,15 +106,14 @@ class RolloutWorker:
         return results
 
     @torch.no_grad()
-    def evaluate(self, prompts: list[str], images_per_prompt: int, seeds: list[int]) -> np.ndarray:
-        """Deterministic ODE images with T_eval steps, one seed per prompt:
-        [len(prompts) * images_per_prompt, H, W, 3]."""
+    def evaluate(self, prompts: list[str], seeds: list[list[int]], grid: str = "eval") -> np.ndarray:
+        """Deterministic ODE images, one per seed of each prompt (cluster.evaluation fixes the seeds):
+        [sum of len(seeds[i]), H, W, 3], prompt-major. `grid` 'eval' uses the T_eval grid; 'train' the
+        sampling grid (the training monitor's cheap probe)."""
+        sigmas = {"eval": self.eval_sigmas, "train": self.sigmas}[grid]
         out = []
-        for prompt, seed in zip(prompts, seeds, strict=True):
-            latents = eval_sample(
-                self._velocity_for(prompt), self._init_noise, self.eval_sigmas,
-                num_images=images_per_prompt, seed=seed,
-            )  # fmt: skip
+        for prompt, prompt_seeds in zip(prompts, seeds, strict=True):
+            latents = eval_sample(self._velocity_for(prompt), self._init_noise, sigmas, seeds=prompt_seeds)
             out.append(self.policy.decode(latents).numpy())
         return np.concatenate(out)
 

@@ -289,14 +289,21 @@ def test_dance_grpo_shared_noise_and_trained_subset():
 
 def test_eval_sampler_is_deterministic_plain_euler():
     v, sigmas = gaussian_velocity(), sd3_sigmas(40)
-    a = eval_sample(v, noise_fn, sigmas, num_images=3, seed=7)
-    b = eval_sample(v, noise_fn, sigmas, num_images=3, seed=7)
-    assert torch.equal(a, b) and not torch.equal(a, eval_sample(v, noise_fn, sigmas, num_images=3, seed=8))
-    x = noise_fn(3, torch.Generator().manual_seed(7))
+    a = eval_sample(v, noise_fn, sigmas, seeds=[7, 8, 9])
+    b = eval_sample(v, noise_fn, sigmas, seeds=[7, 8, 9])
+    assert torch.equal(a, b) and not torch.equal(a, eval_sample(v, noise_fn, sigmas, seeds=[7, 8, 10]))
+    x = torch.cat([noise_fn(1, torch.Generator().manual_seed(s)) for s in (7, 8, 9)])
     for i in range(40):
         x = x + (sigmas[i + 1] - sigmas[i]) * v(x, sigmas[i].expand(3))
     torch.testing.assert_close(a, x, rtol=0, atol=1e-6)
-    assert torch.equal(euler_sample(v, noise_fn(3, torch.Generator().manual_seed(7)), sigmas), a)
+
+
+def test_an_eval_image_depends_on_its_own_seed_only():
+    """Image j of a prompt is the same whether 1 or 3 images are sampled with it: the pairing of two
+    evaluations (cluster.evaluation) relies on it."""
+    v, sigmas = gaussian_velocity(), sd3_sigmas(10)
+    three = eval_sample(v, noise_fn, sigmas, seeds=[7, 8, 9])
+    torch.testing.assert_close(eval_sample(v, noise_fn, sigmas, seeds=[8]), three[1:2], rtol=0, atol=1e-6)
 
 
 def test_same_seed_same_rollout():

@@ -1,0 +1,107 @@
+"""Intervals for evaluation accuracies: a two-stage bootstrap (prompts, then images within a prompt),
+stratified by tag, for one evaluation and for the paired difference of two.
+
+GenEval reports `overall` as the mean of its per-tag accuracies, so the bootstrap keeps the tags fixed
+(each tag's own prompts are resampled, then each drawn prompt's images) and recomputes the same mean
+of means in every replicate. Resampling prompts makes the interval cover the prompt-to-prompt spread
+as well as the seed noise; a tag with one prompt (the shapes test split's single_object) only has the
+second stage. A paired comparison resamples the per-image differences of two evaluations that used
+the same prompts and seeds, so the noise both share (which prompt, which initial noise) cancels.
+
+Pure numpy, seeded: the same inputs give the same interval in every process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 20261129
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its percentile-bootstrap 95% interval."""
+
+    value: float
+    low: float
+    high: float
+
+    @property
+    def halfwidth(self) -> float:
+        return (self.high - self.low) / 2
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def as_list(self) -> list[float]:
+        return [self.low, self.high]
+
+
+def _tag_replicates(values: np.ndarray, prompt_index: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """[n_boot] replicates of one tag's mean image value: draw its prompts with replacement, then for
+    each drawn prompt as many of its images as it has, with replacement (prompts may hold different
+    numbers of images: a replicate averages all drawn images, as the point estimate does)."""
+    prompts = np.unique(prompt_index)
+    per_prompt = [values[prompt_index == p] for p in prompts]
+    sizes = np.array([len(v) for v in per_prompt])
+    padded = np.full((len(prompts), sizes.max()), np.nan)
+    for i, v in enumerate(per_prompt):
+        padded[i, : len(v)] = v
+    drawn = rng.integers(len(prompts), size=(n_boot, len(prompts)))  # stage 1: prompts
+    n = sizes[drawn]  # [n_boot, P] images of each drawn prompt
+    img = (rng.random((n_boot, len(prompts), sizes.max())) * n[..., None]).astype(np.int64)  # stage 2
+    picked = padded[drawn[..., None], img]  # [n_boot, P, max_size]
+    mask = np.arange(sizes.max())[None, None, :] < n[..., None]
+    return np.where(mask, picked, 0.0).sum(axis=(1, 2)) / mask.sum(axis=(1, 2))
+
+
+def tag_means(values: np.ndarray, tags: np.ndarray) -> dict[str, float]:
+    """Mean value per tag (sorted by tag name) and `overall`, their unweighted mean (GenEval's)."""
+    out = {str(t): float(values[tags == t].mean()) for t in sorted(set(tags.tolist()))}
+    out["overall"] = float(np.mean(list(out.values())))
+    return out
+
+
+def bootstrap(values: Sequence[float], prompt_index: Sequence[int], tags: Sequence[str], *,
+              n_boot: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, Estimate]:
+    """Per-tag and `overall` means of per-image `values` (a verdict in {0, 1}, or a paired difference)
+    with two-stage bootstrap 95% intervals, stratified by tag."""
+    values = np.asarray(values, dtype=np.float64)
+    prompt_index, tags = np.asarray(prompt_index), np.asarray(tags, dtype=object)
+    if not (len(values) == len(prompt_index) == len(tags)) or len(values) == 0:
+        raise ValueError(f"bootstrap: {len(values)} values, {len(prompt_index)} prompt indices, {len(tags)} tags")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("bootstrap: values must be finite (score every image, or drop it before)")
+    point = tag_means(values, tags)
+    rng = np.random.default_rng(seed)
+    names = [t for t in point if t != "overall"]
+    reps = {t: _tag_replicates(values[tags == t], prompt_index[tags == t], rng, n_boot) for t in names}
+    reps["overall"] = np.mean([reps[t] for t in names], axis=0)
+    return {k: Estimate(point[k], *np.percentile(reps[k], [2.5, 97.5]).tolist()) for k in point}
+
+
+def worst_case_halfwidths(images_per_tag: dict[str, int], prompts_per_tag: dict[str, int]) -> dict[str, float]:
+    """95% half-widths of each tag's accuracy and of `overall` at p = 1/2 (the widest a binomial gets),
+    from the counts alone: what a configuration can promise before anything is sampled. A tag with
+    several prompts gets twice the binomial variance: the two-stage bootstrap resamples the images of
+    resampled prompts, which counts the seed noise about twice when prompts do not differ (measured in
+    tests/test_evaluation.py); prompt-to-prompt spread widens the measured interval further."""
+    var = {t: 0.25 / n * (2.0 if prompts_per_tag[t] > 1 else 1.0) for t, n in images_per_tag.items()}
+    out = {t: Z95 * np.sqrt(v) for t, v in var.items()}
+    out["overall"] = Z95 * np.sqrt(sum(var.values())) / len(var)
+    return {k: float(v) for k, v in out.items()}
+
+
+def verdict(name: str, est: Estimate, unit: str = "") -> str:
+    """One line in words: is the difference distinguishable from zero at 95%?"""
+    span = f"{est.value:+.3f} (95% CI {est.low:+.3f} to {est.high:+.3f}){unit}"
+    if est.low > 0:
+        return f"{name}: {span}: a real gain (the interval lies above zero)"
+    if est.high < 0:
+        return f"{name}: {span}: a real loss (the interval lies below zero)"
+    return f"{name}: {span}: not distinguishable from zero"

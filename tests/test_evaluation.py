@@ -1,0 +1,194 @@
+"""The powered, paired evaluation: plans balanced by tag, bootstrap intervals, per-image files, paired
+comparisons (a known difference is detected, a zero difference is not), and the errors for evaluations
+that cannot be paired."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from cluster.config import ConfigError, load_config
+from cluster.eval_stats import bootstrap, worst_case_halfwidths
+from cluster.evaluation import (
+    EvaluationFileError,
+    check_power,
+    compare_evaluations,
+    evaluate,
+    load_evaluation,
+    plan_evaluation,
+    plan_for,
+)
+from rewards.base import build_scorer
+from rewards.prompts import load_prompts
+from rewards.shapes import mislabeled_caption, render, sample_scene
+
+TEST_PROMPTS = load_prompts("assets/prompts/shapes_test.jsonl")
+
+
+# ----------------------------------------------------------------------------- plans
+
+
+@pytest.mark.unit
+def test_plan_balances_images_over_tags_and_fixes_a_seed_per_image():
+    plan = plan_evaluation(TEST_PROMPTS, split="test", seed=1, images_per_tag=200, images_per_prompt=4)
+    per_tag = plan.images_per_tag()
+    prompts_per_tag = Counter(r["tag"] for r in TEST_PROMPTS)
+    assert set(per_tag) == set(prompts_per_tag)
+    for tag, n in per_tag.items():  # ceil(200 / prompts of the tag) images for each of its prompts
+        assert 200 <= n < 200 + prompts_per_tag[tag]
+    assert per_tag["single_object"] == 200 and per_tag["color_attr"] == 24 * 9
+    seeds = [s for per_prompt in plan.seeds for s in per_prompt]
+    assert len(set(seeds)) == len(seeds) == plan.num_images
+    again = plan_evaluation(TEST_PROMPTS, split="test", seed=1, images_per_tag=200, images_per_prompt=4)
+    assert again.fingerprint() == plan.fingerprint()
+    other = plan_evaluation(TEST_PROMPTS, split="test", seed=2, images_per_tag=200, images_per_prompt=4)
+    assert other.fingerprint() != plan.fingerprint()
+    # image j of prompt i keeps its seed whatever the number of images per prompt
+    small = plan_evaluation(TEST_PROMPTS, split="test", seed=1, images_per_tag=None, images_per_prompt=2)
+    assert all(s[:2] == b for s, b in zip(plan.seeds, small.seeds, strict=True))
+    train = plan_evaluation(TEST_PROMPTS, split="train", seed=1, images_per_tag=200, images_per_prompt=4)
+    assert not set(seeds) & {s for p in train.seeds for s in p}  # the held-out check draws other noise
+
+
+@pytest.mark.unit
+def test_a_plan_too_small_for_its_targets_is_refused_naming_the_key():
+    small = plan_evaluation(TEST_PROMPTS, split="test", seed=1, images_per_tag=50, images_per_prompt=1)
+    with pytest.raises(ConfigError, match=r"data.eval_images_per_tag \(to about 392\)"):
+        check_power(small, 0.07, 0.03)
+    enough = plan_evaluation(TEST_PROMPTS, split="test", seed=1, images_per_tag=400, images_per_prompt=1)
+    worst = check_power(enough, 0.07, 0.03)
+    assert worst["single_object"] <= 0.07 and worst["overall"] <= 0.03
+    cfg = load_config(None, ["data.eval_images_per_tag=100", "data.eval_max_halfwidth=0.07"])
+    with pytest.raises(ConfigError, match="data.eval_images_per_tag"):
+        plan_for(cfg, "test")
+
+
+@pytest.mark.unit
+def test_worst_case_halfwidth_is_the_binomial_bound_doubled_for_several_prompts():
+    w = worst_case_halfwidths({"a": 196, "b": 98}, {"a": 1, "b": 3})
+    assert w["a"] == pytest.approx(1.96 * 0.5 / 14, rel=1e-3)  # one prompt: the binomial bound
+    assert w["b"] == pytest.approx(w["a"], rel=1e-6)  # several prompts: twice the variance
+    assert w["overall"] == pytest.approx(w["a"] / np.sqrt(2), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- the bootstrap
+
+
+@pytest.mark.unit
+def test_bootstrap_interval_covers_the_truth_at_least_95_percent_of_the_time():
+    """Binomial verdicts with p = 0.6 in 2 tags of 10 prompts x 20 images: the two-stage interval of
+    `overall` covers 0.6 in at least 95% of 200 repetitions. Resampling images again inside resampled
+    prompts counts the seed noise twice when prompts do not differ: the interval is conservative (here
+    it covered every time), which `worst_case_halfwidths` allows for."""
+    rng = np.random.default_rng(0)
+    prompt_index = np.repeat(np.arange(20), 20)
+    tags = np.where(prompt_index < 10, "a", "b")
+    covered = 0
+    for trial in range(200):
+        values = (rng.random(400) < 0.6).astype(float)
+        est = bootstrap(values, prompt_index, tags, n_boot=400, seed=trial)["overall"]
+        covered += est.low <= 0.6 <= est.high
+    assert covered / 200 >= 0.95
+
+
+@pytest.mark.unit
+def test_bootstrap_widens_with_prompt_to_prompt_spread():
+    """Resampling prompts first: prompts that differ (half always right, half always wrong) give a far
+    wider interval than the same mean from identical prompts."""
+    prompt_index = np.repeat(np.arange(8), 25)
+    tags = np.full(200, "t")
+    spread = np.where(prompt_index < 4, 1.0, 0.0)
+    same = np.tile(np.r_[np.ones(12), np.zeros(13)], 8)
+    wide = bootstrap(spread, prompt_index, tags)["t"]
+    narrow = bootstrap(same, prompt_index, tags)["t"]
+    assert wide.halfwidth > 2.5 * narrow.halfwidth
+
+
+# ----------------------------------------------------------------------------- evaluations on rendered images
+
+
+def _renders(correct_share: float, seed_offset: int):
+    """A sampler that draws, for each (prompt, seed), a clean render of the prompt's scene with
+    probability `correct_share` (decided by the image's seed), else a render of a mislabelled scene:
+    real images for the real shapes scorer, with a known accuracy."""
+    def sample(prompts, seeds):
+        by_prompt = {r["prompt"]: r for r in TEST_PROMPTS}
+        images = []
+        for prompt, per_prompt in zip(prompts, seeds, strict=True):
+            record = by_prompt[prompt]
+            for s in per_prompt:
+                rng = np.random.default_rng([s, seed_offset])
+                right = np.random.default_rng(s).random() < correct_share  # same draw for both runs
+                scene = sample_scene(record, rng)
+                if not right:
+                    if record["tag"] in ("position", "counting", "color_attr", "colors"):
+                        wrong = next(r for r in TEST_PROMPTS + load_prompts("assets/prompts/shapes_train.jsonl")
+                                     if r["prompt"] == mislabeled_caption(record, scene, rng))
+                        scene = sample_scene(wrong, rng)
+                    else:
+                        scene = type(scene)(())  # an empty image: nothing drawn
+                images.append(render(scene))
+        return np.stack(images)
+    return sample
+
+
+def _score():
+    scorer = build_scorer("shapes_geneval")
+    return lambda images, prompts, metadata: {"shapes_geneval": scorer(images, prompts, metadata)}
+
+
+def _records():
+    return [r for r in TEST_PROMPTS if r["tag"] != "color_attr"] + [r for r in TEST_PROMPTS if r["tag"] == "color_attr"][:6]
+
+
+@pytest.mark.component
+def test_known_difference_is_detected_and_zero_difference_is_not(tmp_path):
+    plan = plan_evaluation(_records(), split="test", seed=3, images_per_tag=60, images_per_prompt=1)
+    score = _score()
+    a = evaluate(plan, _renders(0.5, 0), score, output_dir=tmp_path / "a")
+    again = evaluate(plan, _renders(0.5, 0), score, output_dir=tmp_path / "again")
+    assert (tmp_path / "a" / "eval_images.jsonl").read_text() == (tmp_path / "again" / "eval_images.jsonl").read_text()
+    assert a.summary == again.summary  # the same evaluation twice agrees exactly, intervals included
+    assert 0.35 <= a.summary["overall"] <= 0.65 and a.summary["ci"]["overall"][0] < a.summary["overall"]
+    evaluate(plan, _renders(0.5, 1), score, output_dir=tmp_path / "other_scenes")  # same verdict rate, other scenes
+    evaluate(plan, _renders(0.8, 0), score, output_dir=tmp_path / "better")
+
+    zero = compare_evaluations(tmp_path / "a", tmp_path / "other_scenes")
+    lo, hi = zero["differences"]["accuracy"]["overall"]["ci"]
+    assert lo < 0 < hi and "not distinguishable" in next(v for v in zero["verdicts"] if "overall" in v)
+    gain = compare_evaluations(tmp_path / "a", tmp_path / "better")
+    d = gain["differences"]["accuracy"]["overall"]
+    assert d["ci"][0] > 0.15 and d["difference"] == pytest.approx(d["after"] - d["before"])
+    assert "a real gain" in next(v for v in gain["verdicts"] if "overall" in v)
+    rows = [json.loads(x) for x in (tmp_path / "a" / "eval_images.jsonl").read_text().splitlines()]
+    assert {"prompt_index", "image_index", "tag", "prompt", "seed", "shapes_geneval", "shapes_geneval/correct"} <= set(rows[0])
+    assert len(rows) == plan.num_images
+
+
+@pytest.mark.component
+def test_unpairable_or_damaged_evaluations_are_refused_naming_the_file(tmp_path):
+    records = _records()[:6]
+    score = _score()
+    evaluate(plan_evaluation(records, split="test", seed=3, images_per_tag=None, images_per_prompt=2),
+             _renders(0.5, 0), score, output_dir=tmp_path / "a")
+    evaluate(plan_evaluation(records, split="test", seed=4, images_per_tag=None, images_per_prompt=2),
+             _renders(0.5, 0), score, output_dir=tmp_path / "seeds")
+    evaluate(plan_evaluation(records, split="test", seed=3, images_per_tag=None, images_per_prompt=3),
+             _renders(0.5, 0), score, output_dir=tmp_path / "count")
+    with pytest.raises(EvaluationFileError, match="different prompts, seeds or image counts.*data.eval_seed"):
+        compare_evaluations(tmp_path / "a", tmp_path / "seeds")
+    with pytest.raises(EvaluationFileError, match="different prompts, seeds or image counts"):
+        compare_evaluations(tmp_path / "a", tmp_path / "count")
+    images = tmp_path / "a" / "eval_images.jsonl"
+    text = images.read_text()
+    images.write_text("".join(text.splitlines(keepends=True)[:-1]))
+    with pytest.raises(EvaluationFileError, match=r"eval_images.jsonl: 11 rows, but .*eval.json counts 12 images"):
+        load_evaluation(tmp_path / "a")
+    images.write_text((tmp_path / "count" / "eval_images.jsonl").read_text().splitlines(keepends=True)[0] * 12)
+    with pytest.raises(EvaluationFileError, match="does not match .*eval.json"):
+        load_evaluation(tmp_path / "a")
+    with pytest.raises(EvaluationFileError, match="no evaluation summary"):
+        load_evaluation(tmp_path / "missing")
