@@ -92,34 +92,22 @@ def evaluate_cmd(argv: list[str]) -> int:
     from safetensors.torch import load_file
 
     from cluster import checkpoints
-    from cluster.actors import device_for
-    from cluster.evaluation import compare_evaluations, comparison_table, evaluate, plan_for, sample_sharded
-    from cluster.trainer import in_process_scorers
-    from rollout.worker import RolloutWorker
+    from cluster.evaluation import compare_evaluations, comparison_table, evaluate_in_process
 
     args = _eval_parser().parse_args(argv)
     cfg = _load(args)
-    plan = plan_for(cfg, args.split)  # before loading anything: a plan too small to meet its targets fails here
-    worker = RolloutWorker(cfg.model, cfg.sampling, name="eval", device=device_for(cfg.cluster.rollout_num_gpus))
+    weights = None
     if args.checkpoint:
         ckpt = Path(args.checkpoint)
         if not (ckpt / checkpoints.STATE_FILE).is_file():
             ckpt = checkpoints.latest_checkpoint(ckpt) or ckpt
         # The trainer evaluates the EMA weights when learner.ema_decay is set: so does this.
-        weights = ckpt / ("ema.safetensors" if cfg.learner.ema_decay is not None else "trainable.safetensors")
-        if not weights.is_file():
-            raise SystemExit(f"error: {args.checkpoint} holds no checkpoint (expected {weights})")
-        worker.load_weights(load_file(str(weights)), version=checkpoints.read_state(ckpt)["policy_version"])
-    scorers = in_process_scorers(cfg)
-
-    def sample(prompts, seeds):
-        return sample_sharded([worker], prompts, seeds, lambda w, p, s: w.evaluate(p, s))
-
-    def score(images, prompts, metadata):
-        return {name: scorer(images, prompts, metadata) for name, scorer in scorers.items()}
-
+        file = ckpt / ("ema.safetensors" if cfg.learner.ema_decay is not None else "trainable.safetensors")
+        if not file.is_file():
+            raise SystemExit(f"error: {args.checkpoint} holds no checkpoint (expected {file})")
+        weights = load_file(str(file))
     name = "eval" if args.split == "test" else "eval_train"
-    summary = evaluate(plan, sample, score, output_dir=args.output_dir, name=name).summary
+    summary = evaluate_in_process(cfg, output_dir=args.output_dir, split=args.split, name=name, weights=weights).summary
     print(f"[flowray] eval: {_brief(summary)} -> {Path(args.output_dir) / (name + '.json')}")
     if args.against:
         comparison = compare_evaluations(args.against, args.output_dir, name=name)

@@ -11,9 +11,10 @@ with the same plan is paired image by image with every other.
 Each evaluation `<name>` writes:
 - `<name>_images.jsonl`: one row per image (prompt index, tag, prompt, image index, seed, every
   scorer's reward and diagnostics, GenEval's verdicts among them);
-- `<name>.json`: accuracy per tag and `overall` (GenEval's mean over tags), each with a two-stage
-  bootstrap 95% interval (`cluster.eval_stats`), each scorer's mean reward with its interval, the
-  plan's fingerprint and the per-image file's sha256 (so a truncated or swapped file is caught);
+- `<name>.json`: accuracy per tag and `overall` (GenEval's mean over tags), each with two bootstrap 95%
+  intervals (`cluster.eval_stats`): `ci` for this fixed prompt set (seed noise; the one sized to
+  data.eval_max_halfwidth) and `ci_prompts` (prompts, then images); each scorer's mean reward with its
+  interval, the plan's fingerprint and the per-image file's sha256 (so a truncated or swapped file is caught);
 - `<name>_grid.png`: a few images of a few prompts per tag.
 `compare_evaluations` pairs two evaluations with the same fingerprint and gives the difference per tag
 and overall with a paired bootstrap interval. The trainer (through its actors) and `launch.py eval`
@@ -72,9 +73,6 @@ class EvalPlan:
             counts[tag] += len(seeds)
         return dict(sorted(counts.items()))
 
-    def prompts_per_tag(self) -> dict[str, int]:
-        return dict(sorted(Counter(self.tags()).items()))
-
     def fingerprint(self) -> str:
         """sha256 of (split, every prompt with its seeds): equal fingerprints pair image by image."""
         payload = [self.split, [[r["prompt"], list(s)] for r, s in zip(self.records, self.seeds, strict=True)]]
@@ -103,7 +101,7 @@ def check_power(plan: EvalPlan, max_halfwidth: float | None, max_halfwidth_overa
                 key: str = "data.eval_images_per_tag") -> dict[str, float]:
     """Refuse a plan too small to meet its own interval targets, naming the key that sizes it.
     Returns the worst-case (p = 1/2) half-widths."""
-    worst = worst_case_halfwidths(plan.images_per_tag(), plan.prompts_per_tag())
+    worst = worst_case_halfwidths(plan.images_per_tag())
     problems = [f"{t} +-{w:.3f} > {max_halfwidth}" for t, w in worst.items()
                 if t != "overall" and max_halfwidth is not None and w > max_halfwidth]
     if max_halfwidth_overall is not None and worst["overall"] > max_halfwidth_overall:
@@ -113,10 +111,10 @@ def check_power(plan: EvalPlan, max_halfwidth: float | None, max_halfwidth_overa
 
         tags = len(worst) - 1
         bounds = [b for b in (max_halfwidth, max_halfwidth_overall and max_halfwidth_overall * math.sqrt(tags)) if b]
-        need = math.ceil(2 * (0.98 / min(bounds)) ** 2)  # 1.96 * sqrt(2 * 0.25 / n) <= bound, per tag
+        need = math.ceil((0.98 / min(bounds)) ** 2)  # 1.96 * 0.5 / sqrt(n) <= bound, per tag
         raise ConfigError(
             f"the {plan.split} evaluation ({plan.images_per_tag()} images per tag) cannot meet its interval "
-            f"targets: {', '.join(problems)} (worst case p = 1/2, two-stage bootstrap). Raise {key} (to about {need}) or loosen "
+            f"targets: {', '.join(problems)} (worst case p = 1/2). Raise {key} (to about {need}) or loosen "
             "data.eval_max_halfwidth / data.eval_max_halfwidth_overall"
         )
     return worst
@@ -170,6 +168,30 @@ def sample_sharded(workers: Sequence, prompts: list[str], seeds: list[list[int]]
             per_prompt[i] = share[start : start + len(seeds[i])]
             start += len(seeds[i])
     return np.concatenate(per_prompt)
+
+
+def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", name: str = "eval",
+                        weights: dict | None = None) -> Evaluation:
+    """The trainer's evaluation without Ray: one in-process rollout worker (on the rollout actors'
+    device) and the config's scorers, through the same plan, `sample_sharded` and `evaluate`
+    (`launch.py eval`, the model card). `weights`: trainable weights to load first (a checkpoint's)."""
+    from cluster.actors import device_for
+    from cluster.trainer import in_process_scorers
+    from rollout.worker import RolloutWorker
+
+    plan = plan_for(cfg, split)  # before loading anything: a plan too small for its targets fails here
+    worker = RolloutWorker(cfg.model, cfg.sampling, name="eval", device=device_for(cfg.cluster.rollout_num_gpus))
+    if weights is not None:
+        worker.load_weights(weights, version=0)
+    scorers = in_process_scorers(cfg)
+
+    def sample(prompts: list[str], seeds: list[list[int]]) -> np.ndarray:
+        return sample_sharded([worker], prompts, seeds, lambda w, p, s: w.evaluate(p, s))
+
+    def score(images, prompts, metadata):
+        return {n: scorer(images, prompts, metadata) for n, scorer in scorers.items()}
+
+    return evaluate(plan, sample, score, output_dir=output_dir, name=name)
 
 
 # ----------------------------------------------------------------------------- one evaluation
@@ -233,9 +255,12 @@ def summarize(plan: EvalPlan, rows: list[dict], scorer_names: Sequence[str]) -> 
                  "images_per_tag": plan.images_per_tag(), "fingerprint": plan.fingerprint(), "rewards": {}}
     key = accuracy_key(rows)
     if key is not None:
-        est = bootstrap(np.nan_to_num(_column(rows, key)), prompt_index, tags)
+        verdicts = np.nan_to_num(_column(rows, key))
+        est = bootstrap(verdicts, prompt_index, tags)
         out.update({k: e.value for k, e in est.items()})
         out["ci"] = {k: e.as_list() for k, e in est.items()}
+        wide = bootstrap(verdicts, prompt_index, tags, resample_prompts=True)
+        out["ci_prompts"] = {k: e.as_list() for k, e in wide.items()}
     for name in scorer_names:
         values = _column(rows, name)
         ok = np.isfinite(values)
@@ -311,8 +336,9 @@ def load_evaluation(path: str | Path, name: str = "eval") -> tuple[dict, list[di
 
 def compare_evaluations(before: str | Path, after: str | Path, name: str = "eval",
                         name_after: str | None = None) -> dict:
-    """after - before, image by image, per tag and overall, with paired bootstrap 95% intervals.
-    Refuses evaluations of different prompts, seeds or image counts (their fingerprints differ)."""
+    """after - before, image by image, per tag and overall, with paired bootstrap 95% intervals (fixed
+    prompts: `ci`; prompts then images: `ci_prompts`). Refuses evaluations of different prompts, seeds
+    or image counts (their fingerprints differ)."""
     (sa, ra), (sb, rb) = load_evaluation(before, name), load_evaluation(after, name_after or name)
     if sa["fingerprint"] != sb["fingerprint"]:
         diff = next((f"row {n}: ({x['prompt']!r}, seed {x['seed']}) vs ({y['prompt']!r}, seed {y['seed']})"
@@ -329,9 +355,11 @@ def compare_evaluations(before: str | Path, after: str | Path, name: str = "eval
                  "fingerprint": sa["fingerprint"], "differences": {}, "verdicts": []}
     key = accuracy_key(ra)
     if key is not None:  # per tag and overall, as GenEval reports accuracy
-        est = bootstrap(np.nan_to_num(_column(rb, key)) - np.nan_to_num(_column(ra, key)), prompt_index,
-                        [r["tag"] for r in ra])
-        out["differences"]["accuracy"] = {k: _difference(sa[k], sb[k], e) for k, e in est.items()}
+        diff, tags = np.nan_to_num(_column(rb, key)) - np.nan_to_num(_column(ra, key)), [r["tag"] for r in ra]
+        est = bootstrap(diff, prompt_index, tags)
+        wide = bootstrap(diff, prompt_index, tags, resample_prompts=True)
+        out["differences"]["accuracy"] = {k: {**_difference(sa[k], sb[k], e), "ci_prompts": wide[k].as_list()}
+                                          for k, e in est.items()}
         out["verdicts"] += [verdict(f"accuracy {k}", e) for k, e in est.items()]
     for n in (n for n in sa["rewards"] if n in sb["rewards"]):  # each reward model's mean, images scored by both
         a, b = _column(ra, n), _column(rb, n)

@@ -146,7 +146,7 @@ def _check_evaluation(cfg: ExperimentConfig, report: PreflightReport) -> None:
         return
     except (OSError, ValueError):
         return  # the prompt file's own error is reported by _check_prompts
-    worst = worst_case_halfwidths(plan.images_per_tag(), plan.prompts_per_tag())
+    worst = worst_case_halfwidths(plan.images_per_tag())
     report.add("data.eval_images_per_tag", "ok",
                f"test evaluation: {plan.num_images} images ({plan.images_per_tag()} per tag), worst-case 95% "
                f"half-width overall +-{worst['overall']:.3f}, widest tag +-{max(v for k, v in worst.items() if k != 'overall'):.3f}")

@@ -326,8 +326,8 @@ class Trainer:
         cfg, last = self.cfg, {}
         start_it = self.iteration
         probe_every = cfg.logging.probe_every
-        if probe_every and start_it == 0:  # the monitor's starting point (probes/probe_000000.json)
-            self.logger.log_scalars(self.probe("probe_000000", step=0), 0)
+        if probe_every and start_it == 0:  # the monitor's starting point: probes/probe_000000.json, curves.png
+            self.probe("probe_000000")
         wall_start, eval_seconds = time.perf_counter(), 0.0
         pending = self.submit_rollout(start_it) if start_it < cfg.iterations else None
         for it in range(start_it, cfg.iterations):
@@ -345,7 +345,7 @@ class Trainer:
             t_step = time.perf_counter() - t0
             probed = {}
             if probe_every and (it + 1) % probe_every == 0:  # before the next rollout takes the actors
-                probed = self.probe(f"probe_{it + 1:06d}", step=it + 1)
+                probed = self.probe(f"probe_{it + 1:06d}", step=it)
                 probed["time/probe"] = time.perf_counter() - t0 - t_step
                 eval_seconds += probed["time/probe"]
             if not cfg.cluster.async_mode and it + 1 < cfg.iterations:
@@ -441,16 +441,18 @@ class Trainer:
         """The held-out check on the training prompts (data.eval_train_images_per_tag; None when off)."""
         return self.evaluate(name=name, split="train") if self.cfg.data.eval_train_images_per_tag else None
 
-    def probe(self, name: str, step: int) -> dict:
+    def probe(self, name: str, step: int | None = None) -> dict:
         """The training monitor's probe: the fixed probe set sampled with the sampling policy's weights
-        on the training grid (ODE), scored; returns probe/* metrics and sends the grid to TensorBoard."""
+        on the training grid (ODE), scored into probes/<name>.json; returns probe/* metrics and sends the
+        grid to TensorBoard at `step` (the metrics row's iteration; None: not sent)."""
         plan = plan_for(self.cfg, "probe")
         folder = Path(self.cfg.logging.output_dir) / "probes"
         result = evaluate(plan, self._sample(grid="train"), self._score, output_dir=folder, name=name, grid=False)
         metrics = {f"probe/{k}": v for k, v in result.summary.items() if isinstance(v, float)}
         metrics.update({f"probe/{n}": r["mean"] for n, r in result.summary["rewards"].items()})
-        pick = result.image_index(per_prompt=4, prompts_per_tag=1)
-        self.logger.log_image("probe/images", image_grid(result.images[pick], columns=4), step)
+        if step is not None:
+            pick = result.image_index(per_prompt=4, prompts_per_tag=1)
+            self.logger.log_image("probe/images", image_grid(result.images[pick], columns=4), step)
         return metrics
 
     def checkpoint(self) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 
 from rewards.base import ScoreResult, ScorerInputError, register_scorer, validate_batch
 from rewards.geneval_rules import GENEVAL_TAGS, ImageScore
+from rewards.shapes import INVALID_PREFIX
 
 
 def check_geneval_metadata(scorer: str, prompts: Sequence[str], metadata: Sequence[Mapping]) -> None:
@@ -34,7 +35,9 @@ def verdicts_result(scores: Sequence[ImageScore], reward: str) -> ScoreResult:
 @register_scorer("shapes_geneval")
 class ShapesGenevalScorer:
     """reward = Flow-GRPO's partial GenEval reward (default) or the strict verdict; diagnostics:
-    strict, partial, correct (GenEval's official verdict)."""
+    strict, partial, correct (GenEval's official verdict) and readable (1 when the strict detector
+    read the image as clean shapes: a wrong but readable image failed by choice, an unreadable one by
+    rendering)."""
 
     name = "shapes_geneval"
 
@@ -48,4 +51,7 @@ class ShapesGenevalScorer:
 
         metadata = validate_batch(images, prompts, metadata)
         check_geneval_metadata(self.name, prompts, metadata)
-        return verdicts_result([score_image(image, record) for image, record in zip(images, metadata, strict=True)], self.reward)
+        scores = [score_image(image, record) for image, record in zip(images, metadata, strict=True)]
+        result = verdicts_result(scores, self.reward)
+        readable = [0.0 if s.reason.startswith(INVALID_PREFIX) else 1.0 for s in scores]
+        return ScoreResult(result.reward, {**result.diagnostics, "readable": np.array(readable)})

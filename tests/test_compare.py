@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.script_loader import load_script
+from tests.tiny_models import SMALL_EVAL
 
 pytestmark = pytest.mark.system
 
@@ -18,7 +19,7 @@ def test_compare_runs_every_preset_and_writes_table_and_figure(tiny_sd3_path, tm
         "--output", str(tmp_path),
         f"model.path={tiny_sd3_path}", "model.guidance_scale=2.0", "sampling.num_steps=6", "sampling.eval_num_steps=3",
         "sampling.window_range=[0,3]", "sampling.group_size=4", "data.images_per_iteration=8",
-        "data.eval_num_prompts=2", "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5",
+        "data.eval_num_prompts=2", *SMALL_EVAL, "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5",
     ])  # fmt: skip
     assert [r["preset"] for r in results] == compare.PRESETS  # one run per preset serves both budgets
     for r in results:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_models import SMALL_EVAL
+
 pytestmark = pytest.mark.job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +76,7 @@ def test_ray_job_submit_runs_launch_py(ray_head, tiny_sd3_path, tmp_path):
         "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", "outputs", ".git", "assets/models"]}),
         "--", sys.executable, "launch.py", f"model.path={tiny_sd3_path}", "iterations=2",
         "data.images_per_iteration=8", "sampling.group_size=4", "sampling.num_steps=3", "sampling.eval_num_steps=3",
-        "data.eval_num_prompts=2", "logging.tensorboard=false", f"--output-dir={out}",
+        "data.eval_num_prompts=2", *SMALL_EVAL, "logging.tensorboard=false", f"--output-dir={out}",
     ]
     # The head's job agent comes up a few seconds after `ray start` returns; until then the job API
     # answers "No available agent": retry only that.

@@ -8,6 +8,7 @@ import pytest
 
 import launch
 from cluster.config import REPO_ROOT
+from tests.tiny_models import SMALL_EVAL
 
 pytestmark = pytest.mark.component
 
@@ -28,7 +29,7 @@ def test_config_error_exits_2_naming_the_key(capsys):
 
 
 def test_eval_command_writes_eval_json_per_category(tiny_sd3_path, tmp_path):
-    args = ["eval", f"model.path={tiny_sd3_path}", "sampling.eval_num_steps=3", "data.eval_images_per_tag=6"]
+    args = ["eval", f"model.path={tiny_sd3_path}", "sampling.eval_num_steps=3", *SMALL_EVAL, "data.eval_images_per_tag=6"]
     assert launch.main([*args, "--output-dir", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "eval.json").read_text())
     for tag in ("single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"):
@@ -46,7 +47,7 @@ def test_eval_command_writes_eval_json_per_category(tiny_sd3_path, tmp_path):
 
 
 def test_eval_against_an_unpaired_evaluation_exits_2_naming_the_seed(tiny_sd3_path, tmp_path, capsys):
-    args = ["eval", f"model.path={tiny_sd3_path}", "sampling.eval_num_steps=2", "data.eval_num_prompts=3"]
+    args = ["eval", f"model.path={tiny_sd3_path}", "sampling.eval_num_steps=2", "data.eval_num_prompts=3", *SMALL_EVAL]
     assert launch.main([*args, "--output-dir", str(tmp_path / "a")]) == 0
     rc = launch.main([*args, "data.eval_seed=7", "--output-dir", str(tmp_path / "b"), "--against", str(tmp_path / "a")])
     assert rc == 2 and "data.eval_seed" in capsys.readouterr().err

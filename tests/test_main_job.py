@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.script_loader import load_script
+from tests.tiny_models import SMALL_EVAL
 
 
 def _module():
@@ -23,17 +24,25 @@ def test_time_to_a_level_is_the_first_evaluation_reaching_it():
 
 
 @pytest.mark.unit
-def test_report_lists_each_category_the_gain_and_the_quality_watch():
+def test_report_lists_each_category_with_intervals_the_paired_gain_and_the_quality_watch():
     main_job = _module()
-    base = {"single_object": 0.5, "overall": 0.40, "num_prompts": 2, "images_per_prompt": 1,
-            "rewards": {"shapes_quality": {"mean": 0.98}}}
-    final = {"single_object": 1.0, "overall": 0.70, "num_prompts": 2, "images_per_prompt": 1,
-             "rewards": {"shapes_quality": {"mean": 0.90}}}
-    text = main_job.report(base, final, [(0.0, 0.40), (60.0, 0.70)], 0.90, 5, 90.0, 40)
-    assert "| single_object | 0.500 | 1.000 | +0.500 |" in text
-    assert "| **overall** | 0.400 | 0.700 | +0.300 |" in text
-    assert "| 0.980 | 0.900 | -0.080 |" in text  # the watch shows a drop in cleanliness
-    assert "to overall >= 0.90: not reached" in text and "to base + 0.25 = 0.65: 1.0 min" in text
+    summary = {"num_prompts": 2, "num_images": 8, "images_per_tag": {"single_object": 8}}
+    base = {**summary, "single_object": 0.5, "overall": 0.40,
+            "ci": {"single_object": [0.2, 0.8], "overall": [0.3, 0.5]}}
+    final = {**summary, "single_object": 1.0, "overall": 0.70,
+             "ci": {"single_object": [1.0, 1.0], "overall": [0.6, 0.8]}}
+    comparison = {"differences": {
+        "accuracy": {"single_object": {"before": 0.5, "after": 1.0, "difference": 0.5, "ci": [0.2, 0.8]},
+                     "overall": {"before": 0.4, "after": 0.7, "difference": 0.3, "ci": [0.12, 0.45]}},
+        "reward/shapes_quality": {"overall": {"before": 0.98, "after": 0.90, "difference": -0.08, "ci": [-0.1, -0.05]}}},
+        "verdicts": ["accuracy overall: +0.300 (95% CI +0.120 to +0.450): a real gain (the interval lies above zero)"]}
+    text = main_job.report(base, final, comparison, None, [(0.0, 0.40), (60.0, 0.70)], [(0.0, 0.0), (60.0, 0.12)],
+                           0.90, 0.10, 5, 90.0, 40)
+    assert "| single_object | 0.500 [0.200, 0.800] | 1.000 [1.000, 1.000] | +0.500 [+0.200, +0.800] |" in text
+    assert "| **overall** | 0.400 [0.300, 0.500] | 0.700 [0.600, 0.800] | +0.300 [+0.120, +0.450] |" in text
+    assert "| 0.980 | 0.900 | -0.080 [-0.100, -0.050] |" in text  # the watch shows a drop in cleanliness
+    assert "to overall >= 0.90: not reached" in text and ">= +0.10: 1.0 min of training" in text
+    assert "a real gain" in text
 
 
 @pytest.mark.system
@@ -42,13 +51,15 @@ def test_main_job_smoke_writes_every_output(tiny_sd3_path, tmp_path):
     argv = [
         "--eval-every", "1", "--output", str(tmp_path),
         f"model.path={tiny_sd3_path}", "model.guidance_scale=2.0", "sampling.num_steps=3", "sampling.eval_num_steps=3",
-        "sampling.group_size=4", "data.images_per_iteration=8", "data.eval_num_prompts=2",
-        "data.eval_images_per_prompt=1", "iterations=2", "logging.tensorboard=false",
+        "sampling.group_size=4", "data.images_per_iteration=8", "data.eval_num_prompts=2", *SMALL_EVAL,
+        "data.eval_images_per_tag=2", "data.eval_train_images_per_tag=1", "iterations=2", "logging.tensorboard=false",
         "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5",
     ]  # fmt: skip
     result = main_job.main(argv)
     assert result["iterations"] == 2 and len(result["points"]) == 3  # base, iteration 1, final
-    for name in ("eval_base.json", "eval.json", "metrics.jsonl", "curves.png", "before_after.png", "main_job.json"):
+    assert len(result["gain_points"]) == 3 and result["train_comparison"]["split"] == "train"
+    for name in ("eval_base.json", "eval.json", "comparison.json", "metrics.jsonl", "curves.png", "before_after.png",
+                 "main_job.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     saved = json.loads((tmp_path / "main_job.json").read_text())
     assert saved["final"]["overall"] == result["final"]["overall"]

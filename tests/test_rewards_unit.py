@@ -143,9 +143,12 @@ def test_shapes_geneval_scores_clean_and_wrong_renders():
     scorer = build_scorer("shapes_geneval")
     result = scorer(images, prompts, records)
     np.testing.assert_array_equal(result.reward, 1.0)
-    assert set(result.diagnostics) == {"strict", "partial", "correct"}
+    assert set(result.diagnostics) == {"strict", "partial", "correct", "readable"}
+    np.testing.assert_array_equal(result.diagnostics["readable"], 1.0)
     blank = scorer(np.zeros_like(images[:1]), prompts[:1], records[:1])
     assert blank.reward[0] == 0.0 and blank.diagnostics["strict"][0] == 0.0
+    noise = scorer(rng.integers(0, 256, images[:1].shape, dtype=np.uint8), prompts[:1], records[:1])
+    assert noise.diagnostics["readable"][0] == 0.0 and noise.diagnostics["correct"][0] == 0.0
 
 
 def test_shapes_geneval_partial_vs_strict():

@@ -10,11 +10,14 @@ from rewards.shapes import detect, score_image
 from rewards.shapes.world import (
     BACKGROUND,
     COLORS,
+    LABEL_NOISE_TAGS,
     PALETTE,
     SHAPES,
     Scene,
     ShapeObject,
     all_records,
+    mislabeled_caption,
+    noisy_caption,
     render,
     sample_scene,
     shape_mask,
@@ -234,3 +237,31 @@ def test_caption_mix_errors_are_clear():
 
 def test_colors_vocabulary_matches_palette():
     assert set(COLORS) == set(PALETTE) and len(COLORS) >= 4
+
+
+def test_mislabelled_captions_name_the_objects_but_are_wrong_about_the_scene():
+    """Label noise for the base model's pretraining: a mislabelled caption is another record's prompt
+    of the same tag that the strict detector rejects on a clean render of the scene."""
+    rng = np.random.default_rng(3)
+    records = {r["prompt"]: r for rs in all_records().values() for r in rs}
+    for tag in LABEL_NOISE_TAGS:
+        for record in all_records()[tag]:
+            scene = sample_scene(record, rng)
+            caption = mislabeled_caption(record, scene, rng)
+            assert caption != record["prompt"] and records[caption]["tag"] == tag
+            assert not score_image(render(scene), records[caption]).correct, (record["prompt"], caption)
+            assert score_image(render(scene), record).correct
+
+
+def test_noisy_caption_mislabels_the_configured_share_and_checks_its_input():
+    rng = np.random.default_rng(4)
+    record = all_records()["counting"][0]
+    captions = [noisy_caption(record, sample_scene(record, rng), rng, {"counting": 0.3}, {"exact": 1.0})
+                for _ in range(2000)]
+    assert abs(np.mean([c != record["prompt"] for c in captions]) - 0.3) < 0.04
+    single = all_records()["single_object"][0]
+    assert noisy_caption(single, sample_scene(single, rng), rng, {"counting": 0.9}) == single["prompt"]
+    with pytest.raises(ValueError, match="unknown tags"):
+        noisy_caption(record, sample_scene(record, rng), rng, {"single_object": 0.5})
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\)"):
+        noisy_caption(record, sample_scene(record, rng), rng, {"counting": 1.0})

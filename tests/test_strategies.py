@@ -13,7 +13,6 @@ from rollout.schedule import check_sigmas, compressed_tail, granular_grid, sd3_s
 from rollout.sde import ode_step
 from rollout.strategies import (
     STRATEGIES,
-    euler_sample,
     eval_sample,
     g2rpo_nfe,
     mix_grpo_flash_nfe,

@@ -13,6 +13,7 @@ import torch
 from cluster.config import load_config
 from cluster.trainer import Trainer
 from rollout.worker import weights_digest
+from tests.tiny_models import SMALL_EVAL
 
 pytestmark = pytest.mark.system
 
@@ -26,7 +27,7 @@ def _config(tiny_sd3_path, tmp_path, **over):
         "learner.micro_batch_size=8", "cluster.num_learner_ranks=2", "cluster.num_rollout_actors=1",
         "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5", "cluster.async_mode=false",
         "logging.tensorboard=false",
-        f"logging.output_dir={tmp_path}",
+        f"logging.output_dir={tmp_path}", *SMALL_EVAL,
     ]
     return load_config(None, overrides + [f"{k}={v}" for k, v in over.items()])
 

@@ -22,6 +22,13 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+# Overrides that shrink the shapes presets' powered evaluation (400 images per tag, a training-prompt
+# check, a probe set) to the few images a test's evaluation needs; the interval targets go with it.
+SMALL_EVAL = [
+    "data.eval_images_per_tag=null", "data.eval_max_halfwidth=null", "data.eval_max_halfwidth_overall=null",
+    "data.eval_train_images_per_tag=0", "logging.probe_every=0",
+]
 from build_tiny_sd3 import clip_text_encoder, tiny_transformer, tiny_vae, train_clip_tokenizer  # noqa: E402
 
 CORPUS = [

@@ -25,9 +25,12 @@ from rewards.shapes.world import (
 )
 
 __all__ = [
-    "COLORS", "IMAGE_SIZE", "SHAPES", "Detections", "ImageScore", "Scene", "ShapeObject", "all_records",
+    "COLORS", "IMAGE_SIZE", "INVALID_PREFIX", "SHAPES", "Detections", "ImageScore", "Scene", "ShapeObject", "all_records",
     "detect", "mislabeled_caption", "noisy_caption", "render", "sample_scene", "score_image", "underspecified_caption",
 ]
+
+
+INVALID_PREFIX = "invalid image"
 
 
 def score_image(image: np.ndarray, metadata: Mapping) -> ImageScore:
@@ -35,5 +38,5 @@ def score_image(image: np.ndarray, metadata: Mapping) -> ImageScore:
     0 on every verdict whatever it contains, so adding junk can never pay."""
     found = detect(image)
     if not found.valid:
-        return ImageScore(0.0, 0.0, 0.0, f"invalid image: {found.reason}")
+        return ImageScore(0.0, 0.0, 0.0, f"{INVALID_PREFIX}: {found.reason}")
     return score_detections(found.objects, metadata)
