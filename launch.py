@@ -41,8 +41,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "train"), default="test",
                    help="test: data.test_prompts (the reported accuracy); train: the held-out check on the "
                    "training prompts (data.eval_train_images_per_tag images per tag, evaluation seeds)")
-    p.add_argument("--against", metavar="EVAL_DIR",
-                   help="an earlier evaluation's folder (same prompts and seeds): report the paired difference")
+    p.add_argument("--against", metavar="EVAL",
+                   help="an earlier evaluation (its folder, for its eval.json, or a <name>.json such as a run's "
+                   "eval_base.json), made with the same prompts and seeds: report the paired difference")
     p.add_argument("--output-dir", required=True, help="where eval.json, eval_images.jsonl and eval_grid.png go")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     return p
