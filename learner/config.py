@@ -23,9 +23,19 @@ class LearnerConfig(BaseModel):
     std_mode: Literal["group", "global"] = Field(
         "group", description="Advantage std: per reward group, or over the whole batch (Flow-GRPO's global_std)."
     )
+    adv_std: Literal["population", "unbiased"] = Field(
+        "population",
+        description="Std form of the advantage z-score: 'population' (np.std, Flow-GRPO's stat_tracking.py) or "
+        "'unbiased' (torch.Tensor.std: DanceGRPO, MixGRPO, G2RPO).",
+    )
+    adv_eps: float = Field(
+        1e-4, gt=0, description="Added to the advantage std: 1e-4 in Flow-GRPO, 1e-8 in DanceGRPO, MixGRPO and G2RPO."
+    )
     adv_clip: float = Field(5.0, gt=0, description="Advantages are clipped to +-adv_clip.")
     drop_zero_std_groups: bool = Field(
-        False, description="Skip the transitions of groups whose rewards are all equal (their advantage is 0)."
+        False,
+        description="Skip the samples whose advantage is 0 because their group's rewards are all equal under every "
+        "weighted reward model (Flow-GRPO's train_sd3.py filters them out of the training batch).",
     )
     learning_rate: float = Field(3e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
