@@ -72,6 +72,13 @@ class SamplingConfig(_Section):
     num_steps: int = Field(10, ge=1, description="T_train: denoising steps while sampling rollouts.")
     eval_num_steps: int = Field(40, ge=1, description="T_eval: ODE steps for evaluation (denoising reduction).")
     shift: float = Field(3.0, gt=0, description="Timestep shift of the sigma schedule (SD3 uses 3).")
+    sigma_schedule: Literal["linear", "scheduler"] = Field(
+        "linear",
+        description="Sigma grid of training and evaluation sampling (rollout/schedule.py): 'linear' = "
+        "shift(linspace(1, 0, T + 1)), as DanceGRPO, MixGRPO and G2RPO build it; 'scheduler' = diffusers' "
+        "FlowMatchEulerDiscreteScheduler.set_timesteps(T) grid, shift(linspace(1, shift(1e-3), T)) + [0], "
+        "which Flow-GRPO samples on.",
+    )
     timestep_fraction: float = Field(
         1.0,
         gt=0.0,
@@ -95,8 +102,8 @@ class SamplingConfig(_Section):
         0.4,
         gt=0.0,
         le=1.0,
-        description="mix_grpo flash: the steps after the window are compressed to max(1, int(ratio * n)) "
-        "DPM-Solver++(2M) steps (MixGRPO's dpm_post_compress_ratio).",
+        description="mix_grpo flash: the n steps after the window are re-interpolated onto int(max((n + 1) * "
+        "ratio, 1)) points, at least one DPM-Solver++(2M) step (MixGRPO's dpm_post_compress_ratio).",
     )
     g2rpo_steps: list[int] = Field(
         default_factory=lambda: [0, 1, 2, 3], description="g2rpo: M, the step indices that get one SDE branch step."

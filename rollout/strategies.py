@@ -308,9 +308,9 @@ def mix_grpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout
     """MixGRPO (Li et al. 2025): SDE (Flow-GRPO's Eq. 9 in their code) inside the sliding window,
     Euler ODE outside, from one shared initial noise (their --init_same_noise); the window is trained.
 
-    Flash variant: after the window the remaining n steps are compressed to
-    max(1, int(ratio * n)) DPM-Solver++(2M) steps, the first of them second order from the last window
-    step's data prediction. (MixGRPO's code builds that grid with int(ratio * n) points, one step fewer.)
+    Flash variant: after the window the remaining n steps are compressed to the
+    `mix_grpo_flash_tail_steps` DPM-Solver++(2M) steps of MixGRPO's re-interpolated grid
+    (`compressed_tail`), the first of them second order from the last window step's data prediction.
     """
     g, num_steps, w = cfg.group_size, sigmas.numel() - 1, cfg.window_size
     shared = True if cfg.same_latent is None else cfg.same_latent
@@ -320,7 +320,7 @@ def mix_grpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout
     if cfg.flash:
         after = start + w  # first step after the window
         n_post = mix_grpo_flash_tail_steps(num_steps, after, cfg.flash_compress_ratio)
-        grid = torch.cat([sigmas[:after], compressed_tail(sigmas, after, n_post)])
+        grid = torch.cat([sigmas[:after], compressed_tail(sigmas, after, n_post, cfg.shift)])
         modes = modes[:after] + ["dpm"] * n_post
     record = _all_rows(modes, range(start, start + w), g)
     recorder = _Recorder()
@@ -329,8 +329,12 @@ def mix_grpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout
 
 
 def mix_grpo_flash_tail_steps(num_steps: int, after: int, ratio: float) -> int:
-    """MixGRPO-Flash: the num_steps - after steps left after the window become max(1, int(ratio * n))."""
-    return max(1, int((num_steps - after) * ratio))
+    """MixGRPO-Flash: the n = num_steps - after steps left after the window become the steps between
+    int(max((n + 1) * ratio, 1)) grid points (MixGRPO's sampling_utils.run_sample_step: the count is
+    taken from the last SDE index, one before `after`), i.e. one step fewer than points. At least one
+    step is kept so that the grid reaches sigma = 0 (with one point the reference's grid stops short of 0)."""
+    points = int(max((num_steps - after + 1) * ratio, 1))
+    return max(1, points - 1)
 
 
 # ----------------------------------------------------------------------------- G2RPO
@@ -453,7 +457,7 @@ def trajectory_nfe(num_steps: int, group_size: int) -> int:
 def mix_grpo_flash_nfe(
     num_steps: int, group_size: int, window_start: int, window_size: int, ratio: float
 ) -> int:
-    """MixGRPO-Flash NFE: G * (l + w + max(1, int(ratio * (T - l - w)))), one call per step."""
+    """MixGRPO-Flash NFE: G * (l + w + `mix_grpo_flash_tail_steps`), one call per step."""
     after = window_start + window_size
     return group_size * (after + mix_grpo_flash_tail_steps(num_steps, after, ratio))
 

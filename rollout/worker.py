@@ -17,7 +17,7 @@ import torch
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
 from rollout.policy import Policy
-from rollout.schedule import sd3_sigmas
+from rollout.schedule import sigma_schedule
 from rollout.strategies import eval_sample, sample_group
 from rollout.types import Rollout
 
@@ -76,8 +76,8 @@ class RolloutWorker:
         self.policy.transformer.eval()
         self.version = 0
         self.sync_group: SyncGroup | None = None
-        self.sigmas = sd3_sigmas(sampling.num_steps, sampling.shift)
-        self.eval_sigmas = sd3_sigmas(sampling.eval_num_steps, sampling.shift)
+        self.sigmas = sigma_schedule(sampling.sigma_schedule, sampling.num_steps, sampling.shift)
+        self.eval_sigmas = sigma_schedule(sampling.sigma_schedule, sampling.eval_num_steps, sampling.shift)
 
     # -- sampling
 

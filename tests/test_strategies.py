@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rollout.config import SamplingConfig
-from rollout.schedule import check_sigmas, compressed_tail, granular_grid, sd3_sigmas
+from rollout.schedule import check_sigmas, compressed_tail, granular_grid, scheduler_sigmas, sd3_sigmas, sigma_schedule
 from rollout.sde import ode_step
 from rollout.strategies import (
     STRATEGIES,
@@ -317,12 +317,55 @@ def test_sd3_sigmas_closed_form():
     torch.testing.assert_close(sd3_sigmas(5, shift=1.0), torch.linspace(1, 0, 6))
 
 
-def test_compressed_tail():
+@pytest.mark.parametrize("num_steps,shift", [(10, 3.0), (40, 3.0), (16, 1.0), (25, 5.0), (1, 3.0)])
+def test_scheduler_sigmas_are_diffusers_set_timesteps_grid(num_steps, shift):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(num_steps)
+    torch.testing.assert_close(scheduler_sigmas(num_steps, shift), scheduler.sigmas.float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sigma_schedule("scheduler", num_steps, shift), scheduler.sigmas.float(), rtol=0, atol=1e-6)
+
+
+def test_the_two_grids_differ_where_flow_grpo_trains():
+    # Flow-GRPO (T = 10, timestep_fraction 0.99) trains steps 0..8: on the scheduler's grid step 8 starts at
+    # 0.278 and the untrained step 9 at 0.0089; the linear-shift grid has 0.429 and 0.25 there.
+    sched, linear = scheduler_sigmas(10), sd3_sigmas(10)
+    assert sched[8].item() == pytest.approx(0.2780, abs=1e-4) and sched[9].item() == pytest.approx(0.0089, abs=1e-4)
+    assert linear[8].item() == pytest.approx(3 / 7, abs=1e-6) and linear[9].item() == pytest.approx(0.25, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown sigma schedule"):
+        sigma_schedule("karras", 10, 3.0)
+
+
+def _mixgrpo_post_grid(num_steps, shift, last_sde_index, ratio):
+    """MixGRPO sampling_utils.run_sample_step (dpm_apply_strategy 'post'), written from the reference."""
+    points = int(max((num_steps - last_sde_index) * ratio, 1))
+    t_start = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)[last_sde_index + 1].item()
+    t = torch.linspace(t_start, 0, points, dtype=torch.float64)
+    return (shift * t / (1 + (shift - 1) * t)).float()
+
+
+@pytest.mark.parametrize("start", [0, 5, 17])
+def test_compressed_tail_is_mixgrpos_reinterpolated_grid(start):
     s = sd3_sigmas(25)
-    tail = compressed_tail(s, 10, 6)
-    assert tail[0] == s[10] and tail[-1] == 0 and tail.numel() == 7
-    check_sigmas(tail)
-    assert torch.equal(compressed_tail(s, 3, 22), s[3:])
+    ref = _mixgrpo_post_grid(25, 3.0, start + 4 - 1, 0.4)  # window of 4 ending at start + 3
+    after = start + 4
+    tail = compressed_tail(s, after, ref.numel() - 1, 3.0)
+    torch.testing.assert_close(tail, ref, rtol=0, atol=1e-6)
+    assert tail[0] == s[after] and tail[-1] == 0
+    assert torch.allclose(compressed_tail(s, 3, 22, 3.0), s[3:], atol=1e-6)  # no compression: the grid itself
+
+
+@pytest.mark.parametrize("iteration", [0, 25 * 7, 25 * 20])
+def test_mix_grpo_flash_takes_mixgrpos_number_of_tail_steps(iteration):
+    # For T = 25, w = 4, ratio 0.4 at window start 0: n = 21 steps after the window, the reference
+    # re-interpolates int(22 * 0.4) = 8 points = 7 DPM steps (int(21 * 0.4) = 8 steps would be one too many).
+    r = run(cfg_for("mix_grpo", flash=True), iteration=iteration)
+    start = mix_grpo_window_start(iteration, 25, 4, 1, 25)
+    tail_steps = _mixgrpo_post_grid(25, 3.0, start + 3, 0.4).numel() - 1
+    assert r.velocity_calls == start + 4 + max(1, tail_steps)
+    if iteration == 0:
+        assert r.velocity_calls == 4 + 7
 
 
 @pytest.mark.parametrize(
