@@ -83,8 +83,9 @@ class SamplingConfig(_Section):
         1.0,
         gt=0.0,
         le=1.0,
-        description="flow_grpo: the first int(num_steps * fraction) steps are trained; dance_grpo: that many "
-        "steps, drawn at random per sample.",
+        description="flow_grpo: the first int(num_steps * fraction) steps are trained; dance_grpo: "
+        "int((num_steps - 1) * fraction) steps drawn at random per sample from the first num_steps - 1 "
+        "(DanceGRPO never trains the last step).",
     )
     same_latent: bool | None = Field(
         None,
@@ -114,10 +115,11 @@ class SamplingConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> SamplingConfig:
-        if self.strategy in ("flow_grpo", "dance_grpo") and int(self.num_steps * self.timestep_fraction) < 1:
+        trainable = {"flow_grpo": self.num_steps, "dance_grpo": self.num_steps - 1}.get(self.strategy)
+        if trainable is not None and int(trainable * self.timestep_fraction) < 1:
             raise ValueError(
-                f"sampling.timestep_fraction ({self.timestep_fraction}) trains int(num_steps * fraction) = 0 "
-                f"of {self.num_steps} steps: raise it to at least 1 / num_steps"
+                f"sampling.timestep_fraction ({self.timestep_fraction}) trains int({trainable} * fraction) = 0 "
+                f"of the {trainable} trainable steps: raise it to at least 1 / {trainable}"
             )
         if self.strategy == "dance_grpo" and self.sde_kind != "dance":
             raise ValueError(

@@ -261,21 +261,34 @@ def flow_grpo_fast(cfg, velocity, init_noise, sigmas, generator, iteration) -> R
 @register_strategy("dance_grpo")
 def dance_grpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout:
     """DanceGRPO (Xue et al. 2025): the Dance SDE at every step from one initial noise shared
-    by the group; each sample trains the first int(T * timestep_fraction) steps of its own random
-    permutation of the steps (the DanceGRPO code's per-sample `randperm`)."""
+    by the group; each sample trains the first int((T - 1) * timestep_fraction) steps of its own random
+    permutation of the first T - 1 steps, and the image is the last step's data prediction.
+
+    As DanceGRPO's train_grpo_flux.py: the samples keep steps [:-1] (`samples["timesteps"][:, :-1]`),
+    each is permuted with its own `randperm`, and `run_sample_step` returns `pred_original` of the last
+    step, x0_hat = x_{T-1} - sigma_{T-1} v, for decoding, not the noisy SDE sample. So the last step only
+    needs its velocity: no noise is drawn for it.
+    """
     g, num_steps = cfg.group_size, sigmas.numel() - 1
     shared = True if cfg.same_latent is None else cfg.same_latent
     x = _initial_noise(init_noise, g, shared, generator)
-    modes = [_sde_mode(cfg.sde_kind, sigmas[i + 1].item()) for i in range(num_steps)]
-    n_train = int(num_steps * cfg.timestep_fraction)
+    modes = [_sde_mode(cfg.sde_kind, sigmas[i + 1].item()) for i in range(num_steps - 1)]
+    n_train = dance_grpo_trained_steps(num_steps, cfg.timestep_fraction)
     record: dict[int, list[int]] = {}
     for b in range(g):
-        for i in torch.randperm(num_steps, generator=generator, device=generator.device)[:n_train].tolist():
+        for i in torch.randperm(num_steps - 1, generator=generator, device=generator.device)[:n_train].tolist():
             if modes[i] == "sde":
                 record.setdefault(i, []).append(b)
     recorder = _Recorder()
-    final = _integrate(velocity, x, sigmas, modes, record, recorder, cfg, generator)
+    x = _integrate(velocity, x, sigmas[:-1], modes, record, recorder, cfg, generator)
+    s_last = sigmas[-2].item()
+    final = x - s_last * velocity(x, s_last)
     return _trajectory_rollout("dance_grpo", cfg, velocity, recorder, final)
+
+
+def dance_grpo_trained_steps(num_steps: int, fraction: float) -> int:
+    """Steps trained per DanceGRPO sample: int((T - 1) * fraction), drawn from the first T - 1 steps."""
+    return int((num_steps - 1) * fraction)
 
 
 # ----------------------------------------------------------------------------- MixGRPO

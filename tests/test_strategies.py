@@ -275,13 +275,34 @@ def test_dance_grpo_shared_noise_and_trained_subset():
     r = sample_group(cfg, gaussian_velocity(), counting_noise, sd3_sigmas(16), generator=gen)
     assert calls == [1]
     t = r.transitions
-    n_train = int(16 * 0.6)
+    # DanceGRPO's train_grpo_flux.py: timesteps[:, :-1] (T - 1 = 15 steps), randperm per sample, the first
+    # int(15 * 0.6) = 9 of it trained; the last step (index 15) never.
+    n_train = int((16 - 1) * 0.6)
     for b in range(12):
         steps = t.step[t.sample_id == b]
-        assert len(steps) == n_train and len(set(steps.tolist())) == n_train
+        assert len(steps) == n_train == 9 and len(set(steps.tolist())) == n_train
+    assert int(t.step.max()) <= 14
     step0 = t.latents[t.step == 0]
     assert len(step0) and torch.equal(step0, step0[:1].expand_as(step0))
     assert r.sde_kind == "dance" and r.noise_level == 0.3
+
+
+def test_dance_grpo_image_is_the_last_steps_data_prediction():
+    """DanceGRPO's run_sample_step returns pred_original = latents - sigma * model_output of its last step
+    for decoding, not the noisy SDE sample z."""
+    seen = []
+    v = gaussian_velocity()
+
+    def recording(x, sigma):
+        seen.append((x.clone(), sigma.clone()))
+        return v(x, sigma)
+
+    sigmas = sd3_sigmas(16)
+    r = sample_group(cfg_for("dance_grpo"), recording, noise_fn, sigmas, generator=torch.Generator().manual_seed(0))
+    x_last, sigma_last = seen[-1]
+    assert torch.all(sigma_last == sigmas[15]) and r.nfe == 16 * 12
+    expected = x_last - sigma_last.view(-1, 1, 1, 1) * v(x_last, sigma_last)
+    torch.testing.assert_close(r.final_latents, expected, rtol=0, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- eval sampler
