@@ -14,6 +14,12 @@ class LearnerConfig(BaseModel):
 
     loss: str = Field("grpo_clip", description="Policy loss, by registered name (learner/losses.py).")
     clip_range: float = Field(1e-4, gt=0, description="PPO clip range eps on the per-step ratio (Flow-GRPO: 1e-4).")
+    clip_range_high: float | None = Field(
+        None,
+        gt=0,
+        description="Upper clip range: the ratio is clipped to [1 - clip_range, 1 + clip_range_high] (an asymmetric, "
+        "'clip-higher' range); null = clip_range, the symmetric range of the papers' code.",
+    )
     beta: float = Field(0.04, ge=0, description="KL coefficient to the reference (base) policy; 0 disables the KL.")
     kl_form: Literal["flow_grpo", "exact"] = Field(
         "flow_grpo",
@@ -45,6 +51,13 @@ class LearnerConfig(BaseModel):
     optimizer_steps_per_iteration: int = Field(
         1, ge=1, description="The iteration's samples are split into this many minibatches, one optimizer step each."
     )
+    optimizer_step_per: Literal["minibatch", "denoising_step"] = Field(
+        "minibatch",
+        description="'minibatch': optimizer_steps_per_iteration minibatches of samples, one optimizer step each "
+        "(with 1: G2RPO's newest train_g2rpo_hps_clip.py, one step per iteration on the loss averaged over M); "
+        "'denoising_step': one optimizer step per sampling step index, over the transitions trained there "
+        "(G2RPO's earlier version: one step per branch step k).",
+    )
     num_inner_epochs: int = Field(1, ge=1, description="Passes over the iteration's samples.")
     micro_batch_size: int = Field(
         8, ge=1, description="Samples per forward/backward on one learner rank (speed only; gradients accumulate)."
@@ -54,7 +67,14 @@ class LearnerConfig(BaseModel):
         "fp32", description="Training precision of the trainable weights' compute (fp32 on CPU)."
     )
     ema_decay: float | None = Field(
-        None, gt=0, lt=1, description="Keep an EMA of the trainable weights for evaluation (None disables)."
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an EMA of the trainable weights for evaluation (None disables). The decay warms up as "
+        "min((1 + t) / (10 + t), ema_decay) at optimizer step t (Flow-GRPO's flow_grpo/ema.py).",
+    )
+    ema_update_every: int = Field(
+        1, ge=1, description="The EMA is updated after optimizer steps t with (t + 1) % every == 0 (Flow-GRPO: 8)."
     )
 
     @model_validator(mode="after")

@@ -45,7 +45,15 @@ class ModelConfig(_Section):
         "float32", description="Weights dtype of the frozen parts; the SDE math always runs in float32."
     )
     resolution: int = Field(32, ge=8, description="Image height and width in pixels.")
-    guidance_scale: float = Field(4.5, ge=0.0, description="Classifier-free guidance scale (1 disables CFG).")
+    guidance_scale: float = Field(
+        4.5, ge=0.0, description="Classifier-free guidance scale of rollouts and training (1 disables CFG)."
+    )
+    eval_guidance_scale: float | None = Field(
+        None,
+        ge=0.0,
+        description="Guidance scale of evaluation sampling; null = guidance_scale (Flow-GRPO's "
+        "sample.eval_guidance_scale, separate from the training one).",
+    )
     negative_prompt: str = Field("", description="Negative prompt for CFG.")
     max_sequence_length: int = Field(
         0,
@@ -68,6 +76,12 @@ class SamplingConfig(_Section):
     strategy: StrategyName = Field("flow_grpo", description="Sampling strategy, by registered name.")
     sde_kind: SdeKind = Field("flow_grpo", description="SDE step: 'flow_grpo' (Eq. 9), 'dance' (constant eta) or 'cps'.")
     noise_level: float = Field(0.7, ge=0.0, description="SDE noise level: a for flow_grpo/cps, eta for dance.")
+    log_prob_form: Literal["gaussian", "squared_error"] = Field(
+        "gaussian",
+        description="Log-prob of a step (rollout/sde.py): 'gaussian' = the full Gaussian density; 'squared_error' = "
+        "-mean((x - mean)^2), the Flow-GRPO code's CPS log-prob with constants removed (its log-ratio is the "
+        "Gaussian one times 2 std^2, so learner.clip_range must be set for it: 1e-5 in Flow-GRPO's CPS configs).",
+    )
     group_size: int = Field(8, ge=2, description="G: images sampled per prompt (one group).")
     num_steps: int = Field(10, ge=1, description="T_train: denoising steps while sampling rollouts.")
     eval_num_steps: int = Field(40, ge=1, description="T_eval: ODE steps for evaluation (denoising reduction).")
@@ -94,7 +108,9 @@ class SamplingConfig(_Section):
     )
     window_size: int = Field(2, ge=1, description="flow_grpo_fast / mix_grpo: SDE window size w (steps).")
     window_range: tuple[int, int] = Field(
-        (0, 4), description="flow_grpo_fast: the window start is drawn uniformly from [lo, hi)."
+        (0, 5),
+        description="flow_grpo_fast: the steps [lo, hi) the SDE window must lie in; its start is drawn uniformly "
+        "from [lo, hi - window_size] (Flow-GRPO's sde_window_range).",
     )
     window_stride: int = Field(1, ge=1, description="mix_grpo: window moves by this many steps (s).")
     window_every: int = Field(25, ge=1, description="mix_grpo: the window moves every tau iterations.")
@@ -154,9 +170,9 @@ class SamplingConfig(_Section):
             )
         if self.strategy == "flow_grpo_fast":
             lo, hi = self.window_range
-            if not (0 <= lo < hi <= self.num_steps - self.window_size + 1):
+            if not (0 <= lo and lo + self.window_size <= hi <= self.num_steps):
                 raise ValueError(
-                    f"sampling.window_range {self.window_range} must satisfy 0 <= lo < hi <= "
-                    f"num_steps - window_size + 1 = {self.num_steps - self.window_size + 1}"
+                    f"sampling.window_range {self.window_range} must hold the whole window of window_size "
+                    f"{self.window_size} steps: 0 <= lo, lo + window_size <= hi <= num_steps = {self.num_steps}"
                 )
         return self

@@ -180,6 +180,7 @@ def _integrate(
                 noise_level=cfg.noise_level,
                 kind=cfg.sde_kind,
                 noise=_randn_like(x, generator),
+                log_prob_form=cfg.log_prob_form,
             )
             rows = record.get(i, [])
             if rows:
@@ -208,6 +209,7 @@ def _trajectory_rollout(name, cfg, velocity, recorder, final) -> Rollout:
         noise_level=cfg.noise_level,
         nfe=velocity.nfe,
         velocity_calls=velocity.calls,
+        log_prob_form=cfg.log_prob_form,
     )
 
 
@@ -242,12 +244,17 @@ def flow_grpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollou
 
 @register_strategy("flow_grpo_fast")
 def flow_grpo_fast(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout:
-    """Flow-GRPO-Fast: ODE, then an SDE window of `window_size` steps whose start is drawn uniformly
-    from `window_range` once per group, then ODE; only the window is stochastic and trained."""
+    """Flow-GRPO-Fast: ODE, then an SDE window of `window_size` steps, then ODE; only the window is
+    stochastic and trained. The window lies inside `window_range` = [lo, hi): its start is drawn uniformly
+    from [lo, hi - w], as flow_grpo's pipeline_with_logprob_fast does (random.randint(lo, hi - w)).
+
+    The reference draws one window per pipeline call, i.e. per sampling batch, whose images mix several
+    prompts (and a prompt's images span several batches); here each group draws its own window from its
+    seed, so a group is reproducible on any actor (see docs/fidelity.md)."""
     g = cfg.group_size
     x = _initial_noise(init_noise, g, bool(cfg.same_latent), generator)
     lo, hi = cfg.window_range
-    start = int(torch.randint(lo, hi, (1,), generator=generator, device=generator.device).item())
+    start = int(torch.randint(lo, hi - cfg.window_size + 1, (1,), generator=generator, device=generator.device).item())
     modes = _window_modes(cfg, sigmas, start, cfg.window_size)
     record = _all_rows(modes, range(start, start + cfg.window_size), g)
     recorder = _Recorder()
@@ -406,6 +413,7 @@ def g2rpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout:
                 noise_level=cfg.noise_level,
                 kind=cfg.sde_kind,
                 noise=_randn_like(x_k, generator),
+                log_prob_form=cfg.log_prob_form,
             )
             sample_id = ki * g + torch.arange(g)
             recorder.add(anchor, out.prev_sample, s, s_next, out.log_prob, sample_id, c, shared_input=True)
@@ -435,6 +443,7 @@ def g2rpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout:
         velocity_calls=velocity.calls,
         image_info={"branch_step": torch.tensor(ks)[k_idx], "granularity": torch.tensor(lams)[l_idx]},
         anchor_latents=anchor,
+        log_prob_form=cfg.log_prob_form,
     )
 
 
@@ -504,5 +513,6 @@ def recompute_log_probs(velocity_fn: VelocityFn, rollout: Rollout) -> torch.Tens
         noise_level=rollout.noise_level,
         kind=rollout.sde_kind,
         prev_sample=t.next_latents,
+        log_prob_form=rollout.log_prob_form,
     )
     return out.log_prob

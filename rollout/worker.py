@@ -78,12 +78,13 @@ class RolloutWorker:
         self.sync_group: SyncGroup | None = None
         self.sigmas = sigma_schedule(sampling.sigma_schedule, sampling.num_steps, sampling.shift)
         self.eval_sigmas = sigma_schedule(sampling.sigma_schedule, sampling.eval_num_steps, sampling.shift)
+        self.eval_guidance = model.eval_guidance_scale  # None: the training guidance_scale
 
     # -- sampling
 
-    def _velocity_for(self, prompt: str):
+    def _velocity_for(self, prompt: str, guidance_scale: float | None = None):
         cond = self.policy.encode([prompt])
-        return lambda x, sigma: self.policy.velocity(x, sigma, cond.expand(x.shape[0]))
+        return lambda x, sigma: self.policy.velocity(x, sigma, cond.expand(x.shape[0]), guidance_scale)
 
     def _init_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.policy.initial_noise(n, generator)
@@ -112,7 +113,7 @@ class RolloutWorker:
         out = []
         for prompt, seed in zip(prompts, seeds, strict=True):
             latents = eval_sample(
-                self._velocity_for(prompt), self._init_noise, self.eval_sigmas,
+                self._velocity_for(prompt, self.eval_guidance), self._init_noise, self.eval_sigmas,
                 num_images=images_per_prompt, seed=seed,
             )  # fmt: skip
             out.append(self.policy.decode(latents).numpy())

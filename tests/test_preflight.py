@@ -156,8 +156,9 @@ def test_local_resources_reads_this_machine():
 def test_dry_run_prints_the_training_and_evaluation_grids(preset, grid, capsys):
     """`launch.py --dry-run` lists both grids: the SD3.5 presets sample on diffusers' scheduler grid (as
     Flow-GRPO's pipeline does), the FLUX presets on the papers' hand-built linear-shift grid."""
-    import launch
     from diffusers import FlowMatchEulerDiscreteScheduler
+
+    import launch
 
     rc = launch.main(["--config", str(REPO_ROOT / "configs" / f"{preset}.yaml"), "--dry-run",
                       "--assume-resources", json.dumps(AMPLE)])  # fmt: skip

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from rollout.config import SamplingConfig
-from rollout.schedule import check_sigmas, compressed_tail, granular_grid, scheduler_sigmas, sd3_sigmas, sigma_schedule
+from rollout.schedule import (
+    check_sigmas,
+    compressed_tail,
+    granular_grid,
+    scheduler_sigmas,
+    sd3_sigmas,
+    sigma_schedule,
+)
 from rollout.sde import ode_step
 from rollout.strategies import (
     STRATEGIES,
@@ -91,6 +98,7 @@ CASES = [
     ("flow_grpo", {}),
     ("flow_grpo", {"sde_kind": "cps", "timestep_fraction": 0.5}),
     ("flow_grpo_fast", {}),
+    ("flow_grpo_fast", {"sde_kind": "cps", "log_prob_form": "squared_error"}),
     ("dance_grpo", {}),
     ("mix_grpo", {}),
     ("mix_grpo", {"flash": True}),
@@ -242,7 +250,7 @@ def test_flow_grpo_fast_only_the_window_is_stochastic():
     t, sigmas = r.transitions, sd3_sigmas(10)
     steps = sorted(set(t.step.tolist()))
     start = steps[0]
-    assert steps == list(range(start, start + 3)) and 1 <= start < 5 and len(t) == 3 * 6
+    assert steps == list(range(start, start + 3)) and 1 <= start <= 5 - 3 and len(t) == 3 * 6
     # Before the window: deterministic from the shared noise, so every row's window input is identical.
     first = t.latents[t.step == start]
     assert torch.equal(first, first[:1].expand_as(first))
@@ -251,6 +259,18 @@ def test_flow_grpo_fast_only_the_window_is_stochastic():
     for i in range(start + 3, 10):
         y = ode_step(v(y, sigmas[i].expand(6)), y, sigmas[i].item(), sigmas[i + 1].item())
     assert torch.equal(r.final_latents, y)
+
+
+def test_flow_grpo_fast_window_lies_inside_the_range():
+    """flow_grpo's pipeline_with_logprob_fast: start = random.randint(lo, hi - w), window [start, start + w),
+    so with range (0, T // 2) = (0, 5) and w = 3 the window starts at 0, 1 or 2 and never passes step 4."""
+    starts = set()
+    for seed in range(40):
+        r = run(cfg_for("flow_grpo_fast", window_size=3, window_range=(0, 5), group_size=2), seed=seed)
+        steps = sorted(set(r.transitions.step.tolist()))
+        assert steps == list(range(steps[0], steps[0] + 3)) and steps[-1] <= 4
+        starts.add(steps[0])
+    assert starts == {0, 1, 2}
 
 
 def test_flow_grpo_records_the_first_fraction_with_distinct_noise():
@@ -431,7 +451,7 @@ def test_bad_schedule_arguments():
         ({"strategy": "g2rpo", "g2rpo_steps": [1, 1]}, "g2rpo_steps"),
         ({"strategy": "mix_grpo", "num_steps": 10, "window_size": 10}, "window_size"),
         (
-            {"strategy": "flow_grpo_fast", "num_steps": 10, "window_size": 3, "window_range": (0, 9)},
+            {"strategy": "flow_grpo_fast", "num_steps": 10, "window_size": 3, "window_range": (2, 4)},
             "window_range",
         ),
         ({"strategy": "flow_grpo_fast", "window_range": (3, 3)}, "window_range"),
