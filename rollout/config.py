@@ -114,6 +114,15 @@ class SamplingConfig(_Section):
     )
     window_stride: int = Field(1, ge=1, description="mix_grpo: window moves by this many steps (s).")
     window_every: int = Field(25, ge=1, description="mix_grpo: the window moves every tau iterations.")
+    window_strategy: Literal["progressive", "random", "decay"] = Field(
+        "progressive",
+        description="mix_grpo: how the window moves (MixGRPO's sample_strategy): 'progressive' by the stride every "
+        "tau iterations; 'random' a uniform start in [0, T - 2 - w] each iteration; 'decay' progressive, staying "
+        "max(tau_min, int(tau (1 - p) + tau_min p)) iterations at position l, p = l / (T - 2).",
+    )
+    window_every_min: int | None = Field(
+        None, ge=1, description="mix_grpo decay: tau_min, the fewest iterations at a position; null = max(1, tau // 4)."
+    )
     flash: bool = Field(False, description="mix_grpo: DPM-Solver++(2M) on a compressed grid after the window.")
     flash_compress_ratio: float = Field(
         0.4,
@@ -157,6 +166,11 @@ class SamplingConfig(_Section):
                 raise ValueError(
                     f"sampling.g2rpo_steps must lie in [0, num_steps - 2] = [0, {self.num_steps - 2}]"
                 )
+        if self.strategy == "mix_grpo" and self.window_strategy == "random" and self.window_size > self.num_steps - 2:
+            raise ValueError(
+                f"sampling.window_size ({self.window_size}) must be <= num_steps - 2 = {self.num_steps - 2} for "
+                "window_strategy 'random' (MixGRPO draws the start from [0, T - 2 - w])"
+            )
         if self.strategy == "flow_grpo_fast" and self.window_size > self.num_steps:
             raise ValueError(
                 f"sampling.window_size ({self.window_size}) exceeds sampling.num_steps ({self.num_steps})"

@@ -14,6 +14,8 @@ included (a shared initial noise is still stepped once per group member).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import torch
 from rollout.config import SamplingConfig
 from rollout.schedule import check_sigmas, compressed_tail, granular_grid
 from rollout.sde import dpm_solver_2m_step, ode_step, sde_step
+from rollout.seeding import derive_seed
 from rollout.types import Rollout, Transitions
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -301,14 +304,7 @@ def dance_grpo_trained_steps(num_steps: int, fraction: float) -> int:
 # ----------------------------------------------------------------------------- MixGRPO
 
 
-def mix_grpo_window_start(iteration: int, num_steps: int, window_size: int, stride: int, every: int) -> int:
-    """Start l of MixGRPO's sliding SDE window [l, l + w) at an iteration (Li et al. 2025).
-
-    The window starts at 0 and moves by the stride s every tau (`every`) iterations; once it would
-    pass the last trainable step it rolls back to 0. The final step to sigma = 0 is never trained
-    (MixGRPO's `ignore_last`), so l takes the values 0, s, 2s, ... <= T - 1 - w. (MixGRPO's code
-    lets l reach T - 2 and truncates the window there; here the window is always whole.)
-    """
+def _check_window_args(iteration: int, num_steps: int, window_size: int, stride: int, every: int) -> None:
     for name, value, low in (
         ("iteration", iteration, 0),
         ("window_size", window_size, 1),
@@ -319,8 +315,56 @@ def mix_grpo_window_start(iteration: int, num_steps: int, window_size: int, stri
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if window_size > num_steps - 1:
         raise ValueError(f"window_size ({window_size}) must be <= num_steps - 1 = {num_steps - 1}")
+
+
+def mix_grpo_window_start(iteration: int, num_steps: int, window_size: int, stride: int, every: int) -> int:
+    """Start l of MixGRPO's sliding SDE window [l, l + w) at an iteration (Li et al. 2025), its
+    'progressive' sample_strategy.
+
+    The window starts at 0 and moves by the stride s every tau (`every`) iterations; once it would
+    pass the last trainable step it rolls back to 0. The final step to sigma = 0 is never trained
+    (MixGRPO's `ignore_last`), so l takes the values 0, s, 2s, ... <= T - 1 - w. (MixGRPO's code
+    lets l reach T - 2 and truncates the window there; here the window is always whole.)
+    """
+    _check_window_args(iteration, num_steps, window_size, stride, every)
     positions = (num_steps - 1 - window_size) // stride + 1
     return stride * ((iteration // every) % positions)
+
+
+def mix_grpo_random_window_start(iteration: int, num_steps: int, window_size: int) -> int:
+    """MixGRPO's 'random' sample_strategy (fastvideo/utils/grpo_states.py): a start drawn uniformly from
+    [0, (T - 2) - w] each iteration (their max_timesteps = T - 2). The draw is a fixed function of the
+    iteration, so every rollout actor samples the iteration's groups in the same window (the reference
+    draws once per iteration, unseeded)."""
+    _check_window_args(iteration, num_steps, window_size, 1, 1)
+    if window_size > num_steps - 2:
+        raise ValueError(f"window_size ({window_size}) must be <= num_steps - 2 = {num_steps - 2} for the random window")
+    gen = torch.Generator().manual_seed(derive_seed("mix_grpo_random_window", iteration))
+    return int(torch.randint(0, num_steps - 2 - window_size + 1, (1,), generator=gen).item())
+
+
+def mix_grpo_decay_window_start(
+    iteration: int, num_steps: int, window_size: int, stride: int, every: int, every_min: int | None = None
+) -> int:
+    """MixGRPO's 'decay' sample_strategy (fastvideo/utils/grpo_states.py): the progressive window, but
+    it stays at position l for max(tau_min, int(tau (1 - p) + tau_min p)) iterations, p = l / (T - 2), so
+    the later (less noisy) positions get fewer iterations; tau_min defaults to max(1, tau // 4), as theirs."""
+    _check_window_args(iteration, num_steps, window_size, stride, every)
+    low = max(1, every // 4) if every_min is None else every_min
+    positions = range(0, num_steps - window_size, stride)  # 0, s, 2s, ... <= T - 1 - w
+    durations = [max(low, int(every * (1 - pos / (num_steps - 2)) + low * pos / (num_steps - 2))) for pos in positions]
+    ends = list(itertools.accumulate(durations))  # the cycle rolls back to 0 after the last position
+    return positions[bisect.bisect_right(ends, iteration % ends[-1])]
+
+
+# sampling.window_strategy -> the MixGRPO window start at an iteration.
+WINDOW_STRATEGIES = {
+    "progressive": lambda cfg, it, t: mix_grpo_window_start(it, t, cfg.window_size, cfg.window_stride, cfg.window_every),
+    "random": lambda cfg, it, t: mix_grpo_random_window_start(it, t, cfg.window_size),
+    "decay": lambda cfg, it, t: mix_grpo_decay_window_start(
+        it, t, cfg.window_size, cfg.window_stride, cfg.window_every, cfg.window_every_min
+    ),
+}
 
 
 @register_strategy("mix_grpo")
@@ -335,7 +379,7 @@ def mix_grpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout
     g, num_steps, w = cfg.group_size, sigmas.numel() - 1, cfg.window_size
     shared = True if cfg.same_latent is None else cfg.same_latent
     x = _initial_noise(init_noise, g, shared, generator)
-    start = mix_grpo_window_start(iteration, num_steps, w, cfg.window_stride, cfg.window_every)
+    start = WINDOW_STRATEGIES[cfg.window_strategy](cfg, iteration, num_steps)
     modes, grid = _window_modes(cfg, sigmas, start, w), sigmas
     if cfg.flash:
         after = start + w  # first step after the window

@@ -23,7 +23,9 @@ from rollout.strategies import (
     euler_sample,
     eval_sample,
     g2rpo_nfe,
+    mix_grpo_decay_window_start,
     mix_grpo_flash_nfe,
+    mix_grpo_random_window_start,
     mix_grpo_window_start,
     recompute_log_probs,
     register_strategy,
@@ -231,6 +233,45 @@ def test_mix_grpo_window_positions_and_roll_back():
     assert [mix_grpo_window_start(it, 25, 4, 1, 25) for it in (0, 24, 25, 49, 50)] == [0, 0, 1, 1, 2]
     assert [mix_grpo_window_start(it, 10, 3, 2, 1) for it in range(6)] == [0, 2, 4, 6, 0, 2]
     assert all(s + 3 <= 9 for s in (mix_grpo_window_start(it, 10, 3, 2, 1) for it in range(20)))
+
+
+def test_mix_grpo_random_window_as_grpo_states():
+    """grpo_states.py 'random': cur_timestep = rng.integers(0, max_timesteps - group_size + 1), max_timesteps
+    = T - 2, i.e. a start uniform over [0, T - 2 - w]; here the same for every actor at an iteration."""
+    starts = [mix_grpo_random_window_start(it, 25, 4) for it in range(400)]
+    assert set(starts) == set(range(0, 25 - 2 - 4 + 1))
+    assert starts == [mix_grpo_random_window_start(it, 25, 4) for it in range(400)]
+    cfg = cfg_for("mix_grpo", window_strategy="random", group_size=2)
+    for it in (3, 4):
+        steps = sorted(set(run(cfg, iteration=it, seed=it).transitions.step.tolist()))
+        assert steps == list(range(starts[it], starts[it] + 4))
+    with pytest.raises(pydantic.ValidationError, match="window_strategy 'random'"):
+        cfg_for("mix_grpo", window_strategy="random", num_steps=6, window_size=5)
+
+
+def _grpo_states_decay(iterations, max_timesteps, every, every_min, stride):
+    """grpo_states.py GRPOTrainingStates with sample_strategy 'decay', prog_overlap: the window start at each
+    iteration (get_current_timesteps, then update_iteration)."""
+    cur, in_group, out = 0, 0, []
+    for _ in range(iterations):
+        out.append(cur)
+        in_group += 1
+        progress = cur / max_timesteps
+        current = max(every_min, int(every * (1 - progress) + every_min * progress))
+        if in_group >= current:
+            in_group, cur = 0, cur + stride
+    return out
+
+
+def test_mix_grpo_decay_window_stays_at_each_position_as_grpo_states():
+    # T = 25, w = 4, tau = 25, tau_min = 25 // 4 = 6: the reference's positions 0..17 (whole windows) are
+    # visited for the same numbers of iterations; here the window then rolls back (theirs runs on to 23).
+    ref = _grpo_states_decay(1000, 25 - 2, 25, 6, 1)
+    ours = [mix_grpo_decay_window_start(it, 25, 4, 1, 25) for it in range(1000)]
+    whole = [i for i, start in enumerate(ref) if start <= 25 - 1 - 4]
+    assert ours[: len(whole)] == ref[: len(whole)]
+    assert ours[len(whole)] == 0
+    assert ours.count(0) > ours.count(10) > ours.count(20)  # fewer iterations as the window moves later
 
 
 @pytest.mark.parametrize("flash", [False, True])
