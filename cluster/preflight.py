@@ -9,7 +9,8 @@ downloaded, no actor starts. It checks that
 - the CPUs and GPUs that the rollout actors, learner ranks and reward actors reserve fit the cluster
   (Ray's `cluster_resources()` when connected, else this machine).
 Each check is ok, warn or error; `report.ok` is False on any error, and every message names the
-config key to change.
+config key to change. The summary also lists the sigma grids the run will sample on (`sigmas train:`
+and `sigmas eval:` lines), so a grid can be compared with a reference implementation's by eye.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class PreflightReport:
 
     checks: list[Check] = field(default_factory=list)
     resources_source: str = ""
+    grids: dict[str, list[float]] = field(default_factory=dict)  # 'train' / 'eval' -> sigma grid
 
     @property
     def ok(self) -> bool:
@@ -67,7 +69,8 @@ class PreflightReport:
         return [c for c in self.checks if c.key.startswith(key)]
 
     def summary(self) -> str:
-        lines = [f"[{c.status.upper():5}] {c.key}: {c.message}" for c in self.checks]
+        lines = [f"sigmas {name}: " + ",".join(f"{v:.4f}" for v in grid) for name, grid in self.grids.items()]
+        lines += [f"[{c.status.upper():5}] {c.key}: {c.message}" for c in self.checks]
         verdict = "OK" if self.ok else "FAILED"
         lines.append(f"preflight {verdict}: {len(self.errors)} error(s), {len(self.warnings)} warning(s)")
         return "\n".join(lines)
@@ -345,6 +348,17 @@ def check_resources(cfg: ExperimentConfig, report: PreflightReport, resources: d
 # ----------------------------------------------------------------------------- entry point
 
 
+def sampling_grids(cfg: ExperimentConfig) -> dict[str, list[float]]:
+    """The sigma grids of training rollouts and of evaluation (what the rollout workers build)."""
+    from rollout.schedule import sigma_schedule
+
+    sc = cfg.sampling
+    return {
+        name: sigma_schedule(sc.sigma_schedule, steps, sc.shift).tolist()
+        for name, steps in (("train", sc.num_steps), ("eval", sc.eval_num_steps))
+    }
+
+
 def preflight(cfg: ExperimentConfig, *, cluster_resources: dict | None = None) -> PreflightReport:
     """Validate a config without loading weights; see the module docstring for what is checked.
 
@@ -356,7 +370,7 @@ def preflight(cfg: ExperimentConfig, *, cluster_resources: dict | None = None) -
         cluster_resources, source = detect_resources()
     else:
         source = "the given cluster resources"
-    report = PreflightReport(resources_source=source)
+    report = PreflightReport(resources_source=source, grids=sampling_grids(cfg))
     steps: list[Callable[[ExperimentConfig, PreflightReport], None]] = [_check_prompts, _check_evaluation, _check_model,
                                                                       _check_scorers]
     for step in steps:

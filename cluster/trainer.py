@@ -43,7 +43,7 @@ from cluster.placement import create_placement
 from cluster.plots import before_after_grid, plot_curves
 from cluster.ray_init import require_fit
 from cluster.weight_sync import WeightSync
-from learner.advantages import grpo_advantages, zero_std_mask
+from learner.advantages import grpo_advantages, no_signal_mask
 from learner.worker import TrainGroup
 from rewards.base import ScoreResult
 from rewards.combine import combine
@@ -137,10 +137,10 @@ def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[l
     lc = cfg.learner
     adv = grpo_advantages(
         {n: r[valid] for n, r in rewards.items()}, group_ids[valid], sample_ids[valid], offset_s,
-        weights=weights, std_mode=lc.std_mode, clip=lc.adv_clip,
+        weights=weights, std_mode=lc.std_mode, clip=lc.adv_clip, eps=lc.adv_eps, std_form=lc.adv_std,
     )  # fmt: skip
     has_valid = torch.zeros(offset_s, dtype=torch.bool).index_fill_(0, sample_ids[valid], True)
-    zero_std = zero_std_mask(next(iter(rewards.values()))[valid], group_ids[valid])
+    zero_std = no_signal_mask({n: r[valid] for n, r in rewards.items()}, group_ids[valid], weights)
     keep = has_valid.clone()
     if lc.drop_zero_std_groups:
         informative = torch.zeros(offset_s, dtype=torch.bool).index_fill_(0, sample_ids[valid][~zero_std], True)

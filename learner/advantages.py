@@ -6,7 +6,9 @@ One formulation covers every strategy. Each scored image carries
   - a `sample_id`: the trained sample its advantage adds to (Flow-GRPO: the image itself;
     G2RPO: the branch (k, b), so the z-scores of its |Lambda| images are summed, paper Eq. 12).
 The advantage of a sample is clip(sum over its images of z(reward), +-adv_clip), with
-z = (r - mean_group) / (std + eps) and std per group or over the whole batch (`global_std`).
+z = (r - mean_group) / (std + eps) and std per group or over the whole batch (`global_std`). The std
+is a named form (`STD_FORMS`): Flow-GRPO's population std + 1e-4 (flow_grpo/stat_tracking.py, np.std),
+or the unbiased std + 1e-8 of DanceGRPO, MixGRPO and G2RPO (their train_*.py, torch.Tensor.std).
 Groups whose rewards are all equal carry no signal: their z-scores are exactly 0, and they are
 reported so the caller can drop them.
 """
@@ -21,8 +23,18 @@ import numpy as np
 import torch
 
 StdMode = Literal["group", "global"]
+StdForm = Literal["population", "unbiased"]
 ADV_EPS = 1e-4  # Flow-GRPO's stat tracker adds 1e-4 to the std
 ADV_CLIP = 5.0  # Flow-GRPO's adv_clip_max
+# Delta degrees of freedom of each std form: np.std (Flow-GRPO) divides by n, torch.Tensor.std
+# (DanceGRPO, MixGRPO, G2RPO) by n - 1.
+STD_FORMS: dict[str, int] = {"population": 0, "unbiased": 1}
+
+
+def _ddof(std_form: str) -> int:
+    if std_form not in STD_FORMS:
+        raise ValueError(f"unknown std_form {std_form!r}; expected one of {sorted(STD_FORMS)}")
+    return STD_FORMS[std_form]
 
 
 def _check_rewards(rewards: torch.Tensor, name: str = "rewards") -> torch.Tensor:
@@ -40,13 +52,16 @@ def _dense_ids(ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return inverse, len(uniq)
 
 
-def group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-element mean, population std (ddof 0, as np.std) and size of the element's group."""
+def group_stats(
+    rewards: torch.Tensor, group_ids: torch.Tensor, ddof: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-element mean, std (ddof 0 as np.std, ddof 1 as torch.Tensor.std) and size of the element's
+    group. A one-element group has no unbiased std (NaN)."""
     dense, n = _dense_ids(group_ids)
     count = torch.zeros(n, dtype=rewards.dtype).index_add_(0, dense, torch.ones_like(rewards))
     mean = torch.zeros(n, dtype=rewards.dtype).index_add_(0, dense, rewards) / count
     dev2 = (rewards - mean[dense]) ** 2
-    var = torch.zeros(n, dtype=rewards.dtype).index_add_(0, dense, dev2) / count
+    var = torch.zeros(n, dtype=rewards.dtype).index_add_(0, dense, dev2) / (count - ddof)
     return mean[dense], var.sqrt()[dense], count[dense]
 
 
@@ -59,23 +74,40 @@ def zero_std_mask(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tenso
     return (hi == lo)[dense]
 
 
+def no_signal_mask(
+    rewards: Mapping[str, torch.Tensor], group_ids: torch.Tensor, weights: Mapping[str, float] | None = None
+) -> torch.Tensor:
+    """True for every element whose group has equal rewards under every reward model that carries weight:
+    its advantage is exactly 0 whatever the multi-reward mode. (With 'advantage_sum' a group whose first
+    reward model is constant may still carry signal from another one.)"""
+    weights = dict(weights or {})
+    weighted = [name for name in rewards if weights.get(name, 1.0) != 0]
+    mask = torch.ones(group_ids.shape[0], dtype=torch.bool)
+    for name in weighted:
+        mask &= zero_std_mask(rewards[name], group_ids)
+    return mask
+
+
 def group_zscores(
     rewards: torch.Tensor,
     group_ids: torch.Tensor,
     *,
     std_mode: StdMode = "group",
     eps: float = ADV_EPS,
+    std_form: StdForm = "population",
 ) -> torch.Tensor:
-    """z = (r - group mean) / (std + eps); std of the group, or of the whole batch when std_mode='global'.
+    """z = (r - group mean) / (std + eps); std of the group, or of the whole batch when std_mode='global',
+    in the named `std_form` ('population' or 'unbiased').
 
     Elements of zero-std groups get exactly 0 (not a rounding residue divided by eps).
     """
     rewards = _check_rewards(rewards)
     if rewards.shape != group_ids.shape:
         raise ValueError(f"group_ids shape {tuple(group_ids.shape)} differs from rewards shape {tuple(rewards.shape)}")
-    mean, std, _ = group_stats(rewards, group_ids)
+    ddof = _ddof(std_form)
+    mean, std, _ = group_stats(rewards, group_ids, ddof)
     if std_mode == "global":
-        std = rewards.std(unbiased=False).expand_as(rewards)
+        std = rewards.std(correction=ddof).expand_as(rewards)
     elif std_mode != "group":
         raise ValueError(f"unknown std_mode {std_mode!r}; expected 'group' or 'global'")
     z = (rewards - mean) / (std + eps)
@@ -99,6 +131,7 @@ def grpo_advantages(
     std_mode: StdMode = "group",
     eps: float = ADV_EPS,
     clip: float = ADV_CLIP,
+    std_form: StdForm = "population",
 ) -> torch.Tensor:
     """Advantages of the trained samples: clip(sum over reward models and over a sample's images of
     weight * z-score, +-clip).
@@ -123,21 +156,24 @@ def grpo_advantages(
     for name, r in per_reward.items():
         if r.shape != (n,):
             raise ValueError(f"rewards[{name!r}] has shape {tuple(r.shape)}, expected ({n},)")
-        z = group_zscores(r, reward_group, std_mode=std_mode, eps=eps)
+        z = group_zscores(r, reward_group, std_mode=std_mode, eps=eps, std_form=std_form)
         total += weights.get(name, 1.0) * sum_to_samples(z, sample_id, num_samples)
     return total.clamp(-clip, clip)
 
 
-def g2rpo_advantages(rewards: torch.Tensor, *, eps: float = ADV_EPS, clip: float = ADV_CLIP) -> torch.Tensor:
+def g2rpo_advantages(
+    rewards: torch.Tensor, *, eps: float = 1e-8, clip: float = ADV_CLIP, std_form: StdForm = "unbiased"
+) -> torch.Tensor:
     """G2RPO multi-granularity advantages: rewards [K, L, G] (step k, granularity lambda, branch b) ->
-    [K, G], z-scored within each (k, lambda) group of G branches and summed over lambda (weight 1)."""
+    [K, G], z-scored within each (k, lambda) group of G branches and summed over lambda (weight 1).
+    The defaults are G2RPO's (train_g2rpo_hps_clip.py: group_rewards.std(dim=0) + 1e-8)."""
     if rewards.ndim != 3:
         raise ValueError(f"rewards must be [K, L, G], got shape {tuple(rewards.shape)}")
     k, n_lambda, g = rewards.shape
     kk, ll, bb = torch.meshgrid(torch.arange(k), torch.arange(n_lambda), torch.arange(g), indexing="ij")
     adv = grpo_advantages(
         rewards.flatten(), reward_group=(kk * n_lambda + ll).flatten(), sample_id=(kk * g + bb).flatten(),
-        num_samples=k * g, eps=eps, clip=clip,
+        num_samples=k * g, eps=eps, clip=clip, std_form=std_form,
     )
     return adv.view(k, g)
 

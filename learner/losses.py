@@ -62,9 +62,11 @@ def grpo_clip_loss(
     kl: torch.Tensor | None = None,
     beta: float = 0.0,
     sigma: torch.Tensor | None = None,
+    clip_range_high: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate of Flow-GRPO (paper Eq. 8) per transition:
-    max(-A r, -A clip(r, 1 - eps, 1 + eps)), r = exp(logp - logp_old), averaged, plus beta * mean KL.
+    max(-A r, -A clip(r, 1 - eps, 1 + eps_high)), r = exp(logp - logp_old), averaged, plus beta * mean KL.
+    eps_high = `clip_range_high`, or eps when None (the symmetric range of the papers' code).
 
     The max takes the pessimistic term, so a transition whose ratio has left the trust region in the
     direction its advantage pushes contributes no gradient.
@@ -76,11 +78,12 @@ def grpo_clip_loss(
         )
     if not torch.isfinite(log_prob).all():
         raise ValueError("log_prob has NaN or inf: the policy produced a non-finite velocity")
+    high = clip_range if clip_range_high is None else clip_range_high
     log_ratio = log_prob - old_log_prob.detach()
     ratio = torch.exp(log_ratio)
     adv = advantages.detach().to(ratio.dtype)
     unclipped = -adv * ratio
-    clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)
     per_transition = torch.maximum(unclipped, clipped)
     policy_loss = per_transition.mean()
     loss = policy_loss
@@ -89,8 +92,8 @@ def grpo_clip_loss(
             "policy/loss": policy_loss.item(),
             # 0.5 E[(log r)^2]: the estimator Flow-GRPO logs; ~KL(old || new) for small steps.
             "policy/approx_kl": (0.5 * log_ratio.pow(2).mean()).item(),
-            "policy/clipfrac": ((ratio - 1.0).abs() > clip_range).float().mean().item(),
-            "policy/clipfrac_high": (ratio > 1.0 + clip_range).float().mean().item(),
+            "policy/clipfrac": ((ratio > 1.0 + high) | (ratio < 1.0 - clip_range)).float().mean().item(),
+            "policy/clipfrac_high": (ratio > 1.0 + high).float().mean().item(),
             "policy/clipfrac_low": (ratio < 1.0 - clip_range).float().mean().item(),
             "policy/ratio_mean": ratio.mean().item(),
             "policy/ratio_std": ratio.std(unbiased=False).item(),

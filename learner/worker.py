@@ -83,6 +83,23 @@ def split_minibatches(rows: list[tuple[int, int, int]], num_minibatches: int, ge
     return [[(g, s, j) for g, s in chunk for j in by_sample[(g, s)]] for chunk in chunks]
 
 
+def split_by_step(groups: list[TrainGroup], rows: list[tuple[int, int, int]], num_steps: int):
+    """One minibatch per sampling step index 0..num_steps-1 (empty where nothing was trained at that step),
+    the same count on every rank: G2RPO's earlier train_g2rpo_hps_clip.py takes one optimizer step per
+    branch step k, over that k's G branches."""
+    by_step: list[list[tuple[int, int, int]]] = [[] for _ in range(num_steps)]
+    for g, s, j in rows:
+        by_step[int(groups[g].rollout.transitions.step[j])].append((g, s, j))
+    return by_step
+
+
+# learner.optimizer_step_per -> the minibatches of one epoch, one optimizer step each.
+MINIBATCH_SPLITS = {
+    "minibatch": lambda w, groups, rows, gen: split_minibatches(rows, w.cfg.optimizer_steps_per_iteration, gen),
+    "denoising_step": lambda w, groups, rows, gen: split_by_step(groups, rows, w.sampling.num_steps),
+}
+
+
 def build_micro_batches(groups: list[TrainGroup], rows: list[tuple[int, int, int]], size: int) -> list[MicroBatch]:
     """Chunk transitions into micro-batches of at most `size`, sorted by shared input so that G2RPO's
     G branches at step k need one forward of x_k."""
@@ -117,18 +134,28 @@ def _sigma_of_input(rollout: Rollout, input_id: int) -> torch.Tensor:
     return t.sigma[(t.input_id == input_id).nonzero()[0, 0]]
 
 
-class EmaWeights:
-    """Exponential moving average of the trainable weights, updated after every optimizer step
-    (float32 numpy, so it never touches the engine's parameters)."""
+def ema_decay_at(step: int, decay: float) -> float:
+    """Flow-GRPO's EMA decay at optimizer step t (flow_grpo/ema.py, get_current_decay): a warm-up
+    min((1 + t) / (10 + t), decay), so the average does not drag the first evaluations back to the base."""
+    return min((1 + step) / (10 + step), decay)
 
-    def __init__(self, state: dict[str, np.ndarray], decay: float):
-        self.decay = decay
+
+class EmaWeights:
+    """Exponential moving average of the trainable weights (float32 numpy, so it never touches the
+    engine's parameters), as flow_grpo/ema.py keeps it: after optimizer step t (the count of steps
+    taken), if (t + 1) % every == 0, ema += (1 - ema_decay_at(t, decay)) * (w - ema)."""
+
+    def __init__(self, state: dict[str, np.ndarray], decay: float, every: int = 1):
+        self.decay, self.every = decay, every
         self.state = {k: v.astype(np.float32, copy=True) for k, v in state.items()}
 
-    def update(self, state: dict[str, np.ndarray]) -> None:
+    def update(self, state: dict[str, np.ndarray], step: int) -> None:
+        if (step + 1) % self.every:
+            return
+        keep = ema_decay_at(step, self.decay)
         for k, v in state.items():
-            self.state[k] *= self.decay
-            self.state[k] += (1.0 - self.decay) * v.astype(np.float32)
+            self.state[k] *= keep
+            self.state[k] += (1.0 - keep) * v.astype(np.float32)
 
 
 class LearnerWorker:
@@ -174,12 +201,16 @@ class LearnerWorker:
         self.engine = build_engine(
             self.policy.transformer, self.policy.trainable_parameters(), self.cfg, self.world_size
         )
-        self.ema = EmaWeights(self.export_weights(), self.cfg.ema_decay) if self.cfg.ema_decay else None
+        self.ema = (
+            EmaWeights(self.export_weights(), self.cfg.ema_decay, self.cfg.ema_update_every)
+            if self.cfg.ema_decay
+            else None
+        )
         return f"learner-{self.rank}"
 
     # -- the update
 
-    def _loss(self, mb: MicroBatch, noise_level: float, kind: str):
+    def _loss(self, mb: MicroBatch, noise_level: float, kind: str, form: str):
         policy, dev = self.policy, self.device
         x_in = mb.inputs.to(dev)
         cond = policy.encode(mb.input_prompt)
@@ -188,7 +219,8 @@ class LearnerWorker:
         sigma, sigma_next = mb.sigma.to(dev), mb.sigma_next.to(dev)
         v = policy.velocity(x_in, sigma_in, cond)
         out = sde_step(
-            v[index], x_in[index], sigma, sigma_next, noise_level=noise_level, kind=kind, prev_sample=x_next
+            v[index], x_in[index], sigma, sigma_next, noise_level=noise_level, kind=kind, prev_sample=x_next,
+            log_prob_form=form,
         )
         kl = None
         if self.cfg.beta > 0:
@@ -201,6 +233,7 @@ class LearnerWorker:
         return self.loss_fn(
             out.log_prob, mb.old_log_prob.to(dev), mb.advantages.to(dev),
             clip_range=self.cfg.clip_range, kl=kl, beta=self.cfg.beta, sigma=mb.sigma,
+            clip_range_high=self.cfg.clip_range_high,
         )  # fmt: skip
 
     def _agree_on_micro_batches(self, count: int) -> int:
@@ -230,6 +263,7 @@ class LearnerWorker:
         start = time.perf_counter()
         noise_level = groups[0].rollout.noise_level if groups else self.sampling.noise_level
         kind = groups[0].rollout.sde_kind if groups else self.sampling.sde_kind
+        form = groups[0].rollout.log_prob_form if groups else self.sampling.log_prob_form
         rows = flatten_transitions(groups)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
@@ -237,7 +271,7 @@ class LearnerWorker:
         staleness = [self.version - g.policy_version for g in groups]
         for epoch in range(self.cfg.num_inner_epochs):
             gen = torch.Generator().manual_seed(derive_seed(self.seed, "minibatches", iteration, epoch, self.rank))
-            for minibatch in split_minibatches(rows, self.cfg.optimizer_steps_per_iteration, gen):
+            for minibatch in MINIBATCH_SPLITS[self.cfg.optimizer_step_per](self, groups, rows, gen):
                 mbs = build_micro_batches(groups, minibatch, self.cfg.micro_batch_size)
                 total = self._agree_on_micro_batches(len(mbs))
                 if total == 0:
@@ -245,7 +279,7 @@ class LearnerWorker:
                 mbs += [self._padding(mbs)] * (total - len(mbs))
                 set_micro_batches(self.engine, total)
                 for mb in mbs:
-                    loss, diag = self._loss(mb, noise_level, kind)
+                    loss, diag = self._loss(mb, noise_level, kind, form)
                     self.engine.backward(loss * mb.weight)
                     self.engine.step()
                     if mb.weight:
@@ -254,7 +288,7 @@ class LearnerWorker:
                             counts[k] += len(mb)
                 steps += 1
                 if self.ema is not None:
-                    self.ema.update(self.export_weights())
+                    self.ema.update(self.export_weights(), self.engine.global_steps)
                 norm = self.engine.get_global_grad_norm()
                 if norm is not None:
                     sums["learner/grad_norm"] += float(norm)

@@ -45,7 +45,15 @@ class ModelConfig(_Section):
         "float32", description="Weights dtype of the frozen parts; the SDE math always runs in float32."
     )
     resolution: int = Field(32, ge=8, description="Image height and width in pixels.")
-    guidance_scale: float = Field(4.5, ge=0.0, description="Classifier-free guidance scale (1 disables CFG).")
+    guidance_scale: float = Field(
+        4.5, ge=0.0, description="Classifier-free guidance scale of rollouts and training (1 disables CFG)."
+    )
+    eval_guidance_scale: float | None = Field(
+        None,
+        ge=0.0,
+        description="Guidance scale of evaluation sampling; null = guidance_scale (Flow-GRPO's "
+        "sample.eval_guidance_scale, separate from the training one).",
+    )
     negative_prompt: str = Field("", description="Negative prompt for CFG.")
     max_sequence_length: int = Field(
         0,
@@ -68,16 +76,30 @@ class SamplingConfig(_Section):
     strategy: StrategyName = Field("flow_grpo", description="Sampling strategy, by registered name.")
     sde_kind: SdeKind = Field("flow_grpo", description="SDE step: 'flow_grpo' (Eq. 9), 'dance' (constant eta) or 'cps'.")
     noise_level: float = Field(0.7, ge=0.0, description="SDE noise level: a for flow_grpo/cps, eta for dance.")
+    log_prob_form: Literal["gaussian", "squared_error"] = Field(
+        "gaussian",
+        description="Log-prob of a step (rollout/sde.py): 'gaussian' = the full Gaussian density; 'squared_error' = "
+        "-mean((x - mean)^2), the Flow-GRPO code's CPS log-prob with constants removed (its log-ratio is the "
+        "Gaussian one times 2 std^2, so learner.clip_range must be set for it: 1e-5 in Flow-GRPO's CPS configs).",
+    )
     group_size: int = Field(8, ge=2, description="G: images sampled per prompt (one group).")
     num_steps: int = Field(10, ge=1, description="T_train: denoising steps while sampling rollouts.")
     eval_num_steps: int = Field(40, ge=1, description="T_eval: ODE steps for evaluation (denoising reduction).")
     shift: float = Field(3.0, gt=0, description="Timestep shift of the sigma schedule (SD3 uses 3).")
+    sigma_schedule: Literal["linear", "scheduler"] = Field(
+        "linear",
+        description="Sigma grid of training and evaluation sampling (rollout/schedule.py): 'linear' = "
+        "shift(linspace(1, 0, T + 1)), as DanceGRPO, MixGRPO and G2RPO build it; 'scheduler' = diffusers' "
+        "FlowMatchEulerDiscreteScheduler.set_timesteps(T) grid, shift(linspace(1, shift(1e-3), T)) + [0], "
+        "which Flow-GRPO samples on.",
+    )
     timestep_fraction: float = Field(
         1.0,
         gt=0.0,
         le=1.0,
-        description="flow_grpo: the first int(num_steps * fraction) steps are trained; dance_grpo: that many "
-        "steps, drawn at random per sample.",
+        description="flow_grpo: the first int(num_steps * fraction) steps are trained; dance_grpo: "
+        "int((num_steps - 1) * fraction) steps drawn at random per sample from the first num_steps - 1 "
+        "(DanceGRPO never trains the last step).",
     )
     same_latent: bool | None = Field(
         None,
@@ -86,17 +108,28 @@ class SamplingConfig(_Section):
     )
     window_size: int = Field(2, ge=1, description="flow_grpo_fast / mix_grpo: SDE window size w (steps).")
     window_range: tuple[int, int] = Field(
-        (0, 4), description="flow_grpo_fast: the window start is drawn uniformly from [lo, hi)."
+        (0, 5),
+        description="flow_grpo_fast: the steps [lo, hi) the SDE window must lie in; its start is drawn uniformly "
+        "from [lo, hi - window_size] (Flow-GRPO's sde_window_range).",
     )
     window_stride: int = Field(1, ge=1, description="mix_grpo: window moves by this many steps (s).")
     window_every: int = Field(25, ge=1, description="mix_grpo: the window moves every tau iterations.")
+    window_strategy: Literal["progressive", "random", "decay"] = Field(
+        "progressive",
+        description="mix_grpo: how the window moves (MixGRPO's sample_strategy): 'progressive' by the stride every "
+        "tau iterations; 'random' a uniform start in [0, T - 2 - w] each iteration; 'decay' progressive, staying "
+        "max(tau_min, int(tau (1 - p) + tau_min p)) iterations at position l, p = l / (T - 2).",
+    )
+    window_every_min: int | None = Field(
+        None, ge=1, description="mix_grpo decay: tau_min, the fewest iterations at a position; null = max(1, tau // 4)."
+    )
     flash: bool = Field(False, description="mix_grpo: DPM-Solver++(2M) on a compressed grid after the window.")
     flash_compress_ratio: float = Field(
         0.4,
         gt=0.0,
         le=1.0,
-        description="mix_grpo flash: the steps after the window are compressed to max(1, int(ratio * n)) "
-        "DPM-Solver++(2M) steps (MixGRPO's dpm_post_compress_ratio).",
+        description="mix_grpo flash: the n steps after the window are re-interpolated onto int(max((n + 1) * "
+        "ratio, 1)) points, at least one DPM-Solver++(2M) step (MixGRPO's dpm_post_compress_ratio).",
     )
     g2rpo_steps: list[int] = Field(
         default_factory=lambda: [0, 1, 2, 3], description="g2rpo: M, the step indices that get one SDE branch step."
@@ -107,10 +140,11 @@ class SamplingConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> SamplingConfig:
-        if self.strategy in ("flow_grpo", "dance_grpo") and int(self.num_steps * self.timestep_fraction) < 1:
+        trainable = {"flow_grpo": self.num_steps, "dance_grpo": self.num_steps - 1}.get(self.strategy)
+        if trainable is not None and int(trainable * self.timestep_fraction) < 1:
             raise ValueError(
-                f"sampling.timestep_fraction ({self.timestep_fraction}) trains int(num_steps * fraction) = 0 "
-                f"of {self.num_steps} steps: raise it to at least 1 / num_steps"
+                f"sampling.timestep_fraction ({self.timestep_fraction}) trains int({trainable} * fraction) = 0 "
+                f"of the {trainable} trainable steps: raise it to at least 1 / {trainable}"
             )
         if self.strategy == "dance_grpo" and self.sde_kind != "dance":
             raise ValueError(
@@ -132,6 +166,11 @@ class SamplingConfig(_Section):
                 raise ValueError(
                     f"sampling.g2rpo_steps must lie in [0, num_steps - 2] = [0, {self.num_steps - 2}]"
                 )
+        if self.strategy == "mix_grpo" and self.window_strategy == "random" and self.window_size > self.num_steps - 2:
+            raise ValueError(
+                f"sampling.window_size ({self.window_size}) must be <= num_steps - 2 = {self.num_steps - 2} for "
+                "window_strategy 'random' (MixGRPO draws the start from [0, T - 2 - w])"
+            )
         if self.strategy == "flow_grpo_fast" and self.window_size > self.num_steps:
             raise ValueError(
                 f"sampling.window_size ({self.window_size}) exceeds sampling.num_steps ({self.num_steps})"
@@ -145,9 +184,9 @@ class SamplingConfig(_Section):
             )
         if self.strategy == "flow_grpo_fast":
             lo, hi = self.window_range
-            if not (0 <= lo < hi <= self.num_steps - self.window_size + 1):
+            if not (0 <= lo and lo + self.window_size <= hi <= self.num_steps):
                 raise ValueError(
-                    f"sampling.window_range {self.window_range} must satisfy 0 <= lo < hi <= "
-                    f"num_steps - window_size + 1 = {self.num_steps - self.window_size + 1}"
+                    f"sampling.window_range {self.window_range} must hold the whole window of window_size "
+                    f"{self.window_size} steps: 0 <= lo, lo + window_size <= hi <= num_steps = {self.num_steps}"
                 )
         return self

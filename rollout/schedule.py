@@ -27,18 +27,60 @@ def check_sigmas(sigmas: torch.Tensor, name: str = "sigmas", *, ends_at_zero: bo
     return s
 
 
-def sd3_sigmas(num_steps: int, shift: float = 3.0) -> torch.Tensor:
-    """SD3's shifted schedule (Esser et al. 2024, timestep shifting): sigma = shift t / (1 + (shift - 1) t)
-    for t uniform from 1 to 0 over `num_steps` steps -> [num_steps + 1], ending at 0.
-
-    Computed in float64 and rounded once, as diffusers' FlowMatchEulerDiscreteScheduler does.
-    """
+def _check_grid_args(num_steps: int, shift: float) -> None:
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
     if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
         raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
+
+
+def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's timestep shift (Esser et al. 2024): sigma = shift t / (1 + (shift - 1) t)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def inverse_time_shift(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """The t that `time_shift` maps to sigma: t = sigma / (shift - (shift - 1) sigma)."""
+    return sigma / (shift - (shift - 1) * sigma)
+
+
+def sd3_sigmas(num_steps: int, shift: float = 3.0) -> torch.Tensor:
+    """The linear-shift grid: time_shift(linspace(1, 0, num_steps + 1)) -> [num_steps + 1], ending at 0.
+
+    This is the grid the FLUX-based papers' code builds by hand (DanceGRPO, MixGRPO and G2RPO:
+    `sd3_time_shift(shift, torch.linspace(1, 0, sampling_steps + 1))` in their train_*.py). It is NOT the
+    grid of diffusers' FlowMatchEulerDiscreteScheduler, which SD3 pipelines and Flow-GRPO sample on:
+    see `scheduler_sigmas`. Computed in float64 and rounded once.
+    """
+    _check_grid_args(num_steps, shift)
     t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
-    return check_sigmas((shift * t / (1 + (shift - 1) * t)).float(), "sigmas")
+    return check_sigmas(time_shift(t, shift).float(), "sigmas")
+
+
+def scheduler_sigmas(num_steps: int, shift: float = 3.0, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """The grid of diffusers' FlowMatchEulerDiscreteScheduler(shift).set_timesteps(num_steps), which
+    StableDiffusion3Pipeline and Flow-GRPO (its pipeline_with_logprob) sample on -> [num_steps + 1].
+
+    The scheduler's training sigmas run from 1 to sigma_min = time_shift(1 / N) (N = 1000 training
+    timesteps); set_timesteps spaces num_steps points uniformly between them and shifts them again, then
+    appends 0: time_shift(linspace(1, time_shift(1/N), num_steps)) + [0]. For T = 10 the last two steps
+    start at 0.278 and 0.0089, where the linear-shift grid has 0.429 and 0.25.
+    """
+    _check_grid_args(num_steps, shift)
+    sigma_min = time_shift(torch.tensor(1.0 / num_train_timesteps, dtype=torch.float64), shift)
+    t = torch.linspace(1.0, sigma_min.item(), num_steps, dtype=torch.float64)
+    grid = torch.cat([time_shift(t, shift), torch.zeros(1, dtype=torch.float64)])
+    return check_sigmas(grid.float(), "sigmas")
+
+
+SIGMA_SCHEDULES = {"linear": sd3_sigmas, "scheduler": scheduler_sigmas}
+
+
+def sigma_schedule(name: str, num_steps: int, shift: float) -> torch.Tensor:
+    """The named grid (`sampling.sigma_schedule`): 'linear' (`sd3_sigmas`) or 'scheduler' (`scheduler_sigmas`)."""
+    if name not in SIGMA_SCHEDULES:
+        raise ValueError(f"unknown sigma schedule {name!r}; expected one of {sorted(SIGMA_SCHEDULES)}")
+    return SIGMA_SCHEDULES[name](num_steps, shift)
 
 
 def granular_grid(sigmas: torch.Tensor, k: int, granularity: int) -> torch.Tensor:
@@ -60,20 +102,20 @@ def granular_grid(sigmas: torch.Tensor, k: int, granularity: int) -> torch.Tenso
     return torch.cat([sigmas[: k + 2], tail])
 
 
-def compressed_tail(sigmas: torch.Tensor, start: int, num_steps: int) -> torch.Tensor:
-    """The grid from sigma_start to 0 in `num_steps` steps, picked from the schedule's own points at
-    evenly spaced indices (MixGRPO-Flash's compressed grid after the SDE window, Li et al. 2025).
+def compressed_tail(sigmas: torch.Tensor, start: int, num_steps: int, shift: float) -> torch.Tensor:
+    """MixGRPO-Flash's compressed grid after the SDE window (Li et al. 2025): from sigma_start to 0 in
+    `num_steps` steps, re-interpolated uniformly in the unshifted time t and shifted again.
 
-    MixGRPO re-interpolates t uniformly and shifts again; taking the nearest existing points keeps the
-    function free of the schedule's parametrisation (for SD3's schedule the two agree up to rounding
-    the index). Indices are rounded half-up, so a spacing >= 1 never repeats a point.
+    MixGRPO's sampling_utils.run_sample_step takes t_start = linspace(1, 0, T + 1)[start] and builds
+    time_shift(linspace(t_start, 0, points)); here t_start = inverse_time_shift(sigma_start), the same
+    number on the linear-shift grid, and the first point is sigma_start itself (no rounding drift).
     """
     total = sigmas.numel() - 1
     if not 0 <= start < total:
         raise ValueError(f"start must lie in [0, {total - 1}], got {start}")
-    if not 1 <= num_steps <= total - start:
-        raise ValueError(
-            f"num_steps must lie in [1, {total - start}] (the steps left after start), got {num_steps}"
-        )
-    index = torch.floor(torch.linspace(start, total, num_steps + 1, dtype=torch.float64) + 0.5).long()
-    return sigmas[index]
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    t_start = inverse_time_shift(sigmas[start].double(), shift).item()
+    tail = time_shift(torch.linspace(t_start, 0.0, num_steps + 1, dtype=torch.float64), shift).float()
+    tail[0] = sigmas[start]
+    return check_sigmas(tail, "compressed tail")

@@ -21,6 +21,7 @@ import torch
 SdeKind = Literal["flow_grpo", "dance", "cps"]
 SDE_KINDS: tuple[str, ...] = ("flow_grpo", "dance", "cps")
 KlForm = Literal["exact", "flow_grpo"]
+LogProbForm = Literal["gaussian", "squared_error"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -94,6 +95,20 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     std = std.expand_as(mean)
     lp = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
     return lp.flatten(1).mean(1)
+
+
+def squared_error_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """-(x - mean)^2 averaged over the non-batch dims -> [B]: the Flow-GRPO code's CPS log-prob with
+    every constant removed (flow_grpo/diffusers_patch/sd3_sde_with_logprob.py, sde_type 'cps').
+
+    Its log-ratio is the Gaussian one times 2 std^2, so its clip range (1e-5 in the fast configs of
+    flow_grpo/config/grpo.py) is not the Gaussian form's.
+    """
+    return -((x - mean) ** 2).flatten(1).mean(1)
+
+
+# Named log-prob forms of a step (`sampling.log_prob_form`).
+LOG_PROB_FORMS = {"gaussian": gaussian_log_prob, "squared_error": squared_error_log_prob}
 
 
 def gaussian_kl_equal_std(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -170,8 +185,9 @@ def sde_step(
     noise: torch.Tensor | None = None,
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    log_prob_form: LogProbForm = "gaussian",
 ) -> SdeStepOutput:
-    """One Gaussian policy step x -> x_next and its log-prob.
+    """One Gaussian policy step x -> x_next and its log-prob in the named `log_prob_form`.
 
     Draws x_next = mean + std * noise, or, given `prev_sample`, evaluates that sample's log-prob
     instead of drawing (how the learner recomputes log-probs of stored transitions). Gradients flow
@@ -179,6 +195,8 @@ def sde_step(
     """
     if kind not in _MEAN_STD:
         raise ValueError(f"unknown SDE kind {kind!r}; expected one of {SDE_KINDS}")
+    if log_prob_form not in LOG_PROB_FORMS:
+        raise ValueError(f"unknown log_prob_form {log_prob_form!r}; expected one of {sorted(LOG_PROB_FORMS)}")
     if noise_level < 0 or not math.isfinite(noise_level):
         raise ValueError(f"noise_level must be a finite number >= 0, got {noise_level}")
     v, x, s, s_next = _prepare(velocity, sample, sigma, sigma_next)
@@ -202,7 +220,7 @@ def sde_step(
         if prev_sample.shape != x.shape:
             raise ValueError(f"prev_sample shape {tuple(prev_sample.shape)} differs from sample shape {tuple(x.shape)}")
         prev_sample = _check_finite(prev_sample.detach().float(), "prev_sample")
-    log_prob = gaussian_log_prob(prev_sample.detach(), mean, std)
+    log_prob = LOG_PROB_FORMS[log_prob_form](prev_sample.detach(), mean, std)
     return SdeStepOutput(prev_sample, log_prob, mean, std, diffusion)
 
 

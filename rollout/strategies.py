@@ -14,6 +14,8 @@ included (a shared initial noise is still stepped once per group member).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import torch
 from rollout.config import SamplingConfig
 from rollout.schedule import check_sigmas, compressed_tail, granular_grid
 from rollout.sde import dpm_solver_2m_step, ode_step, sde_step
+from rollout.seeding import derive_seed
 from rollout.types import Rollout, Transitions
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -180,6 +183,7 @@ def _integrate(
                 noise_level=cfg.noise_level,
                 kind=cfg.sde_kind,
                 noise=_randn_like(x, generator),
+                log_prob_form=cfg.log_prob_form,
             )
             rows = record.get(i, [])
             if rows:
@@ -208,6 +212,7 @@ def _trajectory_rollout(name, cfg, velocity, recorder, final) -> Rollout:
         noise_level=cfg.noise_level,
         nfe=velocity.nfe,
         velocity_calls=velocity.calls,
+        log_prob_form=cfg.log_prob_form,
     )
 
 
@@ -242,12 +247,17 @@ def flow_grpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollou
 
 @register_strategy("flow_grpo_fast")
 def flow_grpo_fast(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout:
-    """Flow-GRPO-Fast: ODE, then an SDE window of `window_size` steps whose start is drawn uniformly
-    from `window_range` once per group, then ODE; only the window is stochastic and trained."""
+    """Flow-GRPO-Fast: ODE, then an SDE window of `window_size` steps, then ODE; only the window is
+    stochastic and trained. The window lies inside `window_range` = [lo, hi): its start is drawn uniformly
+    from [lo, hi - w], as flow_grpo's pipeline_with_logprob_fast does (random.randint(lo, hi - w)).
+
+    The reference draws one window per pipeline call, i.e. per sampling batch, whose images mix several
+    prompts (and a prompt's images span several batches); here each group draws its own window from its
+    seed, so a group is reproducible on any actor (see docs/fidelity.md)."""
     g = cfg.group_size
     x = _initial_noise(init_noise, g, bool(cfg.same_latent), generator)
     lo, hi = cfg.window_range
-    start = int(torch.randint(lo, hi, (1,), generator=generator, device=generator.device).item())
+    start = int(torch.randint(lo, hi - cfg.window_size + 1, (1,), generator=generator, device=generator.device).item())
     modes = _window_modes(cfg, sigmas, start, cfg.window_size)
     record = _all_rows(modes, range(start, start + cfg.window_size), g)
     recorder = _Recorder()
@@ -261,34 +271,40 @@ def flow_grpo_fast(cfg, velocity, init_noise, sigmas, generator, iteration) -> R
 @register_strategy("dance_grpo")
 def dance_grpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout:
     """DanceGRPO (Xue et al. 2025): the Dance SDE at every step from one initial noise shared
-    by the group; each sample trains the first int(T * timestep_fraction) steps of its own random
-    permutation of the steps (the DanceGRPO code's per-sample `randperm`)."""
+    by the group; each sample trains the first int((T - 1) * timestep_fraction) steps of its own random
+    permutation of the first T - 1 steps, and the image is the last step's data prediction.
+
+    As DanceGRPO's train_grpo_flux.py: the samples keep steps [:-1] (`samples["timesteps"][:, :-1]`),
+    each is permuted with its own `randperm`, and `run_sample_step` returns `pred_original` of the last
+    step, x0_hat = x_{T-1} - sigma_{T-1} v, for decoding, not the noisy SDE sample. So the last step only
+    needs its velocity: no noise is drawn for it.
+    """
     g, num_steps = cfg.group_size, sigmas.numel() - 1
     shared = True if cfg.same_latent is None else cfg.same_latent
     x = _initial_noise(init_noise, g, shared, generator)
-    modes = [_sde_mode(cfg.sde_kind, sigmas[i + 1].item()) for i in range(num_steps)]
-    n_train = int(num_steps * cfg.timestep_fraction)
+    modes = [_sde_mode(cfg.sde_kind, sigmas[i + 1].item()) for i in range(num_steps - 1)]
+    n_train = dance_grpo_trained_steps(num_steps, cfg.timestep_fraction)
     record: dict[int, list[int]] = {}
     for b in range(g):
-        for i in torch.randperm(num_steps, generator=generator, device=generator.device)[:n_train].tolist():
+        for i in torch.randperm(num_steps - 1, generator=generator, device=generator.device)[:n_train].tolist():
             if modes[i] == "sde":
                 record.setdefault(i, []).append(b)
     recorder = _Recorder()
-    final = _integrate(velocity, x, sigmas, modes, record, recorder, cfg, generator)
+    x = _integrate(velocity, x, sigmas[:-1], modes, record, recorder, cfg, generator)
+    s_last = sigmas[-2].item()
+    final = x - s_last * velocity(x, s_last)
     return _trajectory_rollout("dance_grpo", cfg, velocity, recorder, final)
+
+
+def dance_grpo_trained_steps(num_steps: int, fraction: float) -> int:
+    """Steps trained per DanceGRPO sample: int((T - 1) * fraction), drawn from the first T - 1 steps."""
+    return int((num_steps - 1) * fraction)
 
 
 # ----------------------------------------------------------------------------- MixGRPO
 
 
-def mix_grpo_window_start(iteration: int, num_steps: int, window_size: int, stride: int, every: int) -> int:
-    """Start l of MixGRPO's sliding SDE window [l, l + w) at an iteration (Li et al. 2025).
-
-    The window starts at 0 and moves by the stride s every tau (`every`) iterations; once it would
-    pass the last trainable step it rolls back to 0. The final step to sigma = 0 is never trained
-    (MixGRPO's `ignore_last`), so l takes the values 0, s, 2s, ... <= T - 1 - w. (MixGRPO's code
-    lets l reach T - 2 and truncates the window there; here the window is always whole.)
-    """
+def _check_window_args(iteration: int, num_steps: int, window_size: int, stride: int, every: int) -> None:
     for name, value, low in (
         ("iteration", iteration, 0),
         ("window_size", window_size, 1),
@@ -299,8 +315,56 @@ def mix_grpo_window_start(iteration: int, num_steps: int, window_size: int, stri
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if window_size > num_steps - 1:
         raise ValueError(f"window_size ({window_size}) must be <= num_steps - 1 = {num_steps - 1}")
+
+
+def mix_grpo_window_start(iteration: int, num_steps: int, window_size: int, stride: int, every: int) -> int:
+    """Start l of MixGRPO's sliding SDE window [l, l + w) at an iteration (Li et al. 2025), its
+    'progressive' sample_strategy.
+
+    The window starts at 0 and moves by the stride s every tau (`every`) iterations; once it would
+    pass the last trainable step it rolls back to 0. The final step to sigma = 0 is never trained
+    (MixGRPO's `ignore_last`), so l takes the values 0, s, 2s, ... <= T - 1 - w. (MixGRPO's code
+    lets l reach T - 2 and truncates the window there; here the window is always whole.)
+    """
+    _check_window_args(iteration, num_steps, window_size, stride, every)
     positions = (num_steps - 1 - window_size) // stride + 1
     return stride * ((iteration // every) % positions)
+
+
+def mix_grpo_random_window_start(iteration: int, num_steps: int, window_size: int) -> int:
+    """MixGRPO's 'random' sample_strategy (fastvideo/utils/grpo_states.py): a start drawn uniformly from
+    [0, (T - 2) - w] each iteration (their max_timesteps = T - 2). The draw is a fixed function of the
+    iteration, so every rollout actor samples the iteration's groups in the same window (the reference
+    draws once per iteration, unseeded)."""
+    _check_window_args(iteration, num_steps, window_size, 1, 1)
+    if window_size > num_steps - 2:
+        raise ValueError(f"window_size ({window_size}) must be <= num_steps - 2 = {num_steps - 2} for the random window")
+    gen = torch.Generator().manual_seed(derive_seed("mix_grpo_random_window", iteration))
+    return int(torch.randint(0, num_steps - 2 - window_size + 1, (1,), generator=gen).item())
+
+
+def mix_grpo_decay_window_start(
+    iteration: int, num_steps: int, window_size: int, stride: int, every: int, every_min: int | None = None
+) -> int:
+    """MixGRPO's 'decay' sample_strategy (fastvideo/utils/grpo_states.py): the progressive window, but
+    it stays at position l for max(tau_min, int(tau (1 - p) + tau_min p)) iterations, p = l / (T - 2), so
+    the later (less noisy) positions get fewer iterations; tau_min defaults to max(1, tau // 4), as theirs."""
+    _check_window_args(iteration, num_steps, window_size, stride, every)
+    low = max(1, every // 4) if every_min is None else every_min
+    positions = range(0, num_steps - window_size, stride)  # 0, s, 2s, ... <= T - 1 - w
+    durations = [max(low, int(every * (1 - pos / (num_steps - 2)) + low * pos / (num_steps - 2))) for pos in positions]
+    ends = list(itertools.accumulate(durations))  # the cycle rolls back to 0 after the last position
+    return positions[bisect.bisect_right(ends, iteration % ends[-1])]
+
+
+# sampling.window_strategy -> the MixGRPO window start at an iteration.
+WINDOW_STRATEGIES = {
+    "progressive": lambda cfg, it, t: mix_grpo_window_start(it, t, cfg.window_size, cfg.window_stride, cfg.window_every),
+    "random": lambda cfg, it, t: mix_grpo_random_window_start(it, t, cfg.window_size),
+    "decay": lambda cfg, it, t: mix_grpo_decay_window_start(
+        it, t, cfg.window_size, cfg.window_stride, cfg.window_every, cfg.window_every_min
+    ),
+}
 
 
 @register_strategy("mix_grpo")
@@ -308,19 +372,19 @@ def mix_grpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout
     """MixGRPO (Li et al. 2025): SDE (Flow-GRPO's Eq. 9 in their code) inside the sliding window,
     Euler ODE outside, from one shared initial noise (their --init_same_noise); the window is trained.
 
-    Flash variant: after the window the remaining n steps are compressed to
-    max(1, int(ratio * n)) DPM-Solver++(2M) steps, the first of them second order from the last window
-    step's data prediction. (MixGRPO's code builds that grid with int(ratio * n) points, one step fewer.)
+    Flash variant: after the window the remaining n steps are compressed to the
+    `mix_grpo_flash_tail_steps` DPM-Solver++(2M) steps of MixGRPO's re-interpolated grid
+    (`compressed_tail`), the first of them second order from the last window step's data prediction.
     """
     g, num_steps, w = cfg.group_size, sigmas.numel() - 1, cfg.window_size
     shared = True if cfg.same_latent is None else cfg.same_latent
     x = _initial_noise(init_noise, g, shared, generator)
-    start = mix_grpo_window_start(iteration, num_steps, w, cfg.window_stride, cfg.window_every)
+    start = WINDOW_STRATEGIES[cfg.window_strategy](cfg, iteration, num_steps)
     modes, grid = _window_modes(cfg, sigmas, start, w), sigmas
     if cfg.flash:
         after = start + w  # first step after the window
         n_post = mix_grpo_flash_tail_steps(num_steps, after, cfg.flash_compress_ratio)
-        grid = torch.cat([sigmas[:after], compressed_tail(sigmas, after, n_post)])
+        grid = torch.cat([sigmas[:after], compressed_tail(sigmas, after, n_post, cfg.shift)])
         modes = modes[:after] + ["dpm"] * n_post
     record = _all_rows(modes, range(start, start + w), g)
     recorder = _Recorder()
@@ -329,8 +393,12 @@ def mix_grpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout
 
 
 def mix_grpo_flash_tail_steps(num_steps: int, after: int, ratio: float) -> int:
-    """MixGRPO-Flash: the num_steps - after steps left after the window become max(1, int(ratio * n))."""
-    return max(1, int((num_steps - after) * ratio))
+    """MixGRPO-Flash: the n = num_steps - after steps left after the window become the steps between
+    int(max((n + 1) * ratio, 1)) grid points (MixGRPO's sampling_utils.run_sample_step: the count is
+    taken from the last SDE index, one before `after`), i.e. one step fewer than points. At least one
+    step is kept so that the grid reaches sigma = 0 (with one point the reference's grid stops short of 0)."""
+    points = int(max((num_steps - after + 1) * ratio, 1))
+    return max(1, points - 1)
 
 
 # ----------------------------------------------------------------------------- G2RPO
@@ -389,6 +457,7 @@ def g2rpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout:
                 noise_level=cfg.noise_level,
                 kind=cfg.sde_kind,
                 noise=_randn_like(x_k, generator),
+                log_prob_form=cfg.log_prob_form,
             )
             sample_id = ki * g + torch.arange(g)
             recorder.add(anchor, out.prev_sample, s, s_next, out.log_prob, sample_id, c, shared_input=True)
@@ -418,6 +487,7 @@ def g2rpo(cfg, velocity, init_noise, sigmas, generator, iteration) -> Rollout:
         velocity_calls=velocity.calls,
         image_info={"branch_step": torch.tensor(ks)[k_idx], "granularity": torch.tensor(lams)[l_idx]},
         anchor_latents=anchor,
+        log_prob_form=cfg.log_prob_form,
     )
 
 
@@ -455,7 +525,7 @@ def trajectory_nfe(num_steps: int, group_size: int) -> int:
 def mix_grpo_flash_nfe(
     num_steps: int, group_size: int, window_start: int, window_size: int, ratio: float
 ) -> int:
-    """MixGRPO-Flash NFE: G * (l + w + max(1, int(ratio * (T - l - w)))), one call per step."""
+    """MixGRPO-Flash NFE: G * (l + w + `mix_grpo_flash_tail_steps`), one call per step."""
     after = window_start + window_size
     return group_size * (after + mix_grpo_flash_tail_steps(num_steps, after, ratio))
 
@@ -489,5 +559,6 @@ def recompute_log_probs(velocity_fn: VelocityFn, rollout: Rollout) -> torch.Tens
         noise_level=rollout.noise_level,
         kind=rollout.sde_kind,
         prev_sample=t.next_latents,
+        log_prob_form=rollout.log_prob_form,
     )
     return out.log_prob

@@ -61,6 +61,7 @@ class Rollout:
         default_factory=dict
     )  # per-image tags, e.g. g2rpo's k, lambda
     anchor_latents: torch.Tensor | None = None  # G2RPO's ODE anchor image: logged, never trained on
+    log_prob_form: str = "gaussian"  # rollout/sde.py LOG_PROB_FORMS: the learner recomputes with the same form
 
     @property
     def num_reward_groups(self) -> int:

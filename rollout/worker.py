@@ -17,7 +17,7 @@ import torch
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
 from rollout.policy import Policy
-from rollout.schedule import sd3_sigmas
+from rollout.schedule import sigma_schedule
 from rollout.strategies import eval_sample, sample_group
 from rollout.types import Rollout
 
@@ -76,14 +76,15 @@ class RolloutWorker:
         self.policy.transformer.eval()
         self.version = 0
         self.sync_group: SyncGroup | None = None
-        self.sigmas = sd3_sigmas(sampling.num_steps, sampling.shift)
-        self.eval_sigmas = sd3_sigmas(sampling.eval_num_steps, sampling.shift)
+        self.sigmas = sigma_schedule(sampling.sigma_schedule, sampling.num_steps, sampling.shift)
+        self.eval_sigmas = sigma_schedule(sampling.sigma_schedule, sampling.eval_num_steps, sampling.shift)
+        self.eval_guidance = model.eval_guidance_scale  # None: the training guidance_scale
 
     # -- sampling
 
-    def _velocity_for(self, prompt: str):
+    def _velocity_for(self, prompt: str, guidance_scale: float | None = None):
         cond = self.policy.encode([prompt])
-        return lambda x, sigma: self.policy.velocity(x, sigma, cond.expand(x.shape[0]))
+        return lambda x, sigma: self.policy.velocity(x, sigma, cond.expand(x.shape[0]), guidance_scale)
 
     def _init_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.policy.initial_noise(n, generator)
@@ -112,8 +113,9 @@ class RolloutWorker:
         sampling grid (the training monitor's cheap probe)."""
         sigmas = {"eval": self.eval_sigmas, "train": self.sigmas}[grid]
         out = []
+        guidance = self.eval_guidance if grid == "eval" else None  # the probe samples as the rollouts do
         for prompt, prompt_seeds in zip(prompts, seeds, strict=True):
-            latents = eval_sample(self._velocity_for(prompt), self._init_noise, sigmas, seeds=prompt_seeds)
+            latents = eval_sample(self._velocity_for(prompt, guidance), self._init_noise, sigmas, seeds=prompt_seeds)
             out.append(self.policy.decode(latents).numpy())
         return np.concatenate(out)
 

@@ -11,6 +11,7 @@ from learner.advantages import (
     g2rpo_advantages,
     group_zscores,
     grpo_advantages,
+    no_signal_mask,
     weighted_reward_sum,
     zero_std_mask,
 )
@@ -61,8 +62,9 @@ def test_g2rpo_advantages_match_loop():
     ref = np.zeros((k, gsize))
     for i in range(k):
         for j in range(lam):
+            # G2RPO (train_g2rpo_hps_clip.py): group_rewards.std(dim=0) + 1e-8, torch's unbiased std
             r = rewards[i, j].double().numpy()
-            ref[i] += (r - r.mean()) / (r.std() + 1e-4)
+            ref[i] += (r - r.mean()) / (r.std(ddof=1) + 1e-8)
     np.testing.assert_allclose(ours.numpy(), np.clip(ref, -5, 5), rtol=1e-5, atol=1e-6)
 
 
@@ -103,3 +105,66 @@ def test_bad_rewards_raise():
         grpo_advantages({"a": torch.zeros(2), "b": torch.zeros(3)}, torch.tensor([0, 0]))
     with pytest.raises(ValueError, match="2 prompts but 3 rewards"):
         PerPromptStatTracker().update(["a", "b"], np.zeros(3))
+
+
+@pytest.mark.parametrize("std_mode", ["group", "global"])
+def test_unbiased_std_form_is_dancegrpos_formula(std_mode):
+    # DanceGRPO / MixGRPO (train_grpo_flux.py): (r - mean) / (r.std() + 1e-8) per group of
+    # num_generations, or over the gathered batch without --use_group; torch.std is unbiased.
+    g = torch.Generator().manual_seed(3)
+    rewards = torch.rand(24, generator=g, dtype=torch.float64)
+    groups = torch.arange(4).repeat_interleave(6)
+    ours = group_zscores(rewards, groups, std_mode=std_mode, eps=1e-8, std_form="unbiased")
+    ref = torch.zeros(24, dtype=torch.float64)
+    for i in range(4):
+        r = rewards[6 * i : 6 * i + 6]
+        std = rewards.std() if std_mode == "global" else r.std()
+        ref[6 * i : 6 * i + 6] = (r - r.mean()) / (std + 1e-8)
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-5)
+    population = group_zscores(rewards, groups, std_mode=std_mode, eps=1e-8)
+    # The two forms differ by sqrt(n / (n - 1)) in the group mode: 1.095 for n = 6.
+    assert not torch.allclose(ours, population)
+    with pytest.raises(ValueError, match="std_form"):
+        group_zscores(rewards, groups, std_form="sample")
+
+
+def test_no_signal_mask_looks_at_every_weighted_reward_model():
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    first = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0])  # group 0 constant under the first model
+    second = torch.tensor([0.2, 0.5, 0.1, 0.3, 0.3, 0.3])  # ... but not under the second
+    assert no_signal_mask({"a": first, "b": second}, groups).tolist() == [False] * 6
+    # A reward model of weight 0 (a watch, never trained on) carries no signal.
+    assert no_signal_mask({"a": first, "b": second}, groups, {"a": 1.0, "b": 0.0}).tolist() == [True] * 3 + [False] * 3
+    both_constant = {"a": first, "b": torch.tensor([0.2, 0.2, 0.2, 0.3, 0.3, 0.4])}
+    assert no_signal_mask(both_constant, groups).tolist() == [True] * 3 + [False] * 3
+    # advantage_sum gives group 0 a non-zero advantage exactly where the mask says it has signal.
+    adv = grpo_advantages({"a": first, "b": second}, groups)
+    assert adv[:3].abs().sum() > 0
+
+
+def test_iteration_drops_only_samples_without_signal_under_advantage_sum():
+    """The trainer's zero-std mask uses every weighted reward model: a group whose first scorer is constant
+    but whose second varies is trained; a group constant under both is dropped (Flow-GRPO's filter)."""
+    from cluster.config import load_config
+    from cluster.trainer import Scored, iteration_advantages
+    from rewards.base import ScoreResult
+    from rollout.types import Rollout, Transitions
+    from rollout.worker import GroupRequest, GroupResult
+
+    cfg = load_config(overrides=["rewards.combination=advantage_sum", "learner.drop_zero_std_groups=true"])
+    cfg.rewards.scorers[1].weight = 1.0  # both scorers trained on
+    names = [s.name for s in cfg.rewards.scorers]
+    g = 4
+    empty = Transitions(torch.zeros(0, 1), torch.zeros(0, dtype=torch.long), torch.zeros(0, 1),
+                        *(torch.zeros(0) for _ in range(3)), *(torch.zeros(0, dtype=torch.long) for _ in range(2)))
+    rollout = Rollout("flow_grpo", empty, torch.zeros(g, 1), torch.zeros(g, dtype=torch.long), torch.arange(g), g,
+                      "flow_grpo", 0.7, 0, 0)  # fmt: skip
+    scored = []
+    for i, (first, second) in enumerate([([1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4]), ([0, 0, 0, 0], [0.5] * 4)]):
+        result = GroupResult(GroupRequest(i, f"p{i}", {}, i, 0), rollout, np.zeros((g, 1, 1, 3), np.uint8), 0, "a", 0.0)
+        scored.append(Scored(result, {names[0]: ScoreResult(np.array(first, float)),
+                                      names[1]: ScoreResult(np.array(second, float))}))  # fmt: skip
+    groups, metrics = iteration_advantages(scored, cfg)
+    assert groups[0].keep.all() and not groups[1].keep.any()
+    assert groups[0].advantages.abs().sum() > 0
+    assert metrics["advantage/zero_std_fraction"] == 0.5

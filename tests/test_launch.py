@@ -43,7 +43,8 @@ def test_eval_command_writes_eval_json_per_category(tiny_sd3_path, tmp_path):
     assert json.loads((again / "eval.json").read_text()) == summary  # fixed seeds: evaluations agree exactly
     comparison = json.loads((again / "comparison.json").read_text())
     assert comparison["differences"]["accuracy"]["overall"] == {
-        "before": summary["overall"], "after": summary["overall"], "difference": 0.0, "ci": [0.0, 0.0]}
+        "before": summary["overall"], "after": summary["overall"], "difference": 0.0, "ci": [0.0, 0.0],
+        "ci_prompts": [0.0, 0.0]}
 
 
 def test_eval_against_an_unpaired_evaluation_exits_2_naming_the_seed(tiny_sd3_path, tmp_path, capsys):

@@ -66,3 +66,23 @@ def test_registry_and_bad_input():
         grpo_clip_loss(torch.zeros(3), torch.zeros(2), torch.zeros(3))
     with pytest.raises(ValueError, match="non-finite"):
         grpo_clip_loss(torch.tensor([float("nan")]), torch.zeros(1), torch.zeros(1))
+
+
+def test_asymmetric_clip_range_clips_each_side_at_its_own_bound():
+    # max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)), written as a loop; ratios spread over +-3e-3.
+    g = torch.Generator().manual_seed(4)
+    old = torch.randn(64, generator=g)
+    logp = old + 3e-3 * torch.randn(64, generator=g)
+    adv = torch.randn(64, generator=g)
+    low, high = 1e-3, 2.8e-3
+    ref = 0.0
+    for lp, lo, a in zip(logp.tolist(), old.tolist(), adv.tolist(), strict=True):
+        r = torch.exp(torch.tensor(lp - lo)).item()
+        ref += max(-a * r, -a * min(max(r, 1 - low), 1 + high))
+    loss, diag = grpo_clip_loss(logp, old, adv, clip_range=low, clip_range_high=high)
+    assert loss.item() == pytest.approx(ref / 64, rel=1e-6)
+    ratio = torch.exp(logp - old)
+    assert diag["policy/clipfrac_high"] == pytest.approx((ratio > 1 + high).float().mean().item())
+    assert diag["policy/clipfrac_low"] == pytest.approx((ratio < 1 - low).float().mean().item())
+    symmetric, _ = grpo_clip_loss(logp, old, adv, clip_range=low)
+    assert symmetric.item() != pytest.approx(loss.item(), rel=1e-9)

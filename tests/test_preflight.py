@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from cluster.config import REPO_ROOT, load_config
 from cluster.preflight import local_resources, preflight, resource_demand
@@ -149,3 +150,27 @@ def test_local_resources_reads_this_machine():
     import os
 
     assert local_resources()["CPU"] == float(os.cpu_count())
+
+
+@pytest.mark.parametrize("preset,grid", [("sd35_geneval", "scheduler"), ("flux_dancegrpo_hps", "linear")])
+def test_dry_run_prints_the_training_and_evaluation_grids(preset, grid, capsys):
+    """`launch.py --dry-run` lists both grids: the SD3.5 presets sample on diffusers' scheduler grid (as
+    Flow-GRPO's pipeline does), the FLUX presets on the papers' hand-built linear-shift grid."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    import launch
+
+    rc = launch.main(["--config", str(REPO_ROOT / "configs" / f"{preset}.yaml"), "--dry-run",
+                      "--assume-resources", json.dumps(AMPLE)])  # fmt: skip
+    lines = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("sigmas ")}
+    assert rc == 0 and set(lines) == {"sigmas train", "sigmas eval"}
+    cfg = load_config(REPO_ROOT / "configs" / f"{preset}.yaml")
+    for name, steps in (("train", cfg.sampling.num_steps), ("eval", cfg.sampling.eval_num_steps)):
+        printed = [float(v) for v in lines[f"sigmas {name}"].split(": ")[1].split(",")]
+        if grid == "scheduler":
+            scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+            scheduler.set_timesteps(steps)
+            expected = scheduler.sigmas.tolist()
+        else:  # DanceGRPO train_grpo_flux.py: sd3_time_shift(3, linspace(1, 0, T + 1))
+            expected = [3 * t / (1 + 2 * t) for t in torch.linspace(1, 0, steps + 1, dtype=torch.float64).tolist()]
+        assert printed == pytest.approx(expected, abs=6e-5)

@@ -33,7 +33,7 @@ def preset(name):
 
 
 def test_every_preset_is_listed_loads_and_is_named_after_its_file():
-    assert {p.stem for p in PRESETS} == set(SHAPES) | set(SD35) | set(FLUX)
+    assert {p.stem for p in PRESETS} == set(SHAPES) | set(SD35) | set(FLUX) | {"sd35_pickscore_fast"}
     for path in PRESETS:
         assert load_config(path).name == path.stem
 
@@ -74,6 +74,28 @@ def test_sd35_presets_carry_flow_grpo_paper_settings(name):
     assert [sc.name for sc in cfg.rewards.scorers] == [scorer]
     assert cfg.cluster.rollout_num_gpus == cfg.cluster.learner_num_gpus == 1
     assert cfg.cluster.num_rollout_actors > 1 and cfg.cluster.num_learner_ranks > 1
+    _assert_flow_grpo_code_settings(cfg)
+
+
+def _assert_flow_grpo_code_settings(cfg):
+    """What every SD3.5 run of the Flow-GRPO code shares: the scheduler's sigma grid, np.std + 1e-4, the
+    zero-advantage filter of train_sd3.py, EMA(0.9) every 8 steps."""
+    s, lr = cfg.sampling, cfg.learner
+    assert s.sigma_schedule == "scheduler"
+    assert (lr.adv_std, lr.adv_eps, lr.drop_zero_std_groups, lr.std_mode) == ("population", 1e-4, True, "global")
+    assert (lr.ema_decay, lr.ema_update_every) == (0.9, 8)
+
+
+def test_sd35_fast_preset_is_flow_grpos_maintained_fast_config():
+    """config/grpo.py pickscore_sd3_fast_nocfg: guidance 1 everywhere, CPS, window 3 in (0, T // 2),
+    noise 0.8, clip 1e-5 on the squared-error log-prob, beta 0, 18 images per prompt."""
+    cfg = preset("sd35_pickscore_fast")
+    m, s, lr = cfg.model, cfg.sampling, cfg.learner
+    assert (m.guidance_scale, m.eval_guidance_scale) == (1.0, 1.0)
+    assert (s.strategy, s.sde_kind, s.log_prob_form, s.noise_level) == ("flow_grpo_fast", "cps", "squared_error", 0.8)
+    assert (s.window_size, tuple(s.window_range), s.group_size, s.num_steps) == (3, (0, 5), 18, 10)
+    assert (lr.clip_range, lr.beta) == (1e-5, 0.0)
+    _assert_flow_grpo_code_settings(cfg)
 
 
 @pytest.mark.parametrize("name", FLUX)
@@ -92,6 +114,10 @@ def test_flux_algorithm_specifics():
     assert (dance.sampling.sde_kind, dance.sampling.noise_level, dance.sampling.timestep_fraction) == ("dance", 0.3, 0.6)
     assert (mix.sampling.window_size, mix.sampling.window_every) == (4, 25)
     assert (g2.sampling.g2rpo_steps, g2.sampling.g2rpo_granularities) == (list(range(8)), [1, 2])
+    # One forward per shared x_k: a micro-batch holds the G branches (their get_pred(...).repeat(G)).
+    assert (g2.learner.micro_batch_size, g2.learner.optimizer_step_per) == (12, "minibatch")
+    for cfg in (dance, mix, g2):  # torch's unbiased std + 1e-8 in their train_*.py; the hand-built linear grid
+        assert (cfg.learner.adv_std, cfg.learner.adv_eps, cfg.sampling.sigma_schedule) == ("unbiased", 1e-8, "linear")
 
 
 # ----------------------------------------------------------------------------- shipped prompt sets

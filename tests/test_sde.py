@@ -278,3 +278,27 @@ def test_unknown_kind_and_bad_shapes_raise():
         sde_step(x, x, torch.tensor([0.5, 0.4, 0.3]), 0.2, noise_level=0.7)
     with pytest.raises(ValueError, match="noise shape"):
         sde_step(x, x, 0.5, 0.3, noise_level=0.7, noise=torch.randn(3, 3))
+
+
+def test_squared_error_log_prob_is_flow_grpos_cps_log_prob():
+    """sde_type 'cps' in flow_grpo's sd3_sde_with_logprob.py: std = sigma_prev sin(a pi/2),
+    mean = (x - sigma v)(1 - sigma_prev) + (x + v (1 - sigma)) sqrt(sigma_prev^2 - std^2),
+    log_prob = -(prev - mean)^2 averaged over all but the batch dim ("remove all constants")."""
+    g = torch.Generator().manual_seed(5)
+    x, v, prev = (torch.randn(3, 4, 2, 2, generator=g) for _ in range(3))
+    sigma, sigma_prev, a = 0.7, 0.55, 0.8
+    std = sigma_prev * math.sin(a * math.pi / 2)
+    mean = (x - sigma * v) * (1 - sigma_prev) + (x + v * (1 - sigma)) * math.sqrt(sigma_prev**2 - std**2)
+    ref = -((prev - mean) ** 2).mean(dim=(1, 2, 3))
+    out = sde_step(v, x, sigma, sigma_prev, noise_level=a, kind="cps", prev_sample=prev, log_prob_form="squared_error")
+    torch.testing.assert_close(out.log_prob, ref, rtol=1e-6, atol=1e-6)
+    # Against the full Gaussian form, the log-ratio of two policies scales by 2 std^2: a clip range of
+    # 1e-5 on this form is 1e-5 / (2 std^2) on the Gaussian one.
+    v2 = v + 0.01 * torch.randn(v.shape, generator=g)
+    sq = [sde_step(w, x, sigma, sigma_prev, noise_level=a, kind="cps", prev_sample=prev, log_prob_form="squared_error")
+          for w in (v, v2)]  # fmt: skip
+    ga = [sde_step(w, x, sigma, sigma_prev, noise_level=a, kind="cps", prev_sample=prev) for w in (v, v2)]
+    torch.testing.assert_close(sq[1].log_prob - sq[0].log_prob, 2 * std**2 * (ga[1].log_prob - ga[0].log_prob),
+                               rtol=1e-3, atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="log_prob_form"):
+        sde_step(v, x, sigma, sigma_prev, noise_level=a, kind="cps", prev_sample=prev, log_prob_form="mse")

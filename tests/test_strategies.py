@@ -9,13 +9,22 @@ import pytest
 import torch
 
 from rollout.config import SamplingConfig
-from rollout.schedule import check_sigmas, compressed_tail, granular_grid, sd3_sigmas
+from rollout.schedule import (
+    check_sigmas,
+    compressed_tail,
+    granular_grid,
+    scheduler_sigmas,
+    sd3_sigmas,
+    sigma_schedule,
+)
 from rollout.sde import ode_step
 from rollout.strategies import (
     STRATEGIES,
     eval_sample,
     g2rpo_nfe,
+    mix_grpo_decay_window_start,
     mix_grpo_flash_nfe,
+    mix_grpo_random_window_start,
     mix_grpo_window_start,
     recompute_log_probs,
     register_strategy,
@@ -90,6 +99,7 @@ CASES = [
     ("flow_grpo", {}),
     ("flow_grpo", {"sde_kind": "cps", "timestep_fraction": 0.5}),
     ("flow_grpo_fast", {}),
+    ("flow_grpo_fast", {"sde_kind": "cps", "log_prob_form": "squared_error"}),
     ("dance_grpo", {}),
     ("mix_grpo", {}),
     ("mix_grpo", {"flash": True}),
@@ -224,6 +234,45 @@ def test_mix_grpo_window_positions_and_roll_back():
     assert all(s + 3 <= 9 for s in (mix_grpo_window_start(it, 10, 3, 2, 1) for it in range(20)))
 
 
+def test_mix_grpo_random_window_as_grpo_states():
+    """grpo_states.py 'random': cur_timestep = rng.integers(0, max_timesteps - group_size + 1), max_timesteps
+    = T - 2, i.e. a start uniform over [0, T - 2 - w]; here the same for every actor at an iteration."""
+    starts = [mix_grpo_random_window_start(it, 25, 4) for it in range(400)]
+    assert set(starts) == set(range(0, 25 - 2 - 4 + 1))
+    assert starts == [mix_grpo_random_window_start(it, 25, 4) for it in range(400)]
+    cfg = cfg_for("mix_grpo", window_strategy="random", group_size=2)
+    for it in (3, 4):
+        steps = sorted(set(run(cfg, iteration=it, seed=it).transitions.step.tolist()))
+        assert steps == list(range(starts[it], starts[it] + 4))
+    with pytest.raises(pydantic.ValidationError, match="window_strategy 'random'"):
+        cfg_for("mix_grpo", window_strategy="random", num_steps=6, window_size=5)
+
+
+def _grpo_states_decay(iterations, max_timesteps, every, every_min, stride):
+    """grpo_states.py GRPOTrainingStates with sample_strategy 'decay', prog_overlap: the window start at each
+    iteration (get_current_timesteps, then update_iteration)."""
+    cur, in_group, out = 0, 0, []
+    for _ in range(iterations):
+        out.append(cur)
+        in_group += 1
+        progress = cur / max_timesteps
+        current = max(every_min, int(every * (1 - progress) + every_min * progress))
+        if in_group >= current:
+            in_group, cur = 0, cur + stride
+    return out
+
+
+def test_mix_grpo_decay_window_stays_at_each_position_as_grpo_states():
+    # T = 25, w = 4, tau = 25, tau_min = 25 // 4 = 6: the reference's positions 0..17 (whole windows) are
+    # visited for the same numbers of iterations; here the window then rolls back (theirs runs on to 23).
+    ref = _grpo_states_decay(1000, 25 - 2, 25, 6, 1)
+    ours = [mix_grpo_decay_window_start(it, 25, 4, 1, 25) for it in range(1000)]
+    whole = [i for i, start in enumerate(ref) if start <= 25 - 1 - 4]
+    assert ours[: len(whole)] == ref[: len(whole)]
+    assert ours[len(whole)] == 0
+    assert ours.count(0) > ours.count(10) > ours.count(20)  # fewer iterations as the window moves later
+
+
 @pytest.mark.parametrize("flash", [False, True])
 def test_mix_grpo_trains_exactly_the_window(flash):
     r = run(cfg_for("mix_grpo", flash=flash), iteration=25 * 6)
@@ -241,7 +290,7 @@ def test_flow_grpo_fast_only_the_window_is_stochastic():
     t, sigmas = r.transitions, sd3_sigmas(10)
     steps = sorted(set(t.step.tolist()))
     start = steps[0]
-    assert steps == list(range(start, start + 3)) and 1 <= start < 5 and len(t) == 3 * 6
+    assert steps == list(range(start, start + 3)) and 1 <= start <= 5 - 3 and len(t) == 3 * 6
     # Before the window: deterministic from the shared noise, so every row's window input is identical.
     first = t.latents[t.step == start]
     assert torch.equal(first, first[:1].expand_as(first))
@@ -250,6 +299,18 @@ def test_flow_grpo_fast_only_the_window_is_stochastic():
     for i in range(start + 3, 10):
         y = ode_step(v(y, sigmas[i].expand(6)), y, sigmas[i].item(), sigmas[i + 1].item())
     assert torch.equal(r.final_latents, y)
+
+
+def test_flow_grpo_fast_window_lies_inside_the_range():
+    """flow_grpo's pipeline_with_logprob_fast: start = random.randint(lo, hi - w), window [start, start + w),
+    so with range (0, T // 2) = (0, 5) and w = 3 the window starts at 0, 1 or 2 and never passes step 4."""
+    starts = set()
+    for seed in range(40):
+        r = run(cfg_for("flow_grpo_fast", window_size=3, window_range=(0, 5), group_size=2), seed=seed)
+        steps = sorted(set(r.transitions.step.tolist()))
+        assert steps == list(range(steps[0], steps[0] + 3)) and steps[-1] <= 4
+        starts.add(steps[0])
+    assert starts == {0, 1, 2}
 
 
 def test_flow_grpo_records_the_first_fraction_with_distinct_noise():
@@ -274,13 +335,34 @@ def test_dance_grpo_shared_noise_and_trained_subset():
     r = sample_group(cfg, gaussian_velocity(), counting_noise, sd3_sigmas(16), generator=gen)
     assert calls == [1]
     t = r.transitions
-    n_train = int(16 * 0.6)
+    # DanceGRPO's train_grpo_flux.py: timesteps[:, :-1] (T - 1 = 15 steps), randperm per sample, the first
+    # int(15 * 0.6) = 9 of it trained; the last step (index 15) never.
+    n_train = int((16 - 1) * 0.6)
     for b in range(12):
         steps = t.step[t.sample_id == b]
-        assert len(steps) == n_train and len(set(steps.tolist())) == n_train
+        assert len(steps) == n_train == 9 and len(set(steps.tolist())) == n_train
+    assert int(t.step.max()) <= 14
     step0 = t.latents[t.step == 0]
     assert len(step0) and torch.equal(step0, step0[:1].expand_as(step0))
     assert r.sde_kind == "dance" and r.noise_level == 0.3
+
+
+def test_dance_grpo_image_is_the_last_steps_data_prediction():
+    """DanceGRPO's run_sample_step returns pred_original = latents - sigma * model_output of its last step
+    for decoding, not the noisy SDE sample z."""
+    seen = []
+    v = gaussian_velocity()
+
+    def recording(x, sigma):
+        seen.append((x.clone(), sigma.clone()))
+        return v(x, sigma)
+
+    sigmas = sd3_sigmas(16)
+    r = sample_group(cfg_for("dance_grpo"), recording, noise_fn, sigmas, generator=torch.Generator().manual_seed(0))
+    x_last, sigma_last = seen[-1]
+    assert torch.all(sigma_last == sigmas[15]) and r.nfe == 16 * 12
+    expected = x_last - sigma_last.view(-1, 1, 1, 1) * v(x_last, sigma_last)
+    torch.testing.assert_close(r.final_latents, expected, rtol=0, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- eval sampler
@@ -323,12 +405,55 @@ def test_sd3_sigmas_closed_form():
     torch.testing.assert_close(sd3_sigmas(5, shift=1.0), torch.linspace(1, 0, 6))
 
 
-def test_compressed_tail():
+@pytest.mark.parametrize("num_steps,shift", [(10, 3.0), (40, 3.0), (16, 1.0), (25, 5.0), (1, 3.0)])
+def test_scheduler_sigmas_are_diffusers_set_timesteps_grid(num_steps, shift):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(num_steps)
+    torch.testing.assert_close(scheduler_sigmas(num_steps, shift), scheduler.sigmas.float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sigma_schedule("scheduler", num_steps, shift), scheduler.sigmas.float(), rtol=0, atol=1e-6)
+
+
+def test_the_two_grids_differ_where_flow_grpo_trains():
+    # Flow-GRPO (T = 10, timestep_fraction 0.99) trains steps 0..8: on the scheduler's grid step 8 starts at
+    # 0.278 and the untrained step 9 at 0.0089; the linear-shift grid has 0.429 and 0.25 there.
+    sched, linear = scheduler_sigmas(10), sd3_sigmas(10)
+    assert sched[8].item() == pytest.approx(0.2780, abs=1e-4) and sched[9].item() == pytest.approx(0.0089, abs=1e-4)
+    assert linear[8].item() == pytest.approx(3 / 7, abs=1e-6) and linear[9].item() == pytest.approx(0.25, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown sigma schedule"):
+        sigma_schedule("karras", 10, 3.0)
+
+
+def _mixgrpo_post_grid(num_steps, shift, last_sde_index, ratio):
+    """MixGRPO sampling_utils.run_sample_step (dpm_apply_strategy 'post'), written from the reference."""
+    points = int(max((num_steps - last_sde_index) * ratio, 1))
+    t_start = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)[last_sde_index + 1].item()
+    t = torch.linspace(t_start, 0, points, dtype=torch.float64)
+    return (shift * t / (1 + (shift - 1) * t)).float()
+
+
+@pytest.mark.parametrize("start", [0, 5, 17])
+def test_compressed_tail_is_mixgrpos_reinterpolated_grid(start):
     s = sd3_sigmas(25)
-    tail = compressed_tail(s, 10, 6)
-    assert tail[0] == s[10] and tail[-1] == 0 and tail.numel() == 7
-    check_sigmas(tail)
-    assert torch.equal(compressed_tail(s, 3, 22), s[3:])
+    ref = _mixgrpo_post_grid(25, 3.0, start + 4 - 1, 0.4)  # window of 4 ending at start + 3
+    after = start + 4
+    tail = compressed_tail(s, after, ref.numel() - 1, 3.0)
+    torch.testing.assert_close(tail, ref, rtol=0, atol=1e-6)
+    assert tail[0] == s[after] and tail[-1] == 0
+    assert torch.allclose(compressed_tail(s, 3, 22, 3.0), s[3:], atol=1e-6)  # no compression: the grid itself
+
+
+@pytest.mark.parametrize("iteration", [0, 25 * 7, 25 * 20])
+def test_mix_grpo_flash_takes_mixgrpos_number_of_tail_steps(iteration):
+    # For T = 25, w = 4, ratio 0.4 at window start 0: n = 21 steps after the window, the reference
+    # re-interpolates int(22 * 0.4) = 8 points = 7 DPM steps (int(21 * 0.4) = 8 steps would be one too many).
+    r = run(cfg_for("mix_grpo", flash=True), iteration=iteration)
+    start = mix_grpo_window_start(iteration, 25, 4, 1, 25)
+    tail_steps = _mixgrpo_post_grid(25, 3.0, start + 3, 0.4).numel() - 1
+    assert r.velocity_calls == start + 4 + max(1, tail_steps)
+    if iteration == 0:
+        assert r.velocity_calls == 4 + 7
 
 
 @pytest.mark.parametrize(
@@ -373,7 +498,7 @@ def test_bad_schedule_arguments():
         ({"strategy": "g2rpo", "g2rpo_steps": [1, 1]}, "g2rpo_steps"),
         ({"strategy": "mix_grpo", "num_steps": 10, "window_size": 10}, "window_size"),
         (
-            {"strategy": "flow_grpo_fast", "num_steps": 10, "window_size": 3, "window_range": (0, 9)},
+            {"strategy": "flow_grpo_fast", "num_steps": 10, "window_size": 3, "window_range": (2, 4)},
             "window_range",
         ),
         ({"strategy": "flow_grpo_fast", "window_range": (3, 3)}, "window_range"),

@@ -107,13 +107,45 @@ def test_damaged_checkpoint_is_named(workers, tmp_path):
         learner.load_checkpoint(str(tmp_path))
 
 
-def test_ema_tracks_the_weights():
+def test_ema_warms_up_and_updates_every_few_steps_as_flow_grpo():
+    """flow_grpo/ema.py with decay 0.9, update_step_interval 8 (train_sd3.py), called after optimizer step t:
+    one_minus_decay = 1 - min((1 + t) / (10 + t), 0.9); ema += one_minus_decay * (p - ema) if (t + 1) % 8 == 0."""
     from learner.worker import EmaWeights
 
-    ema = EmaWeights({"w": np.zeros(3, dtype=np.float32)}, decay=0.9)
-    ema.update({"w": np.ones(3, dtype=np.float32)})
-    ema.update({"w": np.ones(3, dtype=np.float32)})
-    np.testing.assert_allclose(ema.state["w"], 1 - 0.9**2)
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal(3).astype(np.float32) for _ in range(40)]
+    ema = EmaWeights({"w": np.zeros(3, dtype=np.float32)}, decay=0.9, every=8)
+    ref = np.zeros(3)
+    for t, w in enumerate(weights, start=1):
+        ema.update({"w": w}, t)
+        if (t + 1) % 8 == 0:
+            ref += (1 - min((1 + t) / (10 + t), 0.9)) * (w - ref)
+    np.testing.assert_allclose(ema.state["w"], ref, rtol=1e-5, atol=1e-6)
+    # Step 7 is the first update: decay 8/17, so the EMA moves half way at once instead of by 1 - 0.9.
+    first = EmaWeights({"w": np.zeros(1, dtype=np.float32)}, decay=0.9, every=8)
+    first.update({"w": np.ones(1, dtype=np.float32)}, 6)
+    assert first.state["w"][0] == 0.0
+    first.update({"w": np.ones(1, dtype=np.float32)}, 7)
+    assert first.state["w"][0] == pytest.approx(9 / 17)
+
+
+def test_evaluation_samples_with_its_own_guidance_scale(cfgs):
+    """Flow-GRPO's sample.eval_guidance_scale: evaluation may guide differently from training."""
+    from rollout.strategies import eval_sample
+
+    model, sampling, _ = cfgs
+    worker = RolloutWorker(model.model_copy(update={"eval_guidance_scale": 1.0}), sampling, torch_threads=2)
+    images = worker.evaluate([PROMPTS[0]], [[3, 4]])
+    cond = worker.policy.encode([PROMPTS[0]])
+
+    def decoded(w):
+        def v(x, s):
+            return worker.policy.velocity(x, s, cond.expand(x.shape[0]), w)
+
+        with torch.no_grad():
+            return worker.policy.decode(eval_sample(v, worker._init_noise, worker.eval_sigmas, seeds=[3, 4])).numpy()
+
+    assert np.array_equal(images, decoded(1.0)) and not np.array_equal(images, decoded(model.guidance_scale))
 
 
 @pytest.mark.parametrize("zero_stage", [0, 3])
@@ -142,3 +174,23 @@ def test_checkpoint_of_another_lora_rank_is_rejected_naming_the_file(workers, cf
     other.setup("127.0.0.1", free_port())
     with pytest.raises(ValueError, match=r"trainable.safetensors does not fit this policy"):
         other.load_checkpoint(str(tmp_path))
+
+
+def test_one_optimizer_step_per_denoising_step(workers):
+    """learner.optimizer_step_per='denoising_step' (G2RPO's earlier train_g2rpo_hps_clip.py: loss.backward()
+    and optimizer.step() inside the loop over branch steps k): one step per sampling step, each over that
+    step's transitions only."""
+    from learner.worker import flatten_transitions, split_by_step
+
+    rollout, learner = workers
+    groups = _groups(rollout, iteration=9)
+    rows = flatten_transitions(groups)
+    minibatches = split_by_step(groups, rows, 4)
+    assert [{int(groups[g].rollout.transitions.step[j]) for g, _, j in mb} for mb in minibatches] == [{0}, {1}, {2}, {3}]
+    assert sorted(r for mb in minibatches for r in mb) == sorted(rows)
+    learner.cfg.optimizer_step_per = "denoising_step"
+    try:
+        metrics = learner.train(groups, 9)
+    finally:
+        learner.cfg.optimizer_step_per = "minibatch"
+    assert metrics["learner/optimizer_steps"] == 4  # T = 4, every step trained by flow_grpo
