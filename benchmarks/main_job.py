@@ -79,8 +79,8 @@ def report(base: dict, final: dict, comparison: dict, train_comparison: dict | N
               f"- time to overall >= {target:.2f}: {when(points, target)}; to a paired gain whose lower 95% end is "
               f">= +{min_gain:.2f}: {when(gain_points, min_gain)}",
               f"- evaluation: {base['num_prompts']} test prompts, {base['num_images']} images ({per_tag}), "
-              f"{eval_steps}-step ODE, one fixed seed per image, paired image by image; intervals: two-stage "
-              "bootstrap (prompts, then images)",
+              f"{eval_steps}-step ODE, one fixed seed per image, paired image by image; 95% intervals: "
+              "bootstrap over each tag's images, the prompt set fixed (comparison.json also has `ci_prompts`)",
               *[f"- {v}" for v in comparison["verdicts"]]]
     return "\n".join(lines)
 

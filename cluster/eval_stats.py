@@ -2,10 +2,12 @@
 difference of two. GenEval reports `overall` as the mean of its per-tag accuracies, so every bootstrap
 keeps the tags fixed and recomputes the same mean of means in each replicate. Two intervals:
 
-- `ci` (fixed prompts): each prompt's images are resampled, the prompts kept. This is the noise of the
-  benchmark as it is defined, a fixed prompt set evaluated with random seeds (GenEval's 553 prompts;
-  the shapes test split's 42), and the one two checkpoints are compared with: it shrinks as images
-  are added, so the evaluation can be sized to a target.
+- `ci` (fixed prompts): each tag's images are resampled, the prompt set kept as it is (for one
+  evaluation this is the binomial interval of each tag). This is the noise of the benchmark as it is
+  defined, a fixed prompt set evaluated with random seeds (GenEval's 553 prompts; the shapes test
+  split's 42), and the one two checkpoints are compared with: it shrinks as images are added, so the
+  evaluation can be sized to a target. (Resampling within each prompt instead would need several
+  images per prompt: with one, a prompt's variance cannot be seen and the interval collapses.)
 - `ci_prompts` (two-stage: prompts, then images within each drawn prompt): also covers which prompts
   the split happens to hold, i.e. how far the number could move on other prompts of the same kind.
   With 2-4 prompts in a tag that differ a lot (measured on the shipped model: 'four circles' 0.00 and
@@ -82,8 +84,8 @@ def bootstrap(values: Sequence[float], prompt_index: Sequence[int], tags: Sequen
               resample_prompts: bool = False, n_boot: int = BOOTSTRAP_SAMPLES,
               seed: int = BOOTSTRAP_SEED) -> dict[str, Estimate]:
     """Per-tag and `overall` means of per-image `values` (a verdict in {0, 1}, or a paired difference)
-    with percentile-bootstrap 95% intervals, stratified by tag: images resampled within each prompt
-    (fixed prompts), or prompts first and then images (`resample_prompts`)."""
+    with percentile-bootstrap 95% intervals, stratified by tag: the tag's images resampled (fixed
+    prompts), or its prompts first and then each drawn prompt's images (`resample_prompts`)."""
     values = np.asarray(values, dtype=np.float64)
     prompt_index, tags = np.asarray(prompt_index), np.asarray(tags, dtype=object)
     if not (len(values) == len(prompt_index) == len(tags)) or len(values) == 0:
@@ -93,8 +95,9 @@ def bootstrap(values: Sequence[float], prompt_index: Sequence[int], tags: Sequen
     point = tag_means(values, tags)
     rng = np.random.default_rng(seed)
     names = [t for t in point if t != "overall"]
-    reps = {t: _tag_replicates(values[tags == t], prompt_index[tags == t], rng, n_boot, resample_prompts)
-            for t in names}
+    # With the prompts fixed, a tag's images are one pool (one pseudo-prompt) to resample.
+    strata = prompt_index if resample_prompts else np.zeros_like(prompt_index)
+    reps = {t: _tag_replicates(values[tags == t], strata[tags == t], rng, n_boot, resample_prompts) for t in names}
     reps["overall"] = np.mean([reps[t] for t in names], axis=0)
     return {k: Estimate(point[k], *np.percentile(reps[k], [2.5, 97.5]).tolist()) for k in point}
 

@@ -662,7 +662,8 @@ The shipped weights are the EMA weights.
 
 The project's evaluation (`launch.py eval` with the default preset: `cluster.evaluation`): the test split
 `assets/prompts/shapes_test.jsonl`, {s['num_images']} images ({', '.join(f'{k} {v}' for k, v in s['images_per_tag'].items())}),
-one fixed seed per image, {eval_steps}-step Euler ODE, CFG {guidance}; intervals: two-stage bootstrap (prompts, then images);
+one fixed seed per image, {eval_steps}-step Euler ODE, CFG {guidance}; 95% intervals: bootstrap over each tag's images
+(the prompt set fixed, `ci`; eval.json also has `ci_prompts`, prompts then images);
 overall = mean over tags as GenEval reports it. Evaluation time: {eval_s:.0f} s on this CPU.
 
 {table}

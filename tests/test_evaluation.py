@@ -108,8 +108,11 @@ def test_bootstrap_widens_with_prompt_to_prompt_spread():
     wide = bootstrap(spread, prompt_index, tags, resample_prompts=True)["t"]
     narrow = bootstrap(same, prompt_index, tags, resample_prompts=True)["t"]
     assert wide.halfwidth > 2.5 * narrow.halfwidth
-    # with the prompts fixed, only the seed noise counts: prompts that always agree leave none
-    assert bootstrap(spread, prompt_index, tags)["t"].halfwidth == 0.0
+    # with the prompts fixed, the interval is the tag's binomial one, one image per prompt included
+    fixed = bootstrap(spread, prompt_index, tags)["t"]
+    assert fixed.halfwidth == pytest.approx(1.96 * 0.5 / np.sqrt(200), abs=0.01)
+    one_each = bootstrap(spread[::25], prompt_index[::25], tags[::25])["t"]
+    assert one_each.halfwidth > 0.2
 
 
 # ----------------------------------------------------------------------------- evaluations on rendered images
