@@ -59,7 +59,7 @@ class ModelConfig(_Section):
 
 
 SdeKind = Literal["flow_grpo", "dance", "cps"]
-StrategyName = Literal["flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo"]
+StrategyName = Literal["flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo", "forward_process"]
 
 
 class SamplingConfig(_Section):
@@ -72,6 +72,11 @@ class SamplingConfig(_Section):
     num_steps: int = Field(10, ge=1, description="T_train: denoising steps while sampling rollouts.")
     eval_num_steps: int = Field(40, ge=1, description="T_eval: ODE steps for evaluation (denoising reduction).")
     shift: float = Field(3.0, gt=0, description="Timestep shift of the sigma schedule (SD3 uses 3).")
+    solver: Literal["ode", "dpm", "sde"] = Field(
+        "ode",
+        description="forward_process: the sampler of the final images: 'ode' (Euler), 'dpm' (DPM-Solver++(2M), "
+        "DiffusionNFT's default) or 'sde' (sampling.sde_kind at every step, for exploration).",
+    )
     timestep_fraction: float = Field(
         1.0,
         gt=0.0,
