@@ -10,7 +10,14 @@ default) or 'sde' (the configured SDE step, for exploration). The record carries
 
 from __future__ import annotations
 
-from rollout.strategies import _initial_noise, _integrate, _Recorder, _sde_mode, _trajectory_rollout, register_strategy
+from rollout.strategies import (
+    _initial_noise,
+    _integrate,
+    _Recorder,
+    _sde_mode,
+    _trajectory_rollout,
+    register_strategy,
+)
 
 # Step modes of `_integrate` per solver; 'sde' steps are taken with the configured SDE but never recorded.
 SOLVERS = ("ode", "dpm", "sde")

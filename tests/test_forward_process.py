@@ -45,7 +45,7 @@ def test_nft_gradient_at_the_old_policy_vanishes_exactly_when_r_is_one_half(beta
     v_old, target, sigma = _tensors()
     for adv, zero in ((0.0, True), (1.0, False), (-2.5, False)):
         advantages = torch.full((SHAPE[0],), adv, dtype=torch.float64)
-        grad = _grad(lambda v: nft_loss(v, v_old, target, sigma, advantages, beta=beta, adv_clip=5.0)[0], v_old)
+        grad = _grad(lambda v, a=advantages: nft_loss(v, v_old, target, sigma, a, beta=beta, adv_clip=5.0)[0], v_old)
         # zero up to float64 rounding of (1 -+ beta) v_old +- beta v; clearly non-zero otherwise
         assert (grad.abs().max().item() < 1e-14) is zero, (adv, grad.abs().max())
 
