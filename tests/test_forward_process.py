@@ -242,3 +242,24 @@ def test_awm_first_step_is_on_policy_and_nft_keeps_an_ema_sampling_policy(cfgs, 
     nft.train(groups, iteration=1)
     nft.load_checkpoint(str(tmp_path))
     assert all(np.array_equal(nft.export_sampling_weights()[k], v) for k, v in old.items())
+
+
+@pytest.mark.component
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_cfg_free_sampling_is_one_transformer_row_per_latent_for_every_strategy(cfgs, guidance):
+    model, _ = cfgs
+    strategies = {
+        "flow_grpo": {}, "flow_grpo_fast": {"window_range": (0, 2)}, "dance_grpo": {"sde_kind": "dance"},
+        "mix_grpo": {}, "g2rpo": {"g2rpo_steps": [0, 1]}, "forward_process": {"solver": "dpm"},
+    }  # fmt: skip
+    worker = RolloutWorker(model.model_copy(update={"guidance_scale": guidance}),
+                           SamplingConfig(group_size=2, num_steps=4), torch_threads=2)
+    rows = []
+    worker.policy.transformer.register_forward_hook(lambda mod, args, kwargs, out: rows.append(
+        kwargs["hidden_states"].shape[0]), with_kwargs=True)
+    for name, extra in strategies.items():
+        worker.sampling = SamplingConfig(strategy=name, group_size=2, num_steps=4, **extra)
+        rows.clear()
+        (res,) = worker.rollout([GroupRequest(0, PROMPTS[0], {}, seed=1, iteration=0)])
+        # guidance 1 trains and samples CFG-free: no unconditional half, the model is the whole policy
+        assert sum(rows) == res.rollout.nfe * (1 if guidance == 1.0 else 2), name

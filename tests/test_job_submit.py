@@ -66,13 +66,18 @@ def _stop_head(temp: Path) -> None:
         p.kill()
 
 
-def test_ray_job_submit_runs_launch_py(ray_head, tiny_sd3_path, tmp_path):
+@pytest.mark.parametrize(
+    "preset",
+    [[], ["--config", "configs/shapes_nft.yaml", "learner.train_timesteps=2", "model.guidance_scale=1.0"]],
+    ids=["default", "diffusion_nft"],
+)
+def test_ray_job_submit_runs_launch_py(ray_head, tiny_sd3_path, tmp_path, preset):
     dashboard, _, env = ray_head
     out = tmp_path / "run"
     job = [
         str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
         "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", "outputs", ".git", "assets/models"]}),
-        "--", sys.executable, "launch.py", f"model.path={tiny_sd3_path}", "iterations=2",
+        "--", sys.executable, "launch.py", *preset, f"model.path={tiny_sd3_path}", "iterations=2",
         "data.images_per_iteration=8", "sampling.group_size=4", "sampling.num_steps=3", "sampling.eval_num_steps=3",
         "data.eval_num_prompts=2", "logging.tensorboard=false", f"--output-dir={out}",
     ]
