@@ -39,8 +39,9 @@ def ray_head(tmp_path):
            "--disable-usage-stats", "--include-dashboard=true", f"--dashboard-agent-listen-port={agent_http}",
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
            f"--ray-client-server-port={client}"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
     try:
+        # inside the try: a start that times out half-way still leaves daemons to stop
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
         yield f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}", env
     finally:
         _stop_head(temp)
