@@ -1,5 +1,5 @@
-"""Side-by-side comparison of the five algorithms on the shapes world, at equal wall-clock time and at
-equal rollout NFE, over several seeds.
+"""Side-by-side comparison of the algorithms on the shapes world (the five of the GRPO family and the
+forward-process DiffusionNFT and AWM), at equal wall-clock time and at equal rollout NFE, over several seeds.
 
     python benchmarks/compare.py [--minutes 10] [--nfe 200000] [--seeds 0 1 2] [--eval-every 5]
                                  [--presets shapes_flowgrpo ...] [--output outputs/compare] [--write-readme]
@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 
 from cluster.config import REPO_ROOT, load_config  # noqa: E402
 
-PRESETS = ["shapes_flowgrpo", "shapes_flowgrpo_fast", "shapes_dancegrpo", "shapes_mixgrpo", "shapes_g2rpo"]
+PRESETS = ["shapes_flowgrpo", "shapes_flowgrpo_fast", "shapes_dancegrpo", "shapes_mixgrpo", "shapes_g2rpo",
+           "shapes_nft", "shapes_awm"]
 BEGIN, END = "<!-- BEGIN COMPARE RESULTS -->", "<!-- END COMPARE RESULTS -->"
 BUDGET_KEYS = {"wall": "charts/wall_seconds", "nfe": "charts/nfe_total"}
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -41,6 +42,16 @@ TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_
 def crossing(rows: list[dict], key: str, limit: float) -> int | None:
     """Index of the first iteration whose cumulative `key` reached `limit` (None: never)."""
     return next((i for i, r in enumerate(rows) if r[key] >= limit), None)
+
+
+def applicable(overrides: list[str], family: str) -> list[str]:
+    """The shared `key=value` overrides that mean something for a preset of `family`: keys only the other
+    family has (cluster/config.py: PER_STEP_ONLY, FORWARD_PROCESS_ONLY) are left out, not errors."""
+    from cluster.config import FORWARD_PROCESS_ONLY, PER_STEP_ONLY
+
+    foreign = PER_STEP_ONLY if family == "forward_process" else FORWARD_PROCESS_ONLY
+    keys = {f"{section}.{k}" for section, ks in foreign.items() for k in ks}
+    return [o for o in overrides if o.split("=", 1)[0] not in keys]
 
 
 def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, base: dict | None) -> dict:
@@ -53,10 +64,12 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, b
     from cluster.trainer import Trainer
 
     run_dir = out / f"{preset}-seed{seed}"
-    cfg = load_config(REPO_ROOT / "configs" / f"{preset}.yaml", [
+    path = REPO_ROOT / "configs" / f"{preset}.yaml"
+    cfg = load_config(path, [
         f"seed={seed}", f"logging.output_dir={run_dir}", f"logging.eval_every={args.eval_every}",
         f"logging.eval_base={str(base is None).lower()}", "logging.tensorboard=false",
-        "logging.checkpoint_every=0", f"iterations={args.max_iterations}", *args.overrides,
+        "logging.checkpoint_every=0", f"iterations={args.max_iterations}",
+        *applicable(args.overrides, load_config(path).learner.family),
     ])  # fmt: skip
     crossed: set[str] = set()
 
@@ -156,7 +169,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     from cluster.ray_init import cpu_demand, start_local_ray
 
-    configs = [load_config(REPO_ROOT / "configs" / f"{p}.yaml", args.overrides) for p in args.presets]
+    paths = [REPO_ROOT / "configs" / f"{p}.yaml" for p in args.presets]
+    configs = [load_config(path, applicable(args.overrides, load_config(path).learner.family)) for path in paths]
     start_local_ray(max(map(cpu_demand, configs)), log_to_driver=False)
     results, base = [], None
     limits = {"wall": 60 * args.minutes, "nfe": args.nfe}

@@ -163,11 +163,53 @@ class ExperimentConfig(_Section):
             )
         if self.cluster.async_mode and self.cluster.max_staleness < 1:
             raise ValueError("cluster.max_staleness must be >= 1 when cluster.async_mode is true")
+        _check_family(self)
         return self
 
     @property
     def prompts_per_iteration(self) -> int:
         return self.data.images_per_iteration // self.sampling.group_size
+
+
+# Keys that only mean something for one family (learner.family); setting one for the other family is an
+# error naming it, not a silent no-op.
+PER_STEP_ONLY = {
+    "sampling": ("timestep_fraction", "window_size", "window_range", "window_stride", "window_every", "flash",
+                 "flash_compress_ratio", "g2rpo_steps", "g2rpo_granularities"),
+    "learner": ("kl_form",),
+}
+FORWARD_PROCESS_ONLY = {
+    "sampling": ("solver",),
+    "learner": ("train_timesteps", "nft_beta", "old_policy", "old_policy_decay_flat", "old_policy_decay_rate",
+                "old_policy_decay_max", "awm_weighting", "awm_ghuber_power"),
+}
+
+
+def _check_family(cfg: ExperimentConfig) -> None:
+    """The sampling strategy, the loss and the family-only keys must agree (learner/losses.py families)."""
+    family, strategy = cfg.learner.family, cfg.sampling.strategy
+    if (family == "forward_process") != (strategy == "forward_process"):
+        raise ValueError(
+            f"learner.loss {cfg.learner.loss!r} ({family.replace('_', '-')} family) does not fit sampling.strategy "
+            f"{strategy!r}: the forward-process losses (diffusion_nft, awm) train on final samples of the "
+            "'forward_process' strategy, per-step losses on the stored SDE transitions of the others"
+        )
+    foreign = PER_STEP_ONLY if family == "forward_process" else FORWARD_PROCESS_ONLY
+    for section, keys in foreign.items():
+        given = getattr(cfg, section).model_fields_set
+        for key in keys:
+            if key in given:
+                raise ValueError(
+                    f"{section}.{key} does not apply to learner.loss {cfg.learner.loss!r} "
+                    f"({family.replace('_', '-')} family): remove it"
+                    + (" (forward-process losses train learner.train_timesteps re-noised timesteps of each final "
+                       "sample and have no per-step log-probs)" if family == "forward_process" else "")
+                )
+    if family == "forward_process" and cfg.learner.train_timesteps > cfg.sampling.num_steps:
+        raise ValueError(
+            f"learner.train_timesteps ({cfg.learner.train_timesteps}) exceeds sampling.num_steps "
+            f"({cfg.sampling.num_steps}): the timesteps are drawn without replacement from the sampling schedule"
+        )
 
 
 class ConfigError(ValueError):

@@ -149,7 +149,7 @@ def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[l
     for s in scored:
         n = s.result.rollout.num_samples
         groups.append(TrainGroup(s.result.request.prompt, s.result.rollout, adv[start : start + n].float(),
-                                 keep[start : start + n], s.result.policy_version))
+                                 keep[start : start + n], s.result.policy_version, s.result.request.group_index))
         start += n
     group_zero = zero_std.float().mean().item() if zero_std.numel() else 1.0
     return groups, {
@@ -427,13 +427,16 @@ class Trainer:
         rollout actors and the reward pools: `<name>.json`, `<name>_images.jsonl`, `<name>_grid.png`."""
         plan = plan_for(self.cfg, split)
         ema = self.cfg.learner.ema_decay is not None
-        if ema:  # evaluate the EMA weights, then give the actors the training weights back
-            ema_ref = self.learners[0].export_weights.remote(ema=True)
-            ray.get([a.load_weights.remote(ema_ref, self.version) for a in self.rollouts])
+        # Evaluate the EMA weights, or the trained ones where the actors sample with an EMA sampling
+        # policy (DiffusionNFT), then give the actors their sampling weights back.
+        swap = ema or self.cfg.learner.old_policy == "ema"
+        if swap:
+            eval_ref = self.learners[0].export_weights.remote(ema=ema)
+            ray.get([a.load_weights.remote(eval_ref, self.version) for a in self.rollouts])
         try:
             return evaluate(plan, self._sample(), self._score, output_dir=self.cfg.logging.output_dir, name=name)
         finally:
-            if ema:
+            if swap:
                 for actor in self.rollouts:
                     self.sync_weights.resend(actor, restarted=False)
 

@@ -51,7 +51,7 @@ class WeightSync:
     def sync(self, version: int) -> SyncReport:
         start = time.perf_counter()
         digest_ref = self.learner0.weights_digest.remote()
-        self.latest_ref = self.learner0.export_weights.remote()
+        self.latest_ref = self.learner0.export_sampling_weights.remote()
         self.latest_version = version
         if self.backend == "object_store":
             refs = [a.load_weights.remote(self.latest_ref, version) for a in self.actors]

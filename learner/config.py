@@ -12,15 +12,26 @@ class LearnerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    loss: str = Field("grpo_clip", description="Policy loss, by registered name (learner/losses.py).")
-    clip_range: float = Field(1e-4, gt=0, description="PPO clip range eps on the per-step ratio (Flow-GRPO: 1e-4).")
+    loss: str = Field(
+        "grpo_clip",
+        description="Policy loss, by registered name (learner/losses.py): 'grpo_clip' (per-step log-probs of the "
+        "GRPO family) or the forward-process losses 'diffusion_nft' and 'awm' (with sampling.strategy "
+        "'forward_process').",
+    )
+    clip_range: float = Field(
+        1e-4, gt=0, description="PPO clip range eps on the ratio: per step (Flow-GRPO: 1e-4) or, for awm, of the "
+        "per-sample flow-matching likelihoods.",
+    )
     clip_range_high: float | None = Field(
         None,
         gt=0,
         description="Upper clip range: the ratio is clipped to [1 - clip_range, 1 + clip_range_high] (an asymmetric, "
         "'clip-higher' range); null = clip_range, the symmetric range of the papers' code.",
     )
-    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference (base) policy; 0 disables the KL.")
+    beta: float = Field(
+        0.04, ge=0, description="KL coefficient to the reference (base) policy; 0 disables the KL. Forward-process "
+        "losses use the velocity KL mean (v - v_ref)^2 (DiffusionNFT: 1e-4).",
+    )
     kl_form: Literal["flow_grpo", "exact"] = Field(
         "flow_grpo",
         description="KL scale: 'flow_grpo' divides by 2 s^2 as the Flow-GRPO code does (its published beta was "
@@ -77,10 +88,49 @@ class LearnerConfig(BaseModel):
         1, ge=1, description="The EMA is updated after optimizer steps t with (t + 1) % every == 0 (Flow-GRPO: 8)."
     )
 
+    train_timesteps: int = Field(
+        9, ge=1, description="Forward-process losses: K, the timesteps each final sample is re-noised at per "
+        "iteration, drawn without replacement from the sampling schedule (DiffusionNFT: int(10 * 0.99) = 9).",
+    )
+    nft_beta: float = Field(
+        1.0, gt=0, le=1, description="diffusion_nft: beta of the implicit policies v+ = (1 - beta) v_old + beta v, "
+        "v- = (1 + beta) v_old - beta v, in (0, 1] (the paper: 1, and 0.1 for OCR and multi-reward).",
+    )
+    old_policy: Literal["current", "ema"] = Field(
+        "current", description="Forward-process losses: the sampling ('old') policy. 'current': the weights at the "
+        "start of each iteration's update (on-policy); 'ema': an EMA of the trained weights kept on the learner and "
+        "synced to the rollout actors (DiffusionNFT), decay min(old_policy_decay_max, old_policy_decay_rate * "
+        "(step - old_policy_decay_flat)) after each iteration, 0 during the flat steps.",
+    )
+    old_policy_decay_flat: int = Field(0, ge=0, description="old_policy 'ema': optimizer steps with decay 0 (NVlabs decay_type 2: 75).")
+    old_policy_decay_rate: float = Field(
+        1e-3, ge=0, description="old_policy 'ema': decay growth per optimizer step (NVlabs decay_type 1: 0.001; 2: 0.0075)."
+    )
+    old_policy_decay_max: float = Field(
+        0.5, ge=0, lt=1, description="old_policy 'ema': the decay's ceiling (NVlabs decay_type 1: 0.5; 2: 0.999)."
+    )
+    awm_weighting: Literal["uniform", "t", "ghuber"] = Field(
+        "uniform", description="awm: time weighting of the flow-matching log-likelihood (Flow-Factory awm_weighting; "
+        "its SD3.5 example uses 'ghuber').",
+    )
+    awm_ghuber_power: float = Field(0.25, gt=0, le=1, description="awm: the power p of the 'ghuber' weighting.")
+
+    @property
+    def family(self) -> str:
+        """'per_step' or 'forward_process': what the registered loss trains on (learner/losses.py)."""
+        from learner.losses import LOSS_FAMILIES
+
+        return LOSS_FAMILIES[self.loss]
+
     @model_validator(mode="after")
     def _check(self) -> LearnerConfig:
         from learner.losses import LOSSES
 
         if self.loss not in LOSSES:
             raise ValueError(f"learner.loss {self.loss!r} is not registered; choose one of {sorted(LOSSES)}")
+        if self.family == "forward_process" and self.zero_stage == 3:
+            raise ValueError(
+                "learner.zero_stage 3 is not supported with forward-process losses: the sampling policy's velocity "
+                "is evaluated by loading its weights into the (unpartitioned) trainable parameters; use 0-2"
+            )
         return self

@@ -1,7 +1,11 @@
-"""GRPO policy losses on per-transition log-probs, with the diagnostics that say whether RL is healthy.
+"""Policy losses, with the diagnostics that say whether RL is healthy.
 
-A loss takes per-transition tensors ([N] each) and returns (scalar loss, diagnostics). Losses are
-registered by name and chosen by `learner.loss` in the config.
+Two families, registered by name and chosen by `learner.loss`:
+- 'per_step' (grpo_clip): per-transition tensors ([N] each: log-probs of stored SDE steps).
+- 'forward_process' (diffusion_nft, awm): velocities at re-noised final samples,
+  fn(v, v_old, target, sigma, advantages, *, cfg, v_ref) with v* [N, ...], sigma and advantages [N],
+  target = eps - x0 (learner/forward_process.py draws x_t and feeds them).
+Every loss returns (scalar loss, diagnostics).
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import torch
 
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 LOSSES: dict[str, LossFn] = {}
+LOSS_FAMILIES: dict[str, str] = {}  # loss name -> 'per_step' or 'forward_process' (what the learner feeds it)
 
 
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
+def register_loss(name: str, family: str = "per_step") -> Callable[[LossFn], LossFn]:
     def wrap(fn: LossFn) -> LossFn:
         if name in LOSSES:
             raise ValueError(f"loss {name!r} is already registered")
         LOSSES[name] = fn
+        LOSS_FAMILIES[name] = family
         return fn
 
     return wrap
@@ -112,3 +118,120 @@ def grpo_clip_loss(
             if kl is not None:
                 diag.update(binned_means(kl, sigma, "policy/kl"))
     return loss, diag
+
+
+# ----------------------------------------------------------------------------- the forward-process family
+
+
+def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=tuple(range(1, x.ndim)))
+
+
+def _expand(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return sigma.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+def velocity_kl(v: torch.Tensor, v_ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of (v - v_ref)^2: the KL to the reference that DiffusionNFT (train_nft_sd3.py,
+    `kl_div_loss`) and Flow-Factory's AWM ('v-based') add, weighted by learner.beta."""
+    return _per_sample_mean((v - v_ref.detach()) ** 2)
+
+
+def nft_optimality(advantages: torch.Tensor, adv_clip: float) -> torch.Tensor:
+    """DiffusionNFT's optimality probability r = clip(A, -c, c) / (2c) + 1/2 in [0, 1] (NVlabs code:
+    `normalized_advantages_clip`, c = adv_clip_max = 5): A = 0 gives 1/2, A = +-c gives 1 and 0."""
+    return (advantages.clamp(-adv_clip, adv_clip) / adv_clip / 2.0 + 0.5).clamp(0.0, 1.0)
+
+
+def adaptive_x0_loss(v: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-sample ||x0_hat - x0||^2 / sg(mean |x0_hat - x0|): DiffusionNFT's adaptive weighting (NVlabs
+    train_nft_sd3.py: x0_prediction = x_t - t v, weight_factor = mean |x0_prediction - x0| clipped at
+    1e-5, in float64). With x_t = (1 - s) x0 + s eps, x0_hat - x0 = -s (v - (eps - x0)), so this is the
+    flow-matching error ||v - target||^2 weighted by s^2 / sg(s mean |v - target|)."""
+    err = _expand(sigma, v) * (v - target)
+    weight = _per_sample_mean(err.detach().double().abs()).clamp_min(1e-5)
+    return _per_sample_mean(err**2) / weight.to(err.dtype)
+
+
+def nft_loss(
+    v: torch.Tensor,
+    v_old: torch.Tensor,
+    target: torch.Tensor,
+    sigma: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    beta: float,
+    adv_clip: float,
+    v_ref: torch.Tensor | None = None,
+    kl_beta: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """DiffusionNFT (arXiv 2509.16117, Eq. 8 with the code's adaptive weighting): implicit velocities
+    v+ = (1 - beta) v_old + beta v and v- = (1 + beta) v_old - beta v; per sample
+    (r L(v+) + (1 - r) L(v-)) / beta * adv_clip with L = `adaptive_x0_loss`, r = `nft_optimality`;
+    the 1 / beta and adv_clip scales are the NVlabs code's (`ori_policy_loss`, `policy_loss`). Plus
+    kl_beta * mean `velocity_kl` when v_ref is given."""
+    if not (v.shape == v_old.shape == target.shape) or not (sigma.shape == advantages.shape == (v.shape[0],)):
+        raise ValueError(f"nft_loss: shapes v {tuple(v.shape)}, v_old {tuple(v_old.shape)}, target "
+                         f"{tuple(target.shape)}, sigma {tuple(sigma.shape)}, advantages {tuple(advantages.shape)}")
+    if not torch.isfinite(v).all():
+        raise ValueError("velocity has NaN or inf: the policy produced a non-finite velocity")
+    v_old = v_old.detach()
+    r = nft_optimality(advantages.detach().to(v.dtype), adv_clip)
+    positive = adaptive_x0_loss((1.0 - beta) * v_old + beta * v, target, sigma)
+    negative = adaptive_x0_loss((1.0 + beta) * v_old - beta * v, target, sigma)
+    per_sample = (r * positive + (1.0 - r) * negative) / beta * adv_clip
+    loss = policy_loss = per_sample.mean()
+    with torch.no_grad():
+        diag = {
+            "policy/loss": policy_loss.item(),
+            "policy/nft_r_mean": r.mean().item(),
+            "policy/nft_positive_loss": positive.mean().item(),
+            "policy/nft_negative_loss": negative.mean().item(),
+            # how far the trained policy has moved from the sampling one (NVlabs logs `old_deviate`)
+            "policy/old_deviation": _per_sample_mean((v - v_old) ** 2).mean().item(),
+            "policy/advantage_abs_mean": advantages.abs().mean().item(),
+        }
+        diag.update(binned_means(per_sample, sigma, "policy/loss"))
+    if v_ref is not None:
+        kl = velocity_kl(v, v_ref)
+        loss = loss + kl_beta * kl.mean()
+        diag["policy/kl"] = kl.mean().item()
+        diag.update(binned_means(kl.detach(), sigma, "policy/kl"))
+    diag["policy/total_loss"] = loss.item()
+    return loss, diag
+
+
+def fm_log_likelihood(
+    v: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor, weighting: str = "uniform", power: float = 0.25
+) -> torch.Tensor:
+    """AWM's log-likelihood surrogate (arXiv 2509.25050): minus the per-sample flow-matching loss,
+    -mean (v - (eps - x0))^2, optionally time-weighted as Flow-Factory's `compute_weighted_log_prob`:
+    't' multiplies by sigma; 'ghuber' is -((mse + 1e-10)^p - 1e-10^p) sigma / p. Computed in float64."""
+    mse = _per_sample_mean((v.double() - target.double()) ** 2)
+    s = sigma.double()
+    if weighting == "uniform":
+        return -mse
+    if weighting == "t":
+        return -mse * s
+    if weighting == "ghuber":
+        return -((mse + 1e-10) ** power - 1e-10**power) * s / power
+    raise ValueError(f"learner.awm_weighting {weighting!r}: expected 'uniform', 't' or 'ghuber'")
+
+
+@register_loss("diffusion_nft", family="forward_process")
+def diffusion_nft_loss(v, v_old, target, sigma, advantages, *, cfg, v_ref=None):
+    """DiffusionNFT with learner.nft_beta, learner.adv_clip and the KL weight learner.beta."""
+    return nft_loss(v, v_old, target, sigma, advantages, beta=cfg.nft_beta, adv_clip=cfg.adv_clip,
+                    v_ref=v_ref, kl_beta=cfg.beta)
+
+
+@register_loss("awm", family="forward_process")
+def awm_loss(v, v_old, target, sigma, advantages, *, cfg, v_ref=None):
+    """Advantage Weighted Matching: the clipped surrogate of `grpo_clip` on the ratio
+    exp(log p_theta - log p_old) of `fm_log_likelihood`s at the same (x_t, sigma, eps), the old one under
+    the sampling policy, plus learner.beta * `velocity_kl` (Flow-Factory trainers/awm.py)."""
+    log_prob = fm_log_likelihood(v, target, sigma, cfg.awm_weighting, cfg.awm_ghuber_power)
+    old = fm_log_likelihood(v_old.detach(), target, sigma, cfg.awm_weighting, cfg.awm_ghuber_power)
+    kl = velocity_kl(v, v_ref).double() if v_ref is not None else None
+    return grpo_clip_loss(log_prob, old, advantages.double(), clip_range=cfg.clip_range, kl=kl, beta=cfg.beta,
+                          sigma=sigma)

@@ -20,6 +20,7 @@ import torch
 from learner.checkpoint import load_optimizer_state, save_optimizer_state
 from learner.config import LearnerConfig
 from learner.engine import DistInfo, build_engine, free_port, init_distributed, node_ip, set_micro_batches
+from learner.forward_process import ForwardProcessPlan
 from learner.losses import get_loss
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
@@ -39,6 +40,7 @@ class TrainGroup:
     advantages: torch.Tensor  # [num_samples] float32
     keep: torch.Tensor  # [num_samples] bool: samples to train on (False: e.g. a zero-std group)
     policy_version: int
+    group_index: int = 0  # the group's index within its iteration: seeds the forward-process draws
 
 
 @dataclass
@@ -158,6 +160,50 @@ class EmaWeights:
             self.state[k] += (1.0 - keep) * v.astype(np.float32)
 
 
+class PerStepPlan:
+    """How a learner rank trains a per-step loss (grpo_clip): recomputed log-probs of the stored
+    transitions. The forward-process family's counterpart is learner/forward_process.py."""
+
+    def __init__(self, worker: LearnerWorker):
+        self.worker = worker
+
+    def setup(self) -> None:
+        pass
+
+    def begin(self, groups: list[TrainGroup], iteration: int) -> None:
+        s = self.worker.sampling
+        self.noise_level = groups[0].rollout.noise_level if groups else s.noise_level
+        self.kind = groups[0].rollout.sde_kind if groups else s.sde_kind
+        self.form = groups[0].rollout.log_prob_form if groups else s.log_prob_form
+
+    def end(self) -> None:
+        pass
+
+    def rows(self, groups: list[TrainGroup]) -> list[tuple[int, int, int]]:
+        return flatten_transitions(groups)
+
+    def micro_batches(self, groups: list[TrainGroup], rows: list[tuple[int, int, int]]) -> list[MicroBatch]:
+        return build_micro_batches(groups, rows, self.worker.cfg.micro_batch_size)
+
+    def padding(self, like: list[MicroBatch]) -> MicroBatch:
+        return self.worker._padding(like)
+
+    def loss(self, mb: MicroBatch):
+        return self.worker._loss(mb, self.noise_level, self.kind, self.form)
+
+    def sampling_weights(self) -> dict[str, np.ndarray]:
+        return self.worker.export_weights()
+
+    def state(self) -> None:
+        return None
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        raise ValueError("a per-step loss keeps no sampling-policy state")
+
+
+PLANS = {"per_step": PerStepPlan, "forward_process": ForwardProcessPlan}  # by learner.family
+
+
 class LearnerWorker:
     """One data-parallel learner rank holding the trainable policy inside a DeepSpeed engine."""
 
@@ -183,6 +229,7 @@ class LearnerWorker:
         self.engine = None
         self.sync_group: SyncGroup | None = None
         self.ema: EmaWeights | None = None
+        self.plan = PLANS[learner.family](self)
         self.version = 0
 
     # -- group setup
@@ -206,6 +253,7 @@ class LearnerWorker:
             if self.cfg.ema_decay
             else None
         )
+        self.plan.setup()
         return f"learner-{self.rank}"
 
     # -- the update
@@ -261,10 +309,8 @@ class LearnerWorker:
         if self.engine is None:
             raise RuntimeError("LearnerWorker.setup() must run before train()")
         start = time.perf_counter()
-        noise_level = groups[0].rollout.noise_level if groups else self.sampling.noise_level
-        kind = groups[0].rollout.sde_kind if groups else self.sampling.sde_kind
-        form = groups[0].rollout.log_prob_form if groups else self.sampling.log_prob_form
-        rows = flatten_transitions(groups)
+        self.plan.begin(groups, iteration)
+        rows = self.plan.rows(groups)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
         steps = 0
@@ -272,14 +318,14 @@ class LearnerWorker:
         for epoch in range(self.cfg.num_inner_epochs):
             gen = torch.Generator().manual_seed(derive_seed(self.seed, "minibatches", iteration, epoch, self.rank))
             for minibatch in MINIBATCH_SPLITS[self.cfg.optimizer_step_per](self, groups, rows, gen):
-                mbs = build_micro_batches(groups, minibatch, self.cfg.micro_batch_size)
+                mbs = self.plan.micro_batches(groups, minibatch)
                 total = self._agree_on_micro_batches(len(mbs))
                 if total == 0:
                     continue
-                mbs += [self._padding(mbs)] * (total - len(mbs))
+                mbs += [self.plan.padding(mbs)] * (total - len(mbs))
                 set_micro_batches(self.engine, total)
                 for mb in mbs:
-                    loss, diag = self._loss(mb, noise_level, kind, form)
+                    loss, diag = self.plan.loss(mb)
                     self.engine.backward(loss * mb.weight)
                     self.engine.step()
                     if mb.weight:
@@ -293,6 +339,7 @@ class LearnerWorker:
                 if norm is not None:
                     sums["learner/grad_norm"] += float(norm)
                     counts["learner/grad_norm"] += 1
+        self.plan.end()
         if steps:
             self.version += 1
         metrics = {k: sums[k] / counts[k] for k in sums}
@@ -323,6 +370,11 @@ class LearnerWorker:
             state = self.policy.export_trainable()
         return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items()}
 
+    def export_sampling_weights(self) -> dict[str, np.ndarray]:
+        """The weights the rollout actors sample with (what weight sync sends): the trained weights, or
+        the forward-process family's EMA sampling policy (learner.old_policy 'ema')."""
+        return self.plan.sampling_weights()
+
     def get_version(self) -> int:
         return self.version
 
@@ -333,7 +385,8 @@ class LearnerWorker:
         return os.getpid()
 
     def weights_digest(self) -> str:
-        return weights_digest({k: torch.from_numpy(v) for k, v in self.export_weights().items()})
+        """Digest of `export_sampling_weights`: what every rollout actor must hold after a sync."""
+        return weights_digest({k: torch.from_numpy(v) for k, v in self.export_sampling_weights().items()})
 
     def join_sync_group(self, master_addr: str, master_port: int, world_size: int) -> str:
         """Rank 0 of the weight-broadcast group (only learner rank 0 calls this)."""
@@ -342,7 +395,7 @@ class LearnerWorker:
 
     def broadcast_weights(self) -> int:
         """Send the trainable weights to every rollout actor of the sync group; returns the version."""
-        self.sync_group.broadcast({k: torch.from_numpy(v) for k, v in self.export_weights().items()})
+        self.sync_group.broadcast({k: torch.from_numpy(v) for k, v in self.export_sampling_weights().items()})
         return self.version
 
     def save_checkpoint(self, directory: str) -> None:
@@ -355,6 +408,8 @@ class LearnerWorker:
             save_file({k: torch.from_numpy(v) for k, v in self.export_weights().items()}, path / "trainable.safetensors")
             if self.ema is not None:
                 save_file({k: torch.from_numpy(v) for k, v in self.ema.state.items()}, path / "ema.safetensors")
+            if (old := self.plan.state()) is not None:
+                save_file({k: torch.from_numpy(v) for k, v in old.items()}, path / "old_policy.safetensors")
         save_optimizer_state(
             self.engine.optimizer.state_dict(), path / f"optimizer_rank{self.rank}",
             extra={"global_steps": self.engine.global_steps, "version": self.version},
@@ -375,6 +430,11 @@ class LearnerWorker:
             if not ema_file.is_file():
                 raise FileNotFoundError(f"learner.ema_decay is set but checkpoint {path} has no {ema_file.name}")
             self.ema.state = {k: v.numpy() for k, v in load_file(ema_file).items()}
+        if self.plan.state() is not None:
+            old_file = path / "old_policy.safetensors"
+            if not old_file.is_file():
+                raise FileNotFoundError(f"learner.old_policy is 'ema' but checkpoint {path} has no {old_file.name}")
+            self.plan.load_state({k: v.numpy() for k, v in load_file(old_file).items()})
         state, extra = load_optimizer_state(path / f"optimizer_rank{self.rank}", live=self.engine.optimizer.state_dict())
         self.engine.optimizer.load_state_dict(state)
         self.engine.global_steps = int(extra["global_steps"])

@@ -67,7 +67,7 @@ class ModelConfig(_Section):
 
 
 SdeKind = Literal["flow_grpo", "dance", "cps"]
-StrategyName = Literal["flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo"]
+StrategyName = Literal["flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo", "forward_process"]
 
 
 class SamplingConfig(_Section):
@@ -92,6 +92,11 @@ class SamplingConfig(_Section):
         "shift(linspace(1, 0, T + 1)), as DanceGRPO, MixGRPO and G2RPO build it; 'scheduler' = diffusers' "
         "FlowMatchEulerDiscreteScheduler.set_timesteps(T) grid, shift(linspace(1, shift(1e-3), T)) + [0], "
         "which Flow-GRPO samples on.",
+    )
+    solver: Literal["ode", "dpm", "sde"] = Field(
+        "ode",
+        description="forward_process: the sampler of the final images: 'ode' (Euler), 'dpm' (DPM-Solver++(2M), "
+        "DiffusionNFT's default) or 'sde' (sampling.sde_kind at every step, for exploration).",
     )
     timestep_fraction: float = Field(
         1.0,

@@ -562,3 +562,7 @@ def recompute_log_probs(velocity_fn: VelocityFn, rollout: Rollout) -> torch.Tens
         log_prob_form=rollout.log_prob_form,
     )
     return out.log_prob
+
+
+# The forward-process family (DiffusionNFT, AWM) registers its strategy in its own module.
+import rollout.forward_process  # noqa: E402,F401

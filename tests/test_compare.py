@@ -37,7 +37,14 @@ def test_compare_runs_every_preset_and_writes_table_and_figure(tiny_sd3_path, tm
     assert (tmp_path / "compare.png").stat().st_size > 1000
     table = (tmp_path / "results.md").read_text()
     assert all(p in table for p in compare.PRESETS)
-    assert len(json.loads((tmp_path / "results.json").read_text())) == 5
+    assert len(json.loads((tmp_path / "results.json").read_text())) == len(compare.PRESETS) == 7
+
+
+def test_shared_overrides_skip_the_keys_of_the_other_family():
+    compare = load_script("benchmarks/compare.py")
+    shared = ["sampling.window_range=[0,3]", "learner.nft_beta=0.5", "sampling.group_size=4"]
+    assert compare.applicable(shared, "forward_process") == ["learner.nft_beta=0.5", "sampling.group_size=4"]
+    assert compare.applicable(shared, "per_step") == ["sampling.window_range=[0,3]", "sampling.group_size=4"]
 
 
 def test_budget_crossing_index():

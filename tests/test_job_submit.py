@@ -41,8 +41,9 @@ def ray_head(tmp_path):
            "--disable-usage-stats", "--include-dashboard=true", f"--dashboard-agent-listen-port={agent_http}",
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
            f"--ray-client-server-port={client}"]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
     try:
+        # inside the try: a start that times out half-way still leaves daemons to stop
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
         yield f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}", env
     finally:
         _stop_head(temp)
@@ -68,13 +69,18 @@ def _stop_head(temp: Path) -> None:
         p.kill()
 
 
-def test_ray_job_submit_runs_launch_py(ray_head, tiny_sd3_path, tmp_path):
+@pytest.mark.parametrize(
+    "preset",
+    [[], ["--config", "configs/shapes_nft.yaml", "learner.train_timesteps=2", "model.guidance_scale=1.0"]],
+    ids=["default", "diffusion_nft"],
+)
+def test_ray_job_submit_runs_launch_py(ray_head, tiny_sd3_path, tmp_path, preset):
     dashboard, _, env = ray_head
     out = tmp_path / "run"
     job = [
         str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
         "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", "outputs", ".git", "assets/models"]}),
-        "--", sys.executable, "launch.py", f"model.path={tiny_sd3_path}", "iterations=2",
+        "--", sys.executable, "launch.py", *preset, f"model.path={tiny_sd3_path}", "iterations=2",
         "data.images_per_iteration=8", "sampling.group_size=4", "sampling.num_steps=3", "sampling.eval_num_steps=3",
         "data.eval_num_prompts=2", *SMALL_EVAL, "logging.tensorboard=false", f"--output-dir={out}",
     ]

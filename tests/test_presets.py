@@ -21,6 +21,13 @@ make_text_prompts = load_script("scripts/make_text_prompts.py")
 
 SHAPES = ["shapes_flowgrpo", "shapes_flowgrpo_fast", "shapes_dancegrpo", "shapes_mixgrpo", "shapes_g2rpo"]
 SD35 = {"sd35_geneval": ("geneval", 0.04), "sd35_ocr": ("ocr", 0.04), "sd35_pickscore": ("pickscore", 0.01)}
+FORWARD_SHAPES = ["shapes_nft", "shapes_awm"]
+FORWARD_SD35 = {  # preset: (loss, scorer, nft_beta, old-policy decay (flat, rate, max), K, T)
+    "sd35_nft_geneval": ("diffusion_nft", "geneval", 1.0, (0, 1e-3, 0.5), 9, 10),
+    "sd35_nft_ocr": ("diffusion_nft", "ocr", 0.1, (75, 7.5e-3, 0.999), 9, 10),
+    "sd35_nft_pickscore": ("diffusion_nft", "pickscore", 1.0, (0, 1e-3, 0.5), 9, 10),
+    "sd35_awm_pickscore": ("awm", "pickscore", 1.0, (0, 1e-3, 0.5), 6, 14),
+}
 FLUX = {  # preset: (strategy, T, lr)
     "flux_dancegrpo_hps": ("dance_grpo", 16, 1e-5),
     "flux_mixgrpo_hps": ("mix_grpo", 25, 1e-5),
@@ -33,7 +40,8 @@ def preset(name):
 
 
 def test_every_preset_is_listed_loads_and_is_named_after_its_file():
-    assert {p.stem for p in PRESETS} == set(SHAPES) | set(SD35) | set(FLUX) | {"sd35_pickscore_fast"}
+    assert {p.stem for p in PRESETS} == (set(SHAPES) | set(SD35) | set(FLUX) | set(FORWARD_SHAPES) | set(FORWARD_SD35)
+                                         | {"sd35_pickscore_fast"})
     for path in PRESETS:
         assert load_config(path).name == path.stem
 
@@ -47,6 +55,33 @@ def test_shapes_presets_share_task_model_and_budget_with_the_default(name):
     assert (cfg.sampling.group_size, cfg.sampling.num_steps) == (8, 10)
     budget = ("learning_rate", "optimizer_steps_per_iteration", "micro_batch_size")
     assert [getattr(cfg.learner, k) for k in budget] == [getattr(base.learner, k) for k in budget] == [3e-4, 4, 32]
+
+
+@pytest.mark.parametrize("name", FORWARD_SHAPES)
+def test_forward_process_shapes_presets_share_task_and_model_with_the_default(name):
+    base, cfg = preset("shapes_flowgrpo"), preset(name)
+    for section in ("model", "data", "cluster"):
+        assert getattr(cfg, section) == getattr(base, section), section
+    assert (cfg.iterations, cfg.seed, cfg.rewards.scorers) == (base.iterations, base.seed, base.rewards.scorers)
+    assert (cfg.sampling.strategy, cfg.sampling.group_size, cfg.sampling.num_steps) == ("forward_process", 8, 10)
+    assert cfg.learner.family == "forward_process" and cfg.learner.beta == 1e-4
+
+
+@pytest.mark.parametrize("name", FORWARD_SD35)
+def test_sd35_forward_process_presets_carry_their_papers_settings(name):
+    loss, scorer, nft_beta, decay, k, steps = FORWARD_SD35[name]
+    cfg = preset(name)
+    lc = cfg.learner
+    assert (lc.loss, cfg.rewards.scorers[0].name, lc.train_timesteps, cfg.sampling.num_steps) == (loss, scorer, k, steps)
+    assert cfg.model.guidance_scale == 1.0 and cfg.sampling.strategy == "forward_process"  # CFG-free
+    assert (lc.learning_rate, lc.beta, cfg.model.lora.rank, cfg.model.lora.alpha) == (3e-4, 1e-4, 32, 64)
+    if loss == "diffusion_nft":
+        assert (lc.nft_beta, lc.old_policy, cfg.sampling.solver, lc.adv_clip) == (nft_beta, "ema", "dpm", 5.0)
+        assert (lc.old_policy_decay_flat, lc.old_policy_decay_rate, lc.old_policy_decay_max) == decay
+        assert cfg.data.images_per_iteration == 48 * 24 and lc.ema_decay == 0.9
+    else:
+        assert (lc.awm_weighting, lc.awm_ghuber_power, lc.clip_range, lc.adv_clip) == ("ghuber", 0.25, 1.0, 1.0)
+        assert lc.old_policy == "current" and cfg.data.images_per_iteration == 48 * 16
 
 
 def test_shapes_presets_carry_each_algorithms_sampling():

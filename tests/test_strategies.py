@@ -528,7 +528,7 @@ def test_bad_window_arguments_name_the_parameter(args, name):
 
 
 def test_registry():
-    assert set(STRATEGIES) == {"flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo"}
+    assert set(STRATEGIES) == {"flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo", "forward_process"}
     with pytest.raises(ValueError, match="already registered"):
         register_strategy("g2rpo")(lambda *a: None)
 

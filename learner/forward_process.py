@@ -1,0 +1,169 @@
+"""The learner side of the forward-process family (DiffusionNFT, AWM): re-noise final samples, train the
+velocity with a registered forward-process loss, and keep the sampling ("old") policy.
+
+Each kept sample x0 of a group is trained at K = learner.train_timesteps sigmas drawn without replacement
+from the sampling schedule, each with fresh noise eps: x_t = (1 - s) x0 + s eps, target eps - x0 (NVlabs
+train_nft_sd3.py: a per-sample permutation of the schedule's timesteps, the first int(T * 0.99) trained).
+The draws are a pure function of (run seed, iteration, group index, sample id), so a resumed run or
+another split across learner ranks trains on exactly the same x_t.
+
+The sampling policy's velocity v_old(x_t) is evaluated on the learner by loading its weights into the
+trainable parameters under no_grad and restoring the trained ones bit for bit. learner.old_policy:
+- 'current': the weights at the start of the iteration's update (what sampled the rollout when it is
+  on-policy); AWM's ratio is then exactly 1 at the first optimizer step.
+- 'ema': DiffusionNFT's EMA of the trained weights, updated after every iteration with NVlabs'
+  `return_decay` schedule; these are the weights the rollout actors sample with (`sampling_weights`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from rollout.schedule import sd3_sigmas
+from rollout.seeding import derive_seed
+
+Draw = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class FlowMatchBatch:
+    """(sample, timestep) rows trained in one forward/backward."""
+
+    x0: torch.Tensor  # [N, ...] final samples
+    prompt: list[str]  # [N]
+    sigma: torch.Tensor  # [N] float32
+    noise: torch.Tensor  # [N, ...] eps
+    advantages: torch.Tensor  # [N]
+    weight: float = 1.0  # 0 for padding micro-batches
+
+    def __len__(self) -> int:
+        return self.sigma.shape[0]
+
+
+def training_draws(
+    seed: int, iteration: int, group_index: int, sample_id: int, schedule: torch.Tensor, k: int, shape: tuple
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K distinct sigmas of `schedule` and K noises [K, *shape] for one sample, seeded by
+    (seed, iteration, group, sample) on a CPU generator (device-independent)."""
+    if not 1 <= k <= schedule.numel():
+        raise ValueError(f"learner.train_timesteps ({k}) must lie in [1, {schedule.numel()}] (the sampling schedule)")
+    gen = torch.Generator().manual_seed(derive_seed(seed, "forward_process", iteration, group_index, sample_id))
+    sigma = schedule[torch.randperm(schedule.numel(), generator=gen)[:k]].float()
+    return sigma, torch.randn((k, *shape), generator=gen, dtype=torch.float32)
+
+
+def old_policy_decay(step: int, flat: int, rate: float, ceiling: float) -> float:
+    """DiffusionNFT's sampling-policy EMA decay after `step` optimizer steps (NVlabs `return_decay`):
+    0 during the first `flat` steps, then min(rate * (step - flat), ceiling)."""
+    return 0.0 if step < flat else min(rate * (step - flat), ceiling)
+
+
+def flatten_samples(groups, k: int) -> list[tuple[int, int, int]]:
+    """(group, sample_id, timestep j) triples of every kept sample, j in [0, K)."""
+    return [(gi, s, j) for gi, g in enumerate(groups) for s in range(g.rollout.num_samples) if bool(g.keep[s])
+            for j in range(k)]
+
+
+def build_flow_batches(groups, rows: list[tuple[int, int, int]], size: int, draw: Draw) -> list[FlowMatchBatch]:
+    """Chunk rows into micro-batches of at most `size`; `draw(group, sample)` gives that sample's draws."""
+    cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    out = []
+    rows = sorted(rows)
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        for g, s, _ in chunk:
+            if (g, s) not in cache:
+                cache[(g, s)] = draw(g, s)
+        draws = [cache[(g, s)] for g, s, _ in chunk]
+        out.append(FlowMatchBatch(
+            x0=torch.stack([groups[g].rollout.final_latents[s] for g, s, _ in chunk]).float(),
+            prompt=[groups[g].prompt for g, _, _ in chunk],
+            sigma=torch.stack([d[0][j] for d, (_, _, j) in zip(draws, chunk, strict=True)]),
+            noise=torch.stack([d[1][j] for d, (_, _, j) in zip(draws, chunk, strict=True)]),
+            advantages=torch.stack([groups[g].advantages[s] for g, s, _ in chunk]).float(),
+        ))  # fmt: skip
+    return out
+
+
+class ForwardProcessPlan:
+    """How a learner rank trains a forward-process loss (the worker's loop calls rows / micro_batches /
+    padding / loss, begin before and end after the iteration's optimizer steps)."""
+
+    def __init__(self, worker):
+        self.worker, self.cfg = worker, worker.cfg
+        self.schedule = sd3_sigmas(worker.sampling.num_steps, worker.sampling.shift)[:-1]
+        self.old: dict[str, np.ndarray] | None = None  # the sampling policy's weights
+        self.iteration = 0
+
+    def setup(self) -> None:
+        """At the start both policies are the initial weights."""
+        self.old = self.worker.export_weights()
+
+    def begin(self, groups, iteration: int) -> None:
+        self.iteration = iteration
+        if self.cfg.old_policy == "current":
+            self.old = self.worker.export_weights()
+
+    def end(self) -> None:
+        if self.cfg.old_policy == "ema":
+            c = self.cfg
+            decay = old_policy_decay(self.worker.engine.global_steps, c.old_policy_decay_flat,
+                                     c.old_policy_decay_rate, c.old_policy_decay_max)
+            for name, value in self.worker.export_weights().items():
+                self.old[name] = (decay * self.old[name] + (1.0 - decay) * value).astype(value.dtype)
+
+    def rows(self, groups) -> list[tuple[int, int, int]]:
+        return flatten_samples(groups, self.cfg.train_timesteps)
+
+    def micro_batches(self, groups, rows) -> list[FlowMatchBatch]:
+        def draw(g: int, s: int):
+            x0 = groups[g].rollout.final_latents
+            return training_draws(self.worker.seed, self.iteration, groups[g].group_index, s, self.schedule,
+                                  self.cfg.train_timesteps, tuple(x0.shape[1:]))
+
+        return build_flow_batches(groups, rows, self.cfg.micro_batch_size, draw)
+
+    def padding(self, like: list[FlowMatchBatch]) -> FlowMatchBatch:
+        """A zero-weight micro-batch (see LearnerWorker._padding)."""
+        if like:
+            return replace(like[0], weight=0.0)
+        zeros = torch.zeros(self.worker.policy.latent_shape(1))
+        return FlowMatchBatch(zeros, [""], torch.full((1,), 0.5), zeros, torch.zeros(1), weight=0.0)
+
+    def loss(self, mb: FlowMatchBatch):
+        policy, dev = self.worker.policy, self.worker.device
+        x0, eps, sigma = mb.x0.to(dev), mb.noise.to(dev), mb.sigma.to(dev)
+        s = sigma.view(-1, *([1] * (x0.ndim - 1)))
+        x_t = (1.0 - s) * x0 + s * eps
+        cond = policy.encode(mb.prompt)
+        with torch.no_grad():
+            v_old = self._old_velocity(x_t, sigma, cond)
+            v_ref = policy.velocity(x_t, sigma, cond, reference=True) if self.cfg.beta > 0 else None
+        v = policy.velocity(x_t, sigma, cond)
+        return self.worker.loss_fn(v, v_old, eps - x0, sigma, mb.advantages.to(dev), cfg=self.cfg, v_ref=v_ref)
+
+    def _old_velocity(self, x_t, sigma, cond) -> torch.Tensor:
+        policy = self.worker.policy
+        trained = policy.export_trainable()
+        policy.load_trainable({k: torch.from_numpy(v) for k, v in self.old.items()})
+        try:
+            return policy.velocity(x_t, sigma, cond)
+        finally:
+            policy.load_trainable(trained)
+
+    def sampling_weights(self) -> dict[str, np.ndarray]:
+        """The weights the rollout actors sample with: the EMA (old_policy 'ema') or the trained ones."""
+        if self.cfg.old_policy == "ema":
+            return {k: v.copy() for k, v in self.old.items()}
+        return self.worker.export_weights()
+
+    def state(self) -> dict[str, np.ndarray] | None:
+        """What a checkpoint must keep to resume exactly: the EMA sampling policy."""
+        return self.old if self.cfg.old_policy == "ema" else None
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.old = state
