@@ -55,7 +55,7 @@ def rollout_actors(cfg: ExperimentConfig, placement: Placement, max_restarts: in
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement.group, placement.rollout_bundle(i)),
             ).remote(
                 cfg.model, cfg.sampling, name=f"rollout-{i}", device=_device(c.rollout_num_gpus),
-                torch_threads=c.torch_threads_per_actor,
+                torch_threads=c.torch_threads_per_actor, precision=cfg.learner.precision,
             )  # fmt: skip
         )
     return actors

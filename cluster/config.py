@@ -113,6 +113,16 @@ class ExperimentConfig(_Section):
                 f"data.images_per_iteration ({n}) must be a multiple of sampling.group_size ({g}): "
                 "every prompt is sampled as one whole group"
             )
+        precision, dtype = self.learner.precision, self.model.dtype
+        if _PRECISION_MODEL_DTYPE[precision] != dtype and (precision != "fp32" or not self.model.lora.enabled):
+            # DeepSpeed casts the learner's whole transformer to bf16/fp16, and a fully fine-tuned
+            # transformer is the trainable weights: rollout actors holding another dtype would sample
+            # with numbers the learner never recomputes (on-policy ratio != 1).
+            raise ValueError(
+                f"learner.precision={precision!r} needs model.dtype={_PRECISION_MODEL_DTYPE[precision]!r} "
+                f"(got {dtype!r})" + ("" if self.model.lora.enabled else " for full fine-tuning (model.lora.enabled=false)")
+                + ": set one to match the other"
+            )
         if self.cluster.async_mode and self.cluster.max_staleness < 1:
             raise ValueError("cluster.max_staleness must be >= 1 when cluster.async_mode is true")
         return self
@@ -120,6 +130,9 @@ class ExperimentConfig(_Section):
     @property
     def prompts_per_iteration(self) -> int:
         return self.data.images_per_iteration // self.sampling.group_size
+
+
+_PRECISION_MODEL_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 class ConfigError(ValueError):

@@ -53,4 +53,12 @@ class LearnerConfig(BaseModel):
 
         if self.loss not in LOSSES:
             raise ValueError(f"learner.loss {self.loss!r} is not registered; choose one of {sorted(LOSSES)}")
+        if self.precision != "fp32" and self.zero_stage == 0:
+            # Gradients accumulate and reduce in fp32 (learner/engine.py); DeepSpeed offers that with
+            # bf16/fp16 weights only through a ZeRO optimizer (stage 0 would step the bf16 weights
+            # themselves, with no fp32 master copy).
+            raise ValueError(
+                f"learner.precision={self.precision!r} needs learner.zero_stage >= 1 (fp32 master weights and "
+                "fp32 gradient accumulation live in DeepSpeed's ZeRO optimizers); set learner.zero_stage=1"
+            )
         return self

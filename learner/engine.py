@@ -82,6 +82,10 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, micro_batches: int = 1
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": cfg.precision == "bf16"},
         "fp16": {"enabled": cfg.precision == "fp16"},
+        # Accumulate over up to hundreds of micro-batches and all-reduce across ranks in fp32: bf16
+        # sums lose the small per-micro-batch gradients (DeepSpeed defaults both to the model dtype).
+        "data_types": {"grad_accum_dtype": "fp32"},
+        "communication_data_type": "fp32",
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,

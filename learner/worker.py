@@ -23,7 +23,7 @@ from learner.engine import DistInfo, build_engine, free_port, init_distributed, 
 from learner.losses import get_loss
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
-from rollout.policy import Policy
+from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.sde import kl_to_reference, sde_step
 from rollout.seeding import derive_seed
 from rollout.types import Rollout
@@ -169,7 +169,10 @@ class LearnerWorker:
         init_distributed(DistInfo(self.rank, self.world_size, master_addr, master_port), self.device)
         # The LoRA init is random: seed it so every rank, and every rerun of a config, starts alike.
         torch.manual_seed(derive_seed(self.seed, "init"))
-        self.policy = Policy.from_config(self.model_cfg, device=self.device)
+        self.policy = Policy.from_config(
+            self.model_cfg, device=self.device, trainable_dtype=PRECISION_DTYPES[self.cfg.precision],
+            reference_copy=self.cfg.beta > 0,
+        )  # fmt: skip
         self.policy.transformer.train()
         self.engine = build_engine(
             self.policy.transformer, self.policy.trainable_parameters(), self.cfg, self.world_size

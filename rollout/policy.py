@@ -12,12 +12,17 @@ works on packed 2x2 latents with position ids, and FLUX.1-dev's guidance is an e
 CFG. FLUX latents are kept unpacked [B, C, h, w] outside, so every strategy is model-agnostic.
 
 Precision: weights may be bf16/fp16 (`model.dtype`), inputs are cast to the transformer's dtype and
-the velocity comes back as float32, so the SDE math outside always runs in fp32. LoRA adapters are
-kept in fp32 (peft casts activations to the adapter dtype), as diffusers' training scripts do.
+the velocity comes back as float32, so the SDE math outside always runs in fp32. The trainable weights
+(LoRA adapters, or the whole transformer) take `trainable_dtype`, which the learner and every rollout
+actor derive from `learner.precision` alike (`PRECISION_DTYPES`): DeepSpeed casts the learner's module
+to bf16/fp16 and keeps fp32 master weights in its optimizer, so a rollout actor holding fp32 adapters
+would sample with different numbers than the learner recomputes (an on-policy ratio != 1). Full
+fine-tuning keeps the transformer in `model.dtype` (cluster config requires it to match the precision),
+never a second fp32 copy.
 
 The reference policy (KL term) is the same network with its LoRA adapters disabled: no second copy.
-Full fine-tuning has no adapters to disable, so there the wrapper keeps a frozen copy of the base
-transformer made at load time.
+Full fine-tuning has no adapters to disable, so there the learner (and only the learner, only when
+learner.beta > 0: `reference_copy=True`) keeps a frozen copy of the base transformer made at load time.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ _WEIGHTS = ("*.safetensors", "*.bin")
 _MODEL_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# learner.precision -> the dtype of the trainable weights in the learner's DeepSpeed module (and so in
+# every rollout actor).
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ModelFolderError(FileNotFoundError):
@@ -269,7 +277,19 @@ _FAMILIES = {"sd3": _SD3, "flux": _Flux}
 class Policy:
     """A diffusers pipeline seen as a velocity field, with LoRA (or full) trainable weights."""
 
-    def __init__(self, pipe, cfg: ModelConfig, device: str | torch.device = "cpu", prompt_cache_size: int = 1024):
+    def __init__(
+        self,
+        pipe,
+        cfg: ModelConfig,
+        device: str | torch.device = "cpu",
+        prompt_cache_size: int = 1024,
+        *,
+        trainable_dtype: torch.dtype = torch.float32,
+        reference_copy: bool = False,
+    ):
+        """`trainable_dtype`: LoRA adapters' dtype (PRECISION_DTYPES[learner.precision]); a fully
+        fine-tuned transformer stays in `model.dtype`. `reference_copy`: full fine-tuning only, keep a
+        frozen base copy for the KL reference (the learner with beta > 0; rollout actors never need it)."""
         self.cfg, self.pipe, self.device = cfg, pipe, torch.device(device)
         self.dtype = _DTYPES[cfg.dtype]
         pipe.to(self.device)
@@ -281,13 +301,13 @@ class Policy:
         self._cache = _PromptCache(self.family.encode, prompt_cache_size)
         self._negative: PromptEmbeds | None = None
         self._reference_copy = None
-        self._setup_trainable(cfg.lora)
+        self._setup_trainable(cfg.lora, trainable_dtype, reference_copy)
         self.set_gradient_checkpointing(cfg.gradient_checkpointing)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, device: str | torch.device = "cpu") -> Policy:
-        """Load `cfg.path` (folder or hub id) with from_pretrained and wrap it."""
-        return cls(load_pipeline(cfg), cfg, device)
+    def from_config(cls, cfg: ModelConfig, device: str | torch.device = "cpu", **kwargs) -> Policy:
+        """Load `cfg.path` (folder or hub id) with from_pretrained and wrap it (kwargs: see __init__)."""
+        return cls(load_pipeline(cfg), cfg, device, **kwargs)
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -295,8 +315,9 @@ class Policy:
 
     # -- trainable weights
 
-    def _setup_trainable(self, lora: LoraSettings) -> None:
-        """LoRA: frozen base in `model.dtype` + fp32 adapters. Full: an fp32 transformer + a frozen copy."""
+    def _setup_trainable(self, lora: LoraSettings, trainable_dtype: torch.dtype, reference_copy: bool) -> None:
+        """LoRA: frozen base in `model.dtype` + adapters in `trainable_dtype`. Full: the transformer in
+        `model.dtype`, plus a frozen copy when `reference_copy`."""
         tr = self.transformer
         if lora.enabled:
             tr.requires_grad_(False)
@@ -310,10 +331,11 @@ class Policy:
             )
             for p in tr.parameters():
                 if p.requires_grad:
-                    p.data = p.data.float()
+                    p.data = p.data.to(trainable_dtype)
         else:
-            self._reference_copy = copy.deepcopy(tr).requires_grad_(False).eval()
-            tr.float().requires_grad_(True)
+            if reference_copy:
+                self._reference_copy = copy.deepcopy(tr).requires_grad_(False).eval()
+            tr.requires_grad_(True)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.transformer.parameters() if p.requires_grad]
@@ -430,6 +452,11 @@ class Policy:
             yield self.transformer
         elif self._reference_copy is not None:
             yield self._reference_copy
+        elif not self.cfg.lora.enabled:
+            raise RuntimeError(
+                "the KL reference of a fully fine-tuned policy needs its frozen copy: build the Policy with "
+                "reference_copy=True (the learner does when learner.beta > 0)"
+            )
         else:
             self.transformer.disable_adapters()
             try:

@@ -16,7 +16,7 @@ import torch
 
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
-from rollout.policy import Policy
+from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.schedule import sd3_sigmas
 from rollout.strategies import eval_sample, sample_group
 from rollout.types import Rollout
@@ -46,12 +46,16 @@ class GroupResult:
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """A content hash of a weight dict (names, dtypes, shapes and bytes): equal digests = equal bits."""
+    """A content hash of a weight dict (names, shapes and values): equal digests = equal values.
+
+    Floating tensors are hashed as float32 (exact for bf16/fp16), so the learner's float32 export of
+    bf16 weights and a rollout actor's bf16 copy of them agree."""
     import hashlib
 
     h = hashlib.sha256()
     for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
+        t = state[name].detach().cpu()
+        t = (t.float() if t.is_floating_point() else t).contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
@@ -68,11 +72,13 @@ class RolloutWorker:
         name: str = "rollout-0",
         device: str = "cpu",
         torch_threads: int | None = None,
+        precision: str = "fp32",
     ):
+        """`precision`: learner.precision, so that trainable weights have the learner's dtype."""
         if torch_threads:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.name, self.sampling = name, sampling
-        self.policy = Policy.from_config(model, device=device)
+        self.policy = Policy.from_config(model, device=device, trainable_dtype=PRECISION_DTYPES[precision])
         self.policy.transformer.eval()
         self.version = 0
         self.sync_group: SyncGroup | None = None
@@ -134,7 +140,8 @@ class RolloutWorker:
 
     def receive_weights(self, version: int) -> dict:
         """Receive a broadcast from learner rank 0 into this policy's trainable weights."""
-        state = self.policy.export_trainable()
+        # Buffers in the sender's layout: LearnerWorker.broadcast_weights sends float32 (numpy) arrays.
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.policy.export_trainable().items()}
         self.sync_group.broadcast(state)
         return self.load_weights(state, version)
 
