@@ -19,7 +19,15 @@ import torch
 
 from learner.checkpoint import load_optimizer_state, save_optimizer_state
 from learner.config import LearnerConfig
-from learner.engine import DistInfo, build_engine, free_port, init_distributed, node_ip, set_micro_batches
+from learner.engine import (
+    DistInfo,
+    build_engine,
+    free_port,
+    init_distributed,
+    micro_batch_step,
+    node_ip,
+    set_micro_batches,
+)
 from learner.losses import get_loss
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
@@ -247,10 +255,9 @@ class LearnerWorker:
                     continue
                 mbs += [self._padding(mbs)] * (total - len(mbs))
                 set_micro_batches(self.engine, total)
-                for mb in mbs:
+                for i, mb in enumerate(mbs):
                     loss, diag = self._loss(mb, noise_level, kind)
-                    self.engine.backward(loss * mb.weight)
-                    self.engine.step()
+                    micro_batch_step(self.engine, loss * mb.weight, is_last=i == total - 1)
                     if mb.weight:
                         for k, v in diag.items():
                             sums[k] += v * len(mb)
