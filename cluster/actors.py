@@ -56,6 +56,7 @@ def rollout_actors(cfg: ExperimentConfig, placement: Placement, max_restarts: in
             ).remote(
                 cfg.model, cfg.sampling, name=f"rollout-{i}", device=_device(c.rollout_num_gpus),
                 torch_threads=c.torch_threads_per_actor, precision=cfg.learner.precision,
+                rows_per_forward=c.rollout_rows_per_forward, images_per_decode=c.rollout_images_per_decode,
             )  # fmt: skip
         )
     return actors

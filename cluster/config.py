@@ -69,6 +69,15 @@ class ClusterConfig(_Section):
     async_mode: bool = Field(False, description="Overlap sampling of step k+1 with the update of step k.")
     max_staleness: int = Field(1, ge=0, description="Async mode: max policy versions a rollout may lag behind.")
     torch_threads_per_actor: int = Field(1, ge=1, description="torch.set_num_threads inside each actor.")
+    rollout_rows_per_forward: int | None = Field(
+        None,
+        ge=1,
+        description="Rollout actors: at most this many rows per transformer call (CFG's two halves count as rows; "
+        "G2RPO batches up to G * |M| + 1 rows per step). Memory only, same results; None: one call.",
+    )
+    rollout_images_per_decode: int | None = Field(
+        None, ge=1, description="Rollout actors: at most this many images per VAE decode. Memory only; None: one call."
+    )
     dashboard_host: str = Field(
         "127.0.0.1", description="Ray dashboard bind address for a local Ray (loopback by default; the dashboard runs code)."
     )

@@ -286,11 +286,16 @@ class Policy:
         *,
         trainable_dtype: torch.dtype = torch.float32,
         reference_copy: bool = False,
+        rows_per_forward: int | None = None,
+        images_per_decode: int | None = None,
     ):
         """`trainable_dtype`: LoRA adapters' dtype (PRECISION_DTYPES[learner.precision]); a fully
         fine-tuned transformer stays in `model.dtype`. `reference_copy`: full fine-tuning only, keep a
-        frozen base copy for the KL reference (the learner with beta > 0; rollout actors never need it)."""
+        frozen base copy for the KL reference (the learner with beta > 0; rollout actors never need it).
+        `rows_per_forward` / `images_per_decode`: at most this many rows per transformer call / latents
+        per VAE decode (None: all at once); speed and memory only, see `velocity` and `decode`."""
         self.cfg, self.pipe, self.device = cfg, pipe, torch.device(device)
+        self.rows_per_forward, self.images_per_decode = rows_per_forward, images_per_decode
         self.dtype = _DTYPES[cfg.dtype]
         pipe.to(self.device)
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
@@ -418,14 +423,21 @@ class Policy:
         if cfg:
             cond = PromptEmbeds.cat([self.negative(b), cond])
             x, sigma = torch.cat([x, x]), torch.cat([sigma, sigma])
+        x, cond = x.to(self.dtype), PromptEmbeds(cond.embeds.to(self.dtype), cond.pooled.to(self.dtype))
+        rows = self.rows_per_forward or x.shape[0]
         with self._reference_context(reference) as transformer:
-            v = self.family.forward(
-                transformer,
-                x.to(self.dtype),
-                sigma,  # float32: a bf16 timestep of ~1000 would be rounded to steps of 4-8
-                PromptEmbeds(cond.embeds.to(self.dtype), cond.pooled.to(self.dtype)),
-                w,
-            ).float()
+            # Rows are independent, so chunking the call (G2RPO's anchor + branches + tails reach
+            # ~200 rows, CFG doubles them) changes peak memory, not the result (tests/test_chunking.py).
+            v = torch.cat([
+                self.family.forward(
+                    transformer,
+                    x[i : i + rows],
+                    sigma[i : i + rows],  # float32: a bf16 timestep of ~1000 would be rounded to steps of 4-8
+                    PromptEmbeds(cond.embeds[i : i + rows], cond.pooled[i : i + rows]),
+                    w,
+                ).float()
+                for i in range(0, x.shape[0], rows)
+            ])
         if cfg:
             v_uncond, v_cond = v.chunk(2)
             v = v_uncond + w * (v_cond - v_uncond)
@@ -466,11 +478,13 @@ class Policy:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents [B, C, h, w] -> uint8 images [B, H, W, 3] (undo the VAE scaling and shift first)."""
+        """Latents [B, C, h, w] -> uint8 images [B, H, W, 3] (undo the VAE scaling and shift first),
+        at most `images_per_decode` per VAE call (a group's decode at 720 px is ~100 GB otherwise)."""
         vae = self.pipe.vae
         scaling = vae.config.scaling_factor
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         z = latents.to(self.device, vae.dtype) / scaling + shift
-        images = vae.decode(z, return_dict=False)[0].float()
+        n = self.images_per_decode or z.shape[0]
+        images = torch.cat([vae.decode(z[i : i + n], return_dict=False)[0].float() for i in range(0, z.shape[0], n)])
         images = ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu()

@@ -73,12 +73,18 @@ class RolloutWorker:
         device: str = "cpu",
         torch_threads: int | None = None,
         precision: str = "fp32",
+        rows_per_forward: int | None = None,
+        images_per_decode: int | None = None,
     ):
-        """`precision`: learner.precision, so that trainable weights have the learner's dtype."""
+        """`precision`: learner.precision, so that trainable weights have the learner's dtype;
+        `rows_per_forward`, `images_per_decode`: cluster.rollout_rows_per_forward / _images_per_decode."""
         if torch_threads:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.name, self.sampling = name, sampling
-        self.policy = Policy.from_config(model, device=device, trainable_dtype=PRECISION_DTYPES[precision])
+        self.policy = Policy.from_config(
+            model, device=device, trainable_dtype=PRECISION_DTYPES[precision],
+            rows_per_forward=rows_per_forward, images_per_decode=images_per_decode,
+        )  # fmt: skip
         self.policy.transformer.eval()
         self.version = 0
         self.sync_group: SyncGroup | None = None
