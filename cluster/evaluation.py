@@ -46,10 +46,19 @@ def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
     return grid
 
 
-def save_png(array: np.ndarray, path: Path, scale: int = 4) -> None:
+def display_scale(image_side: int, target: int = 128, max_scale: int = 4) -> int:
+    """Nearest-neighbour upscaling for a grid of `image_side`-pixel images: the shapes world's 32 px
+    images are enlarged (x4) to be seen; 128 px and larger are left as they are (512 px x4 would make a
+    16k-pixel-wide PNG)."""
+    return max(1, min(max_scale, target // image_side))
+
+
+def save_png(array: np.ndarray, path: Path, image_side: int) -> None:
+    """Write a grid of `image_side`-pixel tiles, upscaled only when the tiles are tiny."""
     from PIL import Image
 
     img = Image.fromarray(array)
+    scale = display_scale(image_side)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     img.save(path)
@@ -85,5 +94,6 @@ def evaluate(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
-    save_png(image_grid(images[: 16 * images_per_prompt], columns=max(images_per_prompt, 8)), out / f"{name}_grid.png")
+    save_png(image_grid(images[: 16 * images_per_prompt], columns=max(images_per_prompt, 8)), out / f"{name}_grid.png",
+             image_side=images.shape[1])
     return Evaluation(summary, images)

@@ -43,6 +43,11 @@ class LearnerConfig(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Training precision of the trainable weights' compute (fp32 on CPU)."
     )
+    recompute_old_log_probs: bool = Field(
+        False,
+        description="The learner recomputes every transition's old log-prob under its current weights before its "
+        "first step, instead of trusting the sampler's (when learner/first_minibatch_ratio_* drift from 1, 0).",
+    )
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="Keep an EMA of the trainable weights for evaluation (None disables)."
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,10 @@ from learner.engine import (
     node_ip,
     set_micro_batches,
 )
-from learner.losses import get_loss
+from learner.losses import get_loss, pooled_mean_std
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
+from rollout.devices import resolve_device
 from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.sde import kl_to_reference, sde_step
 from rollout.seeding import derive_seed
@@ -63,6 +64,7 @@ class MicroBatch:
     old_log_prob: torch.Tensor  # [K]
     advantages: torch.Tensor  # [K]
     weight: float = 1.0  # 0 for padding micro-batches
+    rows: list[tuple[int, int, int]] = field(default_factory=list)  # (group, sample, transition) per row
 
     def __len__(self) -> int:
         return self.index.shape[0]
@@ -115,6 +117,7 @@ def build_micro_batches(groups: list[TrainGroup], rows: list[tuple[int, int, int
                 sigma_next=torch.stack([t.sigma_next[j] for t, j in ts]),
                 old_log_prob=torch.stack([t.log_prob[j] for t, j in ts]),
                 advantages=torch.stack([groups[g].advantages[s] for g, s, _ in chunk]).float(),
+                rows=chunk,
             )
         )
     return out
@@ -158,7 +161,7 @@ class LearnerWorker:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.model_cfg, self.sampling, self.cfg = model, sampling, learner
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.device = torch.device(device)
+        self.device = resolve_device(device, f"learner-{rank}")
         self.loss_fn = get_loss(learner.loss)
         self.policy: Policy | None = None
         self.engine = None
@@ -174,7 +177,9 @@ class LearnerWorker:
         return ip, free_port("0.0.0.0" if ip != "127.0.0.1" else "127.0.0.1")
 
     def setup(self, master_addr: str, master_port: int) -> str:
-        init_distributed(DistInfo(self.rank, self.world_size, master_addr, master_port), self.device)
+        init_distributed(
+            DistInfo(self.rank, self.world_size, master_addr, master_port, local_rank=self.device.index or 0), self.device
+        )  # fmt: skip
         # The LoRA init is random: seed it so every rank, and every rerun of a config, starts alike.
         torch.manual_seed(derive_seed(self.seed, "init"))
         self.policy = Policy.from_config(
@@ -190,29 +195,48 @@ class LearnerWorker:
 
     # -- the update
 
-    def _loss(self, mb: MicroBatch, noise_level: float, kind: str):
-        policy, dev = self.policy, self.device
+    def _step(self, mb: MicroBatch, noise_level: float, kind: str, reference: bool = False):
+        """The SDE step of every transition under the current (or the reference) policy: one forward per
+        distinct input, log-probs of the stored x_next."""
+        dev = self.device
         x_in = mb.inputs.to(dev)
-        cond = policy.encode(mb.input_prompt)
-        sigma_in = mb.input_sigma.to(dev)
-        index, x_next = mb.index.to(dev), mb.next_latents.to(dev)
-        sigma, sigma_next = mb.sigma.to(dev), mb.sigma_next.to(dev)
-        v = policy.velocity(x_in, sigma_in, cond)
-        out = sde_step(
-            v[index], x_in[index], sigma, sigma_next, noise_level=noise_level, kind=kind, prev_sample=x_next
-        )
+        v = self.policy.velocity(x_in, mb.input_sigma.to(dev), self.policy.encode(mb.input_prompt), reference=reference)
+        index = mb.index.to(dev)
+        return sde_step(
+            v[index], x_in[index], mb.sigma.to(dev), mb.sigma_next.to(dev), noise_level=noise_level, kind=kind,
+            prev_sample=mb.next_latents.to(dev),
+        )  # fmt: skip
+
+    def _loss(self, mb: MicroBatch, noise_level: float, kind: str):
+        dev = self.device
+        out = self._step(mb, noise_level, kind)
         kl = None
         if self.cfg.beta > 0:
             with torch.no_grad():
-                v_ref = policy.velocity(x_in, sigma_in, cond, reference=True)
-                ref = sde_step(
-                    v_ref[index], x_in[index], sigma, sigma_next, noise_level=noise_level, kind=kind, prev_sample=x_next
-                )
+                ref = self._step(mb, noise_level, kind, reference=True)
             kl = kl_to_reference(out, ref.mean, self.cfg.kl_form)
         return self.loss_fn(
             out.log_prob, mb.old_log_prob.to(dev), mb.advantages.to(dev),
             clip_range=self.cfg.clip_range, kl=kl, beta=self.cfg.beta, sigma=mb.sigma,
         )  # fmt: skip
+
+    @torch.no_grad()
+    def _recompute_old_log_probs(self, groups: list[TrainGroup], rows, noise_level: float, kind: str):
+        """learner.recompute_old_log_probs: the current policy's log-probs of every transition, computed
+        by the learner before its first step, replace the sampler's (verl's recompute of old_log_prob;
+        for when sampler and learner numerics drift apart). Ranks run equally many forwards (ZeRO-3
+        gathers parameters in each)."""
+        fresh = [g.rollout.transitions.log_prob.clone() for g in groups]
+        mbs = build_micro_batches(groups, rows, self.cfg.micro_batch_size)
+        mbs += [self._padding(mbs)] * (self._agree_on_micro_batches(len(mbs)) - len(mbs))
+        for mb in mbs:
+            log_prob = self._step(mb, noise_level, kind).log_prob.float().cpu()
+            for (g, _, j), value in zip(mb.rows, log_prob, strict=False):  # padding has weight 0 and no rows
+                fresh[g][j] = value
+        return [
+            replace(g, rollout=replace(g.rollout, transitions=replace(g.rollout.transitions, log_prob=lp)))
+            for g, lp in zip(groups, fresh, strict=True)
+        ]
 
     def _agree_on_micro_batches(self, count: int) -> int:
         """The most micro-batches any rank has for this optimizer step (every rank runs that many)."""
@@ -226,7 +250,7 @@ class LearnerWorker:
         """A zero-weight micro-batch: a real forward/backward so ZeRO's hooks fire, contributing nothing."""
         if like:
             mb = like[0]
-            return MicroBatch(**{**mb.__dict__, "weight": 0.0})
+            return MicroBatch(**{**mb.__dict__, "weight": 0.0, "rows": []})
         shape = self.policy.latent_shape(1)
         zeros = torch.zeros(shape)
         one = torch.ones(1)
@@ -242,6 +266,10 @@ class LearnerWorker:
         noise_level = groups[0].rollout.noise_level if groups else self.sampling.noise_level
         kind = groups[0].rollout.sde_kind if groups else self.sampling.sde_kind
         rows = flatten_transitions(groups)
+        if self.cfg.recompute_old_log_probs:
+            groups = self._recompute_old_log_probs(groups, rows, noise_level, kind)
+        first: list[tuple[int, float, float]] = []  # (transitions, ratio mean, ratio std) of the first minibatch
+        first_clipped = 0.0
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
         steps = 0
@@ -262,6 +290,9 @@ class LearnerWorker:
                         for k, v in diag.items():
                             sums[k] += v * len(mb)
                             counts[k] += len(mb)
+                        if steps == 0 and "policy/ratio_mean" in diag:
+                            first.append((len(mb), diag["policy/ratio_mean"], diag["policy/ratio_std"]))
+                            first_clipped += diag["policy/clipfrac"] * len(mb)
                 steps += 1
                 if self.ema is not None:
                     self.ema.update(self.export_weights())
@@ -272,6 +303,12 @@ class LearnerWorker:
         if steps:
             self.version += 1
         metrics = {k: sums[k] / counts[k] for k in sums}
+        if first:
+            # Before the first optimizer step the policy is the sampler's: ratio mean 1, std 0 and nothing
+            # clipped, up to numerics (flow_grpo's FAQ asks users to check exactly this).
+            mean, std = pooled_mean_std(first)
+            metrics["learner/first_minibatch_ratio_mean"], metrics["learner/first_minibatch_ratio_std"] = mean, std
+            metrics["learner/first_minibatch_clipfrac"] = first_clipped / sum(n for n, _, _ in first)
         metrics.update({
             "learner/optimizer_steps": float(steps),
             "learner/transitions": float(len(rows)),

@@ -16,6 +16,7 @@ import torch
 
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
+from rollout.devices import resolve_device
 from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.schedule import sd3_sigmas
 from rollout.strategies import eval_sample, sample_group
@@ -70,19 +71,21 @@ class RolloutWorker:
         sampling: SamplingConfig,
         *,
         name: str = "rollout-0",
-        device: str = "cpu",
+        device: str = "auto",
         torch_threads: int | None = None,
         precision: str = "fp32",
         rows_per_forward: int | None = None,
         images_per_decode: int | None = None,
     ):
-        """`precision`: learner.precision, so that trainable weights have the learner's dtype;
+        """`device`: 'auto' (a GPU when this process sees one: `launch.py eval`), 'cuda' or 'cpu' (rollout
+        actors, by their reservation); `precision`: learner.precision, so that trainable weights have the
+        learner's dtype;
         `rows_per_forward`, `images_per_decode`: cluster.rollout_rows_per_forward / _images_per_decode."""
         if torch_threads:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.name, self.sampling = name, sampling
         self.policy = Policy.from_config(
-            model, device=device, trainable_dtype=PRECISION_DTYPES[precision],
+            model, device=resolve_device(device, name), trainable_dtype=PRECISION_DTYPES[precision],
             rows_per_forward=rows_per_forward, images_per_decode=images_per_decode,
         )  # fmt: skip
         self.policy.transformer.eval()

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from learner.config import LearnerConfig
-from learner.engine import DistInfo, build_engine, free_port, init_distributed, micro_batch_step, set_micro_batches
+from learner.engine import (
+    DistInfo,
+    build_engine,
+    free_port,
+    init_distributed,
+    micro_batch_step,
+    set_micro_batches,
+)
 
 pytestmark = pytest.mark.component
 

@@ -66,3 +66,14 @@ def test_registry_and_bad_input():
         grpo_clip_loss(torch.zeros(3), torch.zeros(2), torch.zeros(3))
     with pytest.raises(ValueError, match="non-finite"):
         grpo_clip_loss(torch.tensor([float("nan")]), torch.zeros(1), torch.zeros(1))
+
+
+def test_pooled_mean_std_equals_the_statistics_of_the_union():
+    from learner.losses import pooled_mean_std
+
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, generator=gen) * s + m for n, s, m in ((5, 1.0, 0.0), (3, 0.1, 2.0), (8, 2.0, -1.0))]
+    mean, std = pooled_mean_std([(len(p), p.mean().item(), p.std(unbiased=False).item()) for p in parts])
+    union = torch.cat(parts)
+    assert mean == pytest.approx(union.mean().item(), abs=1e-6)
+    assert std == pytest.approx(union.std(unbiased=False).item(), abs=1e-6)
