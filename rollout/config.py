@@ -72,6 +72,12 @@ class SamplingConfig(_Section):
     num_steps: int = Field(10, ge=1, description="T_train: denoising steps while sampling rollouts.")
     eval_num_steps: int = Field(40, ge=1, description="T_eval: ODE steps for evaluation (denoising reduction).")
     shift: float = Field(3.0, gt=0, description="Timestep shift of the sigma schedule (SD3 uses 3).")
+    shift_mode: Literal["static", "resolution"] = Field(
+        "static",
+        description="'static': the fixed `shift` (SD3.5, and the FLUX papers' scripts: --shift 3). 'resolution': "
+        "FluxPipeline's shift, which grows with the image token count (mu from the model's scheduler config; "
+        "`shift` is then unused).",
+    )
     timestep_fraction: float = Field(
         1.0,
         gt=0.0,

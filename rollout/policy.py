@@ -41,6 +41,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from rollout.config import LoraSettings, ModelConfig
+from rollout.schedule import exponential_shift_sigmas, resolution_shift_mu, sd3_sigmas
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VelocityFn = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
@@ -208,6 +209,9 @@ class _SD3:
         side = self.cfg.resolution // self.vae_scale
         return (batch, self.pipe.transformer.config.in_channels, side, side)
 
+    def image_seq_len(self) -> int:
+        return (self.cfg.resolution // (self.vae_scale * self.pipe.transformer.config.patch_size)) ** 2
+
     def forward(self, transformer, x, sigma, cond: PromptEmbeds, guidance: float) -> torch.Tensor:
         return transformer(
             hidden_states=x,
@@ -247,6 +251,9 @@ class _Flux:
     def latent_shape(self, batch: int) -> tuple[int, ...]:
         side = 2 * (self.cfg.resolution // (self.vae_scale * 2))
         return (batch, self.pipe.transformer.config.in_channels // 4, side, side)
+
+    def image_seq_len(self) -> int:
+        return (self.cfg.resolution // (self.vae_scale * 2)) ** 2  # packed 2x2 latent tokens
 
     def forward(self, transformer, x, sigma, cond: PromptEmbeds, guidance: float) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -393,6 +400,18 @@ class Policy:
     def latent_shape(self, batch: int) -> tuple[int, ...]:
         """Unpacked latent shape [B, C, h, w] for `model.resolution` (FLUX packs internally)."""
         return self.family.latent_shape(batch)
+
+    def sigmas(self, num_steps: int, shift: float, shift_mode: str) -> torch.Tensor:
+        """The sampling schedule: SD3's static shift, or FluxPipeline's resolution-dependent one with mu
+        from the pipeline's scheduler config (FLUX.1: 0.5 at 256 image tokens to 1.15 at 4096)."""
+        if shift_mode == "static":
+            return sd3_sigmas(num_steps, shift)
+        sc = self.pipe.scheduler.config
+        mu = resolution_shift_mu(
+            self.family.image_seq_len(), sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096),
+            sc.get("base_shift", 0.5), sc.get("max_shift", 1.15),
+        )  # fmt: skip
+        return exponential_shift_sigmas(num_steps, mu)
 
     def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """x at sigma = 1: standard normal float32 latents (draw on CPU for device-independent seeds)."""

@@ -18,7 +18,6 @@ from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
 from rollout.devices import resolve_device
 from rollout.policy import PRECISION_DTYPES, Policy
-from rollout.schedule import sd3_sigmas
 from rollout.strategies import eval_sample, sample_group
 from rollout.types import Rollout
 
@@ -91,8 +90,8 @@ class RolloutWorker:
         self.policy.transformer.eval()
         self.version = 0
         self.sync_group: SyncGroup | None = None
-        self.sigmas = sd3_sigmas(sampling.num_steps, sampling.shift)
-        self.eval_sigmas = sd3_sigmas(sampling.eval_num_steps, sampling.shift)
+        self.sigmas = self.policy.sigmas(sampling.num_steps, sampling.shift, sampling.shift_mode)
+        self.eval_sigmas = self.policy.sigmas(sampling.eval_num_steps, sampling.shift, sampling.shift_mode)
 
     # -- sampling
 
