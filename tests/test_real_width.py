@@ -44,15 +44,15 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def real_width(tmp_path_factory):
-    build = load_script("scripts/build_real_width.py").build
-    out = tmp_path_factory.mktemp("real-width")
-    return {family: str(build(out, family)) for family in CASES}
+    """family -> its pipeline folder, built on first use."""
+    build, out, folders = load_script("scripts/build_real_width.py").build, tmp_path_factory.mktemp("real-width"), {}
+    return lambda family: folders.setdefault(family, str(build(out, family)))
 
 
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_one_bf16_iteration_at_published_widths(real_width, tmp_path, family):
     model_kw, sampling_kw, learner_kw = CASES[family]
-    model = ModelConfig(path=real_width[family], dtype="bfloat16", resolution=32, max_sequence_length=8, **model_kw)
+    model = ModelConfig(path=real_width(family), dtype="bfloat16", resolution=32, max_sequence_length=8, **model_kw)
     sampling = SamplingConfig(**sampling_kw)
     learner_cfg = LearnerConfig(precision="bf16", zero_stage=1, micro_batch_size=4, learning_rate=1e-5, **learner_kw)
     learner = LearnerWorker(model, sampling, learner_cfg, seed=0)
