@@ -49,8 +49,22 @@ def real_width(tmp_path_factory):
     return lambda family: folders.setdefault(family, str(build(out, family)))
 
 
+def _available_gib() -> float:
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
+# Full fine-tuning of FLUX's 3072-wide blocks (~0.5 B parameters at one double and one single block) holds
+# fp32 master weights, gradients and two Adam moments: measured ~15 GB resident with the rollout copy.
+NEEDS_GIB = {"sd35": 4.0, "flux": 18.0}
+
+
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_one_bf16_iteration_at_published_widths(real_width, tmp_path, family):
+    if _available_gib() < NEEDS_GIB[family]:
+        pytest.skip(f"{family} at published width needs ~{NEEDS_GIB[family]:.0f} GiB free, {_available_gib():.1f} available")
     model_kw, sampling_kw, learner_kw = CASES[family]
     model = ModelConfig(path=real_width(family), dtype="bfloat16", resolution=32, max_sequence_length=8, **model_kw)
     sampling = SamplingConfig(**sampling_kw)
