@@ -24,10 +24,17 @@ def device_for(num_gpus: float) -> str:
     return "cuda" if num_gpus > 0 else "cpu"
 
 
+# Passed on from the driver when set: a gated model (FLUX.1-dev) downloads in every actor, and under
+# `ray job submit` actors inherit the environment of `ray start`, not the submitting shell's.
+_FORWARDED = ("HF_TOKEN", "HF_ENDPOINT")
+
+
 def _env(cfg: ExperimentConfig) -> dict:
-    """Actor environment: thread counts set on purpose (Ray's default is 1), the hub mode passed on."""
+    """Actor environment: thread counts set on purpose (Ray's default is 1), the hub mode and
+    credentials passed on."""
     return {
         "env_vars": {
+            **{k: os.environ[k] for k in _FORWARDED if os.environ.get(k)},
             "OMP_NUM_THREADS": str(cfg.cluster.torch_threads_per_actor),
             "TOKENIZERS_PARALLELISM": "false",
             "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
@@ -56,7 +63,8 @@ def rollout_actors(cfg: ExperimentConfig, placement: Placement, max_restarts: in
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement.group, placement.rollout_bundle(i)),
             ).remote(
                 cfg.model, cfg.sampling, name=f"rollout-{i}", device=device_for(c.rollout_num_gpus),
-                torch_threads=c.torch_threads_per_actor,
+                torch_threads=c.torch_threads_per_actor, precision=cfg.learner.precision,
+                rows_per_forward=c.rollout_rows_per_forward, images_per_decode=c.rollout_images_per_decode,
             )  # fmt: skip
         )
     return actors

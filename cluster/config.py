@@ -103,6 +103,15 @@ class ClusterConfig(_Section):
     async_mode: bool = Field(False, description="Overlap sampling of step k+1 with the update of step k.")
     max_staleness: int = Field(1, ge=0, description="Async mode: max policy versions a rollout may lag behind.")
     torch_threads_per_actor: int = Field(1, ge=1, description="torch.set_num_threads inside each actor.")
+    rollout_rows_per_forward: int | None = Field(
+        None,
+        ge=1,
+        description="Rollout actors: at most this many rows per transformer call (CFG's two halves count as rows; "
+        "G2RPO batches up to G * |M| + 1 rows per step). Memory only, same results; None: one call.",
+    )
+    rollout_images_per_decode: int | None = Field(
+        None, ge=1, description="Rollout actors: at most this many images per VAE decode. Memory only; None: one call."
+    )
     dashboard_host: str = Field(
         "127.0.0.1", description="Ray dashboard bind address for a local Ray (loopback by default; the dashboard runs code)."
     )
@@ -161,6 +170,16 @@ class ExperimentConfig(_Section):
                 f"data.images_per_iteration ({n}) must be a multiple of sampling.group_size ({g}): "
                 "every prompt is sampled as one whole group"
             )
+        precision, dtype = self.learner.precision, self.model.dtype
+        if _PRECISION_MODEL_DTYPE[precision] != dtype and (precision != "fp32" or not self.model.lora.enabled):
+            # DeepSpeed casts the learner's whole transformer to bf16/fp16, and a fully fine-tuned
+            # transformer is the trainable weights: rollout actors holding another dtype would sample
+            # with numbers the learner never recomputes (on-policy ratio != 1).
+            raise ValueError(
+                f"learner.precision={precision!r} needs model.dtype={_PRECISION_MODEL_DTYPE[precision]!r} "
+                f"(got {dtype!r})" + ("" if self.model.lora.enabled else " for full fine-tuning (model.lora.enabled=false)")
+                + ": set one to match the other"
+            )
         if self.cluster.async_mode and self.cluster.max_staleness < 1:
             raise ValueError("cluster.max_staleness must be >= 1 when cluster.async_mode is true")
         _check_family(self)
@@ -176,7 +195,7 @@ class ExperimentConfig(_Section):
 PER_STEP_ONLY = {
     "sampling": ("timestep_fraction", "window_size", "window_range", "window_stride", "window_every", "flash",
                  "flash_compress_ratio", "g2rpo_steps", "g2rpo_granularities"),
-    "learner": ("kl_form",),
+    "learner": ("kl_form", "recompute_old_log_probs"),
 }
 FORWARD_PROCESS_ONLY = {
     "sampling": ("solver",),
@@ -210,6 +229,9 @@ def _check_family(cfg: ExperimentConfig) -> None:
             f"learner.train_timesteps ({cfg.learner.train_timesteps}) exceeds sampling.num_steps "
             f"({cfg.sampling.num_steps}): the timesteps are drawn without replacement from the sampling schedule"
         )
+
+
+_PRECISION_MODEL_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 class ConfigError(ValueError):

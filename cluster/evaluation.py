@@ -172,15 +172,16 @@ def sample_sharded(workers: Sequence, prompts: list[str], seeds: list[list[int]]
 
 def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", name: str = "eval",
                         weights: dict | None = None) -> Evaluation:
-    """The trainer's evaluation without Ray: one in-process rollout worker (on the rollout actors'
-    device) and the config's scorers, through the same plan, `sample_sharded` and `evaluate`
+    """The trainer's evaluation without Ray: one in-process rollout worker (on a GPU when this process
+    sees one) and the config's scorers, through the same plan, `sample_sharded` and `evaluate`
     (`launch.py eval`, the model card). `weights`: trainable weights to load first (a checkpoint's)."""
-    from cluster.actors import device_for
     from cluster.trainer import in_process_scorers
     from rollout.worker import RolloutWorker
 
     plan = plan_for(cfg, split)  # before loading anything: a plan too small for its targets fails here
-    worker = RolloutWorker(cfg.model, cfg.sampling, name="eval", device=device_for(cfg.cluster.rollout_num_gpus))
+    c = cfg.cluster
+    worker = RolloutWorker(cfg.model, cfg.sampling, name="eval", device="auto", precision=cfg.learner.precision,
+                           rows_per_forward=c.rollout_rows_per_forward, images_per_decode=c.rollout_images_per_decode)
     if weights is not None:
         worker.load_weights(weights, version=0)
     scorers = in_process_scorers(cfg)
@@ -296,7 +297,7 @@ def evaluate(plan: EvalPlan, sample: SampleFn, score: ScoreFn, *, output_dir: st
     evaluation = Evaluation(summary, images, plan, rows)
     if grid:
         pick = evaluation.image_index(per_prompt=8, prompts_per_tag=2)
-        save_png(image_grid(images[pick], columns=8), out / f"{name}_grid.png")
+        save_png(image_grid(images[pick], columns=8), out / f"{name}_grid.png", image_side=images.shape[1])
     return evaluation
 
 
@@ -404,10 +405,19 @@ def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
     return grid
 
 
-def save_png(array: np.ndarray, path: Path, scale: int = 4) -> None:
+def display_scale(image_side: int, target: int = 128, max_scale: int = 4) -> int:
+    """Nearest-neighbour upscaling for a grid of `image_side`-pixel images: the shapes world's 32 px
+    images are enlarged (x4) to be seen; 128 px and larger are left as they are (512 px x4 would make a
+    16k-pixel-wide PNG)."""
+    return max(1, min(max_scale, target // image_side))
+
+
+def save_png(array: np.ndarray, path: Path, image_side: int) -> None:
+    """Write a grid of `image_side`-pixel tiles, upscaled only when the tiles are tiny."""
     from PIL import Image
 
     img = Image.fromarray(array)
+    scale = display_scale(image_side)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     img.save(path)

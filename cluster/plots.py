@@ -120,5 +120,5 @@ def before_after_grid(before: np.ndarray, after: np.ndarray, out_png: str | Path
         sl = slice(i * per_prompt, (i + 1) * per_prompt)
         rows.extend([*before[sl], *after[sl]])
     out = Path(out_png)
-    save_png(image_grid(np.stack(rows), columns=2 * per_prompt), out)
+    save_png(image_grid(np.stack(rows), columns=2 * per_prompt), out, image_side=before.shape[1])
     return out

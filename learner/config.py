@@ -77,6 +77,11 @@ class LearnerConfig(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Training precision of the trainable weights' compute (fp32 on CPU)."
     )
+    recompute_old_log_probs: bool = Field(
+        False,
+        description="The learner recomputes every transition's old log-prob under its current weights before its "
+        "first step, instead of trusting the sampler's (when learner/first_minibatch_ratio_* drift from 1, 0).",
+    )
     ema_decay: float | None = Field(
         None,
         gt=0,
@@ -132,5 +137,13 @@ class LearnerConfig(BaseModel):
             raise ValueError(
                 "learner.zero_stage 3 is not supported with forward-process losses: the sampling policy's velocity "
                 "is evaluated by loading its weights into the (unpartitioned) trainable parameters; use 0-2"
+            )
+        if self.precision != "fp32" and self.zero_stage == 0:
+            # Gradients accumulate and reduce in fp32 (learner/engine.py); DeepSpeed offers that with
+            # bf16/fp16 weights only through a ZeRO optimizer (stage 0 would step the bf16 weights
+            # themselves, with no fp32 master copy).
+            raise ValueError(
+                f"learner.precision={self.precision!r} needs learner.zero_stage >= 1 (fp32 master weights and "
+                "fp32 gradient accumulation live in DeepSpeed's ZeRO optimizers); set learner.zero_stage=1"
             )
         return self

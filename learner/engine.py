@@ -3,8 +3,9 @@
 On CPU DeepSpeed picks its CPU accelerator and we use gloo with a plain torch AdamW (DeepSpeed's own
 CPU/fused Adam JIT-compile for ~95 s on 2 cores); on GPU the backend is NCCL and AdamW runs fused.
 Gradient accumulation is DeepSpeed's: the caller tells `set_micro_batches` how many backward calls
-the next optimizer step takes, and every rank must make that many (ranks with less data add
-zero-weight micro-batches), so the ZeRO reductions line up.
+the next optimizer step takes (it scales each loss by 1 / that), marks the last one explicitly
+(`micro_batch_step`), and every rank must make that many (ranks with less data add zero-weight
+micro-batches), so the ZeRO reductions line up. Gradients accumulate and reduce in fp32.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, micro_batches: int = 1
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": cfg.precision == "bf16"},
         "fp16": {"enabled": cfg.precision == "fp16"},
+        # Accumulate over up to hundreds of micro-batches and all-reduce across ranks in fp32: bf16
+        # sums lose the small per-micro-batch gradients (DeepSpeed defaults both to the model dtype).
+        "data_types": {"grad_accum_dtype": "fp32"},
+        "communication_data_type": "fp32",
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
@@ -111,6 +116,18 @@ def build_engine(module: torch.nn.Module, params: list[torch.nn.Parameter], cfg:
         model=module, model_parameters=params, optimizer=optimizer, config=deepspeed_config(cfg, world_size)
     )
     return engine
+
+
+def micro_batch_step(engine, loss: torch.Tensor, is_last: bool) -> None:
+    """Backward and step one micro-batch, marking explicitly whether it ends the optimizer step.
+
+    DeepSpeed otherwise decides the boundary from a global micro-step counter,
+    (micro_steps + 1) % gradient_accumulation_steps == 0, which drifts as soon as two optimizer steps
+    take different numbers of micro-batches (masked images, dropped zero-std groups, uneven shares):
+    after a 3-micro-batch step, a 2-micro-batch step would update after its first micro-batch."""
+    engine.set_gradient_accumulation_boundary(is_last)
+    engine.backward(loss)
+    engine.step()
 
 
 def set_micro_batches(engine, micro_batches: int) -> None:

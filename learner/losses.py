@@ -58,6 +58,15 @@ def binned_means(values: torch.Tensor, sigma: torch.Tensor, prefix: str, bins: S
     return out
 
 
+def pooled_mean_std(parts: list[tuple[int, float, float]]) -> tuple[float, float]:
+    """Mean and population std of the union of groups given each group's (count, mean, population std):
+    E[x] = sum n_i m_i / N, Var = sum n_i (s_i^2 + m_i^2) / N - E[x]^2."""
+    n = sum(c for c, _, _ in parts)
+    mean = sum(c * m for c, m, _ in parts) / n
+    second = sum(c * (s * s + m * m) for c, m, s in parts) / n
+    return mean, max(second - mean * mean, 0.0) ** 0.5
+
+
 @register_loss("grpo_clip")
 def grpo_clip_loss(
     log_prob: torch.Tensor,

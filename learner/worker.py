@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +19,21 @@ import torch
 
 from learner.checkpoint import load_optimizer_state, save_optimizer_state
 from learner.config import LearnerConfig
-from learner.engine import DistInfo, build_engine, free_port, init_distributed, node_ip, set_micro_batches
+from learner.engine import (
+    DistInfo,
+    build_engine,
+    free_port,
+    init_distributed,
+    micro_batch_step,
+    node_ip,
+    set_micro_batches,
+)
 from learner.forward_process import ForwardProcessPlan
-from learner.losses import get_loss
+from learner.losses import get_loss, pooled_mean_std
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
-from rollout.policy import Policy
+from rollout.devices import resolve_device
+from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.sde import kl_to_reference, sde_step
 from rollout.seeding import derive_seed
 from rollout.types import Rollout
@@ -57,6 +66,7 @@ class MicroBatch:
     old_log_prob: torch.Tensor  # [K]
     advantages: torch.Tensor  # [K]
     weight: float = 1.0  # 0 for padding micro-batches
+    rows: list[tuple[int, int, int]] = field(default_factory=list)  # (group, sample, transition) per row
 
     def __len__(self) -> int:
         return self.index.shape[0]
@@ -126,6 +136,7 @@ def build_micro_batches(groups: list[TrainGroup], rows: list[tuple[int, int, int
                 sigma_next=torch.stack([t.sigma_next[j] for t, j in ts]),
                 old_log_prob=torch.stack([t.log_prob[j] for t, j in ts]),
                 advantages=torch.stack([groups[g].advantages[s] for g, s, _ in chunk]).float(),
+                rows=chunk,
             )
         )
     return out
@@ -191,6 +202,9 @@ class PerStepPlan:
     def loss(self, mb: MicroBatch):
         return self.worker._loss(mb, self.noise_level, self.kind, self.form)
 
+    def recompute_old_log_probs(self, groups: list[TrainGroup], rows) -> list[TrainGroup]:
+        return self.worker._recompute_old_log_probs(groups, rows, self.noise_level, self.kind, self.form)
+
     def sampling_weights(self) -> dict[str, np.ndarray]:
         return self.worker.export_weights()
 
@@ -223,7 +237,7 @@ class LearnerWorker:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.model_cfg, self.sampling, self.cfg = model, sampling, learner
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.device = torch.device(device)
+        self.device = resolve_device(device, f"learner-{rank}")
         self.loss_fn = get_loss(learner.loss)
         self.policy: Policy | None = None
         self.engine = None
@@ -240,10 +254,15 @@ class LearnerWorker:
         return ip, free_port("0.0.0.0" if ip != "127.0.0.1" else "127.0.0.1")
 
     def setup(self, master_addr: str, master_port: int) -> str:
-        init_distributed(DistInfo(self.rank, self.world_size, master_addr, master_port), self.device)
+        init_distributed(
+            DistInfo(self.rank, self.world_size, master_addr, master_port, local_rank=self.device.index or 0), self.device
+        )  # fmt: skip
         # The LoRA init is random: seed it so every rank, and every rerun of a config, starts alike.
         torch.manual_seed(derive_seed(self.seed, "init"))
-        self.policy = Policy.from_config(self.model_cfg, device=self.device)
+        self.policy = Policy.from_config(
+            self.model_cfg, device=self.device, trainable_dtype=PRECISION_DTYPES[self.cfg.precision],
+            reference_copy=self.cfg.beta > 0,
+        )  # fmt: skip
         self.policy.transformer.train()
         self.engine = build_engine(
             self.policy.transformer, self.policy.trainable_parameters(), self.cfg, self.world_size
@@ -258,31 +277,49 @@ class LearnerWorker:
 
     # -- the update
 
-    def _loss(self, mb: MicroBatch, noise_level: float, kind: str, form: str):
-        policy, dev = self.policy, self.device
+    def _step(self, mb: MicroBatch, noise_level: float, kind: str, form: str, reference: bool = False):
+        """The SDE step of every transition under the current (or the reference) policy: one forward per
+        distinct input, log-probs (in the rollout's log_prob_form) of the stored x_next."""
+        dev = self.device
         x_in = mb.inputs.to(dev)
-        cond = policy.encode(mb.input_prompt)
-        sigma_in = mb.input_sigma.to(dev)
-        index, x_next = mb.index.to(dev), mb.next_latents.to(dev)
-        sigma, sigma_next = mb.sigma.to(dev), mb.sigma_next.to(dev)
-        v = policy.velocity(x_in, sigma_in, cond)
-        out = sde_step(
-            v[index], x_in[index], sigma, sigma_next, noise_level=noise_level, kind=kind, prev_sample=x_next,
-            log_prob_form=form,
-        )
+        v = self.policy.velocity(x_in, mb.input_sigma.to(dev), self.policy.encode(mb.input_prompt), reference=reference)
+        index = mb.index.to(dev)
+        return sde_step(
+            v[index], x_in[index], mb.sigma.to(dev), mb.sigma_next.to(dev), noise_level=noise_level, kind=kind,
+            prev_sample=mb.next_latents.to(dev), log_prob_form=form,
+        )  # fmt: skip
+
+    def _loss(self, mb: MicroBatch, noise_level: float, kind: str, form: str):
+        dev = self.device
+        out = self._step(mb, noise_level, kind, form)
         kl = None
         if self.cfg.beta > 0:
             with torch.no_grad():
-                v_ref = policy.velocity(x_in, sigma_in, cond, reference=True)
-                ref = sde_step(
-                    v_ref[index], x_in[index], sigma, sigma_next, noise_level=noise_level, kind=kind, prev_sample=x_next
-                )
+                ref = self._step(mb, noise_level, kind, form, reference=True)
             kl = kl_to_reference(out, ref.mean, self.cfg.kl_form)
         return self.loss_fn(
             out.log_prob, mb.old_log_prob.to(dev), mb.advantages.to(dev),
             clip_range=self.cfg.clip_range, kl=kl, beta=self.cfg.beta, sigma=mb.sigma,
             clip_range_high=self.cfg.clip_range_high,
         )  # fmt: skip
+
+    @torch.no_grad()
+    def _recompute_old_log_probs(self, groups: list[TrainGroup], rows, noise_level: float, kind: str, form: str):
+        """learner.recompute_old_log_probs: the current policy's log-probs of every transition, computed
+        by the learner before its first step, replace the sampler's (verl's recompute of old_log_prob;
+        for when sampler and learner numerics drift apart). Ranks run equally many forwards (ZeRO-3
+        gathers parameters in each)."""
+        fresh = [g.rollout.transitions.log_prob.clone() for g in groups]
+        mbs = build_micro_batches(groups, rows, self.cfg.micro_batch_size)
+        mbs += [self._padding(mbs)] * (self._agree_on_micro_batches(len(mbs)) - len(mbs))
+        for mb in mbs:
+            log_prob = self._step(mb, noise_level, kind, form).log_prob.float().cpu()
+            for (g, _, j), value in zip(mb.rows, log_prob, strict=False):  # padding has weight 0 and no rows
+                fresh[g][j] = value
+        return [
+            replace(g, rollout=replace(g.rollout, transitions=replace(g.rollout.transitions, log_prob=lp)))
+            for g, lp in zip(groups, fresh, strict=True)
+        ]
 
     def _agree_on_micro_batches(self, count: int) -> int:
         """The most micro-batches any rank has for this optimizer step (every rank runs that many)."""
@@ -296,7 +333,7 @@ class LearnerWorker:
         """A zero-weight micro-batch: a real forward/backward so ZeRO's hooks fire, contributing nothing."""
         if like:
             mb = like[0]
-            return MicroBatch(**{**mb.__dict__, "weight": 0.0})
+            return MicroBatch(**{**mb.__dict__, "weight": 0.0, "rows": []})
         shape = self.policy.latent_shape(1)
         zeros = torch.zeros(shape)
         one = torch.ones(1)
@@ -311,6 +348,10 @@ class LearnerWorker:
         start = time.perf_counter()
         self.plan.begin(groups, iteration)
         rows = self.plan.rows(groups)
+        if self.cfg.recompute_old_log_probs:
+            groups = self.plan.recompute_old_log_probs(groups, rows)
+        first: list[tuple[int, float, float]] = []  # (transitions, ratio mean, ratio std) of the first minibatch
+        first_clipped = 0.0
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
         steps = 0
@@ -324,14 +365,16 @@ class LearnerWorker:
                     continue
                 mbs += [self.plan.padding(mbs)] * (total - len(mbs))
                 set_micro_batches(self.engine, total)
-                for mb in mbs:
+                for i, mb in enumerate(mbs):
                     loss, diag = self.plan.loss(mb)
-                    self.engine.backward(loss * mb.weight)
-                    self.engine.step()
+                    micro_batch_step(self.engine, loss * mb.weight, is_last=i == total - 1)
                     if mb.weight:
                         for k, v in diag.items():
                             sums[k] += v * len(mb)
                             counts[k] += len(mb)
+                        if steps == 0 and "policy/ratio_mean" in diag:
+                            first.append((len(mb), diag["policy/ratio_mean"], diag["policy/ratio_std"]))
+                            first_clipped += diag["policy/clipfrac"] * len(mb)
                 steps += 1
                 if self.ema is not None:
                     self.ema.update(self.export_weights(), self.engine.global_steps)
@@ -343,6 +386,12 @@ class LearnerWorker:
         if steps:
             self.version += 1
         metrics = {k: sums[k] / counts[k] for k in sums}
+        if first:
+            # Before the first optimizer step the policy is the sampler's: ratio mean 1, std 0 and nothing
+            # clipped, up to numerics (flow_grpo's FAQ asks users to check exactly this).
+            mean, std = pooled_mean_std(first)
+            metrics["learner/first_minibatch_ratio_mean"], metrics["learner/first_minibatch_ratio_std"] = mean, std
+            metrics["learner/first_minibatch_clipfrac"] = first_clipped / sum(n for n, _, _ in first)
         metrics.update({
             "learner/optimizer_steps": float(steps),
             "learner/transitions": float(len(rows)),

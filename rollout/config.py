@@ -98,6 +98,12 @@ class SamplingConfig(_Section):
         description="forward_process: the sampler of the final images: 'ode' (Euler), 'dpm' (DPM-Solver++(2M), "
         "DiffusionNFT's default) or 'sde' (sampling.sde_kind at every step, for exploration).",
     )
+    shift_mode: Literal["static", "resolution"] = Field(
+        "static",
+        description="'static': the fixed `shift` (SD3.5, and the FLUX papers' scripts: --shift 3). 'resolution': "
+        "FluxPipeline's shift, which grows with the image token count (mu from the model's scheduler config; "
+        "`shift` is then unused).",
+    )
     timestep_fraction: float = Field(
         1.0,
         gt=0.0,

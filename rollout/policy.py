@@ -12,12 +12,17 @@ works on packed 2x2 latents with position ids, and FLUX.1-dev's guidance is an e
 CFG. FLUX latents are kept unpacked [B, C, h, w] outside, so every strategy is model-agnostic.
 
 Precision: weights may be bf16/fp16 (`model.dtype`), inputs are cast to the transformer's dtype and
-the velocity comes back as float32, so the SDE math outside always runs in fp32. LoRA adapters are
-kept in fp32 (peft casts activations to the adapter dtype), as diffusers' training scripts do.
+the velocity comes back as float32, so the SDE math outside always runs in fp32. The trainable weights
+(LoRA adapters, or the whole transformer) take `trainable_dtype`, which the learner and every rollout
+actor derive from `learner.precision` alike (`PRECISION_DTYPES`): DeepSpeed casts the learner's module
+to bf16/fp16 and keeps fp32 master weights in its optimizer, so a rollout actor holding fp32 adapters
+would sample with different numbers than the learner recomputes (an on-policy ratio != 1). Full
+fine-tuning keeps the transformer in `model.dtype` (cluster config requires it to match the precision),
+never a second fp32 copy.
 
 The reference policy (KL term) is the same network with its LoRA adapters disabled: no second copy.
-Full fine-tuning has no adapters to disable, so there the wrapper keeps a frozen copy of the base
-transformer made at load time.
+Full fine-tuning has no adapters to disable, so there the learner (and only the learner, only when
+learner.beta > 0: `reference_copy=True`) keeps a frozen copy of the base transformer made at load time.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from rollout.config import LoraSettings, ModelConfig
+from rollout.schedule import exponential_shift_sigmas, resolution_shift_mu, sigma_schedule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VelocityFn = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
@@ -51,6 +57,9 @@ _WEIGHTS = ("*.safetensors", "*.bin")
 _MODEL_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# learner.precision -> the dtype of the trainable weights in the learner's DeepSpeed module (and so in
+# every rollout actor).
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ModelFolderError(FileNotFoundError):
@@ -200,6 +209,9 @@ class _SD3:
         side = self.cfg.resolution // self.vae_scale
         return (batch, self.pipe.transformer.config.in_channels, side, side)
 
+    def image_seq_len(self) -> int:
+        return (self.cfg.resolution // (self.vae_scale * self.pipe.transformer.config.patch_size)) ** 2
+
     def forward(self, transformer, x, sigma, cond: PromptEmbeds, guidance: float) -> torch.Tensor:
         return transformer(
             hidden_states=x,
@@ -240,6 +252,9 @@ class _Flux:
         side = 2 * (self.cfg.resolution // (self.vae_scale * 2))
         return (batch, self.pipe.transformer.config.in_channels // 4, side, side)
 
+    def image_seq_len(self) -> int:
+        return (self.cfg.resolution // (self.vae_scale * 2)) ** 2  # packed 2x2 latent tokens
+
     def forward(self, transformer, x, sigma, cond: PromptEmbeds, guidance: float) -> torch.Tensor:
         b, c, h, w = x.shape
         packed = self.pipe._pack_latents(x, b, c, h, w)
@@ -269,8 +284,25 @@ _FAMILIES = {"sd3": _SD3, "flux": _Flux}
 class Policy:
     """A diffusers pipeline seen as a velocity field, with LoRA (or full) trainable weights."""
 
-    def __init__(self, pipe, cfg: ModelConfig, device: str | torch.device = "cpu", prompt_cache_size: int = 1024):
+    def __init__(
+        self,
+        pipe,
+        cfg: ModelConfig,
+        device: str | torch.device = "cpu",
+        prompt_cache_size: int = 1024,
+        *,
+        trainable_dtype: torch.dtype = torch.float32,
+        reference_copy: bool = False,
+        rows_per_forward: int | None = None,
+        images_per_decode: int | None = None,
+    ):
+        """`trainable_dtype`: LoRA adapters' dtype (PRECISION_DTYPES[learner.precision]); a fully
+        fine-tuned transformer stays in `model.dtype`. `reference_copy`: full fine-tuning only, keep a
+        frozen base copy for the KL reference (the learner with beta > 0; rollout actors never need it).
+        `rows_per_forward` / `images_per_decode`: at most this many rows per transformer call / latents
+        per VAE decode (None: all at once); speed and memory only, see `velocity` and `decode`."""
         self.cfg, self.pipe, self.device = cfg, pipe, torch.device(device)
+        self.rows_per_forward, self.images_per_decode = rows_per_forward, images_per_decode
         self.dtype = _DTYPES[cfg.dtype]
         pipe.to(self.device)
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
@@ -281,13 +313,13 @@ class Policy:
         self._cache = _PromptCache(self.family.encode, prompt_cache_size)
         self._negative: PromptEmbeds | None = None
         self._reference_copy = None
-        self._setup_trainable(cfg.lora)
+        self._setup_trainable(cfg.lora, trainable_dtype, reference_copy)
         self.set_gradient_checkpointing(cfg.gradient_checkpointing)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, device: str | torch.device = "cpu") -> Policy:
-        """Load `cfg.path` (folder or hub id) with from_pretrained and wrap it."""
-        return cls(load_pipeline(cfg), cfg, device)
+    def from_config(cls, cfg: ModelConfig, device: str | torch.device = "cpu", **kwargs) -> Policy:
+        """Load `cfg.path` (folder or hub id) with from_pretrained and wrap it (kwargs: see __init__)."""
+        return cls(load_pipeline(cfg), cfg, device, **kwargs)
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -295,8 +327,9 @@ class Policy:
 
     # -- trainable weights
 
-    def _setup_trainable(self, lora: LoraSettings) -> None:
-        """LoRA: frozen base in `model.dtype` + fp32 adapters. Full: an fp32 transformer + a frozen copy."""
+    def _setup_trainable(self, lora: LoraSettings, trainable_dtype: torch.dtype, reference_copy: bool) -> None:
+        """LoRA: frozen base in `model.dtype` + adapters in `trainable_dtype`. Full: the transformer in
+        `model.dtype`, plus a frozen copy when `reference_copy`."""
         tr = self.transformer
         if lora.enabled:
             tr.requires_grad_(False)
@@ -310,10 +343,11 @@ class Policy:
             )
             for p in tr.parameters():
                 if p.requires_grad:
-                    p.data = p.data.float()
+                    p.data = p.data.to(trainable_dtype)
         else:
-            self._reference_copy = copy.deepcopy(tr).requires_grad_(False).eval()
-            tr.float().requires_grad_(True)
+            if reference_copy:
+                self._reference_copy = copy.deepcopy(tr).requires_grad_(False).eval()
+            tr.requires_grad_(True)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.transformer.parameters() if p.requires_grad]
@@ -367,6 +401,19 @@ class Policy:
         """Unpacked latent shape [B, C, h, w] for `model.resolution` (FLUX packs internally)."""
         return self.family.latent_shape(batch)
 
+    def sigmas(self, num_steps: int, shift: float, shift_mode: str, grid: str = "linear") -> torch.Tensor:
+        """The sampling schedule: a static shift on the named grid (`sampling.sigma_schedule`), or
+        FluxPipeline's resolution-dependent one with mu from the pipeline's scheduler config (FLUX.1: 0.5
+        at 256 image tokens to 1.15 at 4096)."""
+        if shift_mode == "static":
+            return sigma_schedule(grid, num_steps, shift)
+        sc = self.pipe.scheduler.config
+        mu = resolution_shift_mu(
+            self.family.image_seq_len(), sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096),
+            sc.get("base_shift", 0.5), sc.get("max_shift", 1.15),
+        )  # fmt: skip
+        return exponential_shift_sigmas(num_steps, mu)
+
     def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """x at sigma = 1: standard normal float32 latents (draw on CPU for device-independent seeds)."""
         noise = torch.randn(self.latent_shape(batch), generator=generator, dtype=torch.float32)
@@ -396,14 +443,21 @@ class Policy:
         if cfg:
             cond = PromptEmbeds.cat([self.negative(b), cond])
             x, sigma = torch.cat([x, x]), torch.cat([sigma, sigma])
+        x, cond = x.to(self.dtype), PromptEmbeds(cond.embeds.to(self.dtype), cond.pooled.to(self.dtype))
+        rows = self.rows_per_forward or x.shape[0]
         with self._reference_context(reference) as transformer:
-            v = self.family.forward(
-                transformer,
-                x.to(self.dtype),
-                sigma,  # float32: a bf16 timestep of ~1000 would be rounded to steps of 4-8
-                PromptEmbeds(cond.embeds.to(self.dtype), cond.pooled.to(self.dtype)),
-                w,
-            ).float()
+            # Rows are independent, so chunking the call (G2RPO's anchor + branches + tails reach
+            # ~200 rows, CFG doubles them) changes peak memory, not the result (tests/test_chunking.py).
+            v = torch.cat([
+                self.family.forward(
+                    transformer,
+                    x[i : i + rows],
+                    sigma[i : i + rows],  # float32: a bf16 timestep of ~1000 would be rounded to steps of 4-8
+                    PromptEmbeds(cond.embeds[i : i + rows], cond.pooled[i : i + rows]),
+                    w,
+                ).float()
+                for i in range(0, x.shape[0], rows)
+            ])
         if cfg:
             v_uncond, v_cond = v.chunk(2)
             v = v_uncond + w * (v_cond - v_uncond)
@@ -430,6 +484,11 @@ class Policy:
             yield self.transformer
         elif self._reference_copy is not None:
             yield self._reference_copy
+        elif not self.cfg.lora.enabled:
+            raise RuntimeError(
+                "the KL reference of a fully fine-tuned policy needs its frozen copy: build the Policy with "
+                "reference_copy=True (the learner does when learner.beta > 0)"
+            )
         else:
             self.transformer.disable_adapters()
             try:
@@ -439,11 +498,13 @@ class Policy:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents [B, C, h, w] -> uint8 images [B, H, W, 3] (undo the VAE scaling and shift first)."""
+        """Latents [B, C, h, w] -> uint8 images [B, H, W, 3] (undo the VAE scaling and shift first),
+        at most `images_per_decode` per VAE call (a group's decode at 720 px is ~100 GB otherwise)."""
         vae = self.pipe.vae
         scaling = vae.config.scaling_factor
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         z = latents.to(self.device, vae.dtype) / scaling + shift
-        images = vae.decode(z, return_dict=False)[0].float()
+        n = self.images_per_decode or z.shape[0]
+        images = torch.cat([vae.decode(z[i : i + n], return_dict=False)[0].float() for i in range(0, z.shape[0], n)])
         images = ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu()

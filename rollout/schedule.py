@@ -83,6 +83,27 @@ def sigma_schedule(name: str, num_steps: int, shift: float) -> torch.Tensor:
     return SIGMA_SCHEDULES[name](num_steps, shift)
 
 
+def resolution_shift_mu(
+    image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5, max_shift: float = 1.15
+) -> float:
+    """FLUX.1's shift exponent mu, linear in the number of image tokens (diffusers' calculate_shift, with
+    FluxPipeline's defaults: mu = 0.5 at 256 tokens (256 px), 1.15 at 4096 (1024 px))."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return base_shift + slope * (image_seq_len - base_seq_len)
+
+
+def exponential_shift_sigmas(num_steps: int, mu: float) -> torch.Tensor:
+    """FluxPipeline's resolution-dependent schedule: t uniform from 1 to 1/num_steps, then
+    sigma = e^mu / (e^mu + 1/t - 1) (FlowMatchEulerDiscreteScheduler's exponential time_shift), then 0.
+
+    Equals sd3_sigmas with shift = e^mu except for the grid of t (FluxPipeline stops t at 1/num_steps)."""
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    t = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
+    sigmas = math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+    return check_sigmas(torch.cat([sigmas.float(), torch.zeros(1)]), "sigmas", ends_at_zero=True)
+
+
 def granular_grid(sigmas: torch.Tensor, k: int, granularity: int) -> torch.Tensor:
     """G2RPO's grid for a branch at step k and granularity lambda (Granular GRPO, 2025):
     sigma[:k+2] + sigma[k+2::lambda], with the last point set to 0.

@@ -16,8 +16,8 @@ import torch
 
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
-from rollout.policy import Policy
-from rollout.schedule import sigma_schedule
+from rollout.devices import resolve_device
+from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.strategies import eval_sample, sample_group
 from rollout.types import Rollout
 
@@ -46,12 +46,16 @@ class GroupResult:
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """A content hash of a weight dict (names, dtypes, shapes and bytes): equal digests = equal bits."""
+    """A content hash of a weight dict (names, shapes and values): equal digests = equal values.
+
+    Floating tensors are hashed as float32 (exact for bf16/fp16), so the learner's float32 export of
+    bf16 weights and a rollout actor's bf16 copy of them agree."""
     import hashlib
 
     h = hashlib.sha256()
     for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
+        t = state[name].detach().cpu()
+        t = (t.float() if t.is_floating_point() else t).contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
@@ -66,18 +70,29 @@ class RolloutWorker:
         sampling: SamplingConfig,
         *,
         name: str = "rollout-0",
-        device: str = "cpu",
+        device: str = "auto",
         torch_threads: int | None = None,
+        precision: str = "fp32",
+        rows_per_forward: int | None = None,
+        images_per_decode: int | None = None,
     ):
+        """`device`: 'auto' (a GPU when this process sees one: `launch.py eval`), 'cuda' or 'cpu' (rollout
+        actors, by their reservation); `precision`: learner.precision, so that trainable weights have the
+        learner's dtype;
+        `rows_per_forward`, `images_per_decode`: cluster.rollout_rows_per_forward / _images_per_decode."""
         if torch_threads:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.name, self.sampling = name, sampling
-        self.policy = Policy.from_config(model, device=device)
+        self.policy = Policy.from_config(
+            model, device=resolve_device(device, name), trainable_dtype=PRECISION_DTYPES[precision],
+            rows_per_forward=rows_per_forward, images_per_decode=images_per_decode,
+        )  # fmt: skip
         self.policy.transformer.eval()
         self.version = 0
         self.sync_group: SyncGroup | None = None
-        self.sigmas = sigma_schedule(sampling.sigma_schedule, sampling.num_steps, sampling.shift)
-        self.eval_sigmas = sigma_schedule(sampling.sigma_schedule, sampling.eval_num_steps, sampling.shift)
+        grid = sampling.sigma_schedule
+        self.sigmas = self.policy.sigmas(sampling.num_steps, sampling.shift, sampling.shift_mode, grid)
+        self.eval_sigmas = self.policy.sigmas(sampling.eval_num_steps, sampling.shift, sampling.shift_mode, grid)
         self.eval_guidance = model.eval_guidance_scale  # None: the training guidance_scale
 
     # -- sampling
@@ -135,7 +150,8 @@ class RolloutWorker:
 
     def receive_weights(self, version: int) -> dict:
         """Receive a broadcast from learner rank 0 into this policy's trainable weights."""
-        state = self.policy.export_trainable()
+        # Buffers in the sender's layout: LearnerWorker.broadcast_weights sends float32 (numpy) arrays.
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.policy.export_trainable().items()}
         self.sync_group.broadcast(state)
         return self.load_weights(state, version)
 

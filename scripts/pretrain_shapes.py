@@ -518,7 +518,7 @@ def failure_table(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def failure_grid(evaluation, path: Path, per_tag: int = 12) -> None:
-    """One row per tag: its first `per_tag` failed images (unreadable or wrong), 3x upscaled."""
+    """One row per tag: its first `per_tag` failed images (unreadable or wrong)."""
     from cluster.evaluation import image_grid, save_png
 
     picks = []
@@ -526,7 +526,7 @@ def failure_grid(evaluation, path: Path, per_tag: int = 12) -> None:
         failed = [i for i, r in enumerate(evaluation.rows) if r["tag"] == tag and not r["shapes_geneval/correct"]]
         row = failed[:per_tag]
         picks.append(np.concatenate([evaluation.images[row], np.zeros((per_tag - len(row), *evaluation.images.shape[1:]), np.uint8)]))
-    save_png(image_grid(np.concatenate(picks), columns=per_tag), path, scale=3)
+    save_png(image_grid(np.concatenate(picks), columns=per_tag), path, image_side=evaluation.images.shape[1])
 
 
 def phase_card(out: Path, args) -> None:
@@ -549,7 +549,7 @@ def phase_card(out: Path, args) -> None:
         previous = evaluate_model(Path(args.previous_model), work / "card_eval", name="previous").summary
         comparison = compare_evaluations(work / "card_eval", work / "card_eval", name="previous", name_after="eval")
     save_png(image_grid(current.images[current.image_index(per_prompt=8, prompts_per_tag=2)], columns=8),
-             out / "samples.png", scale=3)
+             out / "samples.png", image_side=current.images.shape[1])
     failure_grid(current, out / "failures.png")
     policy = Policy.from_config(ModelConfig(path=str(out)))
     records = load_prompts(args.eval_prompts)

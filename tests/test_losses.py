@@ -86,3 +86,14 @@ def test_asymmetric_clip_range_clips_each_side_at_its_own_bound():
     assert diag["policy/clipfrac_low"] == pytest.approx((ratio < 1 - low).float().mean().item())
     symmetric, _ = grpo_clip_loss(logp, old, adv, clip_range=low)
     assert symmetric.item() != pytest.approx(loss.item(), rel=1e-9)
+
+
+def test_pooled_mean_std_equals_the_statistics_of_the_union():
+    from learner.losses import pooled_mean_std
+
+    gen = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, generator=gen) * s + m for n, s, m in ((5, 1.0, 0.0), (3, 0.1, 2.0), (8, 2.0, -1.0))]
+    mean, std = pooled_mean_std([(len(p), p.mean().item(), p.std(unbiased=False).item()) for p in parts])
+    union = torch.cat(parts)
+    assert mean == pytest.approx(union.mean().item(), abs=1e-6)
+    assert std == pytest.approx(union.std(unbiased=False).item(), abs=1e-6)

@@ -192,3 +192,22 @@ def test_incomplete_folder_and_wrong_family_are_reported(sd3_path, tmp_path):
         Policy.from_config(ModelConfig(path=str(broken)))
     with pytest.raises(ModelFolderError, match="model.family"):
         Policy.from_config(ModelConfig(path=sd3_path, family="flux"))
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_flux_resolution_shift_matches_fluxpipeline(flux_path, resolution):
+    """shift_mode='resolution' reproduces FluxPipeline's schedule: mu from the image token count through
+    the scheduler config, then the scheduler's exponential time shift of linspace(1, 1/T, T)."""
+    import numpy as np
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    policy = _policy(flux_path, family="flux", resolution=resolution, max_sequence_length=16)
+    sc = policy.pipe.scheduler
+    sc.register_to_config(use_dynamic_shifting=True)  # as FLUX.1's shipped scheduler config sets it
+    tokens = (resolution // (policy.family.vae_scale * 2)) ** 2
+    mu = calculate_shift(tokens, sc.config.get("base_image_seq_len", 256), sc.config.get("max_image_seq_len", 4096),
+                         sc.config.get("base_shift", 0.5), sc.config.get("max_shift", 1.15))
+    sc.set_timesteps(sigmas=np.linspace(1.0, 1 / 8, 8), mu=mu)
+    ours = policy.sigmas(8, shift=3.0, shift_mode="resolution")
+    torch.testing.assert_close(ours, sc.sigmas.float(), rtol=0, atol=1e-6)
+    assert not torch.allclose(ours, policy.sigmas(8, shift=3.0, shift_mode="static"))  # the papers' fixed shift

@@ -225,3 +225,14 @@ def test_unknown_suffix_and_missing_file_are_clear(tmp_path):
         load_prompts(write(tmp_path, "p.csv", "a dog"))
     with pytest.raises(FileNotFoundError, match="prompt file does not exist"):
         load_prompts(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_shapes_presets_fit_the_head_a_2_core_laptop_starts(name):
+    """`ray start --head` on a 2-core laptop declares 2 CPUs; `ray job submit` of a shapes preset must fit
+    them (a local `launch.py` sizes its own Ray, but a submitted job gets the head as it is)."""
+    from cluster.preflight import PreflightReport, check_resources
+
+    report = PreflightReport(resources_source="ray start --head on 2 cores")
+    check_resources(load_config(ROOT / "configs" / f"{name}.yaml"), report, {"CPU": 2.0}, local=False)
+    assert report.ok, [c.message for c in report.errors]

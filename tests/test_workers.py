@@ -194,3 +194,28 @@ def test_one_optimizer_step_per_denoising_step(workers):
     finally:
         learner.cfg.optimizer_step_per = "minibatch"
     assert metrics["learner/optimizer_steps"] == 4  # T = 4, every step trained by flow_grpo
+
+
+def test_first_minibatch_health_and_recomputed_old_log_probs(workers, cfgs):
+    """The sampler's log-probs drifted (simulated: noise on the stored old log-probs, as a GPU's sampler
+    and learner numerics differ): the first minibatch's ratio statistics show it, and
+    learner.recompute_old_log_probs brings the ratio back to 1 before the first step."""
+    rollout, learner = workers
+    learner.cfg = cfgs[2]
+
+    def drifted_groups(iteration):
+        rollout.load_weights(learner.export_weights(), learner.get_version())
+        groups = _groups(rollout, iteration=iteration)
+        gen = torch.Generator().manual_seed(iteration)
+        for g in groups:
+            t = g.rollout.transitions
+            t.log_prob = t.log_prob + 1e-3 * torch.randn(t.log_prob.shape, generator=gen)
+        return groups
+
+    drifted = learner.train(drifted_groups(10), iteration=10)
+    assert drifted["learner/first_minibatch_ratio_std"] > 5e-4 and drifted["learner/first_minibatch_clipfrac"] > 0.5
+    learner.cfg = cfgs[2].model_copy(update={"recompute_old_log_probs": True})
+    fixed = learner.train(drifted_groups(11), iteration=11)
+    assert abs(fixed["learner/first_minibatch_ratio_mean"] - 1.0) < 1e-5
+    assert fixed["learner/first_minibatch_ratio_std"] < 1e-5 and fixed["learner/first_minibatch_clipfrac"] == 0.0
+    learner.cfg = cfgs[2]

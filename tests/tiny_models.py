@@ -19,9 +19,10 @@ from diffusers import (
     FluxTransformer2DModel,
     StableDiffusion3Pipeline,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5Tokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from build_real_width import t5_tokenizer as make_t5_tokenizer  # noqa: E402
 
 # Overrides that shrink the shapes presets' powered evaluation (400 images per tag, a training-prompt
 # check, a probe set) to the few images a test's evaluation needs; the interval targets go with it.
@@ -67,14 +68,6 @@ def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
     )
 
 
-def _t5_tokenizer() -> T5Tokenizer:
-    """A Unigram T5 tokenizer over the corpus words (T5's layout: <pad>=0, </s>=1, <unk>=2)."""
-    words = sorted({w for line in CORPUS for w in line.split()})
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    vocab += [("\u2581" + w, -3.0) for w in words] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
-
-
 def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     """FLUX.1-dev layout at toy size: 2x VAE with 4 latent channels -> packed 16-channel tokens."""
     torch.manual_seed(seed)
@@ -89,7 +82,7 @@ def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
             **{k: v for k, v in _TINY_CLIP.items() if k != "projection_dim"},
         )
     )
-    t5_tokenizer = _t5_tokenizer()
+    t5_tokenizer = make_t5_tokenizer(CORPUS)
     t5 = T5EncoderModel(
         T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
     )
