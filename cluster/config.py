@@ -215,9 +215,12 @@ def _check_family(cfg: ExperimentConfig) -> None:
         )
     foreign = PER_STEP_ONLY if family == "forward_process" else FORWARD_PROCESS_ONLY
     for section, keys in foreign.items():
-        given = getattr(cfg, section).model_fields_set
+        part = getattr(cfg, section)
         for key in keys:
-            if key in given:
+            # Set to something other than its default: a dumped config (config.yaml, a checkpoint's) holds
+            # every key at its default and must load again.
+            if key in part.model_fields_set and getattr(part, key) != type(part).model_fields[key].get_default(
+                    call_default_factory=True):
                 raise ValueError(
                     f"{section}.{key} does not apply to learner.loss {cfg.learner.loss!r} "
                     f"({family.replace('_', '-')} family): remove it"

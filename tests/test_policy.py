@@ -144,7 +144,8 @@ def test_prompt_encoding_is_cached(sd3_path):
 
 
 def test_full_finetuning_exports_transformer_and_keeps_a_reference(sd3_path):
-    policy = _policy(sd3_path, lora=LoraSettings(enabled=False))
+    torch.manual_seed(0)
+    policy = Policy.from_config(ModelConfig(path=sd3_path, lora=LoraSettings(enabled=False)), reference_copy=True)
     x, sigma = _inputs(policy)
     v_before = policy.velocity_fn(PROMPTS)(x, sigma)
     state = policy.export_trainable()
