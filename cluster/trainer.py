@@ -185,7 +185,8 @@ class Trainer:
         ray.get([learner.setup.remote(*master) for learner in self.learners])
         self.rollouts = rollout_actors(self.cfg, self.placement)
         self.rewards = RewardPools(self.cfg.rewards)
-        self.sync_weights = WeightSync(c.sync_backend, self.learners[0], self.rollouts)
+        self.sync_weights = WeightSync(c.sync_backend, self.learners, self.rollouts,
+                                       gather_on_all_ranks=self.cfg.learner.zero_stage == 3)
         self.logger = MetricsLogger(self.cfg.logging.output_dir, tensorboard=self.cfg.logging.tensorboard)
         if self.resume:
             self._restore()

@@ -6,7 +6,8 @@ Two backends:
 - `collective`: a separate gloo/NCCL group (rollout/collective.py) with learner rank 0 as the source;
   bucketed broadcast. If a member restarted, the group is rebuilt before the broadcast.
 Either way every acknowledgement must carry the new version and the learner's digest: after a sync the
-rollout actors hold exactly the learner's bits.
+rollout actors hold exactly the learner's bits. Under ZeRO-3 the weights are partitioned over the
+learner ranks and gathering them is a collective, so every rank is called (only rank 0 sends).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ class WeightSyncError(RuntimeError):
 
 
 class WeightSync:
-    def __init__(self, backend: str, learner0, rollout_actors: list):
+    def __init__(self, backend: str, learners: list, rollout_actors: list, *, gather_on_all_ranks: bool = False):
         if backend not in ("object_store", "collective"):
             raise ValueError(f"cluster.sync_backend {backend!r}: expected 'object_store' or 'collective'")
-        self.backend, self.learner0, self.actors = backend, learner0, rollout_actors
+        self.backend, self.learner0, self.actors = backend, learners[0], rollout_actors
+        self.gatherers = learners[1:] if gather_on_all_ranks else []  # ranks that only take part in gathers
         self.latest_ref = None  # the newest exported weights, to re-send to a restarted actor
         self.latest_version = 0
         self._group_ready = False
@@ -52,6 +54,7 @@ class WeightSync:
         start = time.perf_counter()
         digest_ref = self.learner0.weights_digest.remote()
         self.latest_ref = self.learner0.export_weights.remote()
+        gathers = [r for lr in self.gatherers for r in (lr.weights_digest.remote(), lr.export_weights.remote())]
         self.latest_version = version
         if self.backend == "object_store":
             refs = [a.load_weights.remote(self.latest_ref, version) for a in self.actors]
@@ -66,8 +69,10 @@ class WeightSync:
             if not self._group_ready:
                 self._build_group()
             send = self.learner0.broadcast_weights.remote()
+            gathers += [lr.broadcast_weights.remote() for lr in self.gatherers]
             acks = ray.get([a.receive_weights.remote(version) for a in self.actors])
             ray.get(send)
+        ray.get(gathers)
         digest = ray.get(digest_ref)
         bad = [a for a in acks if a["version"] != version or a["digest"] != digest]
         if bad:
