@@ -293,9 +293,11 @@ class Trainer:
         self.version = ray.get(self.learners[0].get_version.remote())
         return {k: float(np.mean([m[k] for m in per_rank if k in m])) for k in per_rank[0]}
 
-    def sync(self) -> dict:
-        report = self.sync_weights.sync(self.version)
-        return {"time/sync": report.seconds, "charts/policy_version": float(report.version)}
+    def sync(self, busy: Sequence[ray.ObjectRef] = ()) -> dict:
+        """Learner rank 0 -> every rollout actor; `busy`: rollout calls still running (async mode)."""
+        report = self.sync_weights.sync(self.version, busy=busy)
+        return {"time/sync": report.seconds, "time/sync_broadcast": report.broadcast_seconds,
+                "charts/policy_version": float(report.version)}
 
     # ------------------------------------------------------------------ the loop
 
@@ -332,7 +334,8 @@ class Trainer:
             groups, adv_metrics = self.advantage(scored)
             learned = self.update(groups, it)
             t_upd = time.perf_counter() - t0 - t_roll - t_rew
-            synced = self.sync()
+            busy = [ref for ref, _ in pending.values()] if cfg.cluster.async_mode and it + 1 < cfg.iterations else []
+            synced = self.sync(busy)
             if not cfg.cluster.async_mode and it + 1 < cfg.iterations:
                 pending = self.submit_rollout(it + 1)
             self.iteration = it + 1

@@ -311,17 +311,22 @@ class LearnerWorker:
         return weights_digest({k: torch.from_numpy(v) for k, v in state.items()}) if state else ""
 
     def join_sync_group(self, master_addr: str, master_port: int, world_size: int) -> str:
-        """Rank 0 of the weight-broadcast group (only learner rank 0 calls this)."""
+        """Rank 0 of the weight-broadcast group (only learner rank 0 calls this); a group this rank
+        belonged to before (a rollout actor restarted) is closed first."""
+        if self.sync_group is not None:
+            self.sync_group.close()
         self.sync_group = SyncGroup(master_addr, master_port, 0, world_size, self.device)
         return f"learner-{self.rank}"
 
-    def broadcast_weights(self) -> int:
-        """Send the trainable weights to every rollout actor of the sync group; returns the version.
-        Under ZeRO-3 every rank calls this to take part in the gather; only rank 0 sends."""
+    def broadcast_weights(self) -> float:
+        """Send the trainable weights to every rollout actor of the sync group; returns the seconds
+        spent inside the broadcast. Under ZeRO-3 every rank calls this to take part in the gather;
+        only rank 0 sends."""
         state = self.export_weights()
+        start = time.perf_counter()
         if self.sync_group is not None:
             self.sync_group.broadcast({k: torch.from_numpy(v) for k, v in state.items()})
-        return self.version
+        return time.perf_counter() - start
 
     def save_checkpoint(self, directory: str) -> None:
         """This rank's optimizer state (and, on rank 0, the trainable weights) into `directory`."""

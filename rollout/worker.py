@@ -128,7 +128,10 @@ class RolloutWorker:
         return {"actor": self.name, "version": version, "digest": weights_digest(self.policy.export_trainable())}
 
     def join_sync_group(self, master_addr: str, master_port: int, rank: int, world_size: int) -> str:
-        """Become rank `rank` of the weight-broadcast group (cluster.weight_sync, collective backend)."""
+        """Become rank `rank` of the weight-broadcast group (cluster.weight_sync, collective backend),
+        closing the group this actor belonged to before (another member restarted)."""
+        if self.sync_group is not None:
+            self.sync_group.close()
         self.sync_group = SyncGroup(master_addr, master_port, rank, world_size, self.policy.device)
         return self.name
 
