@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.memory import peak_memory_gb
+from common.storage import check_sentinel
 from learner.checkpoint import load_into_optimizer, load_optimizer_state, save_optimizer_state
 from learner.config import LearnerConfig
 from learner.engine import DistInfo, build_engine, free_port, init_distributed, node_ip, set_micro_batches
@@ -298,6 +300,17 @@ class LearnerWorker:
 
     def get_version(self) -> int:
         return self.version
+
+    def peak_memory(self) -> dict[str, float]:
+        return peak_memory_gb(self.device)
+
+    def check_storage(self, path: str, token: str) -> str:
+        """Check that the driver's storage sentinel is visible here (common/storage.py); returns this
+        rank's Ray node id."""
+        import ray
+
+        check_sentinel(path, token, f"learner-{self.rank}")
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
     def pid(self) -> int:
         """This worker's process id (fault-injection tests kill it)."""

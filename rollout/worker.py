@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.memory import peak_memory_gb
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
 from rollout.policy import Policy
@@ -152,6 +153,9 @@ class RolloutWorker:
         import os
 
         return os.getpid()
+
+    def peak_memory(self) -> dict[str, float]:
+        return peak_memory_gb(self.policy.device)
 
     def ping(self) -> str:
         return self.name

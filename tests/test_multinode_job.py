@@ -1,0 +1,82 @@
+"""Two Ray nodes on one machine (ray.cluster_utils.Cluster: a head and a worker node, each with its own
+CPUs), learner ranks placed on different nodes, driven through `ray job submit --working-dir`:
+a relative `logging.output_dir` lands in the storage path resolved on the driver (not in Ray's
+unpacked copy of the working dir), every learner node checks it sees that storage, and `--resume`
+continues from the checkpoint both ranks wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_job_submit import REPO, _free_port
+
+pytestmark = pytest.mark.job
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path, monkeypatch):
+    """ray.cluster_utils.Cluster: a head (with the dashboard's job API) and a worker node, 3 CPUs each,
+    all on 127.0.0.1; HOME points into tmp_path so ~/flowray_results stays inside the test."""
+    from ray.cluster_utils import Cluster
+
+    bin_dir = Path(sys.executable).parent
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # the nodes (and so the job's driver) inherit it
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    dash = _free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 3, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dash,
+        "node_ip_address": "127.0.0.1"})
+    try:
+        cluster.add_node(num_cpus=3, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        yield f"http://127.0.0.1:{dash}", dict(os.environ), home
+    finally:
+        cluster.shutdown()
+
+
+def _submit(dashboard: str, env: dict, args: list[str]) -> str:
+    job = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
+           "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", "outputs", ".git", "assets/models"]}),
+           "--", sys.executable, "launch.py", *args]
+    for _ in range(40):  # the job agent comes up a few seconds after `ray start` returns
+        proc = subprocess.run(job, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in proc.stderr:
+            break
+        time.sleep(3)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout + proc.stderr
+
+
+def test_learners_on_two_nodes_write_to_the_storage_path_and_resume(two_node_cluster, tiny_sd3_path):
+    dashboard, env, home = two_node_cluster
+    args = [f"model.path={tiny_sd3_path}", "data.images_per_iteration=8", "sampling.group_size=4",
+            "sampling.num_steps=3", "sampling.eval_num_steps=3", "data.eval_num_prompts=2", "logging.eval_base=false",
+            "logging.tensorboard=false", "logging.checkpoint_every=1", "learner.zero_stage=2",
+            "cluster.num_learner_ranks=2", "cluster.num_rollout_actors=1", "cluster.colocate=true",
+            "cluster.placement_strategy=STRICT_SPREAD", "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5",
+            "--output-dir=runs/two_nodes"]  # relative: resolved once on the driver
+    first = _submit(dashboard, env, [*args, "iterations=1"])
+    seen = re.search(r"storage (\S+): seen by learner-0 \(node (\w+)\), learner-1 \(node (\w+)\)", first)
+    assert seen, first[-3000:]
+    out = home / "flowray_results" / "runs" / "two_nodes"
+    assert seen.group(1) == str(out)
+    assert seen.group(2) != seen.group(3), "the learner ranks were not placed on different nodes"
+    resumed = _submit(dashboard, env, [*args, "iterations=2", "--resume"])
+    assert "resumed from" in resumed and "iter_000001" in resumed, resumed[-3000:]
+    rows = [json.loads(x)["iteration"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [0, 1]
+    last = out / "checkpoints" / "iter_000002"
+    assert {p.name for p in last.glob("optimizer_rank*.safetensors")} == {"optimizer_rank0.safetensors",
+                                                                        "optimizer_rank1.safetensors"}
+    assert (out / "eval.json").is_file()
