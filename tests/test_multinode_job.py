@@ -34,11 +34,12 @@ def two_node_cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     dash = _free_port()
+    # Each node's dashboard agent needs its own port (the default 52365 may be taken by another Ray).
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 3, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dash,
-        "node_ip_address": "127.0.0.1"})
+        "node_ip_address": "127.0.0.1", "dashboard_agent_listen_port": _free_port()})
     try:
-        cluster.add_node(num_cpus=3, node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=3, node_ip_address="127.0.0.1", dashboard_agent_listen_port=_free_port())
         cluster.wait_for_nodes()
         yield f"http://127.0.0.1:{dash}", dict(os.environ), home
     finally:
@@ -49,7 +50,7 @@ def _submit(dashboard: str, env: dict, args: list[str]) -> str:
     job = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", "outputs", ".git", "assets/models"]}),
            "--", sys.executable, "launch.py", *args]
-    for _ in range(40):  # the job agent comes up a few seconds after `ray start` returns
+    for _ in range(20):  # the job agent comes up a few seconds after `ray start` returns
         proc = subprocess.run(job, env=env, capture_output=True, text=True, timeout=900)
         if "No available agent" not in proc.stderr:
             break
