@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
+import shlex
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -41,39 +42,58 @@ def two_node_cluster(tmp_path, monkeypatch):
     try:
         cluster.add_node(num_cpus=3, node_ip_address="127.0.0.1", dashboard_agent_listen_port=_free_port())
         cluster.wait_for_nodes()
-        yield f"http://127.0.0.1:{dash}", dict(os.environ), home
+        yield f"http://127.0.0.1:{dash}", home
     finally:
         cluster.shutdown()
 
 
-def _submit(dashboard: str, env: dict, args: list[str]) -> str:
-    job = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
-           "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", "outputs", ".git", "assets/models"]}),
-           "--", sys.executable, "launch.py", *args]
-    for _ in range(20):  # the job agent comes up a few seconds after `ray start` returns
-        proc = subprocess.run(job, env=env, capture_output=True, text=True, timeout=900)
-        if "No available agent" not in proc.stderr:
+def _submit(dashboard: str, args: list[str]) -> str:
+    """What `ray job submit --working-dir REPO -- python launch.py ARGS` does, through the same job API,
+    with a fixed submission id: on this loaded 2-core machine the API can answer 504 while the job is
+    being created, and a blind retry would start a second driver."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard)
+    job_id = f"flowray_{uuid.uuid4().hex[:8]}"
+    runtime_env = {"working_dir": str(REPO), "excludes": [".venv", "runs", "outputs", ".git", "assets/models"]}
+    entrypoint = " ".join(shlex.quote(a) for a in [sys.executable, "launch.py", *args])
+    for _ in range(20):  # the job agent comes up a few seconds after the head
+        try:
+            client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=job_id)
             break
-        time.sleep(3)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc.stdout + proc.stderr
+        except RuntimeError as err:
+            if "504" in str(err) or "No available agent" in str(err):
+                try:
+                    client.get_job_status(job_id)
+                    break  # created after all
+                except RuntimeError:
+                    time.sleep(3)
+                    continue
+            raise
+    deadline = time.monotonic() + 900
+    while (status := client.get_job_status(job_id)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, client.get_job_logs(job_id)[-4000:]
+        time.sleep(2)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+    return logs
 
 
 def test_learners_on_two_nodes_write_to_the_storage_path_and_resume(two_node_cluster, tiny_sd3_path):
-    dashboard, env, home = two_node_cluster
+    dashboard, home = two_node_cluster
     args = [f"model.path={tiny_sd3_path}", "data.images_per_iteration=8", "sampling.group_size=4",
             "sampling.num_steps=3", "sampling.eval_num_steps=3", "data.eval_num_prompts=2", "logging.eval_base=false",
             "logging.tensorboard=false", "logging.checkpoint_every=1", "learner.zero_stage=2",
             "cluster.num_learner_ranks=2", "cluster.num_rollout_actors=1", "cluster.colocate=true",
             "cluster.placement_strategy=STRICT_SPREAD", "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5",
             "--output-dir=runs/two_nodes"]  # relative: resolved once on the driver
-    first = _submit(dashboard, env, [*args, "iterations=1"])
+    first = _submit(dashboard, [*args, "iterations=1"])
     seen = re.search(r"storage (\S+): seen by learner-0 \(node (\w+)\), learner-1 \(node (\w+)\)", first)
     assert seen, first[-3000:]
     out = home / "flowray_results" / "runs" / "two_nodes"
     assert seen.group(1) == str(out)
     assert seen.group(2) != seen.group(3), "the learner ranks were not placed on different nodes"
-    resumed = _submit(dashboard, env, [*args, "iterations=2", "--resume"])
+    resumed = _submit(dashboard, [*args, "iterations=2", "--resume"])
     assert "resumed from" in resumed and "iter_000001" in resumed, resumed[-3000:]
     rows = [json.loads(x)["iteration"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows == [0, 1]
