@@ -75,9 +75,10 @@ def train(argv: list[str]) -> int:
 
     from cluster.ray_init import init_ray
     from cluster.trainer import Trainer
+    from common.storage import resolve_output_dir
 
     init_ray(cfg, args.address)
-    out = Path(cfg.logging.output_dir)
+    out = Path(resolve_output_dir(cfg.logging.output_dir))  # the Trainer resolves it the same way
     print(f"[flowray] {cfg.name}: {cfg.iterations} iterations of {cfg.sampling.strategy}, "
           f"{cfg.prompts_per_iteration} prompts x {cfg.sampling.group_size} images, output {out}", flush=True)
     try:

@@ -121,7 +121,12 @@ class ClusterConfig(_Section):
 class LoggingConfig(_Section):
     """Outputs, checkpoints and evaluation cadence."""
 
-    output_dir: str = Field("outputs/run", description="Run directory: metrics.jsonl, eval.json, checkpoints/, images.")
+    output_dir: str = Field(
+        "outputs/run",
+        description="Run directory and storage path: metrics.jsonl, eval.json, checkpoints/, images. Resolved once "
+        "on the driver; multi-node runs need a path on a shared filesystem (checked at start-up). A relative path "
+        "under `ray job submit --working-dir` goes under ~/flowray_results/ on the driver's node.",
+    )
     log_every: int = Field(1, ge=1, description="Print a progress line every N iterations.")
     eval_every: int = Field(0, ge=0, description="Evaluate every N iterations (0: only at the end).")
     eval_base: bool = Field(

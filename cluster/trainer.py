@@ -43,6 +43,7 @@ from cluster.placement import create_placement
 from cluster.plots import before_after_grid, plot_curves
 from cluster.ray_init import require_fit
 from cluster.weight_sync import WeightSync
+from common.storage import StorageError, remove_sentinel, resolve_output_dir, write_sentinel
 from learner.advantages import grpo_advantages, no_signal_mask
 from learner.worker import TrainGroup
 from rewards.base import ScoreResult
@@ -163,7 +164,9 @@ def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[l
 
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, *, resume: bool = False):
-        self.cfg = cfg
+        # The storage path is resolved once, here on the driver; actors get it absolute (common/storage.py).
+        out = resolve_output_dir(cfg.logging.output_dir)
+        self.cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"output_dir": out})})
         self.resume = resume
         self.prompts = load_prompts(resolve(cfg.data.train_prompts))
         self.tags = prompt_tags(self.prompts, cfg.data.train_prompts) if cfg.data.prompt_order == "tag_balanced" else None
@@ -187,9 +190,11 @@ class Trainer:
         self.learners = learner_actors(self.cfg, self.placement)
         master = ray.get(self.learners[0].rendezvous.remote())
         ray.get([learner.setup.remote(*master) for learner in self.learners])
+        self._check_storage()
         self.rollouts = rollout_actors(self.cfg, self.placement)
         self.rewards = RewardPools(self.cfg.rewards)
-        self.sync_weights = WeightSync(c.sync_backend, self.learners[0], self.rollouts)
+        self.sync_weights = WeightSync(c.sync_backend, self.learners, self.rollouts,
+                                       gather_on_all_ranks=self.cfg.learner.zero_stage == 3)
         lc = self.cfg.logging
         wandb = {"project": lc.wandb_project, "mode": lc.wandb_mode, "name": self.cfg.name,
                  "config": self.cfg.model_dump(mode="json")} if lc.wandb else None
@@ -198,6 +203,20 @@ class Trainer:
             self._restore()
         # Rollout actors initialise their own LoRA adapters; the first sync gives them the learner's.
         self.sync()
+
+    def _check_storage(self) -> None:
+        """Every learner rank must see the storage path the driver writes (a shared filesystem on a
+        multi-node cluster): the driver writes a sentinel, each rank reads it back."""
+        out = self.cfg.logging.output_dir
+        path, token = write_sentinel(out)
+        try:
+            nodes = self._call_learners(lambda lr, r: lr.check_storage.remote(path, token), with_rank=True)
+        except StorageError as err:
+            raise StorageError(str(getattr(err, "cause", err))) from None
+        finally:
+            remove_sentinel(path)
+        seen = ", ".join(f"learner-{r} (node {n[:8]})" for r, n in enumerate(nodes))
+        print(f"[flowray] storage {out}: seen by {seen}", flush=True)
 
     def _restore(self) -> None:
         ckpt = checkpoints.latest_checkpoint(self.cfg.logging.output_dir)
@@ -299,9 +318,11 @@ class Trainer:
         self.version = ray.get(self.learners[0].get_version.remote())
         return {k: float(np.mean([m[k] for m in per_rank if k in m])) for k in per_rank[0]}
 
-    def sync(self) -> dict:
-        report = self.sync_weights.sync(self.version)
-        return {"time/sync": report.seconds, "charts/policy_version": float(report.version)}
+    def sync(self, busy: Sequence[ray.ObjectRef] = ()) -> dict:
+        """Learner rank 0 -> every rollout actor; `busy`: rollout calls still running (async mode)."""
+        report = self.sync_weights.sync(self.version, busy=busy)
+        return {"time/sync": report.seconds, "time/sync_broadcast": report.broadcast_seconds,
+                "charts/policy_version": float(report.version)}
 
     # ------------------------------------------------------------------ the loop
 
@@ -341,7 +362,8 @@ class Trainer:
             groups, adv_metrics = self.advantage(scored)
             learned = self.update(groups, it)
             t_upd = time.perf_counter() - t0 - t_roll - t_rew
-            synced = self.sync()
+            busy = [ref for ref, _ in pending.values()] if cfg.cluster.async_mode and it + 1 < cfg.iterations else []
+            synced = self.sync(busy)
             t_step = time.perf_counter() - t0
             probed = {}
             if probe_every and (it + 1) % probe_every == 0:  # before the next rollout takes the actors

@@ -4,14 +4,20 @@ Two backends:
 - `object_store`: rank 0 exports the trainable weights once into Ray's object store (an ObjectRef the
   driver never fetches); every rollout actor gets the same object. Cheap to set up, robust to restarts.
 - `collective`: a separate gloo/NCCL group (rollout/collective.py) with learner rank 0 as the source;
-  bucketed broadcast. If a member restarted, the group is rebuilt before the broadcast.
+  bucketed broadcast. A collective starts only when every member can join it: in async mode the
+  rollout actors are still sampling the next iteration when the update ends, so the broadcast waits
+  for those calls first (a learner waiting inside an NCCL broadcast for a long rollout trips NCCL's
+  watchdog). If a member restarted (its process id changed), every surviving member closes the old
+  group and a new one is built before the broadcast.
 Either way every acknowledgement must carry the new version and the learner's digest: after a sync the
-rollout actors hold exactly the learner's bits.
+rollout actors hold exactly the learner's bits. Under ZeRO-3 the weights are partitioned over the
+learner ranks and gathering them is a collective, so every rank is called (only rank 0 sends).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ray
@@ -25,6 +31,7 @@ class SyncReport:
     version: int
     seconds: float
     digest: str
+    broadcast_seconds: float = 0.0  # learner rank 0's time inside the collective broadcast
 
 
 class WeightSyncError(RuntimeError):
@@ -32,26 +39,36 @@ class WeightSyncError(RuntimeError):
 
 
 class WeightSync:
-    def __init__(self, backend: str, learner0, rollout_actors: list):
+    def __init__(self, backend: str, learners: list, rollout_actors: list, *, gather_on_all_ranks: bool = False):
         if backend not in ("object_store", "collective"):
             raise ValueError(f"cluster.sync_backend {backend!r}: expected 'object_store' or 'collective'")
-        self.backend, self.learner0, self.actors = backend, learner0, rollout_actors
+        self.backend, self.learner0, self.actors = backend, learners[0], rollout_actors
+        self.gatherers = learners[1:] if gather_on_all_ranks else []  # ranks that only take part in gathers
         self.latest_ref = None  # the newest exported weights, to re-send to a restarted actor
         self.latest_version = 0
         self._group_ready = False
+        self._member_pids: list[int] = []  # the rollout actors' processes when the group was built
+
+    def _pids(self) -> list[int]:
+        return [call_when_available(lambda a=a: a.pid.remote(), "a rollout actor's process id") for a in self.actors]
 
     def _build_group(self) -> None:
+        """(Re)build the broadcast group; members that belonged to an older one close it first."""
         ip, port = ray.get(self.learner0.rendezvous.remote())
         world = 1 + len(self.actors)
         calls = [self.learner0.join_sync_group.remote(ip, port, world)]
         calls += [a.join_sync_group.remote(ip, port, i + 1, world) for i, a in enumerate(self.actors)]
         ray.get(calls)
+        self._member_pids = self._pids()
         self._group_ready = True
 
-    def sync(self, version: int) -> SyncReport:
+    def sync(self, version: int, busy: Sequence[ray.ObjectRef] = ()) -> SyncReport:
+        """Send learner rank 0's weights as `version`. `busy`: calls the rollout actors are still
+        running (async mode's next rollout); the collective backend waits for them before it starts."""
         start = time.perf_counter()
         digest_ref = self.learner0.weights_digest.remote()
         self.latest_ref = self.learner0.export_sampling_weights.remote()
+        gathers = [r for lr in self.gatherers for r in (lr.weights_digest.remote(), lr.export_weights.remote())]
         self.latest_version = version
         if self.backend == "object_store":
             refs = [a.load_weights.remote(self.latest_ref, version) for a in self.actors]
@@ -63,16 +80,21 @@ class WeightSync:
                     acks.append(call_when_available(lambda a=actor: a.load_weights.remote(self.latest_ref, version),
                                                     "weight sync to a restarted rollout actor"))
         else:
-            if not self._group_ready:
+            if busy:
+                ray.wait(list(busy), num_returns=len(busy))
+            if not self._group_ready or self._pids() != self._member_pids:
                 self._build_group()
             send = self.learner0.broadcast_weights.remote()
+            gathers += [lr.broadcast_weights.remote() for lr in self.gatherers]
             acks = ray.get([a.receive_weights.remote(version) for a in self.actors])
-            ray.get(send)
+            broadcast_seconds = ray.get(send)
+        ray.get(gathers)
         digest = ray.get(digest_ref)
         bad = [a for a in acks if a["version"] != version or a["digest"] != digest]
         if bad:
             raise WeightSyncError(f"weight sync to version {version} failed for {[a['actor'] for a in bad]}")
-        return SyncReport(version, time.perf_counter() - start, digest)
+        return SyncReport(version, time.perf_counter() - start, digest,
+                          broadcast_seconds if self.backend == "collective" else 0.0)
 
     def resend(self, actor, restarted: bool = True) -> None:
         """Give a rollout actor the current weights again through the object store (after a restart, or

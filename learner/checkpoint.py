@@ -99,3 +99,19 @@ def load_optimizer_state(prefix: Path, live: dict | None = None) -> tuple[dict, 
         return unflatten_state(skeleton["state"], tensors, live), skeleton.get("extra", {})
     except Exception as err:  # json, safetensors and key errors alike mean a damaged checkpoint
         raise ValueError(f"optimizer checkpoint {prefix} is unreadable or truncated: {err}") from None
+
+
+def load_into_optimizer(optimizer, state: dict, rank: int, world_size: int) -> None:
+    """Restore one rank's optimizer state. DeepSpeed's ZeRO and bf16 optimizers take a list with one
+    state dict per data-parallel rank and read entry `rank` (stage_1_and_2.py `_load_legacy_checkpoint`,
+    stage3.py `load_state_dict`); each rank saved only its own partition, so the list holds just that
+    one. The fp32 master partitions come from the checkpoint, not from the (bf16) model weights, so a
+    resumed run continues bit-exactly. A plain torch optimizer (ZeRO-0 in fp32) takes the dict."""
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+    if isinstance(optimizer, ZeROOptimizer):
+        per_rank: list = [None] * world_size
+        per_rank[rank] = state
+        optimizer.load_state_dict(per_rank, load_optimizer_states=True, load_from_fp32_weights=True)
+    else:
+        optimizer.load_state_dict(state)

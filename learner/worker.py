@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learner.checkpoint import load_optimizer_state, save_optimizer_state
+from common.memory import peak_memory_gb
+from common.storage import check_sentinel
+from learner.checkpoint import load_into_optimizer, load_optimizer_state, save_optimizer_state
 from learner.config import LearnerConfig
 from learner.engine import (
     DistInfo,
@@ -30,6 +32,7 @@ from learner.engine import (
 )
 from learner.forward_process import ForwardProcessPlan
 from learner.losses import get_loss, pooled_mean_std
+from learner.zero3 import gathered_state_dict
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
 from rollout.devices import resolve_device
@@ -403,20 +406,26 @@ class LearnerWorker:
 
     # -- weights and checkpoints
 
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trainable weights as CPU tensors in their own dtype. Under ZeRO-3 this gathers the
+        partitioned parameters, a collective: every rank must call it (the driver calls every rank,
+        cluster/weight_sync.py), and only rank 0 gets the weights (the others get {})."""
+        if self.cfg.zero_stage != 3:
+            return self.policy.export_trainable()
+        gathered = gathered_state_dict(
+            self.policy.transformer, trainable_only=self.model_cfg.lora.enabled, keep=self.rank == 0
+        )
+        return self.policy.export_trainable(state_dict=gathered) if self.rank == 0 else {}
+
     def export_weights(self, ema: bool = False) -> dict[str, np.ndarray]:
-        """The trainable weights as numpy arrays (what weight sync broadcasts and checkpoints store);
-        `ema=True` gives the EMA copy kept for evaluation (learner.ema_decay)."""
+        """The trainable weights as numpy arrays (what weight sync sends); `ema=True` gives the EMA copy
+        kept for evaluation (learner.ema_decay). Under ZeRO-3 every rank must call it (see
+        `_trainable_state`)."""
         if ema:
             if self.ema is None:
                 raise ValueError("export_weights(ema=True) needs learner.ema_decay to be set")
             return {k: v.copy() for k, v in self.ema.state.items()}
-        if self.cfg.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(self.policy.trainable_parameters()):
-                state = self.policy.export_trainable()
-        else:
-            state = self.policy.export_trainable()
+        state = self._trainable_state()
         return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items()}
 
     def export_sampling_weights(self) -> dict[str, np.ndarray]:
@@ -427,6 +436,17 @@ class LearnerWorker:
     def get_version(self) -> int:
         return self.version
 
+    def peak_memory(self) -> dict[str, float]:
+        return peak_memory_gb(self.device)
+
+    def check_storage(self, path: str, token: str) -> str:
+        """Check that the driver's storage sentinel is visible here (common/storage.py); returns this
+        rank's Ray node id."""
+        import ray
+
+        check_sentinel(path, token, f"learner-{self.rank}")
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
     def pid(self) -> int:
         """This worker's process id (fault-injection tests kill it)."""
         import os
@@ -434,18 +454,28 @@ class LearnerWorker:
         return os.getpid()
 
     def weights_digest(self) -> str:
-        """Digest of `export_sampling_weights`: what every rollout actor must hold after a sync."""
-        return weights_digest({k: torch.from_numpy(v) for k, v in self.export_sampling_weights().items()})
+        """Digest of `export_sampling_weights`, what every rollout actor must hold after a sync (every rank
+        must call it under ZeRO-3; "" off rank 0)."""
+        state = self.export_sampling_weights()
+        return weights_digest({k: torch.from_numpy(v) for k, v in state.items()}) if state else ""
 
     def join_sync_group(self, master_addr: str, master_port: int, world_size: int) -> str:
-        """Rank 0 of the weight-broadcast group (only learner rank 0 calls this)."""
+        """Rank 0 of the weight-broadcast group (only learner rank 0 calls this); a group this rank
+        belonged to before (a rollout actor restarted) is closed first."""
+        if self.sync_group is not None:
+            self.sync_group.close()
         self.sync_group = SyncGroup(master_addr, master_port, 0, world_size, self.device)
         return f"learner-{self.rank}"
 
-    def broadcast_weights(self) -> int:
-        """Send the trainable weights to every rollout actor of the sync group; returns the version."""
-        self.sync_group.broadcast({k: torch.from_numpy(v) for k, v in self.export_sampling_weights().items()})
-        return self.version
+    def broadcast_weights(self) -> float:
+        """Send the trainable weights to every rollout actor of the sync group; returns the seconds
+        spent inside the broadcast. Under ZeRO-3 every rank calls this to take part in the gather;
+        only rank 0 sends."""
+        state = self.export_sampling_weights()
+        start = time.perf_counter()
+        if self.sync_group is not None:
+            self.sync_group.broadcast({k: torch.from_numpy(v) for k, v in state.items()})
+        return time.perf_counter() - start
 
     def save_checkpoint(self, directory: str) -> None:
         """This rank's optimizer state (and, on rank 0, the trainable weights) into `directory`."""
@@ -453,8 +483,9 @@ class LearnerWorker:
 
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
+        weights = self._trainable_state()  # every rank: a collective under ZeRO-3
         if self.rank == 0:
-            save_file({k: torch.from_numpy(v) for k, v in self.export_weights().items()}, path / "trainable.safetensors")
+            save_file(weights, path / "trainable.safetensors")  # in the weights' own dtype: no fp32 copy of bf16
             if self.ema is not None:
                 save_file({k: torch.from_numpy(v) for k, v in self.ema.state.items()}, path / "ema.safetensors")
             if (old := self.plan.state()) is not None:
@@ -471,7 +502,12 @@ class LearnerWorker:
         path = Path(directory)
         weights = path / "trainable.safetensors"
         try:
-            self.policy.load_trainable(load_file(weights))
+            if self.cfg.zero_stage == 3:
+                # Partitioned parameters are restored from the optimizer's fp32 partitions below; the
+                # weights file is only checked against this policy's trainable names.
+                self.policy.check_trainable_names(load_file(weights).keys())
+            else:
+                self.policy.load_trainable(load_file(weights))
         except (KeyError, RuntimeError, OSError) as err:  # wrong keys, shapes (another LoRA rank), or a damaged file
             raise ValueError(f"checkpoint {weights} does not fit this policy (model.lora settings?): {err}") from None
         if self.ema is not None:
@@ -485,7 +521,10 @@ class LearnerWorker:
                 raise FileNotFoundError(f"learner.old_policy is 'ema' but checkpoint {path} has no {old_file.name}")
             self.plan.load_state({k: v.numpy() for k, v in load_file(old_file).items()})
         state, extra = load_optimizer_state(path / f"optimizer_rank{self.rank}", live=self.engine.optimizer.state_dict())
-        self.engine.optimizer.load_state_dict(state)
+        try:
+            load_into_optimizer(self.engine.optimizer, state, self.rank, self.world_size)
+        except (KeyError, RuntimeError, ValueError) as err:  # another layout: LoRA rank, ZeRO stage, rank count
+            raise ValueError(f"optimizer state {path / f'optimizer_rank{self.rank}'} does not fit this run: {err}") from None
         self.engine.global_steps = int(extra["global_steps"])
         self.version = int(extra["version"])
         return self.version

@@ -22,15 +22,22 @@ class SyncGroup:
                  timeout_s: float = 300.0):
         timeout = timedelta(seconds=timeout_s)
         store = dist.TCPStore(master_addr, master_port, world_size, is_master=rank == 0, timeout=timeout)
-        store = dist.PrefixStore("flowray-weight-sync", store)
+        self.store = dist.PrefixStore("flowray-weight-sync", store)
         self.device, self.rank, self.world_size = device, rank, world_size
         if device.type == "cuda":
-            self.pg = dist.ProcessGroupNCCL(store, rank, world_size)
+            self.pg = dist.ProcessGroupNCCL(self.store, rank, world_size)
         else:
             opts = dist.ProcessGroupGloo._Options()
             opts._timeout = timeout
             opts._devices = [dist.ProcessGroupGloo.create_device(hostname=_own_address(master_addr))]
-            self.pg = dist.ProcessGroupGloo(store, rank, world_size, opts)
+            self.pg = dist.ProcessGroupGloo(self.store, rank, world_size, opts)
+
+    def close(self) -> None:
+        """Tear the group down: abort (it does not wait for a collective a dead member never joined, as
+        NCCL's shutdown would) and release the store, so no communicator or port outlives the group."""
+        if self.pg is not None:
+            self.pg.abort()
+        self.pg = self.store = None
 
     def broadcast(self, state: dict[str, torch.Tensor], bucket_bytes: int = 64 << 20) -> None:
         """Broadcast `state` from rank 0 in place: on receivers, `state` holds correctly shaped buffers."""

@@ -32,7 +32,7 @@ import copy
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -352,28 +352,33 @@ class Policy:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.transformer.parameters() if p.requires_grad]
 
-    def export_trainable(self) -> dict[str, torch.Tensor]:
+    def export_trainable(self, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The trainable weights as a flat name -> CPU tensor dict (safetensors-compatible).
 
         LoRA: peft's adapter state dict (adapter name stripped), so it loads into any copy with the
-        same LoraSettings; full fine-tuning: the transformer's state dict.
+        same LoraSettings; full fine-tuning: the transformer's state dict. `state_dict`: the
+        transformer's state dict already gathered to CPU (ZeRO-3, learner/zero3.py) instead of its own.
         """
+        state = state_dict if state_dict is not None else self.transformer.state_dict()
         if self.cfg.lora.enabled:
-            state = get_peft_model_state_dict(self.transformer)
-        else:
-            state = self.transformer.state_dict()
-        return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in state.items()}
+            state = get_peft_model_state_dict(self.transformer, state_dict=state)
+        copy = state_dict is None  # a gathered dict is already a private CPU copy
+        return {name: t.detach().to("cpu", copy=copy).contiguous() for name, t in state.items()}
 
-    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
-        """Load what `export_trainable` produced (weight sync, checkpoints); key sets must match."""
-        own = self.export_trainable().keys()
-        if set(state) != set(own):
-            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    def check_trainable_names(self, names: Iterable[str]) -> None:
+        """KeyError unless `names` are exactly the names `export_trainable` produces."""
+        own, names = set(self.export_trainable()), set(names)
+        if names != own:
+            missing, extra = sorted(own - names), sorted(names - own)
             raise KeyError(
                 f"trainable weights do not match this policy (lora.enabled={self.cfg.lora.enabled}): "
                 f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
                 f"{extra[:5]}{'...' if len(extra) > 5 else ''}"
             )
+
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what `export_trainable` produced (weight sync, checkpoints); key sets must match."""
+        self.check_trainable_names(state)
         if self.cfg.lora.enabled:
             set_peft_model_state_dict(self.transformer, state)
         else:

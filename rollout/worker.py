@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.memory import peak_memory_gb
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
 from rollout.devices import resolve_device
@@ -144,7 +145,10 @@ class RolloutWorker:
         return {"actor": self.name, "version": version, "digest": weights_digest(self.policy.export_trainable())}
 
     def join_sync_group(self, master_addr: str, master_port: int, rank: int, world_size: int) -> str:
-        """Become rank `rank` of the weight-broadcast group (cluster.weight_sync, collective backend)."""
+        """Become rank `rank` of the weight-broadcast group (cluster.weight_sync, collective backend),
+        closing the group this actor belonged to before (another member restarted)."""
+        if self.sync_group is not None:
+            self.sync_group.close()
         self.sync_group = SyncGroup(master_addr, master_port, rank, world_size, self.policy.device)
         return self.name
 
@@ -166,6 +170,9 @@ class RolloutWorker:
         import os
 
         return os.getpid()
+
+    def peak_memory(self) -> dict[str, float]:
+        return peak_memory_gb(self.policy.device)
 
     def ping(self) -> str:
         return self.name
