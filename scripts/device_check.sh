@@ -27,10 +27,10 @@ export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 
 start=$(date +%s)
 echo "device_check: building the real-width reduced-depth folders under $OUT/models"
-"$PYTHON" "$BUILDER" --output-dir "$OUT/models"
-for family in sd35 flux; do
-  if [ ! -f "$OUT/models/$family/model_index.json" ]; then
-    echo "device_check: $BUILDER did not write $OUT/models/$family/model_index.json" >&2
+"$PYTHON" "$BUILDER" "$OUT/models"
+for folder in sd35-medium-real-width flux1-dev-real-width; do
+  if [ ! -f "$OUT/models/$folder/model_index.json" ]; then
+    echo "device_check: $BUILDER did not write $OUT/models/$folder/model_index.json" >&2
     exit 2
   fi
 done
@@ -43,6 +43,6 @@ run() {  # family config
   "$PYTHON" scripts/device_check.py --config "$2" --model-path "$OUT/models/$1" \
     --output-dir "$OUT/runs/$1" $GPU_FLAG ${DEVICE_CHECK_OVERRIDES:-}  # word-split on purpose
 }
-run sd35 "$SD35_CONFIG"
-run flux "$FLUX_CONFIG"
+run sd35-medium-real-width "$SD35_CONFIG"
+run flux1-dev-real-width "$FLUX_CONFIG"
 echo "device_check: done in $(( $(date +%s) - start )) s; reports in $OUT/runs/*/device_check.json"
