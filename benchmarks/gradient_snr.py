@@ -55,7 +55,7 @@ def mean_pairwise_cosine(grads: list[torch.Tensor]) -> tuple[float, float]:
     return float(np.mean(cos)), float(np.std(cos) / np.sqrt(len(grads)))
 
 
-def batch_gradient(learner: LearnerWorker, groups, noise_level: float, kind: str) -> torch.Tensor:
+def batch_gradient(learner: LearnerWorker, groups, noise_level: float, kind: str, form: str = "gaussian") -> torch.Tensor:
     """Flattened gradient of the mean per-transition loss over every kept transition of `groups`."""
     policy = learner.policy
     for p in policy.trainable_parameters():
@@ -63,7 +63,7 @@ def batch_gradient(learner: LearnerWorker, groups, noise_level: float, kind: str
     rows = flatten_transitions(groups)
     mbs = build_micro_batches(groups, rows, learner.cfg.micro_batch_size)
     for mb in mbs:
-        loss, _ = learner._loss(mb, noise_level, kind)
+        loss, _ = learner._loss(mb, noise_level, kind, form)
         (loss * len(mb) / len(rows)).backward()
     return torch.cat([p.grad.flatten() for p in policy.trainable_parameters()])
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         groups, _ = iteration_advantages(scored, cfg)
         t1 = time.perf_counter()
         r0 = groups[0].rollout
-        grads.append(batch_gradient(learner, groups, r0.noise_level, r0.sde_kind))
+        grads.append(batch_gradient(learner, groups, r0.noise_level, r0.sde_kind, r0.log_prob_form))
         t2 = time.perf_counter()
         sample_s, grad_s = sample_s + t1 - t0, grad_s + t2 - t1
         print(f"[{b + 1}/{args.batches}] sampled+scored {t1 - t0:.1f} s, gradient {t2 - t1:.1f} s, "

@@ -54,8 +54,6 @@ def test_bf16_rollout_update_sync_checkpoint(tiny_sd3_path, tmp_path, lora):
     assert (tmp_path / "trainable.safetensors").is_file()
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="issue 13 item 4 (part B): ZeRO-1/2 optimizer state is "
-                   "loaded as one dict where DeepSpeed indexes a per-rank list; remove this mark with that fix")
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_bf16_resume_continues_bit_exactly(tiny_sd3_path, tmp_path, lora):
     rollout, learner = _workers(tiny_sd3_path, lora, beta=0.01)

@@ -160,7 +160,7 @@ def test_forward_process_solvers_differ_and_sde_explores():
     ("override", "key"),
     [
         ("sampling.timestep_fraction=0.5", "sampling.timestep_fraction"),
-        ("sampling.window_size=2", "sampling.window_size"),
+        ("sampling.window_size=3", "sampling.window_size"),
         ("learner.kl_form=exact", "learner.kl_form"),
         ("learner.train_timesteps=0", "learner.train_timesteps"),
         ("learner.train_timesteps=11", "learner.train_timesteps"),
