@@ -431,8 +431,9 @@ class Trainer:
         plot_curves(out / "metrics.jsonl", out / "curves.png", base=base.summary if base else None,
                     final=final.summary)
         if base is not None:
-            pick = base.image_index(per_prompt=4, prompts_per_tag=2)
-            before_after_grid(base.images[pick], final.images[pick], out / "before_after.png", per_prompt=4)
+            per_prompt = min(4, *(len(seeds) for seeds in base.plan.seeds))  # a row: one prompt's images
+            pick = base.image_index(per_prompt=per_prompt, prompts_per_tag=2)
+            before_after_grid(base.images[pick], final.images[pick], out / "before_after.png", per_prompt=per_prompt)
         return final
 
     def _sample(self, grid: str = "eval"):
