@@ -27,7 +27,7 @@ pytestmark = pytest.mark.system
 def test_async_broadcast_waits_for_sampling_and_a_restarted_actor_gets_a_new_group(local_ray, tiny_sd3_path, tmp_path):
     cfg = _config(tiny_sd3_path, tmp_path, **{
         "cluster.num_learner_ranks": 1, "learner.zero_stage": 0, "cluster.sync_backend": "collective",
-        "cluster.async_mode": "true", "sampling.num_steps": 8, "data.images_per_iteration": 16,
+        "cluster.async_mode": "true", "sampling.num_steps": 40, "data.images_per_iteration": 96,
     })  # fmt: skip
     with Trainer(cfg) as trainer:
         pending = trainer.submit_rollout(0)  # the next iteration's sampling, in flight during the sync
