@@ -33,13 +33,15 @@ def test_a_hidden_assigned_gpu_is_an_error():
         visible_index(["4"], "0,1")
 
 
-def test_auto_is_cpu_without_a_gpu_and_logged(capsys):
-    if torch.cuda.is_available():
-        pytest.skip("this check is for a CPU-only machine")
-    assert resolve_device("auto", "eval") == torch.device("cpu")
-    assert "[flowray] eval: device cpu" in capsys.readouterr().out
-    with pytest.raises(RuntimeError, match="learner-0 was given a GPU but CUDA is not available"):
-        resolve_device("cuda", "learner-0")
+def test_auto_picks_the_visible_device_and_logs_it(capsys):
+    """'auto' is the GPU when this process sees one (launch.py eval on a GPU machine), else the CPU."""
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto", "eval").type == expected
+    out = capsys.readouterr().out
+    assert ("[flowray] eval: device cpu" if expected == "cpu" else "[flowray] eval: Ray GPU ids") in out
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="learner-0 was given a GPU but CUDA is not available"):
+            resolve_device("cuda", "learner-0")
     with pytest.raises(ValueError, match="expected one of"):
         resolve_device("gpu", "rollout-0")
 
