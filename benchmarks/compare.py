@@ -9,7 +9,13 @@ Every run trains one preset from the same base model on local Ray until both bud
 (training wall time, evaluations excluded; and cumulative rollout NFE: G2RPO spends ~7x Flow-GRPO's
 per prompt). It evaluates at the iteration where each budget is first crossed (that is the preset's
 result at that budget), every `--eval-every` iterations, and at the end. The base model is evaluated
-once and shared (fixed eval seeds: it does not depend on the preset or the seed). Writes results.json, a figure with accuracy
+once and shared (fixed eval seeds: it does not depend on the preset or the seed).
+
+Every evaluation is the preset's powered evaluation (the same images, seed by seed), so each result
+is a paired change over the base model with its 95% interval, and presets are ranked per budget with
+each one's paired difference from the best (same images). With several seeds the per-image verdicts
+are averaged over seeds first: the interval covers the evaluation's noise, and the table shows the
+spread between seeds beside it. Writes results.json (runs and rankings), a figure with accuracy
 against wall time and against NFE, and a Markdown table; `--write-readme` puts the table and the
 command into README's results section (between its markers), so the README numbers are never typed
 by hand.
@@ -54,12 +60,13 @@ def applicable(overrides: list[str], family: str) -> list[str]:
     return [o for o in overrides if o.split("=", 1)[0] not in keys]
 
 
-def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, base: dict | None) -> dict:
+def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, base_file: Path | None) -> dict:
     """Train `preset` until both budgets are spent (training wall seconds and rollout NFE), evaluating
     at the iteration each budget is first crossed; the accuracy there is the preset's result at that
     budget. One run serves both budgets: a budget is crossed within one iteration of its limit.
-    `base`: the base model's evaluation when an earlier run already made it (it does not depend on
-    the preset's RL settings or seed: fixed eval seeds, same model)."""
+    `base_file`: the base model's eval_base.json when an earlier run already made it (it does not
+    depend on the preset's RL settings or seed: fixed eval seeds, same model). Each budget's entry
+    names the evaluation file it was read from (`eval_file`), for the paired comparisons."""
     from cluster.plots import eval_points, read_metrics
     from cluster.trainer import Trainer
 
@@ -67,7 +74,7 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, b
     path = REPO_ROOT / "configs" / f"{preset}.yaml"
     cfg = load_config(path, [
         f"seed={seed}", f"logging.output_dir={run_dir}", f"logging.eval_every={args.eval_every}",
-        f"logging.eval_base={str(base is None).lower()}", "logging.tensorboard=false",
+        f"logging.eval_base={str(base_file is None).lower()}", "logging.tensorboard=false",
         "logging.checkpoint_every=0", f"iterations={args.max_iterations}",
         *applicable(args.overrides, load_config(path).learner.family),
     ])  # fmt: skip
@@ -82,8 +89,8 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, b
         final = trainer.run(stop=lambda m: all(m[BUDGET_KEYS[b]] >= lim for b, lim in limits.items()),
                             evaluate_when=budget_crossed)
     rows = read_metrics(run_dir / "metrics.jsonl")
-    if base is None:
-        base = json.loads((run_dir / "eval_base.json").read_text())
+    base_file = base_file or run_dir / "eval_base.json"
+    base = json.loads(base_file.read_text())
     points = eval_points(rows, base.get("overall", float("nan")), final.summary.get("overall", float("nan")),
                          x_keys=("charts/wall_seconds", "charts/nfe_total"))
     at = {}
@@ -92,33 +99,89 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, b
         capped = i is None or i == len(rows) - 1
         summary = final.summary if capped else {k[5:]: v for k, v in rows[i].items() if k.startswith("eval/")}
         row = rows[-1] if i is None else rows[i]
+        name = "eval" if capped else f"eval_iter{i + 1:06d}"
         at[budget] = {"iterations": len(rows) if i is None else i + 1, "summary": summary, "reached": i is not None,
-                      "wall_s": row["charts/wall_seconds"], "nfe": row["charts/nfe_total"]}
+                      "wall_s": row["charts/wall_seconds"], "nfe": row["charts/nfe_total"],
+                      "eval_file": str(run_dir / f"{name}.json")}
     return {"preset": preset, "seed": seed, "iterations": len(rows), "final": final.summary, "base": base,
-            "curve": points, "at": at}
+            "base_file": str(base_file), "curve": points, "at": at}
 
 
-def table(results: list[dict]) -> str:
-    """One row per preset and budget: where each run stood when the budget was spent (mean over seeds)."""
-    tags = [t for t in TAGS if any(t in r["base"] for r in results)]
-    lines = ["| preset | budget | seeds | iterations | NFE | train s | base | overall (mean ± std) | "
-             + " | ".join(tags) + " |", "|---" * (8 + len(tags)) + "|"]
-    for preset in dict.fromkeys(r["preset"] for r in results):
-        rs = [r for r in results if r["preset"] == preset]
-        for budget in ("wall", "nfe"):
-            at = [r["at"][budget] for r in rs if budget in r["at"]]
-            if not at:
+def paired_change(before: list[str], after: list[str]) -> dict:
+    """Accuracy of `after` minus `before`, image by image, per tag and overall, with the paired bootstrap
+    95% interval (cluster.eval_stats.bootstrap, the prompt set fixed). Several files on a side (one per
+    seed) are averaged image by image first: the interval then covers the evaluation's noise around
+    the seeds' mean, not the spread between seeds (the table reports that spread beside it)."""
+    from cluster.eval_stats import bootstrap
+    from cluster.evaluation import EvaluationFileError, accuracy_key, load_evaluation
+
+    def mean_correct(files: list[str]) -> tuple[np.ndarray, list[dict], str]:
+        loaded = [load_evaluation(f) for f in files]
+        prints = {summary["fingerprint"] for summary, _ in loaded}
+        if len(prints) != 1:
+            raise EvaluationFileError(f"{files}: evaluations of different prompts, seeds or counts")
+        rows = loaded[0][1]
+        key = accuracy_key(rows)
+        return np.mean([[float(r[key] or 0.0) for r in rs] for _, rs in loaded], axis=0), rows, prints.pop()
+
+    (a, rows, fa), (b, _, fb) = mean_correct(before), mean_correct(after)
+    if fa != fb:
+        raise EvaluationFileError(f"{before} vs {after}: evaluations of different prompts, seeds or counts")
+    est = bootstrap(b - a, [r["prompt_index"] for r in rows], [r["tag"] for r in rows])
+    return {k: {"difference": e.value, "ci": e.as_list()} for k, e in est.items()}
+
+
+def rankings(results: list[dict]) -> dict[str, list[dict]]:
+    """Per budget, the presets ranked by their paired change over the base model (mean over seeds), each
+    with that change and its paired difference from the best preset at the same budget."""
+    out = {}
+    for budget in ("wall", "nfe"):
+        ranked = []
+        for preset in dict.fromkeys(r["preset"] for r in results):
+            rs = [r for r in results if r["preset"] == preset and budget in r["at"]]
+            if not rs:
                 continue
-            overall = np.array([a["summary"].get("overall", np.nan) for a in at])
-            short = "" if all(a["reached"] for a in at) else " (cap hit first)"
-            per_tag = " | ".join(f"{np.mean([a['summary'].get(t, np.nan) for a in at]):.2f}" for t in tags)
-            lines.append(
-                f"| {preset} | {budget}{short} | {len(at)} | {np.mean([a['iterations'] for a in at]):.0f} "
-                f"| {np.mean([a['nfe'] for a in at]):.0f} | {np.mean([a['wall_s'] for a in at]):.0f} "
-                f"| {np.mean([r['base'].get('overall', np.nan) for r in rs]):.3f} "
-                f"| {overall.mean():.3f} ± {overall.std():.3f} | {per_tag} |"
-            )
-    return "\n".join(lines)
+            files = [r["at"][budget]["eval_file"] for r in rs]
+            overall = [r["at"][budget]["summary"].get("overall", float("nan")) for r in rs]
+            ranked.append({
+                "preset": preset, "files": files, "seeds": len(rs), "reached": all(r["at"][budget]["reached"] for r in rs),
+                "iterations": float(np.mean([r["at"][budget]["iterations"] for r in rs])),
+                "nfe": float(np.mean([r["at"][budget]["nfe"] for r in rs])),
+                "wall_s": float(np.mean([r["at"][budget]["wall_s"] for r in rs])),
+                "overall": float(np.mean(overall)), "seed_std": float(np.std(overall)),
+                "change": paired_change([r["base_file"] for r in rs], files),
+            })  # fmt: skip
+        ranked.sort(key=lambda x: -x["change"]["overall"]["difference"])
+        for x in ranked:
+            x["vs_best"] = paired_change(ranked[0]["files"], x["files"])["overall"]
+        out[budget] = ranked
+    return out
+
+
+def _ci(d: dict) -> str:
+    return f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+
+
+def table(results: list[dict], ranked: dict[str, list[dict]]) -> str:
+    """Per budget, one row per preset, best first: accuracy where the budget was spent, its paired change
+    over the base model per tag and overall (95% intervals), and its paired difference from the best."""
+    tags = [t for t in TAGS if any(t in r["base"] for r in results)]
+    base = np.mean([r["base"].get("overall", np.nan) for r in results])
+    blocks = []
+    for budget, rows in ranked.items():
+        title = "equal wall-clock training time" if budget == "wall" else "equal rollout NFE"
+        lines = [f"**{title}** (base overall {base:.3f}; changes are paired over the same evaluation images)", "",
+                 "| rank | preset | seeds | iterations | NFE | train s | overall | change [95% CI] | vs best [95% CI] | "
+                 + " | ".join(tags) + " |", "|---" * (9 + len(tags)) + "|"]
+        for n, x in enumerate(rows, 1):
+            spread = f" ± {x['seed_std']:.3f}" if x["seeds"] > 1 else ""
+            short = "" if x["reached"] else " (cap hit first)"
+            vs_best = "best" if n == 1 else _ci({"difference": x["vs_best"]["difference"], "ci": x["vs_best"]["ci"]})
+            lines.append(f"| {n} | {x['preset']}{short} | {x['seeds']} | {x['iterations']:.0f} | {x['nfe']:.0f} | "
+                         f"{x['wall_s']:.0f} | {x['overall']:.3f}{spread} | {_ci(x['change']['overall'])} | {vs_best} | "
+                         + " | ".join(_ci(x["change"][t]) for t in tags) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def figure(results: list[dict], limits: dict[str, float], path: Path) -> None:
@@ -172,22 +235,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     paths = [REPO_ROOT / "configs" / f"{p}.yaml" for p in args.presets]
     configs = [load_config(path, applicable(args.overrides, load_config(path).learner.family)) for path in paths]
     start_local_ray(max(map(cpu_demand, configs)), log_to_driver=False)
-    results, base = [], None
+    results, base_file = [], None
     limits = {"wall": 60 * args.minutes, "nfe": args.nfe}
     try:
         for preset in args.presets:
             for seed in args.seeds:
                 print(f"[compare] {preset} seed {seed} until wall {limits['wall']:g} s and NFE {limits['nfe']:g}",
                       flush=True)
-                results.append(run_one(preset, seed, limits, args, out, base))
-                base = results[-1]["base"]
+                results.append(run_one(preset, seed, limits, args, out, base_file))
+                base_file = Path(results[-1]["base_file"])
                 print(f"[compare] {preset} seed {seed}: " + ", ".join(
                     f"{b} {a['summary'].get('overall', float('nan')):.3f}" for b, a in results[-1]["at"].items()),
                     flush=True)
     finally:
         ray.shutdown()
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    markdown = table(results)
+    ranked = rankings(results)
+    (out / "results.json").write_text(json.dumps({"runs": results, "rankings": ranked}, indent=2))
+    markdown = table(results, ranked)
     (out / "results.md").write_text(markdown + "\n")
     figure(results, limits, out / "compare.png")
     print(markdown)

@@ -37,7 +37,18 @@ def test_compare_runs_every_preset_and_writes_table_and_figure(tiny_sd3_path, tm
     assert (tmp_path / "compare.png").stat().st_size > 1000
     table = (tmp_path / "results.md").read_text()
     assert all(p in table for p in compare.PRESETS)
-    assert len(json.loads((tmp_path / "results.json").read_text())) == len(compare.PRESETS) == 7
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["runs"]) == len(compare.PRESETS) == 7
+    for budget, ranked in saved["rankings"].items():  # every preset ranked, with paired intervals
+        assert sorted(x["preset"] for x in ranked) == sorted(compare.PRESETS), budget
+        changes = [x["change"]["overall"]["difference"] for x in ranked]
+        assert changes == sorted(changes, reverse=True)
+        assert ranked[0]["vs_best"] == {"difference": 0.0, "ci": [0.0, 0.0]}
+        for x in ranked:
+            low, high = x["change"]["overall"]["ci"]
+            assert low <= x["change"]["overall"]["difference"] <= high
+            # vs best = this preset's change minus the best's (same base images, paired)
+            assert x["vs_best"]["difference"] == pytest.approx(changes[ranked.index(x)] - changes[0], abs=1e-9)
 
 
 def test_shared_overrides_skip_the_keys_of_the_other_family():
