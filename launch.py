@@ -22,7 +22,7 @@ from pathlib import Path
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="flowray: online RL for flow-matching text-to-image models on Ray")
-    p.add_argument("--config", help="YAML preset (default: configs/shapes_flowgrpo.yaml)")
+    p.add_argument("--config", help="YAML preset (default: configs/shapes_nft.yaml)")
     p.add_argument("--iterations", type=int, help="override `iterations`")
     p.add_argument("--output-dir", help="override `logging.output_dir`")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="launch.py eval", description="evaluate a policy (ODE, T_eval steps)")
-    p.add_argument("--config", help="YAML preset (default: configs/shapes_flowgrpo.yaml)")
+    p.add_argument("--config", help="YAML preset (default: configs/shapes_nft.yaml)")
     p.add_argument("--checkpoint", help="a checkpoint folder (checkpoints/iter_*) or a run dir (its newest)")
     p.add_argument("--split", choices=("test", "train"), default="test",
                    help="test: data.test_prompts (the reported accuracy); train: the held-out check on the "

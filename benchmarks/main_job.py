@@ -1,6 +1,6 @@
 """The main job, measured: README's first command (the default preset) with periodic evaluations.
 
-    python benchmarks/main_job.py [--config configs/shapes_flowgrpo.yaml] [--eval-every 5] [--target 0.90]
+    python benchmarks/main_job.py [--config configs/shapes_nft.yaml] [--eval-every 5] [--target 0.90]
                                   [--output outputs/main_job] [--write-readme] [key=value ...]
 
 It runs exactly what `python launch.py` runs (Trainer.run on local Ray: base evaluation, training, final
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from cluster.config import REPO_ROOT, load_config  # noqa: E402
+from cluster.config import DEFAULT_PRESET, REPO_ROOT, load_config  # noqa: E402
 
 BEGIN, END = "<!-- BEGIN MAIN JOB RESULTS -->", "<!-- END MAIN JOB RESULTS -->"
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -101,7 +101,7 @@ def gain_points(out: Path, rows: list[dict], final_seconds: float) -> list[tuple
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(REPO_ROOT / "configs" / "shapes_flowgrpo.yaml"))
+    p.add_argument("--config", default=str(DEFAULT_PRESET))
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--target", type=float, default=0.90)
     p.add_argument("--min-gain", type=float, default=0.10, help="the gain whose lower 95%% end the report times")

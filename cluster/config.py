@@ -18,7 +18,9 @@ from rewards.config import RewardsConfig
 from rollout.config import ModelConfig, SamplingConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PRESET = REPO_ROOT / "configs" / "shapes_flowgrpo.yaml"
+# The main job (README's first command): the algorithm that trains the embedded default best on 2 CPU
+# cores (README, Results). The Flow-GRPO family's presets are configs/shapes_{flowgrpo,...}.yaml.
+DEFAULT_PRESET = REPO_ROOT / "configs" / "shapes_nft.yaml"
 
 
 def resolve(path: str) -> str:

@@ -150,8 +150,9 @@ def test_iteration_drops_only_samples_without_signal_under_advantage_sum():
     from rewards.base import ScoreResult
     from rollout.types import Rollout, Transitions
     from rollout.worker import GroupRequest, GroupResult
+    from tests.tiny_models import FLOWGRPO
 
-    cfg = load_config(overrides=["rewards.combination=advantage_sum", "learner.drop_zero_std_groups=true"])
+    cfg = load_config(FLOWGRPO, ["rewards.combination=advantage_sum", "learner.drop_zero_std_groups=true"])
     cfg.rewards.scorers[1].weight = 1.0  # both scorers trained on
     names = [s.name for s in cfg.rewards.scorers]
     g = 4

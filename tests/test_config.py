@@ -8,6 +8,7 @@ import pytest
 
 from cluster.config import REPO_ROOT, ConfigError, ExperimentConfig, config_reference, load_config
 from tests.script_loader import load_script
+from tests.tiny_models import FLOWGRPO
 
 pytestmark = pytest.mark.unit
 
@@ -15,8 +16,8 @@ PRESETS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 
 
 def test_default_preset_loads():
-    cfg = load_config()
-    assert cfg.sampling.strategy == "flow_grpo"
+    cfg = load_config()  # the main job: DiffusionNFT (README, Results)
+    assert (cfg.sampling.strategy, cfg.learner.loss) == ("forward_process", "diffusion_nft")
     assert cfg.prompts_per_iteration * cfg.sampling.group_size == cfg.data.images_per_iteration
 
 
@@ -26,7 +27,7 @@ def test_every_preset_validates(preset):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["learner.learning_rate=1e-5", "sampling.g2rpo_steps=[0,1]", "cluster.async_mode=true"])
+    cfg = load_config(FLOWGRPO, ["learner.learning_rate=1e-5", "sampling.g2rpo_steps=[0,1]", "cluster.async_mode=true"])
     assert cfg.learner.learning_rate == 1e-5
     assert cfg.sampling.g2rpo_steps == [0, 1]
     assert cfg.cluster.async_mode is True
@@ -50,18 +51,18 @@ def test_overrides_are_typed():
 )
 def test_invalid_fields_are_named(override, named):
     if named is None:
-        load_config(None, [override])
+        load_config(FLOWGRPO, [override])
         return
     with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
+        load_config(FLOWGRPO, [override])
     assert named in str(err.value)
 
 
 def test_cross_field_errors_name_the_key():
     with pytest.raises(ConfigError, match="sampling.g2rpo_steps must lie in"):
-        load_config(None, ["sampling.strategy=g2rpo", "sampling.g2rpo_steps=[9]"])
+        load_config(FLOWGRPO, ["sampling.strategy=g2rpo", "sampling.g2rpo_steps=[9]"])
     with pytest.raises(ConfigError, match="cluster.max_staleness must be >= 1"):
-        load_config(None, ["cluster.async_mode=true", "cluster.max_staleness=0"])
+        load_config(FLOWGRPO, ["cluster.async_mode=true", "cluster.max_staleness=0"])
 
 
 def test_bad_files_and_overrides(tmp_path: Path):
@@ -75,9 +76,9 @@ def test_bad_files_and_overrides(tmp_path: Path):
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(bad)
     with pytest.raises(ConfigError, match="not of the form key=value"):
-        load_config(None, ["learner.learning_rate"])
+        load_config(FLOWGRPO, ["learner.learning_rate"])
     with pytest.raises(ConfigError, match="is a value, not a section"):
-        load_config(None, ["seed.x=1"])
+        load_config(FLOWGRPO, ["seed.x=1"])
 
 
 def test_reference_documents_every_field():

@@ -10,6 +10,7 @@ from cluster.actors import _env
 from cluster.config import load_config
 from cluster.evaluation import display_scale
 from rollout.devices import resolve_device, visible_index
+from tests.tiny_models import FLOWGRPO
 
 pytestmark = pytest.mark.unit
 
@@ -47,7 +48,7 @@ def test_auto_picks_the_visible_device_and_logs_it(capsys):
 
 
 def test_actors_get_the_hub_token_only_when_set(monkeypatch):
-    cfg = load_config(None, [])
+    cfg = load_config(FLOWGRPO, [])
     monkeypatch.delenv("HF_TOKEN", raising=False)
     assert "HF_TOKEN" not in _env(cfg)["env_vars"]
     monkeypatch.setenv("HF_TOKEN", "hf_test")

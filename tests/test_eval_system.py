@@ -12,7 +12,7 @@ import pytest
 import launch
 from cluster.config import load_config
 from cluster.trainer import Trainer
-from tests.tiny_models import SMALL_EVAL
+from tests.tiny_models import FLOWGRPO, SMALL_EVAL
 
 pytestmark = pytest.mark.system
 
@@ -32,7 +32,7 @@ def _overrides(tiny_sd3_path, tmp_path) -> list[str]:
 def test_run_evaluates_pairs_and_monitors_and_the_cli_agrees(local_ray, tiny_sd3_path, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     overrides = _overrides(tiny_sd3_path, tmp_path)
-    with Trainer(load_config(None, overrides)) as trainer:
+    with Trainer(load_config(FLOWGRPO, overrides)) as trainer:
         final = trainer.run().summary
     for name in ("eval_base", "eval", "eval_base_train", "eval_train"):
         assert (tmp_path / f"{name}_images.jsonl").is_file(), name

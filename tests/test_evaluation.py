@@ -24,6 +24,7 @@ from cluster.evaluation import (
 from rewards.base import build_scorer
 from rewards.prompts import load_prompts
 from rewards.shapes import all_records, mislabeled_caption, render, sample_scene
+from tests.tiny_models import FLOWGRPO
 
 TEST_PROMPTS = load_prompts("assets/prompts/shapes_test.jsonl")
 ALL_RECORDS = {r["prompt"]: r for rs in all_records().values() for r in rs}
@@ -62,7 +63,7 @@ def test_a_plan_too_small_for_its_targets_is_refused_naming_the_key():
     enough = plan_evaluation(TEST_PROMPTS, split="test", seed=1, images_per_tag=200, images_per_prompt=1)
     worst = check_power(enough, 0.07, 0.03)
     assert worst["single_object"] <= 0.07 and worst["overall"] <= 0.03
-    cfg = load_config(None, ["data.eval_images_per_tag=100", "data.eval_max_halfwidth=0.07"])
+    cfg = load_config(FLOWGRPO, ["data.eval_images_per_tag=100", "data.eval_max_halfwidth=0.07"])
     with pytest.raises(ConfigError, match="data.eval_images_per_tag"):
         plan_for(cfg, "test")
 

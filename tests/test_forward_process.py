@@ -18,6 +18,7 @@ from rollout.config import LoraSettings, ModelConfig, SamplingConfig
 from rollout.schedule import sd3_sigmas
 from rollout.strategies import sample_group
 from rollout.worker import GroupRequest, RolloutWorker
+from tests.tiny_models import FLOWGRPO
 
 SHAPE = (4, 2, 3, 3)
 
@@ -182,13 +183,13 @@ def test_forward_process_presets_reject_per_step_options_naming_the_key(preset, 
 @pytest.mark.parametrize("override", ["learner.nft_beta=0.5", "sampling.solver=dpm", "learner.old_policy=ema"])
 def test_per_step_presets_reject_forward_process_options(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
-        load_config(None, [override])
+        load_config(FLOWGRPO, [override])
 
 
 @pytest.mark.unit
 def test_per_step_loss_with_the_forward_process_strategy_is_an_error():
     with pytest.raises(ConfigError, match=r"sampling\.strategy"):
-        load_config(None, ["sampling.strategy=forward_process"])
+        load_config(FLOWGRPO, ["sampling.strategy=forward_process"])
 
 
 # ----------------------------------------------------------------------------- the learner worker (component)

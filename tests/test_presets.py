@@ -58,13 +58,21 @@ def test_shapes_presets_share_task_model_and_budget_with_the_default(name):
 
 
 @pytest.mark.parametrize("name", FORWARD_SHAPES)
-def test_forward_process_shapes_presets_share_task_and_model_with_the_default(name):
+def test_forward_process_shapes_presets_share_task_and_model_with_flowgrpo(name):
     base, cfg = preset("shapes_flowgrpo"), preset(name)
-    for section in ("model", "data", "cluster"):
-        assert getattr(cfg, section) == getattr(base, section), section
-    assert (cfg.iterations, cfg.seed, cfg.rewards.scorers) == (base.iterations, base.seed, base.rewards.scorers)
+    assert cfg.model == base.model
+    # two one-thread rollout actors (both cores busy while the learner waits), quarter-CPU reward actors
+    assert cfg.cluster.model_copy(update={"num_rollout_actors": 1}) == base.cluster and cfg.cluster.num_rollout_actors == 2
+    assert [s.model_copy(update={"num_cpus_per_actor": 0.5}) for s in cfg.rewards.scorers] == base.rewards.scorers
+    assert sum(s.num_cpus_per_actor for s in cfg.rewards.scorers) + 2 * cfg.cluster.rollout_num_cpus \
+        + cfg.cluster.learner_num_cpus == 2.0  # what `ray start --head` declares on a 2-core laptop
+    # the same prompts, images per iteration and evaluation; tags take turns (the main job's measured choice)
+    assert cfg.data.prompt_order == "tag_balanced"
+    assert cfg.data.model_copy(update={"prompt_order": base.data.prompt_order}) == base.data
+    assert cfg.seed == base.seed
     assert (cfg.sampling.strategy, cfg.sampling.group_size, cfg.sampling.num_steps) == ("forward_process", 8, 10)
-    assert cfg.learner.family == "forward_process" and cfg.learner.beta == 1e-4
+    assert cfg.learner.family == "forward_process" and cfg.learner.beta == 0.0  # no reference forward (see the preset)
+    assert (cfg.learner.learning_rate, cfg.learner.optimizer_steps_per_iteration) == (5e-4, 2)
 
 
 @pytest.mark.parametrize("name", FORWARD_SD35)

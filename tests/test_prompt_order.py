@@ -11,6 +11,7 @@ from cluster.config import REPO_ROOT, load_config
 from cluster.preflight import preflight
 from cluster.trainer import prompts_for_iteration, tag_balanced_prompts_for_iteration
 from rewards.prompts import prompt_tags
+from tests.tiny_models import FLOWGRPO
 
 TRAIN = REPO_ROOT / "assets" / "prompts" / "shapes_train.jsonl"
 
@@ -51,9 +52,9 @@ def test_untagged_records_are_named_at_load_and_in_preflight(tmp_path):
         prompt_tags(records, "train.jsonl")
     path = tmp_path / "train.txt"  # plain prompts carry no tags
     path.write_text("a photo of a circle\na photo of a square\n")
-    cfg = load_config(None, [f"data.train_prompts={path}", "data.prompt_order=tag_balanced",
+    cfg = load_config(FLOWGRPO, [f"data.train_prompts={path}", "data.prompt_order=tag_balanced",
                              "rewards.scorers=[{name: shapes_quality}]"])
     errors = {c.key: c.message for c in preflight(cfg, cluster_resources={"CPU": 64}).errors}
     assert "record 1 has no 'tag'" in errors["data.train_prompts"]
-    ok = load_config(None, [f"data.train_prompts={path}", "rewards.scorers=[{name: shapes_quality}]"])
+    ok = load_config(FLOWGRPO, [f"data.train_prompts={path}", "rewards.scorers=[{name: shapes_quality}]"])
     assert "data.train_prompts" not in {c.key for c in preflight(ok, cluster_resources={"CPU": 64}).errors}

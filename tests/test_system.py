@@ -13,7 +13,7 @@ import torch
 from cluster.config import load_config
 from cluster.trainer import Trainer
 from rollout.worker import weights_digest
-from tests.tiny_models import SMALL_EVAL
+from tests.tiny_models import FLOWGRPO, SMALL_EVAL
 
 pytestmark = pytest.mark.system
 
@@ -29,7 +29,7 @@ def _config(tiny_sd3_path, tmp_path, **over):
         "logging.tensorboard=false",
         f"logging.output_dir={tmp_path}", *SMALL_EVAL,
     ]
-    return load_config(None, overrides + [f"{k}={v}" for k, v in over.items()])
+    return load_config(FLOWGRPO, overrides + [f"{k}={v}" for k, v in over.items()])
 
 
 def _digest(actor, method="weights"):

@@ -24,6 +24,10 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from build_real_width import t5_tokenizer as make_t5_tokenizer  # noqa: E402
 
+# The per-step (Flow-GRPO family) preset, for tests of that family's keys: the default preset
+# (cluster.config.DEFAULT_PRESET) is the main job's algorithm, which may be of the other family.
+FLOWGRPO = Path(__file__).resolve().parents[1] / "configs" / "shapes_flowgrpo.yaml"
+
 # Overrides that shrink the shapes presets' powered evaluation (400 images per tag, a training-prompt
 # check, a probe set) to the few images a test's evaluation needs; the interval targets go with it.
 SMALL_EVAL = [
