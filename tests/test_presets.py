@@ -47,7 +47,7 @@ def test_every_preset_is_listed_loads_and_is_named_after_its_file():
 
 
 @pytest.mark.parametrize("name", SHAPES[1:])
-def test_shapes_presets_share_task_model_and_budget_with_the_default(name):
+def test_shapes_presets_share_task_model_and_budget_with_flowgrpo(name):
     base, cfg = preset("shapes_flowgrpo"), preset(name)
     for section in ("model", "data", "cluster"):
         assert getattr(cfg, section) == getattr(base, section), section
