@@ -30,7 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # case -> (family, preset, overrides, process kind). SD3.5: LoRA + CFG, Flow-GRPO; FLUX: full fine-tuning,
 # G2RPO's batched rows, gradient checkpointing as the FLUX presets.
-COMMON = ["model.resolution=256", "model.max_sequence_length=16", "cluster.num_learner_ranks=1"]
+COMMON = ["model.resolution=256", "model.max_sequence_length=16", "cluster.num_learner_ranks=1",
+          "cluster.rollout_num_gpus=0", "cluster.learner_num_gpus=0"]  # CPU actors: the plan counts host memory
 SD35 = ["sampling.group_size=4", "sampling.num_steps=2", "data.images_per_iteration=4", "learner.micro_batch_size=4"]
 FLUX = ["sampling.group_size=2", "sampling.num_steps=3", "sampling.g2rpo_steps=[0,1]", "data.images_per_iteration=2",
         "learner.micro_batch_size=2", "cluster.rollout_images_per_decode=4"]  # fmt: skip
@@ -76,9 +77,12 @@ def child(case: str, folder: Path) -> dict:
                                rows_per_forward=cfg.cluster.rollout_rows_per_forward,
                                images_per_decode=cfg.cluster.rollout_images_per_decode)  # fmt: skip
         work = lambda: worker.rollout([GroupRequest(0, PROMPT, {}, seed=1, iteration=0)])  # noqa: E731
+        loaded = _status_kib("VmRSS")
     else:
         learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=0, torch_threads=1)
         learner.setup("127.0.0.1", free_port())
+        gc.collect()
+        loaded = _status_kib("VmRSS")
         policy = learner.policy
         sigmas = policy.sigmas(cfg.sampling.num_steps, cfg.sampling.shift, cfg.sampling.shift_mode,
                                cfg.sampling.sigma_schedule)
@@ -95,7 +99,8 @@ def child(case: str, folder: Path) -> dict:
         f.write("5")
     work()
     peak = _status_kib("VmHWM")
-    return {k: (v - base) * 1024 for k, v in (("load_peak", load_peak), ("resident", resident), ("peak", peak))}
+    named = (("load_peak", load_peak), ("loaded", loaded), ("resident", resident), ("peak", peak))
+    return {k: (v - base) * 1024 for k, v in named}
 
 
 def estimate(case: str, folder: Path) -> dict:
@@ -129,9 +134,9 @@ def main() -> None:
     rows = []
     for case in args.case or list(CASES):
         family = CASES[case][0]
-        folder = args.models / FAMILIES[family][0]
+        folder = args.models / f"layers{args.layers}" / FAMILIES[family][0]
         if not (folder / "model_index.json").is_file():
-            build(args.models, family, args.layers)
+            build(folder.parent, family, args.layers)
         out = subprocess.run([sys.executable, __file__, "--child", case, "--folder", str(folder)],
                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if out.returncode:

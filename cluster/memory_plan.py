@@ -175,6 +175,7 @@ class Term:
     label: str
     bytes: float
     keys: tuple[str, ...] = ()
+    host: bool = False  # held in host memory (numpy copies), not on the actor's GPU
 
 
 @dataclass
@@ -198,7 +199,12 @@ class ActorPlan:
 
     @property
     def total(self) -> float:
-        return sum(t.bytes for t in self.counted)
+        """What the actor's device holds: every counted term on CPU, the non-host ones on a GPU."""
+        return sum(t.bytes for t in self.counted if self.budget_bytes is None or not t.host)
+
+    @property
+    def host_total(self) -> float:
+        return sum(t.bytes for t in self.counted if t.host)
 
     @property
     def fits(self) -> bool:
@@ -207,14 +213,15 @@ class ActorPlan:
     def lines(self) -> list[str]:
         where = "host memory (CPU actor)" if self.budget_bytes is None else f"of {self.budget_bytes / GB:.1f} GB GPU"
         out = [f"memory {self.kind}: {self.total / GB:.2f} GB {where}"]
-        out += [f"    {t.bytes / GB:8.2f} GB  {t.label}" for t in self.terms if t.bytes > 0]
+        out += [f"    {t.bytes / GB:8.2f} GB  {t.label}" + (" (host memory)" if t.host else "")
+                for t in self.terms if t.bytes > 0]
         return out + [f"    {t.bytes / GB:8.2f} GB  {t.label}" + ("" if t is self.peak_transient else " (not at once: not counted)")
                       for t in self.transients]
 
     def advice(self) -> str:
         """Why it does not fit and which keys to change, the largest terms' keys first."""
         keys: list[str] = []
-        ranked = sorted(self.counted, key=lambda t: -t.bytes)
+        ranked = sorted((t for t in self.counted if not t.host), key=lambda t: -t.bytes)
         for term in ranked:
             keys += [k for k in term.keys if k not in keys]
         keys += [k for k in self.budget_keys if k not in keys]
@@ -306,6 +313,12 @@ def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> list[Term]:
                           weights_bytes(spec.transformer_params, dtype_bytes), ("learner.beta", "model.lora.enabled")))
     terms += [Term(label, b, zero_keys) for label, b in optimizer_bytes(trainable, ranks, lc.zero_stage, lc.precision).items()]
     terms.append(Term("gradients", gradient_bytes(trainable, ranks, lc.zero_stage, lc.precision), zero_keys))
+    # float32 numpy copies of the trainable weights: the evaluation EMA (learner/worker.py EmaWeights) and the
+    # forward-process family's sampling policy (learner/forward_process.py keeps `old` even when 'current').
+    if lc.ema_decay is not None:
+        terms.append(Term("EMA of the trainable weights (fp32)", 4.0 * trainable, ("learner.ema_decay",), host=True))
+    if lc.family == "forward_process":
+        terms.append(Term("sampling-policy weights (fp32)", 4.0 * trainable, (), host=True))
     terms.append(Term(f"prompt cache ({min(prompts, PROMPT_CACHE_SIZE)} prompts)",
                       prompt_cache_bytes(spec, m.max_sequence_length, prompts, dtype_bytes)))
     tokens = image_tokens(spec, m.resolution) + text_tokens(spec, m.max_sequence_length)
