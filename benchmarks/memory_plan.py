@@ -45,8 +45,9 @@ CASES = {
 PROMPT = "a photo of a red circle"
 
 
-def _status_kib(field: str) -> int:
-    for line in open("/proc/self/status"):
+def _proc_kib(field: str, path: str = "/proc/self/status") -> int:
+    """A 'Field: N kB' line of a /proc file."""
+    for line in open(path):
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
@@ -71,18 +72,18 @@ def child(case: str, folder: Path) -> dict:
     torch.set_num_threads(1)
     cfg, kind = _config(case, folder), CASES[case][3]
     gc.collect()
-    base = _status_kib("VmRSS")
+    base = _proc_kib("VmRSS")
     if kind == "rollout":
         worker = RolloutWorker(cfg.model, cfg.sampling, device="cpu", torch_threads=1, precision=cfg.learner.precision,
                                rows_per_forward=cfg.cluster.rollout_rows_per_forward,
                                images_per_decode=cfg.cluster.rollout_images_per_decode)  # fmt: skip
         work = lambda: worker.rollout([GroupRequest(0, PROMPT, {}, seed=1, iteration=0)])  # noqa: E731
-        loaded = _status_kib("VmRSS")
+        loaded = _proc_kib("VmRSS")
     else:
         learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=0, torch_threads=1)
         learner.setup("127.0.0.1", free_port())
         gc.collect()
-        loaded = _status_kib("VmRSS")
+        loaded = _proc_kib("VmRSS")
         policy = learner.policy
         sigmas = policy.sigmas(cfg.sampling.num_steps, cfg.sampling.shift, cfg.sampling.shift_mode,
                                cfg.sampling.sigma_schedule)
@@ -94,11 +95,11 @@ def child(case: str, folder: Path) -> dict:
         group = TrainGroup(PROMPT, rollout, advantages, torch.ones(rollout.num_samples, dtype=torch.bool), 0)
         work = lambda: learner.train([group], iteration=0)  # noqa: E731
     gc.collect()
-    load_peak, resident = _status_kib("VmHWM"), _status_kib("VmRSS")
+    load_peak, resident = _proc_kib("VmHWM"), _proc_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS: the load's transient is out
         f.write("5")
     work()
-    peak = _status_kib("VmHWM")
+    peak = _proc_kib("VmHWM")
     named = (("load_peak", load_peak), ("loaded", loaded), ("resident", resident), ("peak", peak))
     return {k: (v - base) * 1024 for k, v in named}
 
@@ -137,11 +138,16 @@ def main() -> None:
         folder = args.models / f"layers{args.layers}" / FAMILIES[family][0]
         if not (folder / "model_index.json").is_file():
             build(folder.parent, family, args.layers)
+        est = estimate(case, folder)
+        available = _proc_kib("MemAvailable", "/proc/meminfo") * 1024
+        if available < 1.5 * est["peak"]:  # a shared machine: do not push it into swap or the OOM killer
+            print(f"| {case} | skipped: needs ~{est['peak'] / 1e9:.1f} GB, {available / 1e9:.1f} GB available |", flush=True)
+            continue
         out = subprocess.run([sys.executable, __file__, "--child", case, "--folder", str(folder)],
                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if out.returncode:
             sys.exit(f"{case} failed:\n{out.stderr[-4000:]}")
-        measured, est = json.loads(out.stdout.strip().splitlines()[-1]), estimate(case, folder)
+        measured = json.loads(out.stdout.strip().splitlines()[-1])
         print("\n".join(est["lines"]), flush=True)
         rows.append((case, measured, est))
         print(_row(case, measured, est), flush=True)

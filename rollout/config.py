@@ -10,7 +10,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
 # Prompts whose embeddings a policy keeps (rollout/policy.py, LRU); the memory planner counts them.
 PROMPT_CACHE_SIZE = 1024
 
