@@ -388,9 +388,12 @@ def safetensors_shapes(folder: Path) -> dict[str, list[int]]:
     shapes: dict[str, list[int]] = {}
     for file in sorted(folder.glob("*.safetensors")):
         with open(file, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+            prefix = f.read(8)
+            try:
+                header = json.loads(f.read(struct.unpack("<Q", prefix)[0]))
+                shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+            except (struct.error, ValueError, KeyError, TypeError, AttributeError) as err:
+                raise ValueError(f"{file} is not a safetensors file (its header does not read: {err})") from None
     return shapes
 
 

@@ -317,6 +317,8 @@ def _check_memory(cfg: ExperimentConfig, report: PreflightReport) -> None:
     """The memory plan per actor kind against its GPU share (cluster/memory_plan.py)."""
     from cluster import memory_plan
 
+    if any(c.status == "error" for c in report.find("model.path")):
+        return  # the model's own error says what is wrong with it
     spec, source = _model_spec(cfg)
     try:
         prompts = {key: _prompt_count(getattr(cfg.data, key)) for key in ("train_prompts", "test_prompts")}
