@@ -1,14 +1,15 @@
 """The memory planner's estimate against measured peak RSS, on CPU, at the published widths.
 
-    python benchmarks/memory_plan.py [--models DIR] [--case NAME ...] [--layers N]
+    python benchmarks/memory_plan.py [--models DIR] [--case NAME ...]
 
 Builds the real-width, reduced-depth SD3.5-Medium and FLUX.1-dev folders (scripts/build_real_width.py) once
 into --models, then runs each case in a fresh subprocess: a rollout-actor-like process (RolloutWorker
 samples and decodes one group) or a learner-like process (LearnerWorker samples one group with its own
 policy, then trains on it). Each reports, minus the RSS it had after its imports (torch, diffusers, peft,
-DeepSpeed: an empty process's baseline), its resident memory once loaded, and its peak while working with
-the load's own transient (safetensors reads, dtype casts) excluded by resetting the peak after loading
-(/proc/self/clear_refs 5): what a GPU would have to hold. Beside each measurement, the planner's estimate
+DeepSpeed: an empty process's baseline): `loaded`, its RSS once built; `resident`, its RSS just before the
+measured work (the learner's includes what the allocator kept of its sampling); `peak`, its peak during the
+work, with the load's own transient (safetensors reads, dtype casts; `load_peak`) excluded by resetting the
+peak first (/proc/self/clear_refs 5): what a GPU would have to hold. Beside each measurement, the planner's estimate
 (cluster/memory_plan.py) of the same config with the same number of prompts, and the ratio. The configs
 are the SD3.5 and FLUX presets with resolution, group size, steps, T5 length and micro-batch cut to fit
 2 cores; widths, heads and dtypes are the published ones.
@@ -28,19 +29,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# case -> (family, preset, overrides, process kind). SD3.5: LoRA + CFG, Flow-GRPO; FLUX: full fine-tuning,
-# G2RPO's batched rows, gradient checkpointing as the FLUX presets.
+# case -> (family, transformer layers, preset, overrides, process kind). SD3.5: LoRA + CFG, Flow-GRPO, 4 layers
+# so that the learner's activations are a large part; FLUX: full fine-tuning (1 double + 1 single block: ~13 GB
+# of fp32 optimizer state already), G2RPO's batched rows, gradient checkpointing as the FLUX presets.
 COMMON = ["model.resolution=256", "model.max_sequence_length=16", "cluster.num_learner_ranks=1",
           "cluster.rollout_num_gpus=0", "cluster.learner_num_gpus=0"]  # CPU actors: the plan counts host memory
 SD35 = ["sampling.group_size=4", "sampling.num_steps=2", "data.images_per_iteration=4", "learner.micro_batch_size=4"]
 FLUX = ["sampling.group_size=2", "sampling.num_steps=3", "sampling.g2rpo_steps=[0,1]", "data.images_per_iteration=2",
         "learner.micro_batch_size=2", "cluster.rollout_images_per_decode=4"]  # fmt: skip
 CASES = {
-    "sd35_rollout": ("sd35", "sd35_geneval", SD35, "rollout"),
-    "sd35_learner": ("sd35", "sd35_geneval", SD35 + ["model.gradient_checkpointing=false"], "learner"),
-    "sd35_learner_ckpt": ("sd35", "sd35_geneval", SD35 + ["model.gradient_checkpointing=true"], "learner"),
-    "flux_rollout": ("flux", "flux_g2rpo_hps", FLUX, "rollout"),
-    "flux_learner_ckpt": ("flux", "flux_g2rpo_hps", FLUX, "learner"),
+    "sd35_rollout": ("sd35", 4, "sd35_geneval", SD35, "rollout"),
+    "sd35_learner": ("sd35", 4, "sd35_geneval", SD35 + ["model.gradient_checkpointing=false"], "learner"),
+    "sd35_learner_ckpt": ("sd35", 4, "sd35_geneval", SD35 + ["model.gradient_checkpointing=true"], "learner"),
+    "flux_rollout": ("flux", 1, "flux_g2rpo_hps", FLUX, "rollout"),
+    "flux_learner_ckpt": ("flux", 1, "flux_g2rpo_hps", FLUX, "learner"),
 }
 PROMPT = "a photo of a red circle"
 
@@ -56,7 +58,7 @@ def _proc_kib(field: str, path: str = "/proc/self/status") -> int:
 def _config(case: str, folder: Path):
     from cluster.config import load_config
 
-    _, preset, overrides, _ = CASES[case]
+    _, _, preset, overrides, _ = CASES[case]
     return load_config(REPO / "configs" / f"{preset}.yaml", [*COMMON, *overrides, f"model.path={folder}"])
 
 
@@ -70,7 +72,7 @@ def child(case: str, folder: Path) -> dict:
     from rollout.worker import GroupRequest, RolloutWorker
 
     torch.set_num_threads(1)
-    cfg, kind = _config(case, folder), CASES[case][3]
+    cfg, kind = _config(case, folder), CASES[case][4]
     gc.collect()
     base = _proc_kib("VmRSS")
     if kind == "rollout":
@@ -108,7 +110,7 @@ def estimate(case: str, folder: Path) -> dict:
     """The planner's resident and peak bytes for the process the case runs (one prompt + the negative)."""
     from cluster import memory_plan
 
-    cfg, kind = _config(case, folder), CASES[case][3]
+    cfg, kind = _config(case, folder), CASES[case][4]
     spec = memory_plan.pipeline_spec(folder, cfg.model.family)
     plans = memory_plan.plan_memory(cfg, spec, [memory_plan.RewardSpec(0)] * len(cfg.rewards.scorers),
                                     train_prompts=1, test_prompts=0)
@@ -122,7 +124,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", type=Path, default=REPO / "outputs" / "real_width_models")
     p.add_argument("--case", action="append", choices=sorted(CASES), help="default: every case")
-    p.add_argument("--layers", type=int, default=1, help="transformer layers of the built models")
     p.add_argument("--child", choices=sorted(CASES), help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -134,10 +135,10 @@ def main() -> None:
 
     rows = []
     for case in args.case or list(CASES):
-        family = CASES[case][0]
-        folder = args.models / f"layers{args.layers}" / FAMILIES[family][0]
+        family, layers = CASES[case][:2]
+        folder = args.models / f"layers{layers}" / FAMILIES[family][0]
         if not (folder / "model_index.json").is_file():
-            build(folder.parent, family, args.layers)
+            build(folder.parent, family, layers)
         est = estimate(case, folder)
         available = _proc_kib("MemAvailable", "/proc/meminfo") * 1024
         if available < 1.5 * est["peak"]:  # a shared machine: do not push it into swap or the OOM killer
@@ -148,10 +149,11 @@ def main() -> None:
         if out.returncode:
             sys.exit(f"{case} failed:\n{out.stderr[-4000:]}")
         measured = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{case} measured (bytes above the imports' RSS): {measured}", flush=True)
         print("\n".join(est["lines"]), flush=True)
         rows.append((case, measured, est))
         print(_row(case, measured, est), flush=True)
-    print("\n| case | resident: estimate / measured (ratio) | peak: estimate / measured (ratio) | load peak |")
+    print("\n| case | resident: estimate / measured (ratio) | peak: estimate / measured (ratio) | loaded, load peak |")
     print("|---|---|---|---|")
     for case, measured, est in rows:
         print(_row(case, measured, est))
@@ -160,7 +162,7 @@ def main() -> None:
 def _row(case: str, measured: dict, est: dict) -> str:
     gb = 1e9
     cells = [f"{est[k] / gb:.2f} / {measured[k] / gb:.2f} GB ({est[k] / measured[k]:.2f})" for k in ("resident", "peak")]
-    return f"| {case} | {cells[0]} | {cells[1]} | {measured['load_peak'] / gb:.2f} GB |"
+    return f"| {case} | {cells[0]} | {cells[1]} | {measured['loaded'] / gb:.2f}, {measured['load_peak'] / gb:.2f} GB |"
 
 
 if __name__ == "__main__":

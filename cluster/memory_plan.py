@@ -39,8 +39,9 @@ PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 # Elements saved per token, per hidden unit, per block for the backward pass. Korthikanti et al. 2022
 # ("Reducing Activation Recomputation in Large Transformer Models", Eq. 1) count 34 bytes = 17 16-bit
 # elements per token per hidden unit per GPT layer, plus 5 a s / h for the attention scores, which fused
-# (flash / memory-efficient) attention does not keep. Calibrated on CPU: benchmarks/memory_plan.py.
-TRAIN_ELEMENTS_PER_TOKEN_HIDDEN = 17.0
+# (flash / memory-efficient) attention does not keep. An SD3.5 MMDiT block (two streams, adaLN, dual
+# attention) measured ~20 on CPU (benchmarks/memory_plan.py: 19.5 without checkpointing, ~23 with it).
+TRAIN_ELEMENTS_PER_TOKEN_HIDDEN = 20.0
 # Elements alive at once per token per hidden unit inside one block at inference (hidden, q/k/v, MLP 4h).
 INFERENCE_ELEMENTS_PER_TOKEN_HIDDEN = 8.0
 # Elements alive at once per output pixel per full-resolution channel of the VAE decoder (input, GroupNorm,
