@@ -47,6 +47,8 @@ INFERENCE_ELEMENTS_PER_TOKEN_HIDDEN = 8.0
 # Elements alive at once per output pixel per full-resolution channel of the VAE decoder (input, GroupNorm,
 # SiLU and conv outputs of a ResNet block at full resolution).
 DECODE_ELEMENTS_PER_PIXEL_CHANNEL = 4.0
+# DeepSpeed ZeRO-2/3's default reduce_bucket_size (elements).
+REDUCE_BUCKET_ELEMENTS = 500_000_000
 # Per GPU process: CUDA context, cuBLAS/cuDNN workspaces and allocator slack (an assumption, not measured
 # here: there is no GPU on the machine that calibrated the rest).
 GPU_RUNTIME_BYTES = 1.5 * GB
@@ -118,10 +120,20 @@ def optimizer_bytes(trainable: int, ranks: int, zero_stage: int, precision: str)
 def gradient_bytes(trainable: int, ranks: int, zero_stage: int, precision: str) -> float:
     """Gradients accumulate in fp32 (learner/engine.py `grad_accum_dtype`). ZeRO-0/1 keep them whole, with
     bf16/fp16 weights beside the parameters' own half-precision .grad; ZeRO-2/3 keep a 1 / ranks fp32
-    partition (buckets are reduced and freed as the backward produces them)."""
+    partition plus the parameters' gradients waiting in the reduce bucket (DeepSpeed's reduce_bucket_size,
+    5e8 elements by default, in the weights' dtype)."""
+    half = PRECISION_BYTES[precision] * trainable if precision != "fp32" else 0
     if zero_stage >= 2:
-        return 4 * trainable / ranks
-    return float(4 * trainable + (PRECISION_BYTES[precision] * trainable if precision != "fp32" else 0))
+        return 4 * trainable / ranks + PRECISION_BYTES[precision] * min(trainable, REDUCE_BUCKET_ELEMENTS)
+    return float(4 * trainable + half)
+
+
+def optimizer_step_bytes(trainable: int, ranks: int, zero_stage: int, fused: bool) -> float:
+    """What one optimizer step allocates on top: ZeRO-2 flattens the gradient partition into a new fp32
+    tensor (deepspeed/runtime/zero/stage_1_and_2.py `step`), and torch's unfused AdamW (CPU; the fused CUDA
+    kernel does not) materialises sqrt(v) + eps for the whole partition."""
+    shard = ranks if zero_stage >= 1 else 1
+    return (4 * trainable / ranks if zero_stage == 2 else 0) + (0 if fused else 4 * trainable / shard)
 
 
 def train_activation_bytes(spec: PipelineSpec, tokens: int, rows: int, act_bytes: int, checkpointing: bool) -> float:
@@ -296,8 +308,9 @@ def plan_rollout(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
     return terms, transients
 
 
-def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> list[Term]:
-    """A learner rank's terms; `prompts`: distinct training prompts (+ the negative prompt)."""
+def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], list[Term]]:
+    """A learner rank's resident terms and its transients (the backward's activations, the optimizer
+    step: never at once); `prompts`: distinct training prompts (+ the negative prompt)."""
     m, lc, ranks = cfg.model, cfg.learner, cfg.cluster.num_learner_ranks
     dtype_bytes = DTYPE_BYTES[m.dtype]
     terms = _weight_terms(cfg, spec, dtype_bytes)
@@ -325,10 +338,15 @@ def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> list[Term]:
     tokens = image_tokens(spec, m.resolution) + text_tokens(spec, m.max_sequence_length)
     rows = learner_inputs_per_micro_batch(cfg) * _cfg_factor(cfg)
     ckpt = "with" if m.gradient_checkpointing else "without"
-    terms.append(Term(f"activations ({rows} rows x {tokens} tokens, {ckpt} gradient checkpointing)",
-                      train_activation_bytes(spec, tokens, rows, dtype_bytes, m.gradient_checkpointing),
-                      ("learner.micro_batch_size", "model.gradient_checkpointing")))
-    return terms
+    fused = cfg.cluster.learner_num_gpus > 0  # learner/engine.py build_optimizer: fused AdamW on CUDA
+    transients = [
+        Term(f"activations ({rows} rows x {tokens} tokens, {ckpt} gradient checkpointing)",
+             train_activation_bytes(spec, tokens, rows, dtype_bytes, m.gradient_checkpointing),
+             ("learner.micro_batch_size", "model.gradient_checkpointing")),
+        Term("optimizer step (flattened gradients" + ("" if fused else ", unfused AdamW temporaries") + ")",
+             optimizer_step_bytes(trainable, ranks, lc.zero_stage, fused), zero_keys),
+    ]
+    return terms, transients
 
 
 @dataclass(frozen=True)
@@ -355,7 +373,7 @@ def plan_memory(cfg, spec: PipelineSpec, reward_specs: list[RewardSpec], *, trai
     their learner rank's bundle, so that bundle's plan holds both."""
     c, gpu = cfg.cluster, cfg.cluster.gpu_memory_gb * GB
     rollout, transients = plan_rollout(cfg, spec, train_prompts + test_prompts + 1)
-    learner = plan_learner(cfg, spec, train_prompts + 1)
+    learner, learner_transients = plan_learner(cfg, spec, train_prompts + 1)
 
     def budget(gpus: float) -> float | None:
         return gpus * gpu - GPU_RUNTIME_BYTES if gpus > 0 else None
@@ -363,8 +381,8 @@ def plan_memory(cfg, spec: PipelineSpec, reward_specs: list[RewardSpec], *, trai
     plans = []
     if c.colocate:
         per = -(-c.num_rollout_actors // c.num_learner_ranks)
-        terms = [Term(f"learner: {t.label}", t.bytes, t.keys) for t in learner]
-        terms += [Term(f"{per} rollout: {t.label}", per * t.bytes, t.keys) for t in rollout + transients]
+        terms = [Term(f"learner: {t.label}", t.bytes, t.keys, t.host) for t in learner + learner_transients]
+        terms += [Term(f"{per} rollout: {t.label}", per * t.bytes, t.keys, t.host) for t in rollout + transients]
         plans.append(ActorPlan("learner rank + colocated rollout actors", terms,
                                budget(c.learner_num_gpus + per * c.rollout_num_gpus),
                                ("cluster.colocate", "cluster.gpu_memory_gb")))
@@ -372,7 +390,7 @@ def plan_memory(cfg, spec: PipelineSpec, reward_specs: list[RewardSpec], *, trai
         plans.append(ActorPlan("rollout actor", rollout, budget(c.rollout_num_gpus),
                                ("cluster.rollout_num_gpus", "cluster.gpu_memory_gb"), transients))
         plans.append(ActorPlan("learner rank", learner, budget(c.learner_num_gpus),
-                               ("cluster.learner_num_gpus", "cluster.gpu_memory_gb")))
+                               ("cluster.learner_num_gpus", "cluster.gpu_memory_gb"), learner_transients))
     for i, (scorer, rspec) in enumerate(zip(cfg.rewards.scorers, reward_specs, strict=True)):
         plans.append(ActorPlan(f"reward actor {scorer.name}", plan_reward(scorer, rspec, i),
                                budget(scorer.num_gpus_per_actor),

@@ -34,7 +34,13 @@ def test_zero_stages_shard_optimizer_state_and_gradients_by_rank_count(ranks):
         assert sum(mp.optimizer_bytes(P, ranks, stage, "bf16").values()) == pytest.approx(12 * P / ranks)
     assert sum(mp.optimizer_bytes(P, ranks, 3, "fp32").values()) == pytest.approx(8 * P / ranks)  # no master copy
     assert mp.gradient_bytes(P, ranks, 1, "bf16") == 6 * P and mp.gradient_bytes(P, ranks, 0, "fp32") == 4 * P
-    assert mp.gradient_bytes(P, ranks, 2, "bf16") == mp.gradient_bytes(P, ranks, 3, "bf16") == pytest.approx(4 * P / ranks)
+    # ZeRO-2/3: an fp32 partition, plus the bf16 gradients waiting in the reduce bucket (P < its 5e8 elements).
+    assert mp.gradient_bytes(P, ranks, 2, "bf16") == mp.gradient_bytes(P, ranks, 3, "bf16") == pytest.approx(
+        4 * P / ranks + 2 * P)
+    # The step: ZeRO-2's flattened fp32 gradient partition, and unfused AdamW's sqrt(v) + eps (CPU only).
+    assert mp.optimizer_step_bytes(P, ranks, 2, fused=True) == pytest.approx(4 * P / ranks)
+    assert mp.optimizer_step_bytes(P, ranks, 2, fused=False) == pytest.approx(8 * P / ranks)
+    assert mp.optimizer_step_bytes(P, ranks, 0, fused=False) == 4 * P
 
 
 def test_lora_counts_rank_times_fan_in_plus_fan_out_of_matching_linears():
@@ -49,8 +55,8 @@ def _cfg(*overrides):
 
 
 def test_full_fine_tuning_holds_optimizer_state_for_the_whole_transformer_lora_for_its_adapters():
-    lora = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3"), SPEC, prompts=2)}
-    full = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3", "model.lora.enabled=false"), SPEC, 2)}
+    lora = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3"), SPEC, prompts=2)[0]}
+    full = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3", "model.lora.enabled=false"), SPEC, 2)[0]}
     adapters = mp.lora_params(SPEC, _cfg().model.lora.target_modules, _cfg().model.lora.rank)
     assert lora["adam moments (fp32)"] == pytest.approx(8 * adapters / 4)
     assert full["adam moments (fp32)"] == pytest.approx(8 * SPEC.transformer_params / 4)
