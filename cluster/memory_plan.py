@@ -225,7 +225,8 @@ class ActorPlan:
 
     def lines(self) -> list[str]:
         where = "host memory (CPU actor)" if self.budget_bytes is None else f"of {self.budget_bytes / GB:.1f} GB GPU"
-        out = [f"memory {self.kind}: {self.total / GB:.2f} GB {where}"]
+        host = f" (+ {self.host_total / GB:.2f} GB host memory)" if self.budget_bytes is not None and self.host_total else ""
+        out = [f"memory {self.kind}: {self.total / GB:.2f} GB {where}{host}"]
         out += [f"    {t.bytes / GB:8.2f} GB  {t.label}" + (" (host memory)" if t.host else "")
                 for t in self.terms if t.bytes > 0]
         return out + [f"    {t.bytes / GB:8.2f} GB  {t.label}" + ("" if t is self.peak_transient else " (not at once: not counted)")
@@ -272,7 +273,7 @@ def images_per_group(cfg) -> int:
     return s.group_size * len(s.g2rpo_steps) * len(s.g2rpo_granularities) if s.strategy == "g2rpo" else s.group_size
 
 
-def _weight_terms(cfg, spec: PipelineSpec, dtype_bytes: int) -> list[Term]:
+def _weight_terms(spec: PipelineSpec, dtype_bytes: int) -> list[Term]:
     terms = [Term("transformer weights", weights_bytes(spec.transformer_params, dtype_bytes), ("model.dtype",))]
     terms += [Term(f"{name} weights", weights_bytes(n, dtype_bytes), ("model.dtype",))
               for name, n in spec.text_encoder_params.items()]
@@ -288,7 +289,7 @@ def plan_rollout(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
     """A rollout actor's resident terms and its transients (a transformer call, a decode: never at once);
     `prompts`: distinct training + test prompts (+ the negative prompt)."""
     m, dtype_bytes = cfg.model, DTYPE_BYTES[cfg.model.dtype]
-    terms = _weight_terms(cfg, spec, dtype_bytes)
+    terms = _weight_terms(spec, dtype_bytes)
     if m.lora.enabled:
         terms.append(Term("LoRA adapters", weights_bytes(_trainable(cfg, spec), PRECISION_BYTES[cfg.learner.precision]),
                           ("model.lora.rank",)))
@@ -313,7 +314,7 @@ def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
     step: never at once); `prompts`: distinct training prompts (+ the negative prompt)."""
     m, lc, ranks = cfg.model, cfg.learner, cfg.cluster.num_learner_ranks
     dtype_bytes = DTYPE_BYTES[m.dtype]
-    terms = _weight_terms(cfg, spec, dtype_bytes)
+    terms = _weight_terms(spec, dtype_bytes)
     if lc.zero_stage == 3:  # the module's parameters are partitioned too; one block is gathered at a time
         full = terms[0].bytes
         terms[0] = Term("transformer weights (ZeRO-3 partition + one gathered block)",
