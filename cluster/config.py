@@ -114,6 +114,11 @@ class ClusterConfig(_Section):
     rollout_images_per_decode: int | None = Field(
         None, ge=1, description="Rollout actors: at most this many images per VAE decode. Memory only; None: one call."
     )
+    gpu_memory_gb: float = Field(
+        80.0, gt=0,
+        description="Memory of one GPU in GB (1e9 bytes) that the memory planner (`launch.py --dry-run`, "
+        "cluster/memory_plan.py) checks each actor's estimate against, times its GPU share.",
+    )
     dashboard_host: str = Field(
         "127.0.0.1", description="Ray dashboard bind address for a local Ray (loopback by default; the dashboard runs code)."
     )

@@ -7,7 +7,9 @@ downloaded, no actor starts. It checks that
 - `model.path` is a complete local diffusers folder, or a hub id (reported as a download);
 - every scorer accepts its options, and its weights are an existing local folder or a hub id;
 - the CPUs and GPUs that the rollout actors, learner ranks and reward actors reserve fit the cluster
-  (Ray's `cluster_resources()` when connected, else this machine).
+  (Ray's `cluster_resources()` when connected, else this machine);
+- each actor kind's estimated memory (cluster/memory_plan.py, from configs and safetensors headers) fits
+  its GPU share of `cluster.gpu_memory_gb`; the breakdown is printed as `memory ...` lines.
 Each check is ok, warn or error; `report.ok` is False on any error, and every message names the
 config key to change. The summary also lists the sigma grids the run will sample on (`sigmas train:`
 and `sigmas eval:` lines), so a grid can be compared with a reference implementation's by eye.
@@ -48,6 +50,7 @@ class PreflightReport:
     checks: list[Check] = field(default_factory=list)
     resources_source: str = ""
     grids: dict[str, list[float]] = field(default_factory=dict)  # 'train' / 'eval' -> sigma grid
+    memory: list[str] = field(default_factory=list)  # the memory plan's breakdown, per actor kind
 
     @property
     def ok(self) -> bool:
@@ -70,6 +73,7 @@ class PreflightReport:
 
     def summary(self) -> str:
         lines = [f"sigmas {name}: " + ",".join(f"{v:.4f}" for v in grid) for name, grid in self.grids.items()]
+        lines += self.memory
         lines += [f"[{c.status.upper():5}] {c.key}: {c.message}" for c in self.checks]
         verdict = "OK" if self.ok else "FAILED"
         lines.append(f"preflight {verdict}: {len(self.errors)} error(s), {len(self.warnings)} warning(s)")
@@ -264,6 +268,84 @@ def _check_weights(report: PreflightReport, where: str, name: str, option: str, 
     report.add(where, status, f"scorer {name!r} {option}: {message}")
 
 
+# ----------------------------------------------------------------------------- memory
+
+
+def _model_spec(cfg: ExperimentConfig):
+    """(PipelineSpec, where it comes from) for model.path, or (None, why not)."""
+    from cluster import memory_plan
+    from rollout.policy import ModelFolderError, resolve_model_path
+
+    try:
+        location = resolve_model_path(cfg.model.path)
+    except ModelFolderError:
+        return None, "model.path does not resolve"
+    folder = Path(location)
+    if not folder.is_dir() and _hub_cached(location, "model_index.json"):
+        from huggingface_hub import try_to_load_from_cache
+
+        folder = Path(try_to_load_from_cache(location, "model_index.json")).parent
+    if folder.is_dir():
+        try:
+            return memory_plan.pipeline_spec(folder, cfg.model.family), f"the configs and safetensors headers in {folder}"
+        except (OSError, KeyError, ValueError) as err:  # an incomplete cache snapshot, a config without a key
+            if location not in memory_plan.PUBLISHED_PIPELINES:
+                return None, f"{folder} could not be read ({type(err).__name__}: {err})"
+    if location in memory_plan.PUBLISHED_PIPELINES:
+        return memory_plan.PUBLISHED_PIPELINES[location], f"the published architecture of {location}"
+    return None, f"{location!r} is neither a local folder nor a hub id the planner knows"
+
+
+def _scorer_weights(scorer) -> list[str]:
+    """The weights a scorer loads (its `model`/`detector`/`clip` option or default), as paths or hub ids."""
+    from rewards.base import scorer_factory
+
+    parameters = inspect.signature(scorer_factory(scorer.name)).parameters
+    options = scorer.scorer_options()
+    values = [options.get(name, parameters[name].default) for name in WEIGHT_OPTIONS
+              if name in parameters and "processor" not in name]
+    return [str(resolve_path(v)) if _looks_local(v) else v for v in values if isinstance(v, str) and v]
+
+
+def _prompt_count(path: str) -> int:
+    from rewards.prompts import load_prompts
+
+    return len({r["prompt"] for r in load_prompts(resolve_path(path))})
+
+
+def _check_memory(cfg: ExperimentConfig, report: PreflightReport) -> None:
+    """The memory plan per actor kind against its GPU share (cluster/memory_plan.py)."""
+    from cluster import memory_plan
+
+    if any(c.status == "error" for c in report.find("model.path")):
+        return  # the model's own error says what is wrong with it
+    spec, source = _model_spec(cfg)
+    try:
+        prompts = {key: _prompt_count(getattr(cfg.data, key)) for key in ("train_prompts", "test_prompts")}
+        rewards = [memory_plan.reward_spec(_scorer_weights(s)) for s in cfg.rewards.scorers]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # the prompt files' and scorers' own errors are reported by their checks
+    if spec is None:
+        report.add("memory", "warn", f"no memory estimate: {source}")
+        return
+    unknown = [s.name for s, r in zip(cfg.rewards.scorers, rewards, strict=True) if r is None]
+    rewards = [r or memory_plan.RewardSpec(0) for r in rewards]
+    plans = memory_plan.plan_memory(cfg, spec, rewards, train_prompts=prompts["train_prompts"],
+                                    test_prompts=prompts["test_prompts"])
+    report.memory.append(f"memory plan (estimate; from {source}; GB = 1e9 bytes):")
+    for plan in plans:
+        report.memory += plan.lines()
+        key = "memory." + plan.kind.replace(" ", "_")
+        if plan.fits:
+            where = "on CPU" if plan.budget_bytes is None else f"fits {plan.budget_bytes / memory_plan.GB:.1f} GB"
+            report.add(key, "ok", f"{plan.total / memory_plan.GB:.1f} GB estimated, {where}")
+        else:
+            report.add(key, "error", plan.advice())
+    if unknown:
+        report.add("memory.rewards", "warn", f"scorer weights of {unknown} are neither local folders nor known "
+                   "hub ids: their memory is not estimated")
+
+
 # ----------------------------------------------------------------------------- resources
 
 
@@ -372,7 +454,7 @@ def preflight(cfg: ExperimentConfig, *, cluster_resources: dict | None = None) -
         source = "the given cluster resources"
     report = PreflightReport(resources_source=source, grids=sampling_grids(cfg))
     steps: list[Callable[[ExperimentConfig, PreflightReport], None]] = [_check_prompts, _check_evaluation, _check_model,
-                                                                      _check_scorers]
+                                                                      _check_scorers, _check_memory]
     for step in steps:
         step(cfg, report)
     check_resources(cfg, report, cluster_resources, local)

@@ -39,9 +39,13 @@ class ScorerConfig(_Section):
     )
     actors: int = Field(1, ge=1, description="Number of reward actors for this scorer (speed only).")
     num_cpus_per_actor: float = Field(
-        1.0, gt=0, description="CPUs Ray reserves per actor; also the actor's torch/onnxruntime thread count."
+        1.0, gt=0, description="CPUs Ray reserves per actor; the scorer's torch / onnxruntime thread pool gets "
+        "max(1, floor(num_cpus_per_actor)) threads."
     )
-    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs Ray reserves per actor (fractions share a GPU).")
+    num_gpus_per_actor: float = Field(
+        0.0, ge=0, description="GPUs Ray reserves per actor. A fraction (e.g. 0.25) lets several small reward models "
+        "share one GPU; `launch.py --dry-run` checks the scorer's memory against that share of cluster.gpu_memory_gb."
+    )
     timeout_s: float = Field(
         300.0, gt=0, description="Seconds one request may take (queueing on its actor included) before the call fails "
         "with an error naming the scorer; a hung actor is then restarted."
@@ -73,6 +77,14 @@ class ScorerConfig(_Section):
         if "device" in accepted and self.num_gpus_per_actor == 0:
             options.setdefault("device", "cpu")
         return options
+
+    @field_validator("num_gpus_per_actor")
+    @classmethod
+    def _whole_above_one(cls, gpus: float) -> float:
+        if gpus > 1 and gpus != int(gpus):
+            # Ray places a fraction within one GPU only: above 1 a reservation must be whole GPUs.
+            raise ValueError(f"num_gpus_per_actor {gpus} must be at most 1 or a whole number of GPUs (Ray's rule)")
+        return gpus
 
     @model_validator(mode="after")
     def _options_fit(self) -> ScorerConfig:

@@ -59,6 +59,11 @@ class OcrScorer:
         threads = max(1, int(num_threads))
         self._engine = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
 
+    def intra_op_threads(self) -> list[int]:
+        """The intra-op thread count each onnxruntime session (detection, recognition) was created with."""
+        sessions = (self._engine.text_det.infer, self._engine.text_rec.session)  # rapidocr's OrtInferSession
+        return [s.session.get_session_options().intra_op_num_threads for s in sessions]
+
     def read(self, image: np.ndarray) -> str:
         """All recognised lines of one uint8 [H, W, 3] RGB image, concatenated in detection order."""
         # rapidocr treats 3-channel ndarrays as BGR (cv2 convention); flip so colours are what it expects.

@@ -66,6 +66,17 @@ class RewardWorker:
             self._responses.popitem(last=False)
         return response
 
+    def threads(self) -> dict[str, int]:
+        """The thread pools this actor runs with, sized from its reservation (rewards/config.py passes
+        max(1, floor(num_cpus_per_actor)) as the scorer's num_threads): torch's intra-op pool, and the
+        onnxruntime sessions' of a scorer that has them (OCR)."""
+        import torch
+
+        out = {"torch": torch.get_num_threads()}
+        if hasattr(self._scorer, "intra_op_threads"):
+            out["onnxruntime"] = min(self._scorer.intra_op_threads())
+        return out
+
     def ping(self) -> int:
         """The worker's pid: proves it is up (and lets tests kill it)."""
         return os.getpid()

@@ -10,6 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Prompts whose embeddings a policy keeps (rollout/policy.py, LRU); the memory planner counts them.
+PROMPT_CACHE_SIZE = 1024
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

@@ -40,7 +40,7 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-from rollout.config import LoraSettings, ModelConfig
+from rollout.config import PROMPT_CACHE_SIZE, LoraSettings, ModelConfig
 from rollout.schedule import exponential_shift_sigmas, resolution_shift_mu, sigma_schedule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -289,7 +289,7 @@ class Policy:
         pipe,
         cfg: ModelConfig,
         device: str | torch.device = "cpu",
-        prompt_cache_size: int = 1024,
+        prompt_cache_size: int = PROMPT_CACHE_SIZE,
         *,
         trainable_dtype: torch.dtype = torch.float32,
         reference_copy: bool = False,

@@ -96,7 +96,7 @@ def test_too_few_gpus_is_an_error_naming_the_fields():
     cfg = load(REPO_ROOT / "configs" / "sd35_geneval.yaml")
     report = preflight(cfg, cluster_resources={"CPU": 1024.0, "GPU": 8.0})
     (error,) = report.errors
-    assert error.key == "cluster.gpus" and "needs 16" in error.message and "has 8" in error.message
+    assert error.key == "cluster.gpus" and "needs 14.5" in error.message and "has 8" in error.message
     for field in ("cluster.rollout_num_gpus", "cluster.learner_num_gpus", "rewards.scorers[0].num_gpus_per_actor"):
         assert field in error.message
 

@@ -81,6 +81,24 @@ def test_shapes_pool_scores_batches(ray_local):
         pools.shutdown()
 
 
+def test_reward_actor_threads_follow_its_cpu_reservation(ray_local, tmp_path):
+    """A scorer sizes its pools from num_cpus_per_actor inside the real Ray actor: OCR's onnxruntime sessions
+    (read back from the sessions; onnxruntime's own default reads 0) and a CLIP scorer's torch pool (Ray sets
+    OMP_NUM_THREADS=1 in actors, whatever they reserve). The floor of a fraction: test_rewards_unit.py."""
+    from rewards.pool import ScorerPool
+    from tests.test_rewards_models import save_tiny_clip
+
+    clip = save_tiny_clip(tmp_path / "clip")
+    pools = [ScorerPool(ScorerConfig(name="ocr", num_cpus_per_actor=2.0)),
+             ScorerPool(ScorerConfig(name="pickscore", model=clip, options={"processor": None}, num_cpus_per_actor=2.0))]
+    try:
+        ocr, pick = (ray_local.get(pool.actors[0].threads.remote()) for pool in pools)
+        assert ocr["onnxruntime"] == 2 and pick["torch"] == 2
+    finally:
+        for pool in pools:
+            pool.shutdown()
+
+
 def test_actor_killed_mid_stream_every_score_once(ray_local):
     from rewards.pool import ScorerPool
 

@@ -131,6 +131,15 @@ def test_scorer_options_thread_count_and_model():
     assert cfg.scorer_options() == {"model": "/weights/pick", "num_threads": 2, "device": "cpu"}
     assert ScorerConfig(name="geneval", model="/m2f", num_gpus_per_actor=1).scorer_options() == {
         "detector": "/m2f", "num_threads": 1}
+    # max(1, floor(num_cpus_per_actor)): a fraction of a CPU is one thread, 2.5 CPUs are two.
+    assert [ScorerConfig(name="ocr", num_cpus_per_actor=c).scorer_options()["num_threads"] for c in (0.5, 2.5)] == [1, 2]
+
+
+def test_fractional_gpus_share_a_gpu_and_above_one_must_be_whole():
+    assert ScorerConfig(name="pickscore", num_gpus_per_actor=0.25).num_gpus_per_actor == 0.25
+    assert ScorerConfig(name="pickscore", num_gpus_per_actor=2).num_gpus_per_actor == 2
+    with pytest.raises(ValueError, match="num_gpus_per_actor"):
+        ScorerConfig(name="pickscore", num_gpus_per_actor=1.5)
 
 
 # -- shapes_geneval --------------------------------------------------------------------------------------

@@ -1,0 +1,169 @@
+"""The memory planner's estimate against measured peak RSS, on CPU, at the published widths.
+
+    python benchmarks/memory_plan.py [--models DIR] [--case NAME ...]
+
+Builds the real-width, reduced-depth SD3.5-Medium and FLUX.1-dev folders (scripts/build_real_width.py) once
+into --models, then runs each case in a fresh subprocess: a rollout-actor-like process (RolloutWorker
+samples and decodes one group) or a learner-like process (LearnerWorker samples one group with its own
+policy, then trains on it). Each reports, minus the RSS it had after its imports (torch, diffusers, peft,
+DeepSpeed: an empty process's baseline): `loaded`, its RSS once built; `resident`, its RSS just before the
+measured work (the learner's includes what the allocator kept of its sampling); `peak`, its peak during the
+work, with the load's own transient (safetensors reads, dtype casts; `load_peak`) excluded by resetting the
+peak first (/proc/self/clear_refs 5): what a GPU would have to hold. Beside each measurement, the planner's estimate
+(cluster/memory_plan.py) of the same config with the same number of prompts, and the ratio. The configs
+are the SD3.5 and FLUX presets with resolution, group size, steps, T5 length and micro-batch cut to fit
+2 cores; widths, heads and dtypes are the published ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# case -> (family, transformer layers, preset, overrides, process kind). SD3.5: LoRA + CFG, Flow-GRPO, 4 layers
+# so that the learner's activations are a large part; FLUX: full fine-tuning (1 double + 1 single block: ~13 GB
+# of fp32 optimizer state already), G2RPO's batched rows, gradient checkpointing as the FLUX presets.
+COMMON = ["model.resolution=256", "model.max_sequence_length=16", "cluster.num_learner_ranks=1",
+          "cluster.rollout_num_gpus=0", "cluster.learner_num_gpus=0"]  # CPU actors: the plan counts host memory
+SD35 = ["sampling.group_size=4", "sampling.num_steps=2", "data.images_per_iteration=4", "learner.micro_batch_size=4"]
+FLUX = ["sampling.group_size=2", "sampling.num_steps=3", "sampling.g2rpo_steps=[0,1]", "data.images_per_iteration=2",
+        "learner.micro_batch_size=2", "cluster.rollout_images_per_decode=4"]  # fmt: skip
+CASES = {
+    "sd35_rollout": ("sd35", 4, "sd35_geneval", SD35, "rollout"),
+    "sd35_learner": ("sd35", 4, "sd35_geneval", SD35 + ["model.gradient_checkpointing=false"], "learner"),
+    "sd35_learner_ckpt": ("sd35", 4, "sd35_geneval", SD35 + ["model.gradient_checkpointing=true"], "learner"),
+    "flux_rollout": ("flux", 1, "flux_g2rpo_hps", FLUX, "rollout"),
+    "flux_learner_ckpt": ("flux", 1, "flux_g2rpo_hps", FLUX, "learner"),
+}
+PROMPT = "a photo of a red circle"
+
+
+def _proc_kib(field: str, path: str = "/proc/self/status") -> int:
+    """A 'Field: N kB' line of a /proc file."""
+    for line in open(path):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _config(case: str, folder: Path):
+    from cluster.config import load_config
+
+    _, _, preset, overrides, _ = CASES[case]
+    return load_config(REPO / "configs" / f"{preset}.yaml", [*COMMON, *overrides, f"model.path={folder}"])
+
+
+def child(case: str, folder: Path) -> dict:
+    """Run one case in this process; RSS numbers in bytes, relative to the RSS after the imports."""
+    import torch
+
+    from learner.engine import free_port
+    from learner.worker import LearnerWorker, TrainGroup
+    from rollout.strategies import sample_group
+    from rollout.worker import GroupRequest, RolloutWorker
+
+    torch.set_num_threads(1)
+    cfg, kind = _config(case, folder), CASES[case][4]
+    gc.collect()
+    base = _proc_kib("VmRSS")
+    if kind == "rollout":
+        worker = RolloutWorker(cfg.model, cfg.sampling, device="cpu", torch_threads=1, precision=cfg.learner.precision,
+                               rows_per_forward=cfg.cluster.rollout_rows_per_forward,
+                               images_per_decode=cfg.cluster.rollout_images_per_decode)  # fmt: skip
+        work = lambda: worker.rollout([GroupRequest(0, PROMPT, {}, seed=1, iteration=0)])  # noqa: E731
+        loaded = _proc_kib("VmRSS")
+    else:
+        learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=0, torch_threads=1)
+        learner.setup("127.0.0.1", free_port())
+        gc.collect()
+        loaded = _proc_kib("VmRSS")
+        policy = learner.policy
+        sigmas = policy.sigmas(cfg.sampling.num_steps, cfg.sampling.shift, cfg.sampling.shift_mode,
+                               cfg.sampling.sigma_schedule)
+        cond = policy.encode([PROMPT])
+        with torch.no_grad():  # the learner's own policy samples the group: no second pipeline in this process
+            rollout = sample_group(cfg.sampling, lambda x, s: policy.velocity(x, s, cond.expand(x.shape[0])),
+                                   policy.initial_noise, sigmas, generator=torch.Generator().manual_seed(1), iteration=0)
+        advantages = torch.linspace(-1, 1, rollout.num_samples)
+        group = TrainGroup(PROMPT, rollout, advantages, torch.ones(rollout.num_samples, dtype=torch.bool), 0)
+        work = lambda: learner.train([group], iteration=0)  # noqa: E731
+    gc.collect()
+    load_peak, resident = _proc_kib("VmHWM"), _proc_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS: the load's transient is out
+        f.write("5")
+    work()
+    peak = _proc_kib("VmHWM")
+    named = (("load_peak", load_peak), ("loaded", loaded), ("resident", resident), ("peak", peak))
+    return {k: (v - base) * 1024 for k, v in named}
+
+
+def estimate(case: str, folder: Path) -> dict:
+    """The planner's resident and peak bytes for the process the case runs (one prompt + the negative)."""
+    from cluster import memory_plan
+
+    cfg, kind = _config(case, folder), CASES[case][4]
+    spec = memory_plan.pipeline_spec(folder, cfg.model.family)
+    plans = memory_plan.plan_memory(cfg, spec, [memory_plan.RewardSpec(0)] * len(cfg.rewards.scorers),
+                                    train_prompts=1, test_prompts=0)
+    plan = next(p for p in plans if p.kind == {"rollout": "rollout actor", "learner": "learner rank"}[kind])
+    moving = ("adam moments", "gradients")  # created by the work, not by loading (as the transients)
+    resident = sum(t.bytes for t in plan.terms if not t.label.startswith(moving))
+    return {"resident": resident, "peak": plan.total, "lines": plan.lines()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", type=Path, default=REPO / "outputs" / "real_width_models")
+    p.add_argument("--case", action="append", choices=sorted(CASES), help="default: every case")
+    p.add_argument("--child", choices=sorted(CASES), help=argparse.SUPPRESS)
+    p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.folder)))
+        return
+    sys.path.insert(0, str(REPO / "scripts"))
+    from build_real_width import FAMILIES, build
+
+    rows = []
+    for case in args.case or list(CASES):
+        family, layers = CASES[case][:2]
+        folder = args.models / f"layers{layers}" / FAMILIES[family][0]
+        if not (folder / "model_index.json").is_file():
+            build(folder.parent, family, layers)
+        est = estimate(case, folder)
+        available = _proc_kib("MemAvailable", "/proc/meminfo") * 1024
+        if available < est["peak"] + 1e9:  # a shared machine: do not push it into the OOM killer
+            print(f"| {case} | skipped: needs ~{est['peak'] / 1e9:.1f} GB, {available / 1e9:.1f} GB available |", flush=True)
+            continue
+        out = subprocess.run([sys.executable, __file__, "--child", case, "--folder", str(folder)],
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if out.returncode:
+            sys.exit(f"{case} failed:\n{out.stderr[-4000:]}")
+        measured = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{case} measured (bytes above the imports' RSS): {measured}", flush=True)
+        print("\n".join(est["lines"]), flush=True)
+        rows.append((case, measured, est))
+        print(_row(case, measured, est), flush=True)
+    print("\n| case | resident: estimate / measured (ratio) | peak: estimate / measured (ratio) | loaded, load peak |")
+    print("|---|---|---|---|")
+    for case, measured, est in rows:
+        print(_row(case, measured, est))
+
+
+def _row(case: str, measured: dict, est: dict) -> str:
+    gb = 1e9
+    cells = [f"{est[k] / gb:.2f} / {measured[k] / gb:.2f} GB ({est[k] / measured[k]:.2f})" for k in ("resident", "peak")]
+    return f"| {case} | {cells[0]} | {cells[1]} | {measured['loaded'] / gb:.2f}, {measured['load_peak'] / gb:.2f} GB |"
+
+
+if __name__ == "__main__":
+    main()

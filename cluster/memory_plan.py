@@ -1,0 +1,499 @@
+"""The memory planner: what each actor kind holds, estimated from the model's architecture before launch.
+
+`launch.py --dry-run` prints `plan_memory(cfg, ...)` per actor kind and refuses a plan that cannot fit
+`cluster.gpu_memory_gb`. Everything here is arithmetic over numbers read from config files and
+safetensors headers (no weights are loaded, no Ray, no torch), in bytes; GB = 1e9 bytes.
+
+What each actor kind holds (read from the code, not assumed):
+- rollout actor (rollout/worker.py): the whole pipeline in `model.dtype` (transformer, text encoders,
+  VAE) plus LoRA adapters in the learner's precision; its prompt cache (rollout/policy.py `_PromptCache`,
+  training and test prompts); the group's trajectory latents (fp32); the peak of one transformer call
+  (`cluster.rollout_rows_per_forward` rows, inference) or one VAE decode (`cluster.rollout_images_per_decode`
+  images), whichever is larger.
+- learner rank (learner/worker.py): the whole pipeline too (Policy.from_config), a frozen reference copy of
+  a fully fine-tuned transformer when `learner.beta > 0`, DeepSpeed's optimizer state and gradients (ZeRO
+  closed forms below), its prompt cache (training prompts) and the saved activations of one micro-batch.
+- reward actor (rewards/): its scorer's weights (float32 unless the scorer's `dtype` option says otherwise)
+  and the activations of one request.
+
+Activations are an estimate: tokens x hidden x layers x a per-element factor. The factors were measured on
+CPU against peak RSS of the real-width, reduced-depth models (benchmarks/memory_plan.py; README has the
+numbers): treat the activation terms as +-25%, the weight and optimizer terms as exact up to allocator slack.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rollout.config import PROMPT_CACHE_SIZE
+
+GB = 1e9
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+# Elements saved per token, per hidden unit, per block for the backward pass. Korthikanti et al. 2022
+# ("Reducing Activation Recomputation in Large Transformer Models", Eq. 1) count 34 bytes = 17 16-bit
+# elements per token per hidden unit per GPT layer, plus 5 a s / h for the attention scores, which fused
+# (flash / memory-efficient) attention does not keep. An SD3.5 MMDiT block (two streams, adaLN, dual
+# attention) measured ~20 on CPU (benchmarks/memory_plan.py: 19.5 without checkpointing, ~23 with it).
+TRAIN_ELEMENTS_PER_TOKEN_HIDDEN = 20.0
+# Elements alive at once per token per hidden unit inside one block at inference (hidden, q/k/v, MLP 4h).
+INFERENCE_ELEMENTS_PER_TOKEN_HIDDEN = 8.0
+# Elements alive at once per output pixel per full-resolution channel of the VAE decoder (input, GroupNorm,
+# SiLU and conv outputs of a ResNet block at full resolution).
+DECODE_ELEMENTS_PER_PIXEL_CHANNEL = 4.0
+# DeepSpeed ZeRO-2/3's default reduce_bucket_size (elements).
+REDUCE_BUCKET_ELEMENTS = 500_000_000
+# Per GPU process: CUDA context, cuBLAS/cuDNN workspaces and allocator slack (an assumption, not measured
+# here: there is no GPU on the machine that calibrated the rest).
+GPU_RUNTIME_BYTES = 1.5 * GB
+
+
+# ----------------------------------------------------------------------------- model architecture
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What the planner needs of a diffusers pipeline; read by `pipeline_spec` (configs, safetensors headers)."""
+
+    family: str  # 'sd3' | 'flux'
+    transformer_params: int  # parameters and persistent buffers (SD3's position embedding)
+    hidden: int  # attention heads x head dim
+    layers: int  # transformer blocks (FLUX: double + single)
+    pixels_per_token: int  # image pixels per token side: VAE scale x patch (FLUX: x the 2x2 packing)
+    text_encoder_params: dict[str, int]
+    vae_params: int
+    vae_fullres_channels: int  # widest decoder channel count at full image resolution
+    latent_channels: int
+    vae_scale: int
+    embed_dim: int  # prompt embedding width (joint_attention_dim)
+    pooled_dim: int
+    clip_tokens: int  # SD3: the 77 CLIP tokens ahead of the T5 ones; FLUX: 0
+    # (module name, in_features, out_features) of every 2-D transformer weight, for exact LoRA counts;
+    # empty for the published table, which approximates them.
+    linears: tuple[tuple[str, int, int], ...] = ()
+
+
+def image_tokens(spec: PipelineSpec, resolution: int) -> int:
+    """(resolution / (VAE scale x patch))^2."""
+    return (resolution // spec.pixels_per_token) ** 2
+
+
+def text_tokens(spec: PipelineSpec, max_sequence_length: int) -> int:
+    """SD3: 77 CLIP tokens + the T5 length; FLUX: the T5 length."""
+    return spec.clip_tokens + max_sequence_length
+
+
+def lora_params(spec: PipelineSpec, target_modules: Iterable[str], rank: int) -> int:
+    """r (in + out) per adapted Linear (peft matches a module whose name is, or ends with '.' + , a target).
+    Without the module list (a hub id not in the local cache): len(targets) x layers x r x 2 hidden."""
+    targets = list(target_modules)
+    if not spec.linears:
+        return len(targets) * spec.layers * rank * 2 * spec.hidden
+    return sum(
+        rank * (fan_in + fan_out)
+        for name, fan_in, fan_out in spec.linears
+        if any(name == t or name.endswith("." + t) for t in targets)
+    )
+
+
+# ----------------------------------------------------------------------------- closed forms
+
+
+def weights_bytes(params: int, dtype_bytes: int) -> float:
+    return float(params * dtype_bytes)
+
+
+def optimizer_bytes(trainable: int, ranks: int, zero_stage: int, precision: str) -> dict[str, float]:
+    """Adam's two fp32 moments, plus DeepSpeed's fp32 master weights when the weights are bf16/fp16; ZeRO
+    stages >= 1 partition both over the data-parallel ranks (Rajbhandari et al. 2020, ZeRO, Sec. 5.1)."""
+    shard = ranks if zero_stage >= 1 else 1
+    master = 4 * trainable if precision != "fp32" else 0
+    return {"adam moments (fp32)": 8 * trainable / shard, "master weights (fp32)": master / shard}
+
+
+def gradient_bytes(trainable: int, ranks: int, zero_stage: int, precision: str) -> float:
+    """Gradients accumulate in fp32 (learner/engine.py `grad_accum_dtype`). ZeRO-0/1 keep them whole, with
+    bf16/fp16 weights beside the parameters' own half-precision .grad; ZeRO-2/3 keep a 1 / ranks fp32
+    partition plus the parameters' gradients waiting in the reduce bucket (DeepSpeed's reduce_bucket_size,
+    5e8 elements by default, in the weights' dtype)."""
+    half = PRECISION_BYTES[precision] * trainable if precision != "fp32" else 0
+    if zero_stage >= 2:
+        return 4 * trainable / ranks + PRECISION_BYTES[precision] * min(trainable, REDUCE_BUCKET_ELEMENTS)
+    return float(4 * trainable + half)
+
+
+def optimizer_step_bytes(trainable: int, ranks: int, zero_stage: int, fused: bool) -> float:
+    """What one optimizer step allocates on top: ZeRO-2 flattens the gradient partition into a new fp32
+    tensor (deepspeed/runtime/zero/stage_1_and_2.py `step`), and torch's unfused AdamW (CPU; the fused CUDA
+    kernel does not) materialises sqrt(v) + eps for the whole partition."""
+    shard = ranks if zero_stage >= 1 else 1
+    return (4 * trainable / ranks if zero_stage == 2 else 0) + (0 if fused else 4 * trainable / shard)
+
+
+def train_activation_bytes(spec: PipelineSpec, tokens: int, rows: int, act_bytes: int, checkpointing: bool) -> float:
+    """Saved activations of one forward/backward over `rows` rows of `tokens` tokens. Without checkpointing
+    every block keeps its factor x tokens x hidden; with it (diffusers checkpoints each block) each block
+    keeps its input and one block at a time is recomputed in full."""
+    per_block = TRAIN_ELEMENTS_PER_TOKEN_HIDDEN * tokens * spec.hidden * act_bytes * rows
+    if not checkpointing:
+        return spec.layers * per_block
+    return spec.layers * tokens * spec.hidden * act_bytes * rows + per_block
+
+
+def inference_activation_bytes(spec: PipelineSpec, tokens: int, rows: int, act_bytes: int) -> float:
+    """The live tensors of one block at inference (no_grad frees each block's outputs)."""
+    return INFERENCE_ELEMENTS_PER_TOKEN_HIDDEN * tokens * spec.hidden * act_bytes * rows
+
+
+def decode_bytes(spec: PipelineSpec, resolution: int, images: int, act_bytes: int) -> float:
+    """The VAE decoder's full-resolution stage for a chunk of images."""
+    return DECODE_ELEMENTS_PER_PIXEL_CHANNEL * resolution**2 * spec.vae_fullres_channels * act_bytes * images
+
+
+def prompt_cache_bytes(spec: PipelineSpec, max_sequence_length: int, prompts: int, dtype_bytes: int) -> float:
+    """min(prompts, PROMPT_CACHE_SIZE) cached embeddings [text tokens, embed_dim] + pooled [pooled_dim]."""
+    per_prompt = text_tokens(spec, max_sequence_length) * spec.embed_dim + spec.pooled_dim
+    return float(min(prompts, PROMPT_CACHE_SIZE) * per_prompt * dtype_bytes)
+
+
+def latent_bytes(spec: PipelineSpec, resolution: int) -> int:
+    """One fp32 latent [C, res / scale, res / scale]."""
+    return 4 * spec.latent_channels * (resolution // spec.vae_scale) ** 2
+
+
+def g2rpo_max_rows(group_size: int, num_steps: int, steps: list[int], granularities: list[int]) -> int:
+    """Most latents in one G2RPO velocity call (rollout/strategies.py `g2rpo`): the anchor, the G branch
+    inputs when the call is a branch step, and G rows for every tail still running; a tail started at
+    step k with stride lambda takes ceil((T - k - 1) / lambda) ODE steps from call k + 1 on."""
+    most = 0
+    for c in range(num_steps):
+        running = sum(1 for k in steps for lam in granularities if k < c <= k + math.ceil((num_steps - k - 1) / lam))
+        most = max(most, 1 + (group_size if c in steps else 0) + group_size * running)
+    return most
+
+
+# ----------------------------------------------------------------------------- per actor kind
+
+
+@dataclass(frozen=True)
+class Term:
+    """One named part of an actor's memory and the config keys that shrink it."""
+
+    label: str
+    bytes: float
+    keys: tuple[str, ...] = ()
+    host: bool = False  # held in host memory (numpy copies), not on the actor's GPU
+
+
+@dataclass
+class ActorPlan:
+    """The terms of one actor kind, and the GPU memory it may use (None: it runs on CPU, host memory)."""
+
+    kind: str
+    terms: list[Term]
+    budget_bytes: float | None
+    budget_keys: tuple[str, ...] = ()
+    transients: list[Term] = field(default_factory=list)  # never at once: only the largest counts
+
+    @property
+    def peak_transient(self) -> Term | None:
+        return max(self.transients, key=lambda t: t.bytes, default=None)
+
+    @property
+    def counted(self) -> list[Term]:
+        """The terms the total adds: every resident one and the largest transient."""
+        return self.terms + ([self.peak_transient] if self.transients else [])
+
+    @property
+    def total(self) -> float:
+        """What the actor's device holds: every counted term on CPU, the non-host ones on a GPU."""
+        return sum(t.bytes for t in self.counted if self.budget_bytes is None or not t.host)
+
+    @property
+    def host_total(self) -> float:
+        return sum(t.bytes for t in self.counted if t.host)
+
+    @property
+    def fits(self) -> bool:
+        return self.budget_bytes is None or self.total <= self.budget_bytes
+
+    def lines(self) -> list[str]:
+        where = "host memory (CPU actor)" if self.budget_bytes is None else f"of {self.budget_bytes / GB:.1f} GB GPU"
+        host = f" (+ {self.host_total / GB:.2f} GB host memory)" if self.budget_bytes is not None and self.host_total else ""
+        out = [f"memory {self.kind}: {self.total / GB:.2f} GB {where}{host}"]
+        out += [f"    {t.bytes / GB:8.2f} GB  {t.label}" + (" (host memory)" if t.host else "")
+                for t in self.terms if t.bytes > 0]
+        return out + [f"    {t.bytes / GB:8.2f} GB  {t.label}" + ("" if t is self.peak_transient else " (not at once: not counted)")
+                      for t in self.transients]
+
+    def advice(self) -> str:
+        """Why it does not fit and which keys to change, the largest terms' keys first."""
+        keys: list[str] = []
+        ranked = sorted((t for t in self.counted if not t.host), key=lambda t: -t.bytes)
+        for term in ranked:
+            keys += [k for k in term.keys if k not in keys]
+        keys += [k for k in self.budget_keys if k not in keys]
+        top = ", ".join(f"{t.label} {t.bytes / GB:.1f} GB" for t in ranked[:3])
+        return (f"estimated {self.total / GB:.1f} GB does not fit {self.budget_bytes / GB:.1f} GB ({top}); "
+                f"change {', '.join(keys)}")
+
+
+def _cfg_factor(cfg) -> int:
+    """Rows per sample in a transformer call: SD3's CFG doubles the batch unless guidance is 1."""
+    return 2 if cfg.model.family == "sd3" and cfg.model.guidance_scale != 1.0 else 1
+
+
+def rollout_rows_per_call(cfg) -> int:
+    """Rows of the largest transformer call a rollout actor makes (after cluster.rollout_rows_per_forward)."""
+    s = cfg.sampling
+    latents = (g2rpo_max_rows(s.group_size, s.num_steps, s.g2rpo_steps, s.g2rpo_granularities)
+               if s.strategy == "g2rpo" else s.group_size)
+    rows = latents * _cfg_factor(cfg)
+    return min(rows, cfg.cluster.rollout_rows_per_forward or rows)
+
+
+def learner_inputs_per_micro_batch(cfg) -> int:
+    """Distinct latents one learner forward takes (learner/worker.py `build_micro_batches`: one forward per
+    distinct input). G2RPO's G branches at x_k share their input, and a micro-batch of rows sorted by input
+    touches ceil(size / G) inputs, one more when it straddles; every other strategy's inputs are distinct."""
+    size, g = cfg.learner.micro_batch_size, cfg.sampling.group_size
+    if cfg.sampling.strategy != "g2rpo":
+        return size
+    return min(size, -(-size // g) + (1 if size % g else 0))
+
+
+def images_per_group(cfg) -> int:
+    s = cfg.sampling
+    return s.group_size * len(s.g2rpo_steps) * len(s.g2rpo_granularities) if s.strategy == "g2rpo" else s.group_size
+
+
+def _weight_terms(spec: PipelineSpec, dtype_bytes: int) -> list[Term]:
+    terms = [Term("transformer weights", weights_bytes(spec.transformer_params, dtype_bytes), ("model.dtype",))]
+    terms += [Term(f"{name} weights", weights_bytes(n, dtype_bytes), ("model.dtype",))
+              for name, n in spec.text_encoder_params.items()]
+    return terms + [Term("vae weights", weights_bytes(spec.vae_params, dtype_bytes), ("model.dtype",))]
+
+
+def _trainable(cfg, spec: PipelineSpec) -> int:
+    lora = cfg.model.lora
+    return lora_params(spec, lora.target_modules, lora.rank) if lora.enabled else spec.transformer_params
+
+
+def plan_rollout(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], list[Term]]:
+    """A rollout actor's resident terms and its transients (a transformer call, a decode: never at once);
+    `prompts`: distinct training + test prompts (+ the negative prompt)."""
+    m, dtype_bytes = cfg.model, DTYPE_BYTES[cfg.model.dtype]
+    terms = _weight_terms(spec, dtype_bytes)
+    if m.lora.enabled:
+        terms.append(Term("LoRA adapters", weights_bytes(_trainable(cfg, spec), PRECISION_BYTES[cfg.learner.precision]),
+                          ("model.lora.rank",)))
+    terms.append(Term(f"prompt cache ({min(prompts, PROMPT_CACHE_SIZE)} prompts)",
+                      prompt_cache_bytes(spec, m.max_sequence_length, prompts, dtype_bytes)))
+    steps = cfg.sampling.num_steps
+    terms.append(Term("trajectory latents (fp32)", latent_bytes(spec, m.resolution) * images_per_group(cfg) * (steps + 1)))
+    tokens = image_tokens(spec, m.resolution) + text_tokens(spec, m.max_sequence_length)
+    rows = rollout_rows_per_call(cfg)
+    chunk = min(images_per_group(cfg), cfg.cluster.rollout_images_per_decode or images_per_group(cfg))
+    transients = [
+        Term(f"transformer call ({rows} rows x {tokens} tokens, inference)",
+             inference_activation_bytes(spec, tokens, rows, dtype_bytes), ("cluster.rollout_rows_per_forward",)),
+        Term(f"VAE decode ({chunk} images at {m.resolution} px)", decode_bytes(spec, m.resolution, chunk, dtype_bytes),
+             ("cluster.rollout_images_per_decode",)),
+    ]
+    return terms, transients
+
+
+def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], list[Term]]:
+    """A learner rank's resident terms and its transients (the backward's activations, the optimizer
+    step: never at once); `prompts`: distinct training prompts (+ the negative prompt)."""
+    m, lc, ranks = cfg.model, cfg.learner, cfg.cluster.num_learner_ranks
+    dtype_bytes = DTYPE_BYTES[m.dtype]
+    terms = _weight_terms(spec, dtype_bytes)
+    if lc.zero_stage == 3:  # the module's parameters are partitioned too; one block is gathered at a time
+        full = terms[0].bytes
+        terms[0] = Term("transformer weights (ZeRO-3 partition + one gathered block)",
+                        full / ranks + full / spec.layers, ("learner.zero_stage", "cluster.num_learner_ranks"))
+    trainable = _trainable(cfg, spec)
+    zero_keys = ("learner.zero_stage", "cluster.num_learner_ranks", "model.lora.enabled")
+    if m.lora.enabled:
+        terms.append(Term("LoRA adapters", weights_bytes(trainable, PRECISION_BYTES[lc.precision]), ("model.lora.rank",)))
+    elif lc.beta > 0:
+        terms.append(Term("reference copy of the transformer (full fine-tuning, beta > 0)",
+                          weights_bytes(spec.transformer_params, dtype_bytes), ("learner.beta", "model.lora.enabled")))
+    terms += [Term(label, b, zero_keys) for label, b in optimizer_bytes(trainable, ranks, lc.zero_stage, lc.precision).items()]
+    terms.append(Term("gradients", gradient_bytes(trainable, ranks, lc.zero_stage, lc.precision), zero_keys))
+    # float32 numpy copies of the trainable weights: the evaluation EMA (learner/worker.py EmaWeights) and the
+    # forward-process family's sampling policy (learner/forward_process.py keeps `old` even when 'current').
+    if lc.ema_decay is not None:
+        terms.append(Term("EMA of the trainable weights (fp32)", 4.0 * trainable, ("learner.ema_decay",), host=True))
+    if lc.family == "forward_process":
+        terms.append(Term("sampling-policy weights (fp32)", 4.0 * trainable, (), host=True))
+    terms.append(Term(f"prompt cache ({min(prompts, PROMPT_CACHE_SIZE)} prompts)",
+                      prompt_cache_bytes(spec, m.max_sequence_length, prompts, dtype_bytes)))
+    tokens = image_tokens(spec, m.resolution) + text_tokens(spec, m.max_sequence_length)
+    rows = learner_inputs_per_micro_batch(cfg) * _cfg_factor(cfg)
+    ckpt = "with" if m.gradient_checkpointing else "without"
+    fused = cfg.cluster.learner_num_gpus > 0  # learner/engine.py build_optimizer: fused AdamW on CUDA
+    transients = [
+        Term(f"activations ({rows} rows x {tokens} tokens, {ckpt} gradient checkpointing)",
+             train_activation_bytes(spec, tokens, rows, dtype_bytes, m.gradient_checkpointing),
+             ("learner.micro_batch_size", "model.gradient_checkpointing")),
+        Term("optimizer step (flattened gradients" + ("" if fused else ", unfused AdamW temporaries") + ")",
+             optimizer_step_bytes(trainable, ranks, lc.zero_stage, fused), zero_keys),
+    ]
+    return terms, transients
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """A scorer's weights and the live activation elements of one image in one block (tokens x width)."""
+
+    params: int
+    elements_per_image: int = 0
+
+
+def plan_reward(scorer, spec: RewardSpec, index: int) -> list[Term]:
+    """A reward actor of `rewards.scorers[index]`: its weights and one request's live activations."""
+    dtype_bytes = DTYPE_BYTES[scorer.options.get("dtype", "float32")]
+    per = scorer.batch_size_per_request
+    return [Term(f"{scorer.name} weights", weights_bytes(spec.params, dtype_bytes), (f"rewards.scorers[{index}].options.dtype",)),
+            Term(f"activations ({per} images per request)", INFERENCE_ELEMENTS_PER_TOKEN_HIDDEN * spec.elements_per_image
+                 * dtype_bytes * per, (f"rewards.scorers[{index}].batch_size_per_request",))]
+
+
+def plan_memory(cfg, spec: PipelineSpec, reward_specs: list[RewardSpec], *, train_prompts: int,
+                test_prompts: int) -> list[ActorPlan]:
+    """One ActorPlan per actor kind: 'rollout actor', 'learner rank', 'reward actor <name>'. A GPU actor's
+    budget is its GPU share x cluster.gpu_memory_gb less the CUDA runtime; colocated rollout actors share
+    their learner rank's bundle, so that bundle's plan holds both."""
+    c, gpu = cfg.cluster, cfg.cluster.gpu_memory_gb * GB
+    rollout, transients = plan_rollout(cfg, spec, train_prompts + test_prompts + 1)
+    learner, learner_transients = plan_learner(cfg, spec, train_prompts + 1)
+
+    def budget(gpus: float) -> float | None:
+        return gpus * gpu - GPU_RUNTIME_BYTES if gpus > 0 else None
+
+    plans = []
+    if c.colocate:
+        per = -(-c.num_rollout_actors // c.num_learner_ranks)
+        terms = [Term(f"learner: {t.label}", t.bytes, t.keys, t.host) for t in learner + learner_transients]
+        terms += [Term(f"{per} rollout: {t.label}", per * t.bytes, t.keys, t.host) for t in rollout + transients]
+        plans.append(ActorPlan("learner rank + colocated rollout actors", terms,
+                               budget(c.learner_num_gpus + per * c.rollout_num_gpus),
+                               ("cluster.colocate", "cluster.gpu_memory_gb")))
+    else:
+        plans.append(ActorPlan("rollout actor", rollout, budget(c.rollout_num_gpus),
+                               ("cluster.rollout_num_gpus", "cluster.gpu_memory_gb"), transients))
+        plans.append(ActorPlan("learner rank", learner, budget(c.learner_num_gpus),
+                               ("cluster.learner_num_gpus", "cluster.gpu_memory_gb"), learner_transients))
+    for i, (scorer, rspec) in enumerate(zip(cfg.rewards.scorers, reward_specs, strict=True)):
+        plans.append(ActorPlan(f"reward actor {scorer.name}", plan_reward(scorer, rspec, i),
+                               budget(scorer.num_gpus_per_actor),
+                               (f"rewards.scorers[{i}].num_gpus_per_actor", "cluster.gpu_memory_gb")))
+    return plans
+
+
+# ----------------------------------------------------------------------------- reading a model's spec
+
+
+def safetensors_shapes(folder: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from the headers of every *.safetensors file in `folder` (8-byte little-endian
+    header length, then a JSON header: the format's definition); the tensor data is never read."""
+    shapes: dict[str, list[int]] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with open(file, "rb") as f:
+            prefix = f.read(8)
+            try:
+                header = json.loads(f.read(struct.unpack("<Q", prefix)[0]))
+                shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+            except (struct.error, ValueError, KeyError, TypeError, AttributeError) as err:
+                raise ValueError(f"{file} is not a safetensors file (its header does not read: {err})") from None
+    return shapes
+
+
+def count_params(shapes: dict[str, list[int]]) -> int:
+    return sum(math.prod(s) for s in shapes.values())
+
+
+def pipeline_spec(folder: Path, family: str) -> PipelineSpec:
+    """Read a diffusers pipeline folder: each component's config.json and safetensors headers."""
+    tconf = json.loads((folder / "transformer" / "config.json").read_text())
+    vconf = json.loads((folder / "vae" / "config.json").read_text())
+    shapes = safetensors_shapes(folder / "transformer")
+    encoders = {name: count_params(safetensors_shapes(folder / name))
+                for name in ("text_encoder", "text_encoder_2", "text_encoder_3") if (folder / name).is_dir()}
+    blocks = vconf["block_out_channels"]
+    vae_scale = 2 ** (len(blocks) - 1)
+    flux = family == "flux"
+    return PipelineSpec(
+        family=family,
+        transformer_params=count_params(shapes),
+        hidden=tconf["num_attention_heads"] * tconf["attention_head_dim"],
+        layers=tconf["num_layers"] + tconf.get("num_single_layers", 0),
+        pixels_per_token=vae_scale * (2 if flux else tconf["patch_size"]),
+        text_encoder_params=encoders,
+        vae_params=count_params(safetensors_shapes(folder / "vae")),
+        vae_fullres_channels=max(blocks[:2]),
+        latent_channels=vconf["latent_channels"],
+        vae_scale=vae_scale,
+        embed_dim=tconf["joint_attention_dim"],
+        pooled_dim=tconf["pooled_projection_dim"],
+        clip_tokens=0 if flux else 77,
+        linears=tuple((name[: -len(".weight")], s[1], s[0]) for name, s in shapes.items()
+                      if name.endswith(".weight") and len(s) == 2),
+    )
+
+
+# The published pipelines the presets name, for a dry run without the weights at hand. Parameter counts
+# of diffusers/transformers models built on the meta device from each model's published config.json
+# (stabilityai/stable-diffusion-3.5-medium, black-forest-labs/FLUX.1-dev: transformer, text encoders with
+# vocabularies 49408 and 32128, VAE); SD3.5's includes its 384 x 384 x 1536 position-embedding buffer.
+_CLIP_L, _CLIP_G, _T5_XXL, _VAE = 123_650_304, 694_659_840, 4_762_310_656, 83_819_683
+PUBLISHED_PIPELINES = {
+    "stabilityai/stable-diffusion-3.5-medium": PipelineSpec(
+        "sd3", 2_243_171_520 + 384 * 384 * 1536, 1536, 24, 16,
+        {"text_encoder": _CLIP_L, "text_encoder_2": _CLIP_G, "text_encoder_3": _T5_XXL}, _VAE, 256, 16, 8, 4096, 2048, 77),
+    "black-forest-labs/FLUX.1-dev": PipelineSpec(
+        "flux", 11_901_408_320, 3072, 57, 16, {"text_encoder": 123_060_480, "text_encoder_2": _T5_XXL}, _VAE,
+        256, 16, 8, 4096, 768, 0),
+}
+# Default scorer weights (rewards/: the hub ids the scorers load without a `model` option): parameters
+# (meta-device count of the CLIP configs; Mask2Former Swin-S from its model card) and the live elements of
+# one image in one block (a 224 px ViT/14: 257 tokens x width; Swin-S: its first stage, (384 / 4)^2 x 96).
+PUBLISHED_REWARDS = {
+    "yuvalkirstain/PickScore_v1": RewardSpec(986_109_441, 257 * 1280),  # CLIP ViT-H/14
+    "openai/clip-vit-large-patch14": RewardSpec(427_616_513, 257 * 1024),  # CLIP ViT-L/14
+    "facebook/mask2former-swin-small-coco-instance": RewardSpec(69_000_000, 96 * 96 * 96),
+}
+
+
+def vision_elements(config: dict) -> int:
+    """Tokens x width of a CLIP-style vision tower's config.json (0 for other models)."""
+    vision = config.get("vision_config") or {}
+    if not {"image_size", "patch_size", "hidden_size"} <= vision.keys():
+        return 0
+    return ((vision["image_size"] // vision["patch_size"]) ** 2 + 1) * vision["hidden_size"]
+
+
+def reward_spec(weights: list[str]) -> RewardSpec | None:
+    """The sum over a scorer's weights (local folders by their safetensors headers, or published hub ids);
+    None when one is neither."""
+    total = RewardSpec(0, 0)
+    for value in weights:
+        folder = Path(value).expanduser()
+        if folder.is_dir():
+            config = folder / "config.json"
+            elements = vision_elements(json.loads(config.read_text())) if config.is_file() else 0
+            total = RewardSpec(total.params + count_params(safetensors_shapes(folder)), total.elements_per_image + elements)
+        elif value in PUBLISHED_REWARDS:
+            spec = PUBLISHED_REWARDS[value]
+            total = RewardSpec(total.params + spec.params, total.elements_per_image + spec.elements_per_image)
+        else:
+            return None
+    return total

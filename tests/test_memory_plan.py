@@ -1,0 +1,129 @@
+"""The memory planner (cluster/memory_plan.py): its closed forms, the row counts it derives against the
+real strategy, the spec it reads from safetensors headers, and `launch.py --dry-run` refusing a plan that
+cannot fit, naming the keys to change."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import launch
+from cluster import memory_plan as mp
+from cluster.config import REPO_ROOT, load_config
+
+pytestmark = pytest.mark.unit
+
+P = 1_000_000  # trainable parameters in the closed forms below
+SPEC = mp.PipelineSpec(
+    family="sd3", transformer_params=10 * P, hidden=64, layers=4, pixels_per_token=16, text_encoder_params={"te": P},
+    vae_params=P, vae_fullres_channels=32, latent_channels=16, vae_scale=8, embed_dim=64, pooled_dim=32,
+    clip_tokens=77, linears=(("blocks.0.attn.to_q", 64, 64), ("blocks.0.attn.to_k", 64, 128), ("blocks.0.ff.net.2", 256, 64)),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("ranks", [1, 4, 8])
+def test_zero_stages_shard_optimizer_state_and_gradients_by_rank_count(ranks):
+    """Adam keeps two fp32 moments (8 bytes) and, for bf16 weights, an fp32 master copy (4 bytes): whole at
+    ZeRO-0, / ranks from ZeRO-1 on; gradients (fp32 accumulation, + the bf16 .grad below ZeRO-2) are
+    partitioned from ZeRO-2 on."""
+    whole = mp.optimizer_bytes(P, ranks, 0, "bf16")
+    assert whole == {"adam moments (fp32)": 8 * P, "master weights (fp32)": 4 * P}
+    for stage in (1, 2, 3):
+        assert sum(mp.optimizer_bytes(P, ranks, stage, "bf16").values()) == pytest.approx(12 * P / ranks)
+    assert sum(mp.optimizer_bytes(P, ranks, 3, "fp32").values()) == pytest.approx(8 * P / ranks)  # no master copy
+    assert mp.gradient_bytes(P, ranks, 1, "bf16") == 6 * P and mp.gradient_bytes(P, ranks, 0, "fp32") == 4 * P
+    # ZeRO-2/3: an fp32 partition, plus the bf16 gradients waiting in the reduce bucket (P < its 5e8 elements).
+    assert mp.gradient_bytes(P, ranks, 2, "bf16") == mp.gradient_bytes(P, ranks, 3, "bf16") == pytest.approx(
+        4 * P / ranks + 2 * P)
+    # The step: ZeRO-2's flattened fp32 gradient partition, and unfused AdamW's sqrt(v) + eps (CPU only).
+    assert mp.optimizer_step_bytes(P, ranks, 2, fused=True) == pytest.approx(4 * P / ranks)
+    assert mp.optimizer_step_bytes(P, ranks, 2, fused=False) == pytest.approx(8 * P / ranks)
+    assert mp.optimizer_step_bytes(P, ranks, 0, fused=False) == 4 * P
+
+
+def test_lora_counts_rank_times_fan_in_plus_fan_out_of_matching_linears():
+    # peft matches a target by the module name's last components: to_q and to_k, not ff.net.2.
+    assert mp.lora_params(SPEC, ["to_q", "to_k"], rank=4) == 4 * (64 + 64) + 4 * (64 + 128)
+    assert mp.lora_params(SPEC, ["attn.to_q"], rank=4) == 4 * 128
+    assert mp.lora_params(dataclasses.replace(SPEC, linears=()), ["to_q", "to_k"], rank=4) == 2 * 4 * 4 * 2 * 64
+
+
+def _cfg(*overrides):
+    return load_config(REPO_ROOT / "configs" / "sd35_geneval.yaml", ["cluster.num_learner_ranks=4", *overrides])
+
+
+def test_full_fine_tuning_holds_optimizer_state_for_the_whole_transformer_lora_for_its_adapters():
+    lora = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3"), SPEC, prompts=2)[0]}
+    full = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3", "model.lora.enabled=false"), SPEC, 2)[0]}
+    adapters = mp.lora_params(SPEC, _cfg().model.lora.target_modules, _cfg().model.lora.rank)
+    assert lora["adam moments (fp32)"] == pytest.approx(8 * adapters / 4)
+    assert full["adam moments (fp32)"] == pytest.approx(8 * SPEC.transformer_params / 4)
+    assert full["master weights (fp32)"] == pytest.approx(4 * SPEC.transformer_params / 4)
+    # beta > 0: full fine-tuning keeps a frozen reference copy; LoRA disables its adapters instead.
+    assert full["reference copy of the transformer (full fine-tuning, beta > 0)"] == 2 * SPEC.transformer_params
+    assert "LoRA adapters" in lora and not any("reference" in k for k in lora)
+
+
+def test_activations_per_row_from_tokens_hidden_and_layers():
+    tokens = mp.image_tokens(SPEC, 512) + mp.text_tokens(SPEC, 128)
+    assert tokens == (512 // 16) ** 2 + 77 + 128
+    k, per = mp.TRAIN_ELEMENTS_PER_TOKEN_HIDDEN, tokens * SPEC.hidden * 2
+    assert mp.train_activation_bytes(SPEC, tokens, 3, 2, checkpointing=False) == pytest.approx(3 * SPEC.layers * k * per)
+    # Checkpointing keeps each block's input and recomputes one block at a time.
+    assert mp.train_activation_bytes(SPEC, tokens, 3, 2, checkpointing=True) == pytest.approx(3 * (SPEC.layers + k) * per)
+
+
+def test_g2rpo_rows_per_call_match_the_strategy():
+    """The planner's largest G2RPO velocity call equals what rollout/strategies.py actually batches."""
+    from rollout.config import SamplingConfig
+    from rollout.schedule import sigma_schedule
+    from rollout.strategies import sample_group
+
+    cfg = SamplingConfig(strategy="g2rpo", group_size=3, num_steps=8, g2rpo_steps=[0, 2, 3, 5],
+                         g2rpo_granularities=[1, 2, 3])
+    rows = []
+
+    def velocity(x, sigma):
+        rows.append(x.shape[0])
+        return torch.zeros_like(x)
+
+    sample_group(cfg, velocity, lambda n, generator: torch.randn(n, 1, 2, 2, generator=generator),
+                 sigma_schedule("linear", cfg.num_steps, 3.0), generator=torch.Generator().manual_seed(0), iteration=0)
+    assert mp.g2rpo_max_rows(3, 8, [0, 2, 3, 5], [1, 2, 3]) == max(rows)
+
+
+def test_spec_of_the_shipped_model_counts_what_from_pretrained_loads():
+    from diffusers import SD3Transformer2DModel
+
+    folder = REPO_ROOT / "assets" / "models" / "shapes-sd3-tiny"
+    spec = mp.pipeline_spec(folder, "sd3")
+    transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer")
+    tensors = list(transformer.parameters()) + [b for _, b in transformer.named_buffers() if b is not None]
+    assert spec.transformer_params == sum(t.numel() for t in tensors)
+    assert spec.hidden == transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    assert spec.layers == transformer.config.num_layers
+
+
+@pytest.mark.parametrize("preset, overrides, keys", [
+    # SD3.5 on 40 GB GPUs: 18 rows of activations without checkpointing do not fit the learner.
+    ("sd35_geneval", ["cluster.gpu_memory_gb=40"], ["memory.learner_rank", "learner.micro_batch_size",
+                                                     "model.gradient_checkpointing", "cluster.gpu_memory_gb"]),
+    # G2RPO's 192-image group decoded at once at 720 px.
+    ("flux_g2rpo_hps", ["cluster.rollout_images_per_decode=null"], ["memory.rollout_actor",
+                                                                     "cluster.rollout_images_per_decode"]),
+    # A 12B full fine-tune on one rank without ZeRO: 12 bytes of Adam state per parameter.
+    ("flux_dancegrpo_hps", ["learner.zero_stage=1", "cluster.num_learner_ranks=1"],
+     ["memory.learner_rank", "learner.zero_stage", "cluster.num_learner_ranks", "model.lora.enabled"]),
+    # PickScore (CLIP-H, fp32) in a twentieth of a GPU.
+    ("sd35_pickscore", [], ["memory.reward_actor_pickscore", "rewards.scorers[0].num_gpus_per_actor"]),
+])  # fmt: skip
+def test_dry_run_refuses_a_plan_that_cannot_fit_naming_the_keys(capsys, tmp_path, preset, overrides, keys):
+    config = tmp_path / f"{preset}.yaml"  # rewards.scorers is a list, out of reach of key=value overrides
+    text = (REPO_ROOT / "configs" / f"{preset}.yaml").read_text()
+    config.write_text(text.replace("num_gpus_per_actor: 0.25", "num_gpus_per_actor: 0.05") if not overrides else text)
+    argv = ["--config", str(config), "--dry-run", "--assume-resources", '{"CPU": 1024, "GPU": 64}', *overrides]
+    assert launch.main(argv) == 1
+    errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[ERROR]")]
+    assert len(errors) == 1 and all(k in errors[0] for k in keys), errors
