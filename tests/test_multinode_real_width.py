@@ -40,3 +40,5 @@ def test_sd35_zero3_on_two_nodes_checkpoints_and_resumes(real_width, two_nodes, 
     assert case["optimizer_shards"] == ["optimizer_rank0.json", "optimizer_rank0.safetensors",
                                         "optimizer_rank1.json", "optimizer_rank1.safetensors"]
     assert case["metrics"]["learner/optimizer_steps"] >= 1 and math.isfinite(case["metrics"]["policy/loss"])
+    # the resumed iteration's first minibatch is on-policy (0.9994 while ZeRO-3 replaced F.linear)
+    assert case["metrics"]["learner/first_minibatch_ratio_mean"] == 1.0
