@@ -101,13 +101,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[multinode] built {folder} in {time.perf_counter() - start:.0f} s", flush=True)
             for zero in args.zero:
                 case = f"{family}_zero{zero}"
-                report[case] = run_case(family, str(folder), str(args.out_dir / "runs" / case), zero, args.overrides)
+                try:
+                    report[case] = run_case(family, str(folder), str(args.out_dir / "runs" / case), zero,
+                                            args.overrides)
+                except Exception as err:  # noqa: BLE001 - report it and go on to the next case
+                    report[case] = {"error": f"{type(err).__name__}: {str(err)[:2000]}"}
                 print(f"[multinode] {case}: {json.dumps(report[case])}", flush=True)
+                (args.out_dir / "multinode_real_width.json").write_text(json.dumps(report, indent=1))
     finally:
         ray.shutdown()
         cluster.shutdown()
-    (args.out_dir / "multinode_real_width.json").write_text(json.dumps(report, indent=1))
-    return 0
+    return 1 if any("error" in case for case in report.values()) else 0
 
 
 if __name__ == "__main__":
