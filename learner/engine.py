@@ -80,7 +80,10 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, micro_batches: int = 1
         "gradient_accumulation_steps": micro_batches,
         "train_batch_size": micro_batches * world_size,
         "gradient_clipping": cfg.max_grad_norm,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        # ZeRO-3 otherwise replaces torch.nn.functional.linear process-wide with its own matmul-then-add
+        # (deepspeed/runtime/zero/linear.py, zero3_linear_wrap): in bf16 that rounds before the bias where
+        # the rollout actors' F.linear does not, and the on-policy ratios drift past a 1e-4 clip range.
+        "zero_optimization": {"stage": cfg.zero_stage, "memory_efficient_linear": False},
         "bf16": {"enabled": cfg.precision == "bf16"},
         "fp16": {"enabled": cfg.precision == "fp16"},
         # Accumulate over up to hundreds of micro-batches and all-reduce across ranks in fp32: bf16

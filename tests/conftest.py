@@ -26,6 +26,16 @@ def tiny_sd3_path(tmp_path_factory) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def real_width(tmp_path_factory):
+    """family ("sd35" or "flux") -> its real-width reduced-depth pipeline folder
+    (scripts/build_real_width.py), built on first use (a minute or two on 2 cores)."""
+    from tests.script_loader import load_script
+
+    build, out, folders = load_script("scripts/build_real_width.py").build, tmp_path_factory.mktemp("real-width"), {}
+    return lambda family: folders.setdefault(family, str(build(out, family)))
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A private local Ray for one test module (never attaches to a running cluster); 8 logical CPUs so

@@ -28,22 +28,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def ray_env() -> dict[str, str]:
+    """The environment every `ray start` and `ray job submit` of a test shares: token auth off, and this
+    interpreter's venv first on PATH (a job's command runs with the PATH of the shell that started Ray)."""
+    bin_dir = Path(sys.executable).parent
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def start_ray_node(temp: Path, env: dict[str, str], *args: str) -> None:
+    """`ray start ARGS` on 127.0.0.1 with its own temp dir and its own agent/metrics ports, so several nodes
+    (and other Ray instances) can share this machine. Ray rewrites a loopback --address or
+    --node-ip-address to the host's IP (services.resolve_ip_for_localhost); that is the same machine."""
+    agent_http, agent_grpc, metrics = (_free_port() for _ in range(3))
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", *args, "--node-ip-address=127.0.0.1",
+           f"--temp-dir={temp}", "--disable-usage-stats", f"--dashboard-agent-listen-port={agent_http}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+
+
 @pytest.fixture
 def ray_head(tmp_path):
     """A head on 127.0.0.1 with its own GCS/dashboard ports and temp dir, started from this interpreter's venv."""
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    gcs, dash, agent_http, agent_grpc, metrics, client = (_free_port() for _ in range(6))
+    env = ray_env()
+    gcs, dash, client = (_free_port() for _ in range(3))
     temp = Path("/tmp") / f"rayjob-{os.getpid()}"  # Ray's socket paths must stay short
-    cmd = [str(bin_dir / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=6", f"--temp-dir={temp}",
-           "--disable-usage-stats", "--include-dashboard=true", f"--dashboard-agent-listen-port={agent_http}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-           f"--ray-client-server-port={client}"]
     try:
         # inside the try: a start that times out half-way still leaves daemons to stop
-        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+        start_ray_node(temp, env, "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                       "--num-cpus=6", "--include-dashboard=true", f"--ray-client-server-port={client}")
         yield f"http://127.0.0.1:{dash}", f"127.0.0.1:{gcs}", env
     finally:
         _stop_head(temp)

@@ -50,3 +50,17 @@ def test_two_ranks_train_sync_checkpoint_and_resume_bit_exactly(local_ray, tiny_
     assert _policy_metrics(resumed, 1) == _policy_metrics(straight, 1)
     assert [json.loads(x)["iteration"] for x in (resumed / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert ray.is_initialized()
+
+
+def test_zero3_bf16_first_minibatch_is_on_policy(local_ray, tiny_sd3_path, tmp_path):
+    """ZeRO-3 and the rollout actors compute the same bf16 forward: the first minibatch of an iteration
+    is on-policy, so its ratios are 1. DeepSpeed's ZeRO-3 replaces torch.nn.functional.linear in the
+    learner's process by default (zero_optimization.memory_efficient_linear), a matmul rounded to bf16
+    before the bias is added; against the rollout actors' fused F.linear that moved the ratios by up to
+    6e-4 at SD3.5's width, beyond the SD3.5/FLUX presets' clip range of 1e-4."""
+    cfg = _config(tiny_sd3_path, tmp_path, **{"learner.zero_stage": 3, "model.dtype": "bfloat16",
+                                              "learner.precision": "bf16", "iterations": 1})
+    with Trainer(cfg) as trainer:
+        metrics = trainer.train()
+    assert metrics["learner/first_minibatch_ratio_mean"] == 1.0
+    assert metrics["learner/first_minibatch_ratio_std"] == 0.0

@@ -22,7 +22,6 @@ from learner.engine import free_port
 from learner.worker import LearnerWorker, TrainGroup
 from rollout.config import LoraSettings, ModelConfig, SamplingConfig
 from rollout.worker import GroupRequest, RolloutWorker
-from tests.script_loader import load_script
 
 pytestmark = pytest.mark.component
 
@@ -40,13 +39,6 @@ CASES = {
         {"beta": 0.0},
     ),
 }
-
-
-@pytest.fixture(scope="module")
-def real_width(tmp_path_factory):
-    """family -> its pipeline folder, built on first use."""
-    build, out, folders = load_script("scripts/build_real_width.py").build, tmp_path_factory.mktemp("real-width"), {}
-    return lambda family: folders.setdefault(family, str(build(out, family)))
 
 
 def _available_gib() -> float:
