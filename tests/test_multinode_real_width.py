@@ -14,7 +14,8 @@ from ray.cluster_utils import Cluster
 from tests.script_loader import load_script
 from tests.test_real_width import _available_gib
 
-pytestmark = pytest.mark.system
+# 5-12 minutes on this 2-core machine: outside the default suite (`pytest -m slow` runs it)
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 
 @pytest.fixture
