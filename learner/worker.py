@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from learner.losses import get_loss, pooled_mean_std
 from learner.zero3 import gathered_state_dict
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
+from rollout.data_plane import fetch_groups
 from rollout.devices import resolve_device
 from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.sde import kl_to_reference, sde_step
@@ -53,6 +55,7 @@ class TrainGroup:
     keep: torch.Tensor  # [num_samples] bool: samples to train on (False: e.g. a zero-std group)
     policy_version: int
     group_index: int = 0  # the group's index within its iteration: seeds the forward-process draws
+    bulk: Any = None  # ObjectRef of the rollout's tensors (rollout/data_plane.py), fetched by the rank; None: in `rollout`
 
 
 @dataclass
@@ -349,6 +352,7 @@ class LearnerWorker:
         if self.engine is None:
             raise RuntimeError("LearnerWorker.setup() must run before train()")
         start = time.perf_counter()
+        groups = fetch_groups(groups)  # this rank reads its groups' latents from the object store itself
         self.plan.begin(groups, iteration)
         rows = self.plan.rows(groups)
         if self.cfg.recompute_old_log_probs:
