@@ -102,32 +102,13 @@ def strip(rollout: Rollout) -> Rollout:
     return dataclasses.replace(rollout, transitions=None, final_latents=None, anchor_latents=None)
 
 
-def nbytes(obj) -> int:
-    """Bytes of the tensors and arrays inside `obj` (nested dataclasses, dicts, lists, tuples)."""
-    if torch.is_tensor(obj):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, np.ndarray):
-        return obj.nbytes
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return sum(nbytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
-    if isinstance(obj, dict):
-        return sum(nbytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(nbytes(v) for v in obj)
-    return 0
-
-
 def put_group(result):
     """[rollout actor] Put a sampled group's images and learner payload in the object store; returns
-    the GroupResult with `images` and `bulk` as ObjectRefs, `rollout` stripped, and `put_bytes` set."""
+    the GroupResult with `images` and `bulk` as ObjectRefs and `rollout` stripped."""
     import ray
 
-    payload = LearnerPayload.of(result.rollout)
-    images = np.ascontiguousarray(result.images)
-    return dataclasses.replace(
-        result, rollout=strip(result.rollout), images=ray.put(images), bulk=ray.put(payload),
-        put_bytes=images.nbytes + nbytes(payload),
-    )  # fmt: skip
+    return dataclasses.replace(result, rollout=strip(result.rollout), images=ray.put(np.ascontiguousarray(result.images)),
+                               bulk=ray.put(LearnerPayload.of(result.rollout)))
 
 
 def fetch_groups(groups: list) -> list:

@@ -51,7 +51,6 @@ class GroupResult:
     seconds: float
     sampled_at: float = 0.0  # wall-clock time (time.time()) sampling and decoding ended
     bulk: Any = None  # ObjectRef of the learner's payload (data_plane.LearnerPayload); None in-process
-    put_bytes: int = 0  # bytes this group put in the object store (by reference)
 
     @property
     def num_images(self) -> int:
