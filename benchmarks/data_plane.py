@@ -162,7 +162,7 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "flowray-real-width",
                    help="where the real-width pipelines are built (once) and loaded from")
-    p.add_argument("--json", type=Path, help="write the measurements here")
+    p.add_argument("--json", type=Path, help="add the measurements to this file (cases already in it are kept)")
     p.add_argument("--table", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="print two --json files side by side")
     p.add_argument("--readme", action="store_true", help="with --table: write it into README's Benchmarks block")
     args = p.parse_args()
@@ -175,14 +175,14 @@ def main() -> None:
             replace_between("<!-- BEGIN DATA PLANE -->", "<!-- END DATA PLANE -->", text)
         return
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
-    results = {}
+    results = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     with tempfile.TemporaryDirectory() as out:
         for name in args.cases.split(","):
             results[name] = measure(config_for(name, args.iterations, args.models_dir, Path(out)), args.iterations)
             print(name, json.dumps(results[name]), flush=True)
+            if args.json:  # case by case: a later case that fails keeps the earlier ones
+                args.json.write_text(json.dumps(results, indent=2))
     ray.shutdown()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

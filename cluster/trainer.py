@@ -17,14 +17,14 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import ray
 import torch
 import yaml
-from ray.exceptions import RayActorError
+from ray.exceptions import ObjectLostError, RayActorError
 
 from cluster import checkpoints
 from cluster.actors import learner_actors, rollout_actors
@@ -294,7 +294,7 @@ class Trainer:
         runs its calls in order), so each group can be scored as soon as it is sampled."""
         pending = PendingRollout()
         for g, req in enumerate(self.requests(iteration)):
-            pending.add(self.rollouts, g % len(self.rollouts), req)
+            pending.add(self.rollouts, g % len(self.rollouts), req)  # _resample relies on this assignment
         return pending
 
     def rollout(self, pending: PendingRollout) -> tuple[list[GroupResult], dict]:
@@ -327,10 +327,34 @@ class Trainer:
         return [done[g][0] for g in order], {"handles": [done[g][1] for g in order]}
 
     def reward(self, results: list[GroupResult], pending_rewards: dict) -> list[Scored]:
-        return [
-            Scored(res, self.rewards.gather(h).results)
-            for res, h in zip(results, pending_rewards["handles"], strict=True)
-        ]
+        scored = []
+        for res, handle in zip(results, pending_rewards["handles"], strict=True):
+            try:
+                scores = self.rewards.gather(handle).results
+            except ObjectLostError:  # its rollout actor died after returning it: the images went with it
+                res = self._resample(res.request)
+                n = res.num_images
+                scores = self.rewards.score(res.images, [res.request.prompt] * n, [res.request.metadata] * n).results
+            scored.append(Scored(res, scores))
+        return scored
+
+    def _resample(self, request: GroupRequest) -> GroupResult:
+        """Sample a group again (same seed) on its actor once Ray has restarted it."""
+        a = request.group_index % len(self.rollouts)  # submit_rollout's round-robin
+        print(f"[flowray] rollout-{a} died holding group {request.group_index}'s images and latents; resampling it",
+              flush=True)
+        self.sync_weights.resend(self.rollouts[a])
+        return ray.get(self.rollouts[a].rollout_by_reference.remote(request))
+
+    def _refetchable(self, group: TrainGroup, iteration: int) -> TrainGroup:
+        """A trained group whose tensors were lost, with those of the same sample again: same seed and
+        same weights give the same group bit for bit, so its rewards and advantages still hold."""
+        fresh = self._resample(self.requests(iteration)[group.group_index])
+        if fresh.policy_version != group.policy_version:  # async mode: the actor holds newer weights now
+            raise RuntimeError(f"iteration {iteration}: group {group.group_index}'s rollout tensors were lost with its "
+                               f"rollout actor and its policy version {group.policy_version} is gone too; restart "
+                               "with --resume")
+        return replace(group, bulk=fresh.bulk)
 
     def advantage(self, scored: list[Scored]) -> tuple[list[TrainGroup], dict]:
         return iteration_advantages(scored, self.cfg)
@@ -338,7 +362,16 @@ class Trainer:
     def update(self, groups: list[TrainGroup], iteration: int) -> dict:
         """Each learner rank trains on its share of the groups (round-robin); metrics averaged over ranks."""
         n = len(self.learners)
-        per_rank = self._call_learners(lambda lr, r: lr.train.remote(groups[r::n], iteration), with_rank=True)
+        # Each rank fetches its groups' tensors first, so a lost one is redone before any collective starts.
+        for _ in range(MAX_ROLLOUT_RETRIES + 1):
+            lost = {g for part in self._call_learners(lambda lr, r, gs=groups: lr.receive.remote(gs[r::n]), with_rank=True)
+                    for g in part}
+            if not lost:
+                break
+            groups = [self._refetchable(g, iteration) if g.group_index in lost else g for g in groups]
+        else:
+            raise RuntimeError(f"iteration {iteration}: rollout tensors of groups {sorted(lost)} kept being lost")
+        per_rank = self._call_learners(lambda lr, r: lr.train.remote(None, iteration), with_rank=True)
         self.version = ray.get(self.learners[0].get_version.remote())
         return {k: float(np.mean([m[k] for m in per_rank if k in m])) for k in per_rank[0]}
 

@@ -13,8 +13,10 @@ ObjectRefs:
 The driver handles the metadata only (ids, rewards, versions): it never calls `ray.get` on latents or
 images. Each learner rank fetches its own groups' payloads (`fetch_groups`).
 
-Objects owned by a rollout actor are lost with it, so a dead actor's groups of the iteration are all
-sampled again (cluster/trainer.py), with the same seeds.
+Objects owned by a rollout actor are lost with it (Ray's memory monitor kills actors too), so the
+driver samples a dead actor's groups again with the same seeds (cluster/trainer.py): all of them while
+the rollout runs, a group whose images are gone when it is scored, and a group whose payload a learner
+rank could not fetch (`fetch_groups` names it) before the update starts.
 """
 
 from __future__ import annotations
@@ -111,16 +113,27 @@ def put_group(result):
                                bulk=ray.put(LearnerPayload.of(result.rollout)))
 
 
-def fetch_groups(groups: list) -> list:
-    """[learner rank] Fetch the payloads of groups (TrainGroup) sent by reference, all in one `ray.get`;
-    groups that carry their record in full (in-process callers) pass through."""
+def fetch_groups(groups: list) -> tuple[list, list[int]]:
+    """[learner rank] Fetch the payloads of groups (TrainGroup) sent by reference, in one `ray.get`;
+    groups that carry their record in full (in-process callers) pass through. Returns the groups and
+    the group indices whose payloads were lost (their rollout actor died; then nothing is returned)."""
     by_ref = [i for i, g in enumerate(groups) if g.bulk is not None]
     if not by_ref:
-        return groups
+        return groups, []
     import ray
+    from ray.exceptions import ObjectLostError
 
-    payloads = ray.get([groups[i].bulk for i in by_ref])
+    try:
+        payloads = ray.get([groups[i].bulk for i in by_ref])
+    except ObjectLostError:
+        lost = []
+        for i in by_ref:  # which ones: one at a time
+            try:
+                ray.get(groups[i].bulk)
+            except ObjectLostError:
+                lost.append(groups[i].group_index)
+        return [], lost
     out = list(groups)
     for i, payload in zip(by_ref, payloads, strict=True):
         out[i] = dataclasses.replace(groups[i], rollout=payload.restore(groups[i].rollout), bulk=None)
-    return out
+    return out, []
