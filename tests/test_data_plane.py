@@ -3,6 +3,8 @@ once, only what the learner reads; the driver handles metadata; rewards stream a
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 
@@ -106,3 +108,17 @@ def test_the_driver_never_receives_latents_or_images(trainer):
     # exceed the bound, the latents several times over.
     assert traffic.got + traffic.put < image_bytes / 8, (traffic.got, traffic.put, image_bytes)
     assert trainer.version == 1
+
+
+@pytest.mark.system
+def test_groups_lost_with_their_rollout_actor_are_resampled(trainer):
+    import ray
+
+    results, pending_rewards = trainer.rollout(trainer.submit_rollout(0))
+    os.kill(ray.get(trainer.rollouts[0].pid.remote()), signal.SIGKILL)  # it owned every group's images and latents
+    scored = trainer.reward(results, pending_rewards)
+    assert [s.result.request.group_index for s in scored] == list(range(8))
+    groups, _ = trainer.advantage(scored)
+    version = trainer.version
+    trainer.update(groups, 0)  # the learner's tensors are sampled again before the update
+    assert trainer.version == version + 1
