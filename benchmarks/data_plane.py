@@ -139,20 +139,20 @@ def config_for(name: str, iterations: int, models_dir: Path, out_dir: Path):
                                             f"logging.output_dir={out_dir / name}"])
 
 
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.3f}"
+def kib(n: float) -> str:
+    return f"{n / 2**10:,.1f}"
 
 
 def table(before: dict, after: dict) -> str:
-    """Markdown: per case, MiB per iteration through the driver (get + put) and created in the store."""
-    lines = ["| case | images/iter | px | driver get+put MiB/iter: before -> after | object store MiB/iter: before -> after |",
+    """Markdown: per case, KiB per iteration through the driver (get + put) and created in the store."""
+    lines = ["| case | images/iter | px | driver get+put KiB/iter: before -> after | object store KiB/iter: before -> after |",
              "|---|---|---|---|---|"]  # fmt: skip
     for name, a in after.items():
         b = before.get(name)
         drv = lambda r: r["driver_get_bytes"] + r["driver_put_bytes"]  # noqa: E731
         lines.append(f"| {name} ({a['strategy']}) | {a['images_per_iteration']} | {a['resolution']} | "
-                     f"{mib(drv(b)) if b else 'n/a'} -> {mib(drv(a))} | "
-                     f"{mib(b['store_created_bytes']) if b else 'n/a'} -> {mib(a['store_created_bytes'])} |")
+                     f"{kib(drv(b)) if b else 'n/a'} -> {kib(drv(a))} | "
+                     f"{kib(b['store_created_bytes']) if b else 'n/a'} -> {kib(a['store_created_bytes'])} |")
     return "\n".join(lines)
 
 
