@@ -17,14 +17,14 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import ray
 import torch
 import yaml
-from ray.exceptions import RayActorError
+from ray.exceptions import ObjectLostError, RayActorError
 
 from cluster import checkpoints
 from cluster.actors import learner_actors, rollout_actors
@@ -56,6 +56,26 @@ from rollout.worker import GroupRequest, GroupResult
 MAX_ROLLOUT_RETRIES = 3  # per actor and iteration; matches the actors' max_restarts
 
 
+@dataclass
+class PendingRollout:
+    """The rollout calls in flight: one per group, each with its actor and request."""
+
+    calls: dict = field(default_factory=dict)  # ObjectRef -> (actor index, GroupRequest)
+    by_actor: dict = field(default_factory=lambda: defaultdict(set))  # actor index -> its group indices
+
+    def add(self, actors: list, a: int, request: GroupRequest) -> None:
+        self.calls[actors[a].rollout_by_reference.remote(request)] = (a, request)
+        self.by_actor[a].add(request.group_index)
+
+    def refs(self) -> list[ray.ObjectRef]:
+        return list(self.calls)
+
+    def drop_actor(self, a: int) -> list[GroupRequest]:
+        """Forget actor `a`'s calls in flight (they fail with it); returns their requests."""
+        lost = [ref for ref, (b, _) in self.calls.items() if b == a]
+        return [self.calls.pop(ref)[1] for ref in lost]
+
+
 class LearnerRankError(RuntimeError):
     """A learner rank died: the data-parallel group cannot continue; resume from the last checkpoint."""
 
@@ -80,7 +100,7 @@ def score_in_process(results: Sequence[GroupResult], scorers: dict) -> list[Scor
     """Score each sampled group with `in_process_scorers`."""
     out = []
     for r in results:
-        n = len(r.images)
+        n = r.num_images
         out.append(Scored(r, {name: scorer(r.images, [r.request.prompt] * n, [r.request.metadata] * n)
                               for name, scorer in scorers.items()}))
     return out
@@ -150,7 +170,8 @@ def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[l
     for s in scored:
         n = s.result.rollout.num_samples
         groups.append(TrainGroup(s.result.request.prompt, s.result.rollout, adv[start : start + n].float(),
-                                 keep[start : start + n], s.result.policy_version, s.result.request.group_index))
+                                 keep[start : start + n], s.result.policy_version, s.result.request.group_index,
+                                 bulk=s.result.bulk))
         start += n
     group_zero = zero_std.float().mean().item() if zero_std.numel() else 1.0
     return groups, {
@@ -268,45 +289,72 @@ class Trainer:
             for g, i in enumerate(idx)
         ]
 
-    def submit_rollout(self, iteration: int) -> dict:
-        """Hand the iteration's groups to the rollout actors, round-robin; returns the pending calls."""
-        reqs = self.requests(iteration)
-        shards = [reqs[a :: len(self.rollouts)] for a in range(len(self.rollouts))]
-        return {a: (self.rollouts[a].rollout.remote(shard), shard) for a, shard in enumerate(shards) if shard}
+    def submit_rollout(self, iteration: int) -> PendingRollout:
+        """Hand the iteration's groups to the rollout actors, round-robin, one call per group (an actor
+        runs its calls in order), so each group can be scored as soon as it is sampled."""
+        pending = PendingRollout()
+        for g, req in enumerate(self.requests(iteration)):
+            pending.add(self.rollouts, g % len(self.rollouts), req)  # _resample relies on this assignment
+        return pending
 
-    def rollout(self, pending: dict) -> tuple[list[GroupResult], dict]:
-        """Collect the groups, scoring each actor's batch as soon as it arrives; a dead actor's groups
-        are resampled (same seeds) once Ray has restarted it."""
-        results, handles = [], []
-        waiting = {ref: a for a, (ref, _) in pending.items()}
-        retries = dict.fromkeys(pending, 0)
-        while waiting:
-            done, _ = ray.wait(list(waiting), num_returns=1)
-            a = waiting.pop(done[0])
+    def rollout(self, pending: PendingRollout) -> tuple[list[GroupResult], dict]:
+        """Collect the groups, sending each one's images to the reward pools as soon as it is sampled
+        (scoring overlaps sampling). Results carry ObjectRefs of the bulk data (rollout/data_plane.py);
+        the driver reads metadata only. A dead actor's groups are all resampled (same seeds) once Ray
+        has restarted it: the objects it put died with it."""
+        done: dict[int, tuple[GroupResult, dict]] = {}
+        retries = dict.fromkeys(range(len(self.rollouts)), 0)
+        while pending.calls:
+            ready, _ = ray.wait(list(pending.calls), num_returns=1)
+            a, req = pending.calls.pop(ready[0])
             try:
-                batch = ray.get(done[0])
+                res = ray.get(ready[0])
             except RayActorError:
                 retries[a] += 1
                 if retries[a] > MAX_ROLLOUT_RETRIES:
                     raise
-                print(f"[flowray] rollout-{a} died; waiting for its restart and resampling its {len(pending[a][1])} groups",
+                finished = sorted(pending.by_actor[a] & done.keys())  # their images and latents are gone too
+                lost = pending.drop_actor(a) + [req] + [done.pop(g)[0].request for g in finished]
+                print(f"[flowray] rollout-{a} died; waiting for its restart and resampling its {len(lost)} groups",
                       flush=True)
                 self.sync_weights.resend(self.rollouts[a])
-                ref = self.rollouts[a].rollout.remote(pending[a][1])
-                waiting[ref] = a
+                for r in sorted(lost, key=lambda r: r.group_index):
+                    pending.add(self.rollouts, a, r)
                 continue
-            for res in batch:
-                handles.append(self.rewards.submit(res.images, [res.request.prompt] * len(res.images),
-                                                   [res.request.metadata] * len(res.images)))
-            results.extend(batch)
-        order = np.argsort([r.request.group_index for r in results])
-        return [results[i] for i in order], {"handles": [handles[i] for i in order]}
+            n = res.num_images
+            done[req.group_index] = (res, self.rewards.submit(res.images, [req.prompt] * n, [req.metadata] * n))
+        order = sorted(done)
+        return [done[g][0] for g in order], {"handles": [done[g][1] for g in order]}
 
     def reward(self, results: list[GroupResult], pending_rewards: dict) -> list[Scored]:
-        return [
-            Scored(res, self.rewards.gather(h).results)
-            for res, h in zip(results, pending_rewards["handles"], strict=True)
-        ]
+        scored = []
+        for res, handle in zip(results, pending_rewards["handles"], strict=True):
+            try:
+                scores = self.rewards.gather(handle).results
+            except ObjectLostError:  # its rollout actor died after returning it: the images went with it
+                res = self._resample(res.request)
+                n = res.num_images
+                scores = self.rewards.score(res.images, [res.request.prompt] * n, [res.request.metadata] * n).results
+            scored.append(Scored(res, scores))
+        return scored
+
+    def _resample(self, request: GroupRequest) -> GroupResult:
+        """Sample a group again (same seed) on its actor once Ray has restarted it."""
+        a = request.group_index % len(self.rollouts)  # submit_rollout's round-robin
+        print(f"[flowray] rollout-{a} died holding group {request.group_index}'s images and latents; resampling it",
+              flush=True)
+        self.sync_weights.resend(self.rollouts[a])
+        return ray.get(self.rollouts[a].rollout_by_reference.remote(request))
+
+    def _refetchable(self, group: TrainGroup, iteration: int) -> TrainGroup:
+        """A trained group whose tensors were lost, with those of the same sample again: same seed and
+        same weights give the same group bit for bit, so its rewards and advantages still hold."""
+        fresh = self._resample(self.requests(iteration)[group.group_index])
+        if fresh.policy_version != group.policy_version:  # async mode: the actor holds newer weights now
+            raise RuntimeError(f"iteration {iteration}: group {group.group_index}'s rollout tensors were lost with its "
+                               f"rollout actor and its policy version {group.policy_version} is gone too; restart "
+                               "with --resume")
+        return replace(group, bulk=fresh.bulk)
 
     def advantage(self, scored: list[Scored]) -> tuple[list[TrainGroup], dict]:
         return iteration_advantages(scored, self.cfg)
@@ -314,7 +362,16 @@ class Trainer:
     def update(self, groups: list[TrainGroup], iteration: int) -> dict:
         """Each learner rank trains on its share of the groups (round-robin); metrics averaged over ranks."""
         n = len(self.learners)
-        per_rank = self._call_learners(lambda lr, r: lr.train.remote(groups[r::n], iteration), with_rank=True)
+        # Each rank fetches its groups' tensors first, so a lost one is redone before any collective starts.
+        for _ in range(MAX_ROLLOUT_RETRIES + 1):
+            lost = {g for part in self._call_learners(lambda lr, r, gs=groups: lr.receive.remote(gs[r::n]), with_rank=True)
+                    for g in part}
+            if not lost:
+                break
+            groups = [self._refetchable(g, iteration) if g.group_index in lost else g for g in groups]
+        else:
+            raise RuntimeError(f"iteration {iteration}: rollout tensors of groups {sorted(lost)} kept being lost")
+        per_rank = self._call_learners(lambda lr, r: lr.train.remote(None, iteration), with_rank=True)
         self.version = ray.get(self.learners[0].get_version.remote())
         return {k: float(np.mean([m[k] for m in per_rank if k in m])) for k in per_rank[0]}
 
@@ -362,7 +419,7 @@ class Trainer:
             groups, adv_metrics = self.advantage(scored)
             learned = self.update(groups, it)
             t_upd = time.perf_counter() - t0 - t_roll - t_rew
-            busy = [ref for ref, _ in pending.values()] if cfg.cluster.async_mode and it + 1 < cfg.iterations else []
+            busy = pending.refs() if cfg.cluster.async_mode and it + 1 < cfg.iterations else []
             synced = self.sync(busy)
             t_step = time.perf_counter() - t0
             probed = {}
@@ -377,7 +434,7 @@ class Trainer:
                 **self._reward_metrics(scored), **adv_metrics, **learned, **synced, **probed,
                 "time/rollout": t_roll, "time/reward": t_rew, "time/update": t_upd,
                 "time/step": t_step,
-                "charts/images_per_s": sum(len(s.result.images) for s in scored) / max(t_roll + t_rew, 1e-9),
+                "charts/images_per_s": sum(s.result.num_images for s in scored) / max(t_roll + t_rew, 1e-9),
                 "charts/transitions_per_s": learned.get("learner/transitions", 0.0) * len(self.learners)
                 / max(learned.get("learner/seconds", 1e-9), 1e-9),
                 "charts/nfe_per_group": float(np.mean([s.result.rollout.nfe for s in scored])),
@@ -506,7 +563,7 @@ class Trainer:
         if correct:
             out["reward/accuracy"] = correct[0]
         tags = [s.result.request.metadata.get("tag") for s in scored]
-        out.update(reward_by_tag(batch.combined.reward, tags, [len(s.result.images) for s in scored]))
+        out.update(reward_by_tag(batch.combined.reward, tags, [s.result.num_images for s in scored]))
         return out
 
     def _call_learners(self, call, with_rank: bool = False) -> list:

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from learner.losses import get_loss, pooled_mean_std
 from learner.zero3 import gathered_state_dict
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
+from rollout.data_plane import fetch_groups
 from rollout.devices import resolve_device
 from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.sde import kl_to_reference, sde_step
@@ -53,6 +55,7 @@ class TrainGroup:
     keep: torch.Tensor  # [num_samples] bool: samples to train on (False: e.g. a zero-std group)
     policy_version: int
     group_index: int = 0  # the group's index within its iteration: seeds the forward-process draws
+    bulk: Any = None  # ObjectRef of the rollout's tensors (rollout/data_plane.py), fetched by the rank; None: in `rollout`
 
 
 @dataclass
@@ -248,6 +251,7 @@ class LearnerWorker:
         self.ema: EmaWeights | None = None
         self.plan = PLANS[learner.family](self)
         self.version = 0
+        self._received: list[TrainGroup] = []  # groups `receive` fetched for the next `train`
 
     # -- group setup
 
@@ -343,12 +347,24 @@ class LearnerWorker:
         return MicroBatch(zeros, one * 0.5, [""], torch.zeros(1, dtype=torch.long), zeros, one * 0.5, one * 0.25,
                           torch.zeros(1), torch.zeros(1), weight=0.0)
 
-    def train(self, groups: list[TrainGroup], iteration: int) -> dict[str, float]:
-        """One iteration's update on this rank's groups: num_inner_epochs x optimizer_steps_per_iteration
-        optimizer steps. Returns averaged diagnostics."""
+    def receive(self, groups: list[TrainGroup]) -> list[int]:
+        """Fetch this rank's groups' rollout tensors from the object store (rollout/data_plane.py) for the
+        next `train(None, ...)`, before any rank enters a collective; returns the indices of groups whose
+        tensors were lost (the driver resamples them and calls again)."""
+        self._received, lost = fetch_groups(groups)
+        return lost
+
+    def train(self, groups: list[TrainGroup] | None, iteration: int) -> dict[str, float]:
+        """One iteration's update on this rank's groups (None: those `receive` fetched):
+        num_inner_epochs x optimizer_steps_per_iteration optimizer steps. Returns averaged diagnostics."""
         if self.engine is None:
             raise RuntimeError("LearnerWorker.setup() must run before train()")
         start = time.perf_counter()
+        if groups is None:
+            groups, self._received = self._received, []
+        groups, lost = fetch_groups(groups)
+        if lost:
+            raise RuntimeError(f"rollout tensors of groups {lost} were lost with their rollout actor")
         self.plan.begin(groups, iteration)
         rows = self.plan.rows(groups)
         if self.cfg.recompute_old_log_probs:

@@ -144,15 +144,21 @@ def validate_batch(
         raise ScorerInputError("empty batch: images has B = 0")
     if images.shape[1] == 0 or images.shape[2] == 0:
         raise ScorerInputError(f"images have an empty spatial size: {images.shape}")
-    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        raise ScorerInputError("prompts must be a list of strings, one per image")
     if len(prompts) != images.shape[0]:
         raise ScorerInputError(f"{images.shape[0]} images but {len(prompts)} prompts")
+    return validate_metadata(prompts, metadata)
+
+
+def validate_metadata(prompts: Sequence[str], metadata: Sequence[Mapping] | None) -> list[Mapping]:
+    """Check prompts (one string per image) and metadata (one dict per prompt, or None: {} each);
+    return the metadata list. For callers that hand on images by reference, unseen."""
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise ScorerInputError("prompts must be a list of strings, one per image")
     if metadata is None:
         return [{} for _ in prompts]
     metadata = list(metadata)
-    if len(metadata) != images.shape[0]:
-        raise ScorerInputError(f"{images.shape[0]} images but {len(metadata)} metadata records")
+    if len(metadata) != len(prompts):
+        raise ScorerInputError(f"{len(prompts)} images but {len(metadata)} metadata records")
     if not all(isinstance(m, Mapping) for m in metadata):
         raise ScorerInputError("metadata must be a list of dicts, one per image")
     return metadata

@@ -21,7 +21,9 @@ Guarantees:
   the actor keeps serving.
 - NaN/inf scores: 'mask' turns them into NaN (so `np.isfinite(reward)` is the valid mask) and counts
   them; 'fail' raises NonFiniteRewardError naming the scorer and prompts.
-Images travel through Ray's object store only (ray.put), never through a socket of our own.
+Images travel through Ray's object store only, never through a socket of our own: `submit` puts an
+array it is given, or passes on the ObjectRef of images a rollout actor already put
+(rollout/data_plane.py), so that the caller never holds the images.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from common.actor_calls import ActorNotBackError, call_when_available
-from rewards.base import Scorer, ScoreResult, validate_batch
+from rewards.base import Scorer, ScoreResult, validate_batch, validate_metadata
 from rewards.combine import CombinedRewards, combine
 from rewards.config import RewardsConfig, ScorerConfig
 from rewards.worker import RewardWorker, ScoreResponse
@@ -93,6 +95,7 @@ class _Request:
     prompts: list[str]
     metadata: list[Mapping]
     actor: int
+    rows: tuple[int, int] | None = None  # the request's rows of `images` when it holds a whole batch
     ref: ray.ObjectRef | None = None
     attempts: int = 0
     submitted_at: float = 0.0
@@ -148,10 +151,13 @@ class ScorerPool:
 
     # -- submit -------------------------------------------------------------------------------------------
 
-    def submit(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[Mapping] | None = None) -> RewardHandle:
+    def submit(self, images: np.ndarray | ray.ObjectRef, prompts: Sequence[str],
+               metadata: Sequence[Mapping] | None = None) -> RewardHandle:
         """Split into requests of at most batch_size_per_request images, dispatch each to the least busy
-        actor, return at once."""
-        metadata = validate_batch(images, prompts, metadata)
+        actor, return at once. `images`: an array, or the ObjectRef of one (one image per prompt; the
+        actors check it), which each request passes on with its rows."""
+        by_ref = isinstance(images, ray.ObjectRef)
+        metadata = validate_metadata(prompts, metadata) if by_ref else validate_batch(images, prompts, metadata)
         size = len(prompts)
         step = self.config.batch_size_per_request
         requests = []
@@ -159,8 +165,10 @@ class ScorerPool:
         for k, start in enumerate(range(0, size, step)):
             rows = slice(start, min(start + step, size))
             actor = min(range(len(self.actors)), key=lambda i: len(self._queues[i]))
-            request = _Request(f"{self.scorer}-{token}-{k}", ray.put(np.ascontiguousarray(images[rows])),
-                               list(prompts[rows]), list(metadata[rows]), actor)
+            request = _Request(f"{self.scorer}-{token}-{k}",
+                               images if by_ref else ray.put(np.ascontiguousarray(images[rows])),
+                               list(prompts[rows]), list(metadata[rows]), actor,
+                               rows=(rows.start, rows.stop) if by_ref else None)
             self._dispatch(request)
             requests.append(request)
         return RewardHandle(self.scorer, size, requests, list(prompts))
@@ -169,7 +177,7 @@ class ScorerPool:
         request.attempts += 1
         request.submitted_at = time.monotonic()
         request.ref = self.actors[request.actor].score.remote(
-            request.request_id, request.images, request.prompts, request.metadata
+            request.request_id, request.images, request.prompts, request.metadata, request.rows
         )
         queue = self._queues[request.actor]
         queue.append((request, request.ref))
@@ -336,8 +344,8 @@ class RewardPools:
             self.shutdown()
             raise
 
-    def submit(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[Mapping] | None = None
-               ) -> dict[str, RewardHandle]:
+    def submit(self, images: np.ndarray | ray.ObjectRef, prompts: Sequence[str],
+               metadata: Sequence[Mapping] | None = None) -> dict[str, RewardHandle]:
         """Dispatch to every scorer at once; non-blocking."""
         return {name: pool.submit(images, prompts, metadata) for name, pool in self.pools.items()}
 

@@ -47,12 +47,15 @@ class RewardWorker:
         self.requests_served = 0
 
     def score(self, request_id: str, images: np.ndarray, prompts: Sequence[str],
-              metadata: Sequence[Mapping] | None = None) -> ScoreResponse:
-        """Score one request; a repeated request id returns the cached response."""
+              metadata: Sequence[Mapping] | None = None, rows: tuple[int, int] | None = None) -> ScoreResponse:
+        """Score one request; a repeated request id returns the cached response. `rows`: the request's
+        slice of `images` (a whole group's images, fetched here from the object store)."""
         if request_id in self._responses:
             return self._responses[request_id]
         start = time.perf_counter()
         try:
+            if rows is not None:
+                images = images[rows[0] : rows[1]]
             result, error = self._scorer(images, list(prompts), metadata), None
             if len(result) != len(prompts):
                 raise RuntimeError(f"scorer returned {len(result)} scores for {len(prompts)} images")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch
 from common.memory import peak_memory_gb
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
+from rollout.data_plane import put_group
 from rollout.devices import resolve_device
 from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.strategies import eval_sample, sample_group
@@ -36,14 +38,23 @@ class GroupRequest:
 
 @dataclass
 class GroupResult:
-    """A sampled group: the strategy's record, the decoded images, and the policy version that made them."""
+    """A sampled group: the strategy's record, the decoded images, and the policy version that made them.
+
+    In-process (`RolloutWorker.rollout`) it holds everything; by reference (`rollout_by_reference`,
+    rollout/data_plane.py) `images` and `bulk` are ObjectRefs and `rollout` keeps the metadata only."""
 
     request: GroupRequest
     rollout: Rollout
-    images: np.ndarray  # uint8 [I, H, W, 3], one per rollout.final_latents row
+    images: Any  # uint8 [I, H, W, 3], one per reward_group entry; or its ObjectRef
     policy_version: int
     actor: str
     seconds: float
+    sampled_at: float = 0.0  # wall-clock time (time.time()) sampling and decoding ended
+    bulk: Any = None  # ObjectRef of the learner's payload (data_plane.LearnerPayload); None in-process
+
+    @property
+    def num_images(self) -> int:
+        return int(self.rollout.reward_group.shape[0])
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -117,10 +128,15 @@ class RolloutWorker:
                 generator=generator, iteration=req.iteration,
             )  # fmt: skip
             images = self.policy.decode(record.final_latents).numpy()
-            results.append(
-                GroupResult(req, _to_cpu(record), images, self.version, self.name, time.perf_counter() - start)
-            )
+            results.append(GroupResult(req, _to_cpu(record), images, self.version, self.name,
+                                       time.perf_counter() - start, sampled_at=time.time()))
         return results
+
+    def rollout_by_reference(self, request: GroupRequest) -> GroupResult:
+        """One group, its images and learner payload left in the object store (rollout/data_plane.py):
+        the driver calls this once per group, so each group's images reach the reward actors as soon as
+        it is sampled."""
+        return put_group(self.rollout([request])[0])
 
     @torch.no_grad()
     def evaluate(self, prompts: list[str], seeds: list[list[int]], grid: str = "eval") -> np.ndarray:

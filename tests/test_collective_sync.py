@@ -31,8 +31,8 @@ def test_async_broadcast_waits_for_sampling_and_a_restarted_actor_gets_a_new_gro
     })  # fmt: skip
     with Trainer(cfg) as trainer:
         pending = trainer.submit_rollout(0)  # the next iteration's sampling, in flight during the sync
-        report = trainer.sync_weights.sync(1, busy=[ref for ref, _ in pending.values()])
-        sampling = sum(r.seconds for ref, _ in pending.values() for r in ray.get(ref))
+        report = trainer.sync_weights.sync(1, busy=pending.refs())
+        sampling = sum(r.seconds for r in ray.get(pending.refs()))
         print(f"sampling {sampling:.2f} s, broadcast {report.broadcast_seconds:.3f} s")
         assert sampling > 1.0, "the rollout in flight is too short to tell waiting from not waiting"
         # Without waiting for the rollout, learner rank 0 sits in the broadcast for most of the sampling.

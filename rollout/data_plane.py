@@ -1,0 +1,139 @@
+"""Bulk rollout data by reference: the one module that puts rollout tensors in Ray's object store and
+fetches them back.
+
+A rollout actor samples a group, then `put_group` stores two objects in the object store (owned by
+that actor, in its node's shared memory) and returns a small `GroupResult` whose bulk fields are
+ObjectRefs:
+- the images (uint8 [I, H, W, 3]): the reward actors read them (rewards/pool.py passes the ref on);
+- the learner's payload: only what the learner reads. Per-step losses read the transitions, stored as
+  a latent chain where every distinct latent appears once (a trajectory's x_next is the next step's
+  x_t, so storing (x_t, x_next) pairs keeps most latents twice); the forward-process family reads the
+  final latents (x0) and nothing per step. Final latents of a per-step strategy and G2RPO's anchor
+  image are never read by a learner and are not shipped.
+The driver handles the metadata only (ids, rewards, versions): it never calls `ray.get` on latents or
+images. Each learner rank fetches its own groups' payloads (`fetch_groups`).
+
+Objects owned by a rollout actor are lost with it (Ray's memory monitor kills actors too), so the
+driver samples a dead actor's groups again with the same seeds (cluster/trainer.py): all of them while
+the rollout runs, a group whose images are gone when it is scored, and a group whose payload a learner
+rank could not fetch (`fetch_groups` names it) before the update starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rollout.types import Rollout, Transitions
+
+# Strategies whose learner trains on the final samples (learner/forward_process.py), not on transitions.
+FINAL_SAMPLE_STRATEGIES = frozenset({"forward_process"})
+
+
+@dataclass
+class LatentChain:
+    """Transitions with each distinct latent stored once: x_t = latents[input_rows[input_id]],
+    x_next = latents[next_rows]."""
+
+    latents: torch.Tensor  # [L, ...] distinct latents
+    input_rows: torch.Tensor  # [U] long: row of `latents` of each distinct input
+    next_rows: torch.Tensor  # [K] long: row of `latents` of each transition's x_next
+    small: dict[str, torch.Tensor]  # input_id, sigma, sigma_next, log_prob, sample_id, step
+
+    @staticmethod
+    def of(t: Transitions) -> LatentChain:
+        latents, (input_rows, next_rows) = distinct_rows(t.inputs, t.next_latents)
+        small = {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name not in ("inputs", "next_latents")}
+        return LatentChain(latents, input_rows, next_rows, small)
+
+    def transitions(self) -> Transitions:
+        """The recorded transitions, bit for bit."""
+        return Transitions(inputs=self.latents[self.input_rows], next_latents=self.latents[self.next_rows], **self.small)
+
+
+def distinct_rows(*stacks: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Each bitwise-distinct row of the stacks once (first occurrence order), and per stack the row of
+    the result each of its rows equals."""
+    seen: dict[bytes, list[int]] = {}
+    kept: list[torch.Tensor] = []
+    index = []
+    for stack in stacks:
+        rows = stack.detach().cpu().contiguous()
+        raw = rows.reshape(rows.shape[0], math.prod(rows.shape[1:])).view(torch.uint8).numpy()  # view as bytes: bf16 has no numpy dtype
+        ids = []
+        for i in range(rows.shape[0]):
+            key = hashlib.blake2b(raw[i], digest_size=16).digest()
+            # A digest match is confirmed bitwise, so equal rows are exactly equal.
+            same = next((j for j in seen.get(key, []) if torch.equal(kept[j].view(torch.uint8), rows[i].view(torch.uint8))), None)
+            if same is None:
+                same = len(kept)
+                kept.append(rows[i])
+                seen.setdefault(key, []).append(same)
+            ids.append(same)
+        index.append(torch.tensor(ids, dtype=torch.long))
+    like = stacks[0]
+    latents = torch.stack(kept) if kept else like.new_zeros((0, *like.shape[1:])).cpu()
+    return latents, index
+
+
+@dataclass
+class LearnerPayload:
+    """What a learner rank reads of one group: the latent chain of its transitions, and the final
+    samples only for the forward-process family (their transitions are empty)."""
+
+    chain: LatentChain
+    final_latents: torch.Tensor | None
+
+    @staticmethod
+    def of(rollout: Rollout) -> LearnerPayload:
+        final = rollout.final_latents if rollout.strategy in FINAL_SAMPLE_STRATEGIES else None
+        return LearnerPayload(LatentChain.of(rollout.transitions), final)
+
+    def restore(self, meta: Rollout) -> Rollout:
+        """The record the learner trains on: `meta` (bulk stripped) with this payload's tensors back."""
+        return dataclasses.replace(meta, transitions=self.chain.transitions(), final_latents=self.final_latents)
+
+
+def strip(rollout: Rollout) -> Rollout:
+    """The record's metadata: ids, counts and settings; its latents live in the object store."""
+    return dataclasses.replace(rollout, transitions=None, final_latents=None, anchor_latents=None)
+
+
+def put_group(result):
+    """[rollout actor] Put a sampled group's images and learner payload in the object store; returns
+    the GroupResult with `images` and `bulk` as ObjectRefs and `rollout` stripped."""
+    import ray
+
+    return dataclasses.replace(result, rollout=strip(result.rollout), images=ray.put(np.ascontiguousarray(result.images)),
+                               bulk=ray.put(LearnerPayload.of(result.rollout)))
+
+
+def fetch_groups(groups: list) -> tuple[list, list[int]]:
+    """[learner rank] Fetch the payloads of groups (TrainGroup) sent by reference, in one `ray.get`;
+    groups that carry their record in full (in-process callers) pass through. Returns the groups and
+    the group indices whose payloads were lost (their rollout actor died; then nothing is returned)."""
+    by_ref = [i for i, g in enumerate(groups) if g.bulk is not None]
+    if not by_ref:
+        return groups, []
+    import ray
+    from ray.exceptions import ObjectLostError
+
+    try:
+        payloads = ray.get([groups[i].bulk for i in by_ref])
+    except ObjectLostError:
+        lost = []
+        for i in by_ref:  # which ones: one at a time
+            try:
+                ray.get(groups[i].bulk)
+            except ObjectLostError:
+                lost.append(groups[i].group_index)
+        return [], lost
+    out = list(groups)
+    for i, payload in zip(by_ref, payloads, strict=True):
+        out[i] = dataclasses.replace(groups[i], rollout=payload.restore(groups[i].rollout), bulk=None)
+    return out, []
