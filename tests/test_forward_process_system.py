@@ -65,7 +65,8 @@ def test_forward_process_trains_end_to_end_and_actors_sample_with_the_sampling_p
     assert all(np.isfinite(m["policy/total_loss"]) for m in lines)
     assert all(m["charts/nfe_per_group"] == 4 * 3 for m in lines)  # G x T, CFG-free: one forward per latent
     if preset == "shapes_awm":
-        assert lines[0]["policy/ratio_mean"] == 1.0 and lines[-1]["learner/staleness_max"] == 1.0
+        # on-policy before the first optimizer step (the preset's second step per iteration is not)
+        assert lines[0]["learner/first_minibatch_ratio_mean"] == 1.0 and lines[-1]["learner/staleness_max"] == 1.0
     assert (tmp_path / "eval.json").is_file()
 
 
