@@ -293,9 +293,19 @@ class Trainer:
         """Hand the iteration's groups to the rollout actors, round-robin, one call per group (an actor
         runs its calls in order), so each group can be scored as soon as it is sampled."""
         pending = PendingRollout()
-        for g, req in enumerate(self.requests(iteration)):
-            pending.add(self.rollouts, g % len(self.rollouts), req)  # _resample relies on this assignment
+        for req in self.requests(iteration):
+            pending.add(self.rollouts, self._actor_of(req), req)
         return pending
+
+    def _actor_of(self, request: GroupRequest) -> int:
+        """The rollout actor that samples a group (round-robin), and samples it again if it is lost."""
+        return request.group_index % len(self.rollouts)
+
+    @staticmethod
+    def _reward_inputs(res: GroupResult) -> tuple:
+        """(images, prompts, metadata) of a sampled group, as the reward pools take them."""
+        n = res.num_images
+        return res.images, [res.request.prompt] * n, [res.request.metadata] * n
 
     def rollout(self, pending: PendingRollout) -> tuple[list[GroupResult], dict]:
         """Collect the groups, sending each one's images to the reward pools as soon as it is sampled
@@ -321,8 +331,7 @@ class Trainer:
                 for r in sorted(lost, key=lambda r: r.group_index):
                     pending.add(self.rollouts, a, r)
                 continue
-            n = res.num_images
-            done[req.group_index] = (res, self.rewards.submit(res.images, [req.prompt] * n, [req.metadata] * n))
+            done[req.group_index] = (res, self.rewards.submit(*self._reward_inputs(res)))
         order = sorted(done)
         return [done[g][0] for g in order], {"handles": [done[g][1] for g in order]}
 
@@ -333,14 +342,13 @@ class Trainer:
                 scores = self.rewards.gather(handle).results
             except ObjectLostError:  # its rollout actor died after returning it: the images went with it
                 res = self._resample(res.request)
-                n = res.num_images
-                scores = self.rewards.score(res.images, [res.request.prompt] * n, [res.request.metadata] * n).results
+                scores = self.rewards.score(*self._reward_inputs(res)).results
             scored.append(Scored(res, scores))
         return scored
 
     def _resample(self, request: GroupRequest) -> GroupResult:
         """Sample a group again (same seed) on its actor once Ray has restarted it."""
-        a = request.group_index % len(self.rollouts)  # submit_rollout's round-robin
+        a = self._actor_of(request)
         print(f"[flowray] rollout-{a} died holding group {request.group_index}'s images and latents; resampling it",
               flush=True)
         self.sync_weights.resend(self.rollouts[a])

@@ -12,6 +12,8 @@ the real ones. The folders are built once per session (a minute or two on 2 core
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +58,9 @@ NEEDS_GIB = {"sd35": 4.0, "flux": 18.0}
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_one_bf16_iteration_at_published_widths(real_width, tmp_path, family):
     if _available_gib() < NEEDS_GIB[family]:
-        pytest.skip(f"{family} at published width needs ~{NEEDS_GIB[family]:.0f} GiB free, {_available_gib():.1f} available")
+        # A developer's busy machine may skip; CI's 24 GiB machine has the memory, so there it is a failure.
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            f"{family} at published width needs ~{NEEDS_GIB[family]:.0f} GiB free, {_available_gib():.1f} available")
     model_kw, sampling_kw, learner_kw = CASES[family]
     model = ModelConfig(path=real_width(family), dtype="bfloat16", resolution=32, max_sequence_length=8, **model_kw)
     sampling = SamplingConfig(**sampling_kw)
