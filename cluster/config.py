@@ -262,17 +262,31 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(raw) if raw != "" else ""
 
 
+def _child(node: dict | list, part: str, item: str, create: bool) -> tuple[dict | list, str | int]:
+    """The container step `part` of override `item` addresses: a dict key, or a list index
+    (`rewards.scorers.0.options.reward=strict`, as Hydra writes it); a missing dict section is created."""
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ConfigError(f"override {item!r}: {part!r} is not an index of a list of {len(node)} items")
+        return node, int(part)
+    if create:
+        node.setdefault(part, {})
+    return node, part
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set dotted keys in a nested dict; values are parsed as YAML scalars/lists (1e-4, true, [1,2])."""
+    """Set dotted keys in a nested dict (list items by index); values are parsed as YAML scalars/lists
+    (1e-4, true, [1,2])."""
     for item in overrides:
         path, value = _parse_override(item)
-        node = data
+        node: dict | list = data
         for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+            parent, key = _child(node, part, item, create=True)
+            node = parent[key]
+            if not isinstance(node, dict | list):
                 raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
-            node = child
-        node[path[-1]] = value
+        parent, key = _child(node, path[-1], item, create=False)
+        parent[key] = value
     return data
 
 

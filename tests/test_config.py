@@ -79,6 +79,14 @@ def test_bad_files_and_overrides(tmp_path: Path):
         load_config(FLOWGRPO, ["learner.learning_rate"])
     with pytest.raises(ConfigError, match="is a value, not a section"):
         load_config(FLOWGRPO, ["seed.x=1"])
+    with pytest.raises(ConfigError, match="'5' is not an index of a list of 2 items"):
+        load_config(FLOWGRPO, ["rewards.scorers.5.weight=1"])
+
+
+def test_overrides_address_list_items_by_index():
+    cfg = load_config(FLOWGRPO, ["rewards.scorers.0.options.reward=strict", "rewards.scorers.1.weight=0.5"])
+    assert cfg.rewards.scorers[0].options["reward"] == "strict" and cfg.rewards.scorers[1].weight == 0.5
+    assert cfg.rewards.scorers[0].name == "shapes_geneval"  # the rest of the item is kept
 
 
 def test_reference_documents_every_field():
