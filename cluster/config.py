@@ -52,6 +52,13 @@ class DataConfig(_Section):
         "'tag_balanced': tags take turns (each record needs a 'tag'), each tag walking its own permutations, so a "
         "task with few prompts is trained as often as one with many (the evaluation averages over tags).",
     )
+    tag_weights: dict[str, int] = Field(
+        {},
+        description="With prompt_order 'tag_balanced': turns per round of each named tag (an integer >= 1; tags not "
+        "named take 1), e.g. {position: 2} trains position prompts twice as often as each other tag. Spend rollouts "
+        "where groups still disagree: a tag the policy already solves gives groups of equal rewards, hence no "
+        "advantage and no gradient.",
+    )
     eval_num_prompts: int | None = Field(None, ge=1, description="Evaluate on the first N test prompts (None: all).")
     eval_images_per_prompt: int = Field(
         1, ge=1, description="Images per test prompt at evaluation (when data.eval_images_per_tag is unset or the "
@@ -81,6 +88,15 @@ class DataConfig(_Section):
         "(never the training seeds) at the base and final evaluations, so 'learned the training prompts' can be told "
         "from 'generalised'. 0: off.",
     )
+
+    @model_validator(mode="after")
+    def _check_tag_weights(self) -> DataConfig:
+        if self.tag_weights and self.prompt_order != "tag_balanced":
+            raise ValueError("data.tag_weights needs data.prompt_order='tag_balanced' (epochs have no tag turns)")
+        for tag, weight in self.tag_weights.items():
+            if weight < 1:
+                raise ValueError(f"data.tag_weights.{tag} must be >= 1 (got {weight})")
+        return self
 
 
 class ClusterConfig(_Section):

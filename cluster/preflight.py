@@ -121,7 +121,7 @@ def _check_prompts(cfg: ExperimentConfig, report: PreflightReport) -> None:
         problems = _fit_scorers(records, names, path)
         if key == "train_prompts" and cfg.data.prompt_order == "tag_balanced":
             try:
-                prompt_tags(records, value)
+                prompt_tags(records, value, cfg.data.tag_weights)
             except ValueError as err:
                 problems.append(str(err))
         if problems:

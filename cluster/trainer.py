@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -116,20 +116,33 @@ def prompts_for_iteration(num_prompts: int, per_iteration: int, seed: int, itera
     return out
 
 
-def tag_balanced_prompts_for_iteration(tags: Sequence[str], per_iteration: int, seed: int, iteration: int) -> list[int]:
-    """Prompt indices of an iteration when tags take turns: slot p of the run goes to tag p mod T (tags
-    in sorted order), and each tag walks seeded permutations of its own prompts. A pure function of
-    (tags, seed, iteration), so a resumed run samples what the uninterrupted one would have."""
+def tag_turns(names: Sequence[str], weights: Mapping[str, int]) -> list[str]:
+    """One round of tag turns: every tag once, then again for each tag whose weight (default 1) allows,
+    so weights {a: 2} over tags [a, b, c] give [a, b, c, a]; a tag's turns stay spread over the round."""
+    rounds = max((weights.get(n, 1) for n in names), default=1)
+    return [n for k in range(rounds) for n in names if weights.get(n, 1) > k]
+
+
+def tag_balanced_prompts_for_iteration(tags: Sequence[str], per_iteration: int, seed: int, iteration: int,
+                                       weights: Mapping[str, int] | None = None) -> list[int]:
+    """Prompt indices of an iteration when tags take turns: slot p of the run goes to the tag at p mod R
+    of `tag_turns` (tags in sorted order, R turns per round; with no weights every tag once), and each tag
+    walks seeded permutations of its own prompts. A pure function of (tags, weights, seed, iteration), so
+    a resumed run samples what the uninterrupted one would have."""
     by_tag: dict[str, list[int]] = defaultdict(list)
     for i, tag in enumerate(tags):
         by_tag[tag].append(i)
-    names = sorted(by_tag)
+    weights = weights or {}
+    turns = tag_turns(sorted(by_tag), weights)
+    # the k-th turn of a tag within a round, so its prompts are walked in order across rounds
+    nth = [turns[:slot].count(name) for slot, name in enumerate(turns)]
     out = []
     for pos in range(iteration * per_iteration, (iteration + 1) * per_iteration):
-        round_, t = divmod(pos, len(names))
-        members = by_tag[names[t]]
-        epoch, offset = divmod(round_, len(members))
-        gen = torch.Generator().manual_seed(derive_seed(seed, "data", names[t], epoch))
+        round_, slot = divmod(pos, len(turns))
+        name = turns[slot]
+        members = by_tag[name]
+        epoch, offset = divmod(round_ * weights.get(name, 1) + nth[slot], len(members))
+        gen = torch.Generator().manual_seed(derive_seed(seed, "data", name, epoch))
         out.append(members[int(torch.randperm(len(members), generator=gen)[offset])])
     return out
 
@@ -190,7 +203,8 @@ class Trainer:
         self.cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"output_dir": out})})
         self.resume = resume
         self.prompts = load_prompts(resolve(cfg.data.train_prompts))
-        self.tags = prompt_tags(self.prompts, cfg.data.train_prompts) if cfg.data.prompt_order == "tag_balanced" else None
+        self.tags = (prompt_tags(self.prompts, cfg.data.train_prompts, cfg.data.tag_weights)
+                     if cfg.data.prompt_order == "tag_balanced" else None)
         self.iteration = 0  # iterations completed
         self._last_checkpoint = -1  # iteration of the newest checkpoint written by this process
         self.nfe_total = 0  # rollout velocity evaluations so far (this process)
@@ -283,7 +297,7 @@ class Trainer:
         if self.tags is None:
             idx = prompts_for_iteration(len(self.prompts), n, seed, iteration)
         else:
-            idx = tag_balanced_prompts_for_iteration(self.tags, n, seed, iteration)
+            idx = tag_balanced_prompts_for_iteration(self.tags, n, seed, iteration, self.cfg.data.tag_weights)
         return [
             GroupRequest(g, self.prompts[i]["prompt"], self.prompts[i], derive_seed(self.cfg.seed, "group", iteration, g), iteration)
             for g, i in enumerate(idx)

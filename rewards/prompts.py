@@ -14,7 +14,7 @@ every problem is a ValueError naming file:line and the field.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from rewards.geneval_rules import GENEVAL_TAGS, RELATIONS
@@ -171,10 +171,16 @@ def load_prompts(path: str | Path, classes: Collection[str] | None = None,
     return records
 
 
-def prompt_tags(records: Sequence[dict], path: str) -> list[str]:
-    """Each record's `tag`, for data.prompt_order='tag_balanced'; names the first record without one."""
+def prompt_tags(records: Sequence[dict], path: str, weights: Mapping[str, int] | None = None) -> list[str]:
+    """Each record's `tag`, for data.prompt_order='tag_balanced'; names the first record without one, and
+    any tag of `weights` (data.tag_weights) that no record has (a typo would otherwise weigh nothing)."""
     for line, record in enumerate(records, start=1):
         if not isinstance(record.get("tag"), str):
             raise ValueError(f"{path}: record {line} has no 'tag', which data.prompt_order='tag_balanced' needs "
                              f"(prompt {record.get('prompt')!r})")
-    return [r["tag"] for r in records]
+    tags = [r["tag"] for r in records]
+    unknown = sorted(set(weights or {}) - set(tags))
+    if unknown:
+        raise ValueError(f"data.tag_weights names tags {unknown} that no record of {path} has; its tags: "
+                         f"{sorted(set(tags))}")
+    return tags

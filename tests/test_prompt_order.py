@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from cluster.config import REPO_ROOT, load_config
+from cluster.config import REPO_ROOT, ConfigError, load_config
 from cluster.preflight import preflight
-from cluster.trainer import prompts_for_iteration, tag_balanced_prompts_for_iteration
+from cluster.trainer import prompts_for_iteration, tag_balanced_prompts_for_iteration, tag_turns
 from rewards.prompts import prompt_tags
 from tests.tiny_models import FLOWGRPO
 
@@ -58,3 +58,35 @@ def test_untagged_records_are_named_at_load_and_in_preflight(tmp_path):
     assert "record 1 has no 'tag'" in errors["data.train_prompts"]
     ok = load_config(FLOWGRPO, [f"data.train_prompts={path}", "rewards.scorers=[{name: shapes_quality}]"])
     assert "data.train_prompts" not in {c.key for c in preflight(ok, cluster_resources={"CPU": 64}).errors}
+
+
+def test_tag_weights_give_a_tag_more_turns_and_still_walk_its_prompts():
+    tags = _tags()
+    weights = {"position": 3, "counting": 2}
+    assert tag_turns(sorted(set(tags)), weights) == [
+        "color_attr", "colors", "counting", "position", "single_object", "two_object", "counting", "position", "position"]
+    seen = collections.Counter()
+    picked: dict[str, list[int]] = collections.defaultdict(list)
+    for it in range(9):  # 72 slots: 8 rounds of 9 turns
+        for i in tag_balanced_prompts_for_iteration(tags, 8, seed=0, iteration=it, weights=weights):
+            seen[tags[i]] += 1
+            picked[tags[i]].append(i)
+    assert seen["position"] == 24 and seen["counting"] == 16 and seen["colors"] == 8
+    # the extra turns continue the tag's walk: one pass visits each position prompt once before repeats
+    n = sum(t == "position" for t in tags)
+    assert sorted(picked["position"][:n]) == sorted(i for i, t in enumerate(tags) if t == "position")
+    # no weights (or all ones) is the unweighted order, bit for bit
+    ones = {t: 1 for t in set(tags)}
+    for it in range(3):
+        plain = tag_balanced_prompts_for_iteration(tags, 8, 5, it)
+        assert plain == tag_balanced_prompts_for_iteration(tags, 8, 5, it, weights=ones)
+
+
+def test_bad_tag_weights_are_named():
+    with pytest.raises(ConfigError, match="data.tag_weights needs data.prompt_order='tag_balanced'"):
+        load_config(FLOWGRPO, ["data.tag_weights={position: 2}"])
+    with pytest.raises(ConfigError, match=r"data.tag_weights.position must be >= 1 \(got 0\)"):
+        load_config(FLOWGRPO, ["data.prompt_order=tag_balanced", "data.tag_weights={position: 0}"])
+    cfg = load_config(FLOWGRPO, ["data.prompt_order=tag_balanced", "data.tag_weights={positon: 2}"])
+    errors = {c.key: c.message for c in preflight(cfg, cluster_resources={"CPU": 64}).errors}
+    assert "data.tag_weights names tags ['positon']" in errors["data.train_prompts"]
