@@ -52,6 +52,8 @@ TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_
 # (position), 0.50 (counting), 0.48 (color_attr) and 0.80 (colors): the correct choice keeps real but
 # not dominant mass, so the base model errs by choosing, as SD3.5-M does on GenEval, not by rendering.
 DEFAULT_LABEL_NOISE = "position=0.5,counting=0.5,color_attr=0.4,colors=0.15"
+MATCH_SHARES = """Of the scenes behind an exact caption, about 0.39 (position), 0.50 (counting), 0.48 (color_attr) and
+0.80 (colors) really match it (with the default --label-noise)."""
 
 
 def log(msg: str) -> None:
@@ -639,8 +641,9 @@ RL trains LoRA on the transformer only.
 
 ## Training
 
-    nice python scripts/pretrain_shapes.py --seed {args.seed} --threads {args.threads} --init-from {args.init_from or '""'} \\
-        --steps {args.steps} --stop-after {args.stop_after} --label-noise "{args.label_noise}"
+    nice python scripts/pretrain_shapes.py --work-dir runs/{Path(args.work_dir).name} --seed {args.seed} --threads {args.threads} \\
+        --init-from {args.init_from or '""'} --steps {args.steps} --stop-after {args.stop_after} --lr {args.lr} \\
+        --warmup {args.warmup} --label-noise "{args.label_noise}"
 
 (resumable: rerunning the same command continues from `{Path(args.work_dir).name}/`), {init}.
 Data: random scenes from `rewards.shapes.sample_scene` for records of all six tags (tags drawn
@@ -648,8 +651,7 @@ uniformly), rendered at 32 px. Captions: with the per-tag share `--label-noise` 
 (`rewards.shapes.mislabeled_caption`: a relation that does not hold in the scene, another count, the
 two colours swapped, another colour), else an under-specified one (`underspecified_caption`: exact 0.5,
 drop_color 0.2, drop_position 0.2, drop_object 0.1); dropped to "" with probability {CAPTION_DROPOUT} for CFG.
-Of the scenes behind an exact caption, about 0.39 (position), 0.50 (counting), 0.48 (color_attr) and
-0.80 (colors) really match it.
+{MATCH_SHARES if args.label_noise == DEFAULT_LABEL_NOISE else ""}
 
 | phase | steps | batch | wall time (2 shared CPU cores) |
 |---|---|---|---|
