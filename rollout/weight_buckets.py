@@ -122,7 +122,7 @@ def checksum(flat: torch.Tensor) -> tuple[int, int]:
     chunks = words[:full].view(-1, _CHUNK_WORDS).sum(dim=1)
     rest = words[full:].sum()
     total = int(chunks.sum() + rest) + tail
-    weights = torch.arange(1, chunks.numel() + 1, dtype=torch.int64)
+    weights = torch.arange(1, chunks.numel() + 1, dtype=torch.int64, device=chunks.device)
     positional = int((chunks * weights).sum()) + int(rest) * (chunks.numel() + 1) + tail * (chunks.numel() + 2)
     return _int64(total), _int64(positional + raw.numel())
 
