@@ -140,7 +140,7 @@ def child(case: str, models_dir: Path, repeats: int) -> dict:
         seconds, peaks = [], []
         for i in range(repeats + 1):
             version += 1
-            s, peak = _measured(lambda v=version: sync(v))
+            s, peak = _measured(lambda v=version, f=sync: f(v))
             peaks.append(peak)
             if i:  # the first is the warm-up
                 seconds.append(s)
