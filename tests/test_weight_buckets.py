@@ -100,10 +100,10 @@ def test_collective_receiver_refuses_a_corrupted_bucket():
 def test_bf16_object_store_buckets_stay_bf16_and_load_bit_exactly(tiny_sd3_path):
     rollout, learner = _workers(tiny_sd3_path, lora=False, beta=0.0)
     buckets, digest = learner.export_sampling_buckets()
-    dtypes = {b.spec.dtype for b in buckets}
-    assert torch.bfloat16 in dtypes and torch.float32 not in {b.spec.dtype for b in buckets if b.spec.names[0] != "pos_embed.pos_embed"}
-    live_bytes = sum(t.numel() * t.element_size() for t in learner.policy.trainable_tensors().values())
-    assert sum(b.data.nbytes for b in buckets) == live_bytes  # no fp32 widening: the weights' own bytes
+    live = learner.policy.trainable_tensors()
+    assert torch.bfloat16 in {b.spec.dtype for b in buckets}
+    assert all(live[n].dtype == b.spec.dtype for b in buckets for n in b.spec.names)  # each tensor in its own dtype
+    assert sum(b.data.nbytes for b in buckets) == sum(t.numel() * t.element_size() for t in live.values())
     ack = rollout.load_buckets(buckets, 3)
     assert ack == {"actor": rollout.name, "version": 3, "digest": digest}
     assert weights_digest(rollout.weights()) == learner.weights_digest()
