@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from learner.engine import (
 )
 from learner.forward_process import ForwardProcessPlan
 from learner.losses import get_loss, pooled_mean_std
-from learner.zero3 import gathered_state_dict
+from learner.zero3 import gathered, gathered_state_dict
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
 from rollout.data_plane import fetch_groups
@@ -42,6 +44,7 @@ from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.sde import kl_to_reference, sde_step
 from rollout.seeding import derive_seed
 from rollout.types import Rollout
+from rollout.weight_buckets import BUCKET_BYTES, BucketSpec, pack, plan_for, sync_digest, to_packed
 from rollout.worker import weights_digest
 
 
@@ -211,8 +214,9 @@ class PerStepPlan:
     def recompute_old_log_probs(self, groups: list[TrainGroup], rows) -> list[TrainGroup]:
         return self.worker._recompute_old_log_probs(groups, rows, self.noise_level, self.kind, self.form)
 
-    def sampling_weights(self) -> dict[str, np.ndarray]:
-        return self.worker.export_weights()
+    def sampling_source(self) -> None:
+        """The rollout actors sample with the trained weights themselves."""
+        return None
 
     def state(self) -> None:
         return None
@@ -248,6 +252,7 @@ class LearnerWorker:
         self.policy: Policy | None = None
         self.engine = None
         self.sync_group: SyncGroup | None = None
+        self.sync_bucket_bytes = BUCKET_BYTES  # the rollout actors' must be equal (collective backend)
         self.ema: EmaWeights | None = None
         self.plan = PLANS[learner.family](self)
         self.version = 0
@@ -445,9 +450,43 @@ class LearnerWorker:
         return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items()}
 
     def export_sampling_weights(self) -> dict[str, np.ndarray]:
-        """The weights the rollout actors sample with (what weight sync sends): the trained weights, or
-        the forward-process family's EMA sampling policy (learner.old_policy 'ema')."""
-        return self.plan.sampling_weights()
+        """The weights the rollout actors sample with, as numpy (tests and debugging; weight sync sends
+        `_sampling_buckets`): the trained weights, or the forward-process family's EMA sampling policy
+        (learner.old_policy 'ema')."""
+        source = self.plan.sampling_source()
+        return self.export_weights() if source is None else {k: v.copy() for k, v in source.items()}
+
+    def _sampling_buckets(self, device: torch.device | str) -> Iterator[tuple[BucketSpec, torch.Tensor | None]]:
+        """The sampling weights bucket by bucket, in the policy's own dtypes (rollout/weight_buckets.py),
+        packed on `device`. Every rank iterates: under ZeRO-3 each bucket's parameters are gathered (a
+        collective every rank enters) and released before the next, and only rank 0 packs (the others
+        get None), so no rank holds more than one bucket beyond its shard."""
+        live = self.policy.trainable_tensors()
+        host = self.plan.sampling_source()  # an EMA sampling policy kept on the host (rank 0), or None
+        for spec in plan_for(live, self.sync_bucket_bytes):
+            if host is not None:
+                flat = pack(spec, {n: torch.from_numpy(host[n]) for n in spec.names}, device) if self.rank == 0 else None
+            else:
+                with gathered([live[n] for n in spec.names]) if self.cfg.zero_stage == 3 else nullcontext():
+                    flat = pack(spec, live, device) if self.rank == 0 else None
+            yield spec, flat
+
+    def export_sampling_buckets(self) -> tuple[list, str]:
+        """Weight sync through the object store: each packed bucket goes into Ray's object store as soon
+        as it is packed (no fp32 widening, one bucket in this process at a time). Rank 0 returns the
+        buckets' ObjectRefs (the buckets themselves without Ray) and the sync digest; other ranks take
+        part in the ZeRO-3 gathers and return ([], "")."""
+        import ray
+
+        out, specs, sums = [], [], []
+        for spec, flat in self._sampling_buckets("cpu"):
+            if flat is None:
+                continue
+            bucket = to_packed(spec, flat)
+            out.append(ray.put(bucket) if ray.is_initialized() else bucket)
+            specs.append(spec)
+            sums.append(bucket.checksum)
+        return out, sync_digest(specs, sums) if self.rank == 0 else ""
 
     def get_version(self) -> int:
         return self.version
@@ -483,15 +522,20 @@ class LearnerWorker:
         self.sync_group = SyncGroup(master_addr, master_port, 0, world_size, self.device)
         return f"learner-{self.rank}"
 
-    def broadcast_weights(self) -> float:
-        """Send the trainable weights to every rollout actor of the sync group; returns the seconds
-        spent inside the broadcast. Under ZeRO-3 every rank calls this to take part in the gather;
-        only rank 0 sends."""
-        state = self.export_sampling_weights()
+    def broadcast_weights(self) -> dict:
+        """Send the sampling weights to every rollout actor of the sync group, bucket by bucket straight
+        from the engine's parameters (no object-store export); returns the seconds spent and the sync
+        digest. Under ZeRO-3 every rank calls this to take part in the gathers; only rank 0 sends."""
         start = time.perf_counter()
-        if self.sync_group is not None:
-            self.sync_group.broadcast({k: torch.from_numpy(v) for k, v in state.items()})
-        return time.perf_counter() - start
+        group = self.sync_group
+        specs, sums = plan_for(self.policy.trainable_tensors(), self.sync_bucket_bytes), []
+        if group is not None:
+            group.send_plan(specs)
+        for spec, flat in self._sampling_buckets(group.device if group is not None else "cpu"):
+            if flat is not None and group is not None:
+                sums.append(group.send_bucket(spec, flat))
+        digest = sync_digest(specs, sums) if group is not None else ""
+        return {"seconds": time.perf_counter() - start, "digest": digest}
 
     def save_checkpoint(self, directory: str) -> None:
         """This rank's optimizer state (and, on rank 0, the trainable weights) into `directory`."""

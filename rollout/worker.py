@@ -23,6 +23,7 @@ from rollout.devices import resolve_device
 from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.strategies import eval_sample, sample_group
 from rollout.types import Rollout
+from rollout.weight_buckets import load_packed, plan_for, sync_digest, unpack_into
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ class RolloutWorker:
     # -- weights
 
     def load_weights(self, state: dict[str, np.ndarray | torch.Tensor], version: int) -> dict:
-        """Load the learner's trainable weights; returns an acknowledgement with the version and digest."""
+        """Load a name -> array dict of trainable weights (evaluation's EMA weights, tests); returns an
+        acknowledgement with the version and the sha256 digest of what this actor now holds."""
         tensors = {k: torch.as_tensor(np.array(v, copy=True)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
         self.policy.load_trainable(tensors)
         self.version = version
@@ -168,12 +170,30 @@ class RolloutWorker:
         self.sync_group = SyncGroup(master_addr, master_port, rank, world_size, self.policy.device)
         return self.name
 
+    def load_buckets(self, buckets: list, version: int) -> dict:
+        """Weight sync through the object store: verify and load the learner's packed buckets
+        (LearnerWorker.export_sampling_buckets; ObjectRefs are fetched one at a time and read in place
+        from the object store's shared memory) into the live trainable weights; returns an
+        acknowledgement with the version and the sync digest (rollout/weight_buckets.py)."""
+        import ray
+
+        fetched = (ray.get(b) if isinstance(b, ray.ObjectRef) else b for b in buckets)
+        digest = load_packed(fetched, self.policy.trainable_tensors())
+        self.version = version
+        return {"actor": self.name, "version": version, "digest": digest}
+
     def receive_weights(self, version: int) -> dict:
-        """Receive a broadcast from learner rank 0 into this policy's trainable weights."""
-        # Buffers in the sender's layout: LearnerWorker.broadcast_weights sends float32 (numpy) arrays.
-        state = {k: v.float() if v.is_floating_point() else v for k, v in self.policy.export_trainable().items()}
-        self.sync_group.broadcast(state)
-        return self.load_weights(state, version)
+        """Weight sync through the collective group: receive learner rank 0's buckets one at a time, each
+        verified and copied into the live trainable weights (one bucket in flight)."""
+        live = self.policy.trainable_tensors()
+        specs, sums = plan_for(live), []
+        self.sync_group.receive_plan(specs)
+        for spec in specs:
+            flat, sums_of_bucket = self.sync_group.receive_bucket(spec)
+            unpack_into(spec, flat, live)
+            sums.append(sums_of_bucket)
+        self.version = version
+        return {"actor": self.name, "version": version, "digest": sync_digest(specs, sums)}
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.policy.export_trainable()
