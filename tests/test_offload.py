@@ -101,3 +101,14 @@ def test_offloading_trains_bit_identically(tiny_sd3_path, zero_stage, precision)
     assert len(plain[4]) == len(offloaded[4]) > 0
     for a, b in zip(plain[4], offloaded[4], strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("overrides", [[], ["cluster.colocate=true", "cluster.async_mode=true"],
+                                       ["cluster.colocate=true", "learner.zero_stage=3"]])
+def test_offloading_needs_colocated_sides_that_take_turns(overrides):
+    from cluster.config import ConfigError, load_config
+    from tests.tiny_models import FLOWGRPO
+
+    with pytest.raises(ConfigError, match="cluster.colocate_offload needs cluster.colocate=true, cluster.async_mode=false"):
+        load_config(FLOWGRPO, ["cluster.colocate_offload=true", *overrides])
+    load_config(FLOWGRPO, ["cluster.colocate_offload=true", "cluster.colocate=true", "cluster.async_mode=false"])
