@@ -9,7 +9,7 @@ memory). One code path, the target chosen by the device the tensors live on:
 
 - `cuda`: pinned host memory (a buffer per storage, allocated on the first offload and reused), then
   `torch.cuda.empty_cache()` so the other process can allocate what was freed;
-- `cpu`: a spill file in a private temporary folder. On CPU "device" and "host" are the same memory,
+- `cpu`: a spill file (unlinked: private to the process). On CPU "device" and "host" are the same memory,
   so moving to host would save nothing; the file makes the saving real (and measurable as RSS).
 
 The unit is the storage, not the tensor: every storage the given tensors use is copied out and resized
@@ -27,8 +27,6 @@ writing, which would double the peak this module exists to lower.
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
 import tempfile
 from collections.abc import Iterable
 
@@ -107,29 +105,33 @@ class PinnedHost:
 
 
 class SpillFile:
-    """Offload target of CPU storages: one file of raw bytes in a private temporary folder."""
+    """Offload target of CPU storages: an unlinked temporary file of raw bytes (the OS reclaims it with
+    the process, even one Ray kills while it is offloaded)."""
 
     def __init__(self, name: str):
-        self.folder = tempfile.mkdtemp(prefix=f"flowray-offload-{name}-")  # mode 0700
-        self.path = os.path.join(self.folder, "spill.bin")
+        self.prefix = f"flowray-offload-{name}-"
+        self.file = None
 
     def save(self, storages: list[torch.UntypedStorage]) -> None:
-        with open(self.path, "wb") as f:
-            for s in storages:
-                f.write(_host_buffer(s))
+        self.file = tempfile.TemporaryFile(prefix=self.prefix)
+        for s in storages:
+            self.file.write(_host_buffer(s))
+        self.file.flush()
 
     def load(self, storages: list[torch.UntypedStorage]) -> None:
-        with open(self.path, "rb") as f:
-            for s in storages:
-                if f.readinto(_host_buffer(s)) != s.nbytes():
-                    raise OSError(f"offload spill file {self.path} is shorter than what was offloaded")
-        os.remove(self.path)
+        self.file.seek(0)
+        for s in storages:
+            if self.file.readinto(_host_buffer(s)) != s.nbytes():
+                raise OSError("offload spill file is shorter than what was offloaded")
+        self.close()
 
     def after_free(self) -> None:
         _release_freed_host_memory()
 
     def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 TARGETS = {"cuda": PinnedHost, "cpu": SpillFile}  # device type -> where its idle storages go
