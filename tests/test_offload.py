@@ -54,8 +54,8 @@ def _resident_bytes(tensors) -> int:
 def _setup(path: str, zero_stage: int, precision: str):
     model = ModelConfig(path=path, resolution=32, guidance_scale=2.0, lora=LoraSettings(rank=4, alpha=8),
                         dtype="bfloat16" if precision == "bf16" else "float32")
-    sampling = SamplingConfig(group_size=4, num_steps=3)
-    learner = LearnerWorker(model, sampling, LearnerConfig(micro_batch_size=5, learning_rate=1e-2, beta=0.01,
+    sampling = SamplingConfig(group_size=4, num_steps=2)
+    learner = LearnerWorker(model, sampling, LearnerConfig(micro_batch_size=8, learning_rate=1e-2, beta=0.0,
                                                            zero_stage=zero_stage, precision=precision))
     learner.setup("127.0.0.1", free_port())
     rollout = RolloutWorker(model, sampling, torch_threads=2, precision=precision)
