@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from common.memory import peak_memory_gb
+from common.offload import Offloader
 from common.storage import check_sentinel
 from learner.checkpoint import load_into_optimizer, load_optimizer_state, save_optimizer_state
 from learner.config import LearnerConfig
@@ -31,6 +32,7 @@ from learner.engine import (
     init_distributed,
     micro_batch_step,
     node_ip,
+    optimizer_state_tensors,
     set_micro_batches,
 )
 from learner.forward_process import ForwardProcessPlan
@@ -257,6 +259,7 @@ class LearnerWorker:
         self.plan = PLANS[learner.family](self)
         self.version = 0
         self._received: list[TrainGroup] = []  # groups `receive` fetched for the next `train`
+        self._offloader: Offloader | None = None  # cluster.colocate_offload: made by the first `offload`
 
     # -- group setup
 
@@ -364,6 +367,7 @@ class LearnerWorker:
         num_inner_epochs x optimizer_steps_per_iteration optimizer steps. Returns averaged diagnostics."""
         if self.engine is None:
             raise RuntimeError("LearnerWorker.setup() must run before train()")
+        self.reload()
         start = time.perf_counter()
         if groups is None:
             groups, self._received = self._received, []
@@ -491,6 +495,24 @@ class LearnerWorker:
     def get_version(self) -> int:
         return self.version
 
+    # -- colocation (cluster.colocate_offload, common/offload.py)
+
+    def offload(self) -> int:
+        """While the colocated rollout actors sample: free everything but the trainable weights (the weight
+        sync reads those next; LoRA adapters, or a fully fine-tuned transformer): the frozen networks (the
+        base transformer under LoRA, text encoders, VAE, the reference copy), the optimizer state and the
+        gradients. Returns the bytes freed; `train` and the checkpoint calls reload first."""
+        if self._offloader is None:
+            self._offloader = Offloader(self.device, f"learner-{self.rank}")
+        trainable = self.policy.trainable_parameters()
+        grads = [p.grad for p in trainable if p.grad is not None]
+        return self._offloader.offload([*self.policy.tensors(), *optimizer_state_tensors(self.engine), *grads],
+                                       keep=trainable)
+
+    def reload(self) -> int:
+        """Bring back what `offload` freed, bit for bit; returns the bytes (0: nothing was offloaded)."""
+        return self._offloader.reload() if self._offloader is not None else 0
+
     def peak_memory(self) -> dict[str, float]:
         return peak_memory_gb(self.device)
 
@@ -541,6 +563,7 @@ class LearnerWorker:
         """This rank's optimizer state (and, on rank 0, the trainable weights) into `directory`."""
         from safetensors.torch import save_file
 
+        self.reload()
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         weights = self._trainable_state()  # every rank: a collective under ZeRO-3
@@ -559,6 +582,7 @@ class LearnerWorker:
         """Restore weights and optimizer state written by `save_checkpoint`; returns the policy version."""
         from safetensors.torch import load_file
 
+        self.reload()
         path = Path(directory)
         weights = path / "trainable.safetensors"
         try:

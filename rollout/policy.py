@@ -349,6 +349,15 @@ class Policy:
                 self._reference_copy = copy.deepcopy(tr).requires_grad_(False).eval()
             tr.requires_grad_(True)
 
+    def modules(self) -> list[torch.nn.Module]:
+        """Every network this policy holds: the pipeline's components and the frozen reference copy."""
+        nets = [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+        return nets + ([self._reference_copy] if self._reference_copy is not None else [])
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every parameter and buffer of `modules()` (what cluster.colocate_offload moves out while idle)."""
+        return [t for m in self.modules() for t in (*m.parameters(), *m.buffers())]
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.transformer.parameters() if p.requires_grad]
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from common.memory import peak_memory_gb
+from common.offload import Offloader
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
 from rollout.data_plane import put_group
@@ -107,6 +108,7 @@ class RolloutWorker:
         self.sigmas = self.policy.sigmas(sampling.num_steps, sampling.shift, sampling.shift_mode, grid)
         self.eval_sigmas = self.policy.sigmas(sampling.eval_num_steps, sampling.shift, sampling.shift_mode, grid)
         self.eval_guidance = model.eval_guidance_scale  # None: the training guidance_scale
+        self._offloader: Offloader | None = None  # cluster.colocate_offload: made by the first `offload`
 
     # -- sampling
 
@@ -120,6 +122,7 @@ class RolloutWorker:
     @torch.no_grad()
     def rollout(self, requests: list[GroupRequest]) -> list[GroupResult]:
         """Sample each requested group with the configured strategy; images decoded to uint8."""
+        self.reload()
         results = []
         for req in requests:
             start = time.perf_counter()
@@ -144,6 +147,7 @@ class RolloutWorker:
         """Deterministic ODE images, one per seed of each prompt (cluster.evaluation fixes the seeds):
         [sum of len(seeds[i]), H, W, 3], prompt-major. `grid` 'eval' uses the T_eval grid; 'train' the
         sampling grid (the training monitor's cheap probe)."""
+        self.reload()
         sigmas = {"eval": self.eval_sigmas, "train": self.sigmas}[grid]
         out = []
         guidance = self.eval_guidance if grid == "eval" else None  # the probe samples as the rollouts do
@@ -200,6 +204,19 @@ class RolloutWorker:
 
     def get_version(self) -> int:
         return self.version
+
+    # -- colocation (cluster.colocate_offload, common/offload.py)
+
+    def offload(self) -> int:
+        """While the colocated learner rank trains: free the pipeline's weights (transformer with its
+        adapters, text encoders, VAE). Returns the bytes freed; sampling reloads first."""
+        if self._offloader is None:
+            self._offloader = Offloader(self.policy.device, self.name)
+        return self._offloader.offload(self.policy.tensors())
+
+    def reload(self) -> int:
+        """Bring back what `offload` freed, bit for bit; returns the bytes (0: nothing was offloaded)."""
+        return self._offloader.reload() if self._offloader is not None else 0
 
     def pid(self) -> int:
         """This worker's process id (fault-injection tests kill it)."""
