@@ -161,6 +161,7 @@ class RolloutWorker:
     def load_weights(self, state: dict[str, np.ndarray | torch.Tensor], version: int) -> dict:
         """Load a name -> array dict of trainable weights (evaluation's EMA weights, tests); returns an
         acknowledgement with the version and the sha256 digest of what this actor now holds."""
+        self.reload()  # colocated offload: a sync writes into the live weights, which must be back
         tensors = {k: torch.as_tensor(np.array(v, copy=True)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
         self.policy.load_trainable(tensors)
         self.version = version
@@ -181,6 +182,7 @@ class RolloutWorker:
         acknowledgement with the version and the sync digest (rollout/weight_buckets.py)."""
         import ray
 
+        self.reload()
         fetched = (ray.get(b) if isinstance(b, ray.ObjectRef) else b for b in buckets)
         digest = load_packed(fetched, self.policy.trainable_tensors())
         self.version = version
@@ -189,6 +191,7 @@ class RolloutWorker:
     def receive_weights(self, version: int) -> dict:
         """Weight sync through the collective group: receive learner rank 0's buckets one at a time, each
         verified and copied into the live trainable weights (one bucket in flight)."""
+        self.reload()
         live = self.policy.trainable_tensors()
         specs, sums = plan_for(live), []
         self.sync_group.receive_plan(specs)
@@ -200,6 +203,7 @@ class RolloutWorker:
         return {"actor": self.name, "version": version, "digest": sync_digest(specs, sums)}
 
     def weights(self) -> dict[str, torch.Tensor]:
+        self.reload()
         return self.policy.export_trainable()
 
     def get_version(self) -> int:
