@@ -121,7 +121,8 @@ def measure(cfg, iterations: int) -> dict:
             "driver_put_bytes": traffic.put / iterations, "store_created_bytes": store / iterations}  # fmt: skip
 
 
-def config_for(name: str, iterations: int, models_dir: Path, out_dir: Path):
+def config_for(name: str, iterations: int, models_dir: Path, out_dir: Path, overrides: tuple[str, ...] = ()):
+    """The config of case `name` (building its real-width pipeline on first use), plus `overrides`."""
     from cluster.config import load_config
 
     preset, family, over = CASES[name]
@@ -136,7 +137,7 @@ def config_for(name: str, iterations: int, models_dir: Path, out_dir: Path):
         extra = [f"model.path={folder}", "data.train_prompts=assets/prompts/shapes_train.jsonl",
                  "data.test_prompts=assets/prompts/shapes_test.jsonl"]  # fmt: skip
     return load_config(str(ROOT / preset), [*SMALL, *over, *extra, f"iterations={iterations}",
-                                            f"logging.output_dir={out_dir / name}"])
+                                            f"logging.output_dir={out_dir / name}", *overrides])
 
 
 def kib(n: float) -> str:

@@ -54,7 +54,7 @@ def single_process(args) -> dict:
     rollout = RolloutWorker(cfg.model, cfg.sampling, torch_threads=1)
     learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=cfg.seed, torch_threads=1)
     learner.setup("127.0.0.1", free_port())
-    rollout.load_weights(learner.export_weights(), 0)
+    rollout.load_buckets(learner.export_sampling_buckets()[0], 0)  # the sync the Ray system runs
     scorers = in_process_scorers(cfg)
     prompts = load_prompts(resolve(cfg.data.train_prompts))
     times, roll_s, upd_s, images, transitions = [], [], [], 0, 0
@@ -69,7 +69,7 @@ def single_process(args) -> dict:
         t2 = time.perf_counter()
         metrics = learner.train(groups, it)
         t3 = time.perf_counter()
-        rollout.load_weights(learner.export_weights(), learner.get_version())
+        rollout.load_buckets(learner.export_sampling_buckets()[0], learner.get_version())
         if it > 0:
             times.append(time.perf_counter() - t0)
             roll_s.append(t1 - t0)

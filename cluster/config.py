@@ -115,6 +115,13 @@ class ClusterConfig(_Section):
         "PACK", description="Ray placement-group strategy for the rollout and learner bundles."
     )
     colocate: bool = Field(False, description="Place rollout actors in the learner ranks' bundles (share GPUs).")
+    colocate_offload: bool = Field(
+        False,
+        description="With cluster.colocate: the idle side of each shared bundle moves its tensors out (rollout actors: "
+        "their pipeline's weights while the learner trains; learner ranks: optimizer state, gradients and frozen "
+        "networks while the rollout actors sample) to pinned host memory on GPU, to a spill file on CPU "
+        "(common/offload.py). Same results bit for bit; the bundle holds one side at a time.",
+    )
     sync_backend: Literal["object_store", "collective"] = Field(
         "object_store", description="Weight sync: Ray object store, or a gloo/NCCL collective group."
     )
@@ -207,6 +214,15 @@ class ExperimentConfig(_Section):
                 f"learner.precision={precision!r} needs model.dtype={_PRECISION_MODEL_DTYPE[precision]!r} "
                 f"(got {dtype!r})" + ("" if self.model.lora.enabled else " for full fine-tuning (model.lora.enabled=false)")
                 + ": set one to match the other"
+            )
+        c = self.cluster
+        if c.colocate_offload and (not c.colocate or c.async_mode or self.learner.zero_stage == 3):
+            # Offloading takes turns: sampling and training must not overlap (async mode), and ZeRO-3's
+            # partitioned parameters are moved by DeepSpeed's own hooks, which this path does not cover.
+            raise ValueError(
+                "cluster.colocate_offload needs cluster.colocate=true, cluster.async_mode=false and "
+                f"learner.zero_stage < 3 (got colocate={c.colocate}, async_mode={c.async_mode}, "
+                f"zero_stage={self.learner.zero_stage})"
             )
         if self.cluster.async_mode and self.cluster.max_staleness < 1:
             raise ValueError("cluster.max_staleness must be >= 1 when cluster.async_mode is true")

@@ -27,7 +27,7 @@ import json
 import math
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rollout.config import PROMPT_CACHE_SIZE
@@ -189,6 +189,7 @@ class Term:
     bytes: float
     keys: tuple[str, ...] = ()
     host: bool = False  # held in host memory (numpy copies), not on the actor's GPU
+    offloadable: bool = False  # moved out while its side is idle (cluster.colocate_offload, common/offload.py)
 
 
 @dataclass
@@ -289,10 +290,10 @@ def plan_rollout(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
     """A rollout actor's resident terms and its transients (a transformer call, a decode: never at once);
     `prompts`: distinct training + test prompts (+ the negative prompt)."""
     m, dtype_bytes = cfg.model, DTYPE_BYTES[cfg.model.dtype]
-    terms = _weight_terms(spec, dtype_bytes)
+    terms = [replace(t, offloadable=True) for t in _weight_terms(spec, dtype_bytes)]  # RolloutWorker.offload: all
     if m.lora.enabled:
         terms.append(Term("LoRA adapters", weights_bytes(_trainable(cfg, spec), PRECISION_BYTES[cfg.learner.precision]),
-                          ("model.lora.rank",)))
+                          ("model.lora.rank",), offloadable=True))
     terms.append(Term(f"prompt cache ({min(prompts, PROMPT_CACHE_SIZE)} prompts)",
                       prompt_cache_bytes(spec, m.max_sequence_length, prompts, dtype_bytes)))
     steps = cfg.sampling.num_steps
@@ -314,7 +315,8 @@ def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
     step: never at once); `prompts`: distinct training prompts (+ the negative prompt)."""
     m, lc, ranks = cfg.model, cfg.learner, cfg.cluster.num_learner_ranks
     dtype_bytes = DTYPE_BYTES[m.dtype]
-    terms = _weight_terms(spec, dtype_bytes)
+    # LearnerWorker.offload keeps only the trainable weights: a fully fine-tuned transformer (terms[0]) stays.
+    terms = [replace(t, offloadable=i > 0 or m.lora.enabled) for i, t in enumerate(_weight_terms(spec, dtype_bytes))]
     if lc.zero_stage == 3:  # the module's parameters are partitioned too; one block is gathered at a time
         full = terms[0].bytes
         terms[0] = Term("transformer weights (ZeRO-3 partition + one gathered block)",
@@ -325,9 +327,12 @@ def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
         terms.append(Term("LoRA adapters", weights_bytes(trainable, PRECISION_BYTES[lc.precision]), ("model.lora.rank",)))
     elif lc.beta > 0:
         terms.append(Term("reference copy of the transformer (full fine-tuning, beta > 0)",
-                          weights_bytes(spec.transformer_params, dtype_bytes), ("learner.beta", "model.lora.enabled")))
-    terms += [Term(label, b, zero_keys) for label, b in optimizer_bytes(trainable, ranks, lc.zero_stage, lc.precision).items()]
-    terms.append(Term("gradients", gradient_bytes(trainable, ranks, lc.zero_stage, lc.precision), zero_keys))
+                          weights_bytes(spec.transformer_params, dtype_bytes), ("learner.beta", "model.lora.enabled"),
+                          offloadable=True))
+    terms += [Term(label, b, zero_keys, offloadable=True)
+              for label, b in optimizer_bytes(trainable, ranks, lc.zero_stage, lc.precision).items()]
+    terms.append(Term("gradients", gradient_bytes(trainable, ranks, lc.zero_stage, lc.precision), zero_keys,
+                      offloadable=True))
     # float32 numpy copies of the trainable weights: the evaluation EMA (learner/worker.py EmaWeights) and the
     # forward-process family's sampling policy (learner/forward_process.py keeps `old` even when 'current').
     if lc.ema_decay is not None:
@@ -380,7 +385,9 @@ def plan_memory(cfg, spec: PipelineSpec, reward_specs: list[RewardSpec], *, trai
         return gpus * gpu - GPU_RUNTIME_BYTES if gpus > 0 else None
 
     plans = []
-    if c.colocate:
+    if c.colocate_offload:
+        plans.append(colocated_offload_plan(cfg, learner, learner_transients, rollout, transients, budget))
+    elif c.colocate:
         per = -(-c.num_rollout_actors // c.num_learner_ranks)
         terms = [Term(f"learner: {t.label}", t.bytes, t.keys, t.host) for t in learner + learner_transients]
         terms += [Term(f"{per} rollout: {t.label}", per * t.bytes, t.keys, t.host) for t in rollout + transients]
@@ -397,6 +404,34 @@ def plan_memory(cfg, spec: PipelineSpec, reward_specs: list[RewardSpec], *, trai
                                budget(scorer.num_gpus_per_actor),
                                (f"rewards.scorers[{i}].num_gpus_per_actor", "cluster.gpu_memory_gb")))
     return plans
+
+
+def colocated_offload_plan(cfg, learner: list[Term], learner_transients: list[Term], rollout: list[Term],
+                           rollout_transients: list[Term], budget) -> ActorPlan:
+    """A shared bundle whose sides take turns (cluster.colocate_offload): what neither side offloads stays,
+    and the two phases never overlap, so only the larger counts: training (the learner's offloadable terms
+    and its largest transient) or sampling (each colocated rollout actor's weights and largest transient).
+    On a GPU the offloaded bytes wait in pinned host memory; on CPU in a spill file (not counted)."""
+    c = cfg.cluster
+    per = -(-c.num_rollout_actors // c.num_learner_ranks)
+    terms = [Term(f"learner: {t.label}", t.bytes, t.keys, t.host) for t in learner if not t.offloadable]
+    terms += [Term(f"{per} rollout: {t.label}", per * t.bytes, t.keys, t.host) for t in rollout if not t.offloadable]
+
+    def phase(label: str, side: list[Term], transients: list[Term], copies: int) -> Term:
+        moved = [t for t in side if t.offloadable]
+        peak = max(transients, key=lambda t: t.bytes, default=None)
+        parts = moved + ([peak] if peak else [])
+        keys = tuple(dict.fromkeys(k for t in parts for k in t.keys))
+        return Term(f"{label}: {', '.join(t.label for t in parts)}", copies * sum(t.bytes for t in parts), keys)
+
+    phases = [phase("while the learner trains", learner, learner_transients, 1),
+              phase(f"while {per} rollout actor(s) sample", rollout, rollout_transients, per)]
+    gpu = budget(c.learner_num_gpus + per * c.rollout_num_gpus)
+    if gpu is not None:
+        moved = sum(t.bytes for t in learner if t.offloadable) + per * sum(t.bytes for t in rollout if t.offloadable)
+        terms.append(Term("offloaded tensors of both sides (pinned host memory)", moved, host=True))
+    return ActorPlan("learner rank + colocated rollout actors (offloading)", terms, gpu,
+                     ("cluster.colocate_offload", "cluster.gpu_memory_gb"), phases)
 
 
 # ----------------------------------------------------------------------------- reading a model's spec

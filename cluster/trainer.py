@@ -210,6 +210,7 @@ class Trainer:
         self.nfe_total = 0  # rollout velocity evaluations so far (this process)
         self.version = 0  # policy version held by the learner
         self.logger: MetricsLogger | None = None
+        self._holding = "both"  # cluster.colocate_offload: the side resident on the shared bundles (`_hold`)
 
     # ------------------------------------------------------------------ setup / teardown
 
@@ -238,6 +239,7 @@ class Trainer:
             self._restore()
         # Rollout actors initialise their own LoRA adapters; the first sync gives them the learner's.
         self.sync()
+        self._hold("rollout")
 
     def _check_storage(self) -> None:
         """Every learner rank must see the storage path the driver writes (a shared filesystem on a
@@ -397,6 +399,19 @@ class Trainer:
         self.version = ray.get(self.learners[0].get_version.remote())
         return {k: float(np.mean([m[k] for m in per_rank if k in m])) for k in per_rank[0]}
 
+    def _hold(self, side: str) -> float:
+        """cluster.colocate_offload: make `side` ('learner' or 'rollout') resident on the shared bundles,
+        offloading the other side first (common/offload.py), so a bundle never holds both; returns the
+        seconds it took (0 when off or already so)."""
+        if not self.cfg.cluster.colocate_offload or self._holding == side:
+            return 0.0
+        start = time.perf_counter()
+        idle, active = (self.rollouts, self.learners) if side == "learner" else (self.learners, self.rollouts)
+        ray.get([actor.offload.remote() for actor in idle])
+        ray.get([actor.reload.remote() for actor in active])
+        self._holding = side
+        return time.perf_counter() - start
+
     def sync(self, busy: Sequence[ray.ObjectRef] = ()) -> dict:
         """Learner rank 0 -> every rollout actor; `busy`: rollout calls still running (async mode)."""
         report = self.sync_weights.sync(self.version, busy=busy)
@@ -434,13 +449,15 @@ class Trainer:
             t0 = time.perf_counter()
             results, pending_rewards = self.rollout(pending)
             t_roll = time.perf_counter() - t0
+            t_offload = self._hold("learner")  # colocated: rollout weights out, learner state back
             if cfg.cluster.async_mode and it + 1 < cfg.iterations:
                 pending = self.submit_rollout(it + 1)  # sampled with this version's weights: staleness 1
             scored = self.reward(results, pending_rewards)
-            t_rew = time.perf_counter() - t0 - t_roll
+            t_rew = time.perf_counter() - t0 - t_roll - t_offload
             groups, adv_metrics = self.advantage(scored)
             learned = self.update(groups, it)
-            t_upd = time.perf_counter() - t0 - t_roll - t_rew
+            t_upd = time.perf_counter() - t0 - t_roll - t_rew - t_offload
+            t_offload += self._hold("rollout")  # learner state out (its trainable weights stay for the sync)
             busy = pending.refs() if cfg.cluster.async_mode and it + 1 < cfg.iterations else []
             synced = self.sync(busy)
             t_step = time.perf_counter() - t0
@@ -449,12 +466,15 @@ class Trainer:
                 probed = self.probe(f"probe_{it + 1:06d}", step=it)
                 probed["time/probe"] = time.perf_counter() - t0 - t_step
                 eval_seconds += probed["time/probe"]
-            if not cfg.cluster.async_mode and it + 1 < cfg.iterations:
+            # The next rollout overlaps evaluation and checkpointing, except when colocated sides take turns
+            # (a checkpoint brings the learner's state back): then it starts after them.
+            overlap_next = not cfg.cluster.async_mode and not cfg.cluster.colocate_offload
+            if overlap_next and it + 1 < cfg.iterations:
                 pending = self.submit_rollout(it + 1)
             self.iteration = it + 1
             metrics = {
                 **self._reward_metrics(scored), **adv_metrics, **learned, **synced, **probed,
-                "time/rollout": t_roll, "time/reward": t_rew, "time/update": t_upd,
+                "time/rollout": t_roll, "time/reward": t_rew, "time/update": t_upd, "time/offload": t_offload,
                 "time/step": t_step,
                 "charts/images_per_s": sum(s.result.num_images for s in scored) / max(t_roll + t_rew, 1e-9),
                 "charts/transitions_per_s": learned.get("learner/transitions", 0.0) * len(self.learners)
@@ -481,6 +501,8 @@ class Trainer:
             every = cfg.logging.checkpoint_every
             if (every and (it + 1) % every == 0) or it + 1 == cfg.iterations:
                 self.checkpoint()
+            if cfg.cluster.colocate_offload and it + 1 < cfg.iterations and not stopping:
+                pending = self.submit_rollout(it + 1)
             last = metrics
             if stopping:
                 if self._last_checkpoint != self.iteration:
@@ -562,7 +584,11 @@ class Trainer:
 
     def checkpoint(self) -> str:
         staging = checkpoints.staging_dir(self.cfg.logging.output_dir, self.iteration)
+        holding = self._holding
+        self._hold("learner")  # the optimizer state is saved: bring it back, and put it away again after
         self._call_learners(lambda learner: learner.save_checkpoint.remote(str(staging)))
+        if holding == "rollout":
+            self._hold("rollout")
         state = {"iteration": self.iteration, "policy_version": self.version, "seed": self.cfg.seed,
                  "config": self.cfg.model_dump(mode="json")}
         path = str(checkpoints.publish(staging, state, self.cfg.logging.keep_checkpoints))

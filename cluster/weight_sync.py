@@ -1,17 +1,20 @@
-"""Versioned weight sync from learner rank 0 to every rollout actor, acknowledged with a content digest.
+"""Versioned weight sync from learner rank 0 to every rollout actor, acknowledged with a digest.
 
-Two backends:
-- `object_store`: rank 0 exports the trainable weights once into Ray's object store (an ObjectRef the
-  driver never fetches); every rollout actor gets the same object. Cheap to set up, robust to restarts.
+The weights travel in their own dtype, in buckets with per-bucket checksums that every receiver
+verifies before loading (rollout/weight_buckets.py). Two backends:
+- `object_store`: rank 0 puts each packed bucket into Ray's object store as soon as it is packed (the
+  driver only sees their ObjectRefs); every rollout actor reads the same objects in place, bucket by
+  bucket. Cheap to set up, robust to restarts.
 - `collective`: a separate gloo/NCCL group (rollout/collective.py) with learner rank 0 as the source;
-  bucketed broadcast. A collective starts only when every member can join it: in async mode the
+  buckets are broadcast straight from the engine's parameters, with no object-store export. A collective starts only when every member can join it: in async mode the
   rollout actors are still sampling the next iteration when the update ends, so the broadcast waits
   for those calls first (a learner waiting inside an NCCL broadcast for a long rollout trips NCCL's
   watchdog). If a member restarted (its process id changed), every surviving member closes the old
   group and a new one is built before the broadcast.
-Either way every acknowledgement must carry the new version and the learner's digest: after a sync the
-rollout actors hold exactly the learner's bits. Under ZeRO-3 the weights are partitioned over the
-learner ranks and gathering them is a collective, so every rank is called (only rank 0 sends).
+Either way every acknowledgement must carry the new version and the learner's sync digest (a hash of
+every bucket's layout and checksum): after a sync the rollout actors hold exactly the learner's bits.
+Under ZeRO-3 the weights are partitioned over the learner ranks and gathering them is a collective, so
+every rank is called and gathers bucket by bucket (only rank 0 packs and sends).
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ class WeightSync:
             raise ValueError(f"cluster.sync_backend {backend!r}: expected 'object_store' or 'collective'")
         self.backend, self.learner0, self.actors = backend, learners[0], rollout_actors
         self.gatherers = learners[1:] if gather_on_all_ranks else []  # ranks that only take part in gathers
-        self.latest_ref = None  # the newest exported weights, to re-send to a restarted actor
-        self.latest_version = 0
+        self.latest: tuple[list, str] | None = None  # (bucket refs, digest) of the current version, once exported
+        self.latest_version: int | None = None  # None: nothing synced yet
         self._group_ready = False
         self._member_pids: list[int] = []  # the rollout actors' processes when the group was built
 
@@ -62,22 +65,28 @@ class WeightSync:
         self._member_pids = self._pids()
         self._group_ready = True
 
+    def _export(self) -> tuple[list, str]:
+        """Learner rank 0's packed buckets in the object store (every rank takes part under ZeRO-3)."""
+        exported = self.learner0.export_sampling_buckets.remote()
+        ray.get([lr.export_sampling_buckets.remote() for lr in self.gatherers])
+        return ray.get(exported)
+
     def sync(self, version: int, busy: Sequence[ray.ObjectRef] = ()) -> SyncReport:
         """Send learner rank 0's weights as `version`. `busy`: calls the rollout actors are still
         running (async mode's next rollout); the collective backend waits for them before it starts."""
         start = time.perf_counter()
-        digest_ref = self.learner0.weights_digest.remote()
-        self.latest_ref = self.learner0.export_sampling_weights.remote()
-        gathers = [r for lr in self.gatherers for r in (lr.weights_digest.remote(), lr.export_weights.remote())]
-        self.latest_version = version
+        self.latest, self.latest_version = None, version
+        broadcast_seconds = 0.0
         if self.backend == "object_store":
-            refs = [a.load_weights.remote(self.latest_ref, version) for a in self.actors]
+            self.latest = self._export()
+            refs, digest = self.latest
+            calls = [a.load_buckets.remote(refs, version) for a in self.actors]
             acks = []
-            for actor, ref in zip(self.actors, refs, strict=True):
+            for actor, call in zip(self.actors, calls, strict=True):
                 try:
-                    acks.append(ray.get(ref))
+                    acks.append(ray.get(call))
                 except RayActorError:  # died before acknowledging: Ray restarts it; give it the weights again
-                    acks.append(call_when_available(lambda a=actor: a.load_weights.remote(self.latest_ref, version),
+                    acks.append(call_when_available(lambda a=actor: a.load_buckets.remote(refs, version),
                                                     "weight sync to a restarted rollout actor"))
         else:
             if busy:
@@ -85,23 +94,26 @@ class WeightSync:
             if not self._group_ready or self._pids() != self._member_pids:
                 self._build_group()
             send = self.learner0.broadcast_weights.remote()
-            gathers += [lr.broadcast_weights.remote() for lr in self.gatherers]
+            gathers = [lr.broadcast_weights.remote() for lr in self.gatherers]
             acks = ray.get([a.receive_weights.remote(version) for a in self.actors])
-            broadcast_seconds = ray.get(send)
-        ray.get(gathers)
-        digest = ray.get(digest_ref)
+            sent = ray.get(send)
+            ray.get(gathers)
+            digest, broadcast_seconds = sent["digest"], sent["seconds"]
         bad = [a for a in acks if a["version"] != version or a["digest"] != digest]
         if bad:
             raise WeightSyncError(f"weight sync to version {version} failed for {[a['actor'] for a in bad]}")
-        return SyncReport(version, time.perf_counter() - start, digest,
-                          broadcast_seconds if self.backend == "collective" else 0.0)
+        return SyncReport(version, time.perf_counter() - start, digest, broadcast_seconds)
 
     def resend(self, actor, restarted: bool = True) -> None:
         """Give a rollout actor the current weights again through the object store (after a restart, or
-        after an evaluation with EMA weights). A restarted actor's collective membership died with it,
-        so the group is rebuilt at the next sync."""
-        if self.latest_ref is not None:
-            call_when_available(lambda: actor.load_weights.remote(self.latest_ref, self.latest_version),
-                                "weights for a rollout actor")
+        after an evaluation with EMA weights); the collective backend exports them for this on first
+        need only (the learner's weights are still the synced version: resends happen between a sync
+        and the next update). A restarted actor's collective membership died with it, so the group is
+        rebuilt at the next sync."""
+        if self.latest_version is not None:
+            if self.latest is None:
+                self.latest = self._export()
+            refs, version = self.latest[0], self.latest_version
+            call_when_available(lambda: actor.load_buckets.remote(refs, version), "weights for a rollout actor")
         if restarted:
             self._group_ready = False

@@ -139,3 +139,37 @@ def set_micro_batches(engine, micro_batches: int) -> None:
         raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
     if engine.gradient_accumulation_steps() != micro_batches:
         engine.set_train_batch_size(micro_batches * engine.train_micro_batch_size_per_gpu() * engine.world_size)
+
+
+def optimizer_state_tensors(engine) -> list[torch.Tensor]:
+    """Every tensor the engine's optimizer holds, found by walking it: the torch optimizer's moments and
+    step counts, a ZeRO optimizer's buffers (fp32 master partitions, flat gradient partitions; their names
+    differ by stage and precision: stage_1_and_2.py, bf16_optimizer.py) and the gradients it points at.
+    Containers are followed; other objects only at the top (the ZeRO wrapper) and when they are torch
+    optimizers, so the walk never wanders into the module or the process group."""
+    found: list[torch.Tensor] = []
+    seen: set[int] = set()
+
+    def visit(obj, top: bool = False) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if torch.is_tensor(obj):
+            found.append(obj)
+            if obj.is_leaf and obj.grad is not None:
+                found.append(obj.grad)
+        elif isinstance(obj, torch.optim.Optimizer):
+            visit(obj.state)
+            visit(obj.param_groups)
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                visit(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                visit(value)
+        elif top:
+            for value in vars(obj).values():
+                visit(value)
+
+    visit(engine.optimizer, top=True)
+    return found

@@ -12,7 +12,7 @@ trainable parameters under no_grad and restoring the trained ones bit for bit. l
 - 'current': the weights at the start of the iteration's update (what sampled the rollout when it is
   on-policy); AWM's ratio is then exactly 1 at the first optimizer step.
 - 'ema': DiffusionNFT's EMA of the trained weights, updated after every iteration with NVlabs'
-  `return_decay` schedule; these are the weights the rollout actors sample with (`sampling_weights`).
+  `return_decay` schedule; these are the weights the rollout actors sample with (`sampling_source`).
 """
 
 from __future__ import annotations
@@ -155,11 +155,10 @@ class ForwardProcessPlan:
         finally:
             policy.load_trainable(trained)
 
-    def sampling_weights(self) -> dict[str, np.ndarray]:
-        """The weights the rollout actors sample with: the EMA (old_policy 'ema') or the trained ones."""
-        if self.cfg.old_policy == "ema":
-            return {k: v.copy() for k, v in self.old.items()}
-        return self.worker.export_weights()
+    def sampling_source(self) -> dict[str, np.ndarray] | None:
+        """The weights the rollout actors sample with when they are not the trained ones: the EMA
+        (old_policy 'ema', fp32 on the host; weight sync casts it to the weights' own dtype)."""
+        return self.old if self.cfg.old_policy == "ema" else None
 
     def state(self) -> dict[str, np.ndarray] | None:
         """What a checkpoint must keep to resume exactly: the EMA sampling policy."""

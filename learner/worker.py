@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from common.memory import peak_memory_gb
+from common.offload import Offloader
 from common.storage import check_sentinel
 from learner.checkpoint import load_into_optimizer, load_optimizer_state, save_optimizer_state
 from learner.config import LearnerConfig
@@ -29,11 +32,12 @@ from learner.engine import (
     init_distributed,
     micro_batch_step,
     node_ip,
+    optimizer_state_tensors,
     set_micro_batches,
 )
 from learner.forward_process import ForwardProcessPlan
 from learner.losses import get_loss, pooled_mean_std
-from learner.zero3 import gathered_state_dict
+from learner.zero3 import gathered, gathered_state_dict
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
 from rollout.data_plane import fetch_groups
@@ -42,6 +46,7 @@ from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.sde import kl_to_reference, sde_step
 from rollout.seeding import derive_seed
 from rollout.types import Rollout
+from rollout.weight_buckets import BUCKET_BYTES, BucketSpec, pack, plan_for, sync_digest, to_packed
 from rollout.worker import weights_digest
 
 
@@ -211,8 +216,9 @@ class PerStepPlan:
     def recompute_old_log_probs(self, groups: list[TrainGroup], rows) -> list[TrainGroup]:
         return self.worker._recompute_old_log_probs(groups, rows, self.noise_level, self.kind, self.form)
 
-    def sampling_weights(self) -> dict[str, np.ndarray]:
-        return self.worker.export_weights()
+    def sampling_source(self) -> None:
+        """The rollout actors sample with the trained weights themselves."""
+        return None
 
     def state(self) -> None:
         return None
@@ -248,10 +254,12 @@ class LearnerWorker:
         self.policy: Policy | None = None
         self.engine = None
         self.sync_group: SyncGroup | None = None
+        self.sync_bucket_bytes = BUCKET_BYTES  # the rollout actors' must be equal (collective backend)
         self.ema: EmaWeights | None = None
         self.plan = PLANS[learner.family](self)
         self.version = 0
         self._received: list[TrainGroup] = []  # groups `receive` fetched for the next `train`
+        self._offloader: Offloader | None = None  # cluster.colocate_offload: made by the first `offload`
 
     # -- group setup
 
@@ -359,6 +367,7 @@ class LearnerWorker:
         num_inner_epochs x optimizer_steps_per_iteration optimizer steps. Returns averaged diagnostics."""
         if self.engine is None:
             raise RuntimeError("LearnerWorker.setup() must run before train()")
+        self.reload()
         start = time.perf_counter()
         if groups is None:
             groups, self._received = self._received, []
@@ -445,12 +454,64 @@ class LearnerWorker:
         return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in state.items()}
 
     def export_sampling_weights(self) -> dict[str, np.ndarray]:
-        """The weights the rollout actors sample with (what weight sync sends): the trained weights, or
-        the forward-process family's EMA sampling policy (learner.old_policy 'ema')."""
-        return self.plan.sampling_weights()
+        """The weights the rollout actors sample with, as numpy (tests and debugging; weight sync sends
+        `_sampling_buckets`): the trained weights, or the forward-process family's EMA sampling policy
+        (learner.old_policy 'ema')."""
+        source = self.plan.sampling_source()
+        return self.export_weights() if source is None else {k: v.copy() for k, v in source.items()}
+
+    def _sampling_buckets(self, device: torch.device | str) -> Iterator[tuple[BucketSpec, torch.Tensor | None]]:
+        """The sampling weights bucket by bucket, in the policy's own dtypes (rollout/weight_buckets.py),
+        packed on `device`. Every rank iterates: under ZeRO-3 each bucket's parameters are gathered (a
+        collective every rank enters) and released before the next, and only rank 0 packs (the others
+        get None), so no rank holds more than one bucket beyond its shard."""
+        live = self.policy.trainable_tensors()
+        host = self.plan.sampling_source()  # an EMA sampling policy kept on the host (rank 0), or None
+        for spec in plan_for(live, self.sync_bucket_bytes):
+            if host is not None:
+                flat = pack(spec, {n: torch.from_numpy(host[n]) for n in spec.names}, device) if self.rank == 0 else None
+            else:
+                with gathered([live[n] for n in spec.names]) if self.cfg.zero_stage == 3 else nullcontext():
+                    flat = pack(spec, live, device) if self.rank == 0 else None
+            yield spec, flat
+
+    def export_sampling_buckets(self) -> tuple[list, str]:
+        """Weight sync through the object store: each packed bucket goes into Ray's object store as soon
+        as it is packed (no fp32 widening, one bucket in this process at a time). Rank 0 returns the
+        buckets' ObjectRefs (the buckets themselves without Ray) and the sync digest; other ranks take
+        part in the ZeRO-3 gathers and return ([], "")."""
+        import ray
+
+        out, specs, sums = [], [], []
+        for spec, flat in self._sampling_buckets("cpu"):
+            if flat is None:
+                continue
+            bucket = to_packed(spec, flat)
+            out.append(ray.put(bucket) if ray.is_initialized() else bucket)
+            specs.append(spec)
+            sums.append(bucket.checksum)
+        return out, sync_digest(specs, sums) if self.rank == 0 else ""
 
     def get_version(self) -> int:
         return self.version
+
+    # -- colocation (cluster.colocate_offload, common/offload.py)
+
+    def offload(self) -> int:
+        """While the colocated rollout actors sample: free everything but the trainable weights (the weight
+        sync reads those next; LoRA adapters, or a fully fine-tuned transformer): the frozen networks (the
+        base transformer under LoRA, text encoders, VAE, the reference copy), the optimizer state and the
+        gradients. Returns the bytes freed; `train` and the checkpoint calls reload first."""
+        if self._offloader is None:
+            self._offloader = Offloader(self.device, f"learner-{self.rank}")
+        trainable = self.policy.trainable_parameters()
+        grads = [p.grad for p in trainable if p.grad is not None]
+        return self._offloader.offload([*self.policy.tensors(), *optimizer_state_tensors(self.engine), *grads],
+                                       keep=trainable)
+
+    def reload(self) -> int:
+        """Bring back what `offload` freed, bit for bit; returns the bytes (0: nothing was offloaded)."""
+        return self._offloader.reload() if self._offloader is not None else 0
 
     def peak_memory(self) -> dict[str, float]:
         return peak_memory_gb(self.device)
@@ -483,20 +544,26 @@ class LearnerWorker:
         self.sync_group = SyncGroup(master_addr, master_port, 0, world_size, self.device)
         return f"learner-{self.rank}"
 
-    def broadcast_weights(self) -> float:
-        """Send the trainable weights to every rollout actor of the sync group; returns the seconds
-        spent inside the broadcast. Under ZeRO-3 every rank calls this to take part in the gather;
-        only rank 0 sends."""
-        state = self.export_sampling_weights()
+    def broadcast_weights(self) -> dict:
+        """Send the sampling weights to every rollout actor of the sync group, bucket by bucket straight
+        from the engine's parameters (no object-store export); returns the seconds spent and the sync
+        digest. Under ZeRO-3 every rank calls this to take part in the gathers; only rank 0 sends."""
         start = time.perf_counter()
-        if self.sync_group is not None:
-            self.sync_group.broadcast({k: torch.from_numpy(v) for k, v in state.items()})
-        return time.perf_counter() - start
+        group = self.sync_group
+        specs, sums = plan_for(self.policy.trainable_tensors(), self.sync_bucket_bytes), []
+        if group is not None:
+            group.send_plan(specs)
+        for spec, flat in self._sampling_buckets(group.device if group is not None else "cpu"):
+            if flat is not None and group is not None:
+                sums.append(group.send_bucket(spec, flat))
+        digest = sync_digest(specs, sums) if group is not None else ""
+        return {"seconds": time.perf_counter() - start, "digest": digest}
 
     def save_checkpoint(self, directory: str) -> None:
         """This rank's optimizer state (and, on rank 0, the trainable weights) into `directory`."""
         from safetensors.torch import save_file
 
+        self.reload()
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         weights = self._trainable_state()  # every rank: a collective under ZeRO-3
@@ -515,6 +582,7 @@ class LearnerWorker:
         """Restore weights and optimizer state written by `save_checkpoint`; returns the policy version."""
         from safetensors.torch import load_file
 
+        self.reload()
         path = Path(directory)
         weights = path / "trainable.safetensors"
         try:

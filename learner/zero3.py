@@ -4,7 +4,8 @@ Under ZeRO-3 every rank holds a slice of each parameter; `deepspeed.zero.Gathere
 the whole tensors and is a collective: every rank of the data-parallel group must enter it, in the
 same order, or the ranks that did wait forever (DeepSpeed's docs on GatheredParameters). Gathering
 the whole model at once would also put a full copy on every rank's device (24 GB for a 12B bf16
-transformer); gathering one submodule at a time bounds that to the largest submodule.
+transformer); gathering one submodule at a time (checkpoints) or one weight-sync bucket at a time
+(learner/worker.py) bounds that to the largest submodule or bucket.
 """
 
 from __future__ import annotations
@@ -32,3 +33,12 @@ def gathered_state_dict(module: torch.nn.Module, *, trainable_only: bool, keep: 
         for name, t in module.state_dict().items():
             out.setdefault(name, t.detach().to("cpu", copy=True).contiguous())
     return out
+
+
+def gathered(params: list[torch.Tensor]):
+    """A context in which these partitioned parameters hold their full values (a collective: every
+    rank enters it with the same parameters, in the same order); tensors ZeRO-3 does not partition
+    (buffers) pass through."""
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([p for p in params if hasattr(p, "ds_id")])

@@ -2,9 +2,9 @@
 actor (ranks 1..N), gloo on CPU, NCCL on GPU.
 
 The group is built directly from a TCPStore (PrefixStore -> ProcessGroupGloo / ProcessGroupNCCL) and is
-never the default group, so it cannot interfere with the learner's data-parallel group. Tensors are
-broadcast in buckets of at most `bucket_bytes`, flattened per dtype, in sorted-name order, which both
-sides derive from the same trainable-weight layout.
+never the default group, so it cannot interfere with the learner's data-parallel group. Weights are
+broadcast bucket by bucket (rollout/weight_buckets.py: both sides derive the same plan from the same
+trainable-weight layout), each after a small header that lets the receivers verify it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from rollout.weight_buckets import BucketSpec, WeightIntegrityError, checksum, plan_hash, verify
 
 
 class SyncGroup:
@@ -39,19 +41,48 @@ class SyncGroup:
             self.pg.abort()
         self.pg = self.store = None
 
-    def broadcast(self, state: dict[str, torch.Tensor], bucket_bytes: int = 64 << 20) -> None:
-        """Broadcast `state` from rank 0 in place: on receivers, `state` holds correctly shaped buffers."""
-        for bucket in _buckets(state, bucket_bytes):
-            flat = torch.cat([state[n].reshape(-1) for n in bucket]).to(self.device) if self.rank == 0 else torch.empty(
-                sum(state[n].numel() for n in bucket), dtype=state[bucket[0]].dtype, device=self.device
+    def _broadcast(self, t: torch.Tensor) -> None:
+        self.pg.broadcast([t], dist.BroadcastOptions()).wait()
+
+    def send_plan(self, specs: list[BucketSpec]) -> None:
+        """Rank 0: announce the bucket plan (count and layout), so receivers whose plan differs fail
+        before any bucket is sent."""
+        self._broadcast(torch.tensor([len(specs), plan_hash(specs)], dtype=torch.int64, device=self.device))
+
+    def receive_plan(self, specs: list[BucketSpec]) -> None:
+        """Ranks 1..N: check rank 0's plan against this side's `specs`."""
+        header = torch.empty(2, dtype=torch.int64, device=self.device)
+        self._broadcast(header)
+        count, layout = (int(v) for v in header.cpu())
+        if (count, layout) != (len(specs), plan_hash(specs)):
+            raise WeightIntegrityError(
+                f"weight sync: the learner sends {count} buckets with another layout than this side's "
+                f"{len(specs)} (trainable names, shapes or dtypes differ: model.lora settings or precision?)"
             )
-            self.pg.broadcast([flat], dist.BroadcastOptions()).wait()
-            if self.rank != 0:
-                offset = 0
-                for n in bucket:
-                    t = state[n]
-                    t.copy_(flat[offset : offset + t.numel()].view_as(t).to(t.device))
-                    offset += t.numel()
+
+    def send_bucket(self, spec: BucketSpec, flat: torch.Tensor) -> tuple[int, int]:
+        """Rank 0: broadcast a packed bucket (on this group's device), after a header with its layout
+        hash and checksum; returns the checksum."""
+        sums = checksum(flat)
+        self._broadcast(torch.tensor([spec.layout_hash(), *sums], dtype=torch.int64, device=self.device))
+        self._broadcast(flat)
+        return sums
+
+    def receive_bucket(self, spec: BucketSpec) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Ranks 1..N: the bucket rank 0 sends for `spec` (this side's plan), verified; returns the flat
+        tensor (the one transient copy before the load) and its checksum."""
+        header = torch.empty(3, dtype=torch.int64, device=self.device)
+        self._broadcast(header)
+        layout, *sums = (int(v) for v in header.cpu())
+        if layout != spec.layout_hash():
+            raise WeightIntegrityError(
+                f"weight sync: {spec.describe()} was sent with another layout than this side's plan "
+                f"(trainable names, shapes or dtypes differ: model.lora settings or precision?)"
+            )
+        flat = torch.empty(sum(spec.numels), dtype=spec.dtype, device=self.device)
+        self._broadcast(flat)
+        verify(spec, flat, tuple(sums))
+        return flat, (sums[0], sums[1])
 
 
 def _own_address(master_addr: str) -> str:
@@ -62,18 +93,3 @@ def _own_address(master_addr: str) -> str:
     import ray
 
     return ray.util.get_node_ip_address() if ray.is_initialized() else master_addr
-
-
-def _buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[list[str]]:
-    """Sorted names grouped into same-dtype buckets of at most `bucket_bytes` (a larger tensor alone)."""
-    out: list[list[str]] = []
-    size, dtype = 0, None
-    for name in sorted(state):
-        t = state[name]
-        nbytes = t.numel() * t.element_size()
-        if not out or t.dtype != dtype or size + nbytes > bucket_bytes:
-            out.append([])
-            size, dtype = 0, t.dtype
-        out[-1].append(name)
-        size += nbytes
-    return out

@@ -349,6 +349,15 @@ class Policy:
                 self._reference_copy = copy.deepcopy(tr).requires_grad_(False).eval()
             tr.requires_grad_(True)
 
+    def modules(self) -> list[torch.nn.Module]:
+        """Every network this policy holds: the pipeline's components and the frozen reference copy."""
+        nets = [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+        return nets + ([self._reference_copy] if self._reference_copy is not None else [])
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every parameter and buffer of `modules()` (what cluster.colocate_offload moves out while idle)."""
+        return [t for m in self.modules() for t in (*m.parameters(), *m.buffers())]
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.transformer.parameters() if p.requires_grad]
 
@@ -359,11 +368,19 @@ class Policy:
         same LoraSettings; full fine-tuning: the transformer's state dict. `state_dict`: the
         transformer's state dict already gathered to CPU (ZeRO-3, learner/zero3.py) instead of its own.
         """
-        state = state_dict if state_dict is not None else self.transformer.state_dict()
-        if self.cfg.lora.enabled:
-            state = get_peft_model_state_dict(self.transformer, state_dict=state)
+        state = self._trainable_names(state_dict) if state_dict is not None else self.trainable_tensors()
         copy = state_dict is None  # a gathered dict is already a private CPU copy
         return {name: t.detach().to("cpu", copy=copy).contiguous() for name, t in state.items()}
+
+    def trainable_tensors(self) -> dict[str, torch.Tensor]:
+        """The live tensors behind `export_trainable`'s names, not copies (weight sync reads and writes
+        them bucket by bucket, rollout/weight_buckets.py); ZeRO-3 partitioned parameters as they are."""
+        return self._trainable_names(self.transformer.state_dict(keep_vars=True))
+
+    def _trainable_names(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The trainable entries of a transformer state dict under their exported names (LoRA: peft's
+        adapter names, adapter name stripped)."""
+        return get_peft_model_state_dict(self.transformer, state_dict=state) if self.cfg.lora.enabled else state
 
     def check_trainable_names(self, names: Iterable[str]) -> None:
         """KeyError unless `names` are exactly the names `export_trainable` produces."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from common.memory import peak_memory_gb
+from common.offload import Offloader
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
 from rollout.data_plane import put_group
@@ -23,6 +24,7 @@ from rollout.devices import resolve_device
 from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.strategies import eval_sample, sample_group
 from rollout.types import Rollout
+from rollout.weight_buckets import load_packed, plan_for, sync_digest, unpack_into
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class RolloutWorker:
         self.sigmas = self.policy.sigmas(sampling.num_steps, sampling.shift, sampling.shift_mode, grid)
         self.eval_sigmas = self.policy.sigmas(sampling.eval_num_steps, sampling.shift, sampling.shift_mode, grid)
         self.eval_guidance = model.eval_guidance_scale  # None: the training guidance_scale
+        self._offloader: Offloader | None = None  # cluster.colocate_offload: made by the first `offload`
 
     # -- sampling
 
@@ -119,6 +122,7 @@ class RolloutWorker:
     @torch.no_grad()
     def rollout(self, requests: list[GroupRequest]) -> list[GroupResult]:
         """Sample each requested group with the configured strategy; images decoded to uint8."""
+        self.reload()
         results = []
         for req in requests:
             start = time.perf_counter()
@@ -143,6 +147,7 @@ class RolloutWorker:
         """Deterministic ODE images, one per seed of each prompt (cluster.evaluation fixes the seeds):
         [sum of len(seeds[i]), H, W, 3], prompt-major. `grid` 'eval' uses the T_eval grid; 'train' the
         sampling grid (the training monitor's cheap probe)."""
+        self.reload()
         sigmas = {"eval": self.eval_sigmas, "train": self.sigmas}[grid]
         out = []
         guidance = self.eval_guidance if grid == "eval" else None  # the probe samples as the rollouts do
@@ -154,7 +159,9 @@ class RolloutWorker:
     # -- weights
 
     def load_weights(self, state: dict[str, np.ndarray | torch.Tensor], version: int) -> dict:
-        """Load the learner's trainable weights; returns an acknowledgement with the version and digest."""
+        """Load a name -> array dict of trainable weights (evaluation's EMA weights, tests); returns an
+        acknowledgement with the version and the sha256 digest of what this actor now holds."""
+        self.reload()  # colocated offload: a sync writes into the live weights, which must be back
         tensors = {k: torch.as_tensor(np.array(v, copy=True)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
         self.policy.load_trainable(tensors)
         self.version = version
@@ -168,18 +175,52 @@ class RolloutWorker:
         self.sync_group = SyncGroup(master_addr, master_port, rank, world_size, self.policy.device)
         return self.name
 
+    def load_buckets(self, buckets: list, version: int) -> dict:
+        """Weight sync through the object store: verify and load the learner's packed buckets
+        (LearnerWorker.export_sampling_buckets; ObjectRefs are fetched one at a time and read in place
+        from the object store's shared memory) into the live trainable weights; returns an
+        acknowledgement with the version and the sync digest (rollout/weight_buckets.py)."""
+        import ray
+
+        self.reload()
+        fetched = (ray.get(b) if isinstance(b, ray.ObjectRef) else b for b in buckets)
+        digest = load_packed(fetched, self.policy.trainable_tensors())
+        self.version = version
+        return {"actor": self.name, "version": version, "digest": digest}
+
     def receive_weights(self, version: int) -> dict:
-        """Receive a broadcast from learner rank 0 into this policy's trainable weights."""
-        # Buffers in the sender's layout: LearnerWorker.broadcast_weights sends float32 (numpy) arrays.
-        state = {k: v.float() if v.is_floating_point() else v for k, v in self.policy.export_trainable().items()}
-        self.sync_group.broadcast(state)
-        return self.load_weights(state, version)
+        """Weight sync through the collective group: receive learner rank 0's buckets one at a time, each
+        verified and copied into the live trainable weights (one bucket in flight)."""
+        self.reload()
+        live = self.policy.trainable_tensors()
+        specs, sums = plan_for(live), []
+        self.sync_group.receive_plan(specs)
+        for spec in specs:
+            flat, sums_of_bucket = self.sync_group.receive_bucket(spec)
+            unpack_into(spec, flat, live)
+            sums.append(sums_of_bucket)
+        self.version = version
+        return {"actor": self.name, "version": version, "digest": sync_digest(specs, sums)}
 
     def weights(self) -> dict[str, torch.Tensor]:
+        self.reload()
         return self.policy.export_trainable()
 
     def get_version(self) -> int:
         return self.version
+
+    # -- colocation (cluster.colocate_offload, common/offload.py)
+
+    def offload(self) -> int:
+        """While the colocated learner rank trains: free the pipeline's weights (transformer with its
+        adapters, text encoders, VAE). Returns the bytes freed; sampling reloads first."""
+        if self._offloader is None:
+            self._offloader = Offloader(self.policy.device, self.name)
+        return self._offloader.offload(self.policy.tensors())
+
+    def reload(self) -> int:
+        """Bring back what `offload` freed, bit for bit; returns the bytes (0: nothing was offloaded)."""
+        return self._offloader.reload() if self._offloader is not None else 0
 
     def pid(self) -> int:
         """This worker's process id (fault-injection tests kill it)."""

@@ -19,6 +19,7 @@ from learner.engine import free_port
 from learner.worker import LearnerWorker
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
+from rollout.weight_buckets import plan_for
 from tests.test_system import _config, _digest
 
 pytestmark = pytest.mark.system
@@ -37,11 +38,11 @@ def test_async_broadcast_waits_for_sampling_and_a_restarted_actor_gets_a_new_gro
         assert sampling > 1.0, "the rollout in flight is too short to tell waiting from not waiting"
         # Without waiting for the rollout, learner rank 0 sits in the broadcast for most of the sampling.
         assert report.broadcast_seconds < 0.25 * sampling, (report.broadcast_seconds, sampling)
-        assert _digest(trainer.rollouts[0]) == report.digest
+        assert _digest(trainer.rollouts[0]) == _digest(trainer.learners[0], "export_sampling_weights")
 
         os.kill(ray.get(trainer.rollouts[0].pid.remote()), signal.SIGKILL)  # the actor restarts
-        report = trainer.sync_weights.sync(2)  # the group is rebuilt with the new process
-        assert _digest(trainer.rollouts[0]) == report.digest
+        trainer.sync_weights.sync(2)  # the group is rebuilt with the new process
+        assert _digest(trainer.rollouts[0]) == _digest(trainer.learners[0], "export_sampling_weights")
         assert ray.get(trainer.rollouts[0].get_version.remote()) == 2
 
 
@@ -71,10 +72,10 @@ def test_rejoining_closes_the_old_group(tiny_sd3_path):
     t.join()
     peer[1].close()
     assert old.pg is None and _port_is_free(old_port), "the old group's store still holds its port"
-    state = {"w": torch.arange(4.0)}
-    received = {"w": torch.zeros(4)}
-    t = threading.Thread(target=lambda: peer[2].broadcast(received))
+    (spec,) = plan_for({"w": torch.zeros(4)})
+    received = {}
+    t = threading.Thread(target=lambda: received.setdefault("w", peer[2].receive_bucket(spec)[0]))
     t.start()
-    learner.sync_group.broadcast(state)
+    learner.sync_group.send_bucket(spec, torch.arange(4.0))
     t.join()
-    assert torch.equal(received["w"], state["w"])
+    assert torch.equal(received["w"], torch.arange(4.0))

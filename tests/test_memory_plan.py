@@ -127,3 +127,28 @@ def test_dry_run_refuses_a_plan_that_cannot_fit_naming_the_keys(capsys, tmp_path
     assert launch.main(argv) == 1
     errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[ERROR]")]
     assert len(errors) == 1 and all(k in errors[0] for k in keys), errors
+
+
+@pytest.mark.parametrize("rollout_actors", [4, 16])  # one or four colocated rollout actors per learner rank
+def test_colocated_offload_counts_one_side_at_a_time(rollout_actors):
+    common = ["cluster.async_mode=false", f"cluster.num_rollout_actors={rollout_actors}"]
+    cfg = {name: _cfg(*common, *over) for name, over in [
+        ("separate", []), ("colocated", ["cluster.colocate=true"]),
+        ("offload", ["cluster.colocate=true", "cluster.colocate_offload=true"])]}
+    rewards = [mp.RewardSpec(P)] * len(cfg["separate"].rewards.scorers)
+    plans = {name: mp.plan_memory(c, SPEC, rewards, train_prompts=2, test_prompts=2) for name, c in cfg.items()}
+    alone = {p.kind: p for p in plans["separate"]}
+    learner, rollout = alone["learner rank"], alone["rollout actor"]
+    colocated, offload = plans["colocated"][0], plans["offload"][0]
+    per = rollout_actors // 4
+
+    def kept(plan: mp.ActorPlan, *labels: str) -> float:  # what a side keeps while the other one works
+        return sum(t.bytes for t in plan.terms if t.label.startswith(labels) and not t.host)
+
+    # The learner's turn: it alone, plus the rollout actors' caches and latents; theirs: they alone, plus
+    # the learner's adapters and cache. The bundle needs the larger turn, never both.
+    training = learner.total + per * kept(rollout, "prompt cache", "trajectory latents")
+    sampling = per * rollout.total + kept(learner, "LoRA adapters", "prompt cache")
+    assert offload.total == pytest.approx(max(training, sampling))
+    assert offload.total < colocated.total - min(learner.total, rollout.total) / 2
+    assert offload.host_total > 0  # on a GPU the offloaded tensors wait in pinned host memory
