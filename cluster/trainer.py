@@ -96,14 +96,15 @@ def in_process_scorers(cfg: ExperimentConfig) -> dict:
     return {s.name: build_scorer(s.name, **s.scorer_options()) for s in cfg.rewards.scorers}
 
 
+def reward_inputs(res: GroupResult) -> tuple:
+    """(images, prompts, metadata) of a sampled group, as scorers and the reward pools take them."""
+    n = res.num_images
+    return res.images, [res.request.prompt] * n, [res.request.metadata] * n
+
+
 def score_in_process(results: Sequence[GroupResult], scorers: dict) -> list[Scored]:
     """Score each sampled group with `in_process_scorers`."""
-    out = []
-    for r in results:
-        n = r.num_images
-        out.append(Scored(r, {name: scorer(r.images, [r.request.prompt] * n, [r.request.metadata] * n)
-                              for name, scorer in scorers.items()}))
-    return out
+    return [Scored(r, {name: scorer(*reward_inputs(r)) for name, scorer in scorers.items()}) for r in results]
 
 
 def prompts_for_iteration(num_prompts: int, per_iteration: int, seed: int, iteration: int) -> list[int]:
@@ -317,12 +318,6 @@ class Trainer:
         """The rollout actor that samples a group (round-robin), and samples it again if it is lost."""
         return request.group_index % len(self.rollouts)
 
-    @staticmethod
-    def _reward_inputs(res: GroupResult) -> tuple:
-        """(images, prompts, metadata) of a sampled group, as the reward pools take them."""
-        n = res.num_images
-        return res.images, [res.request.prompt] * n, [res.request.metadata] * n
-
     def rollout(self, pending: PendingRollout) -> tuple[list[GroupResult], dict]:
         """Collect the groups, sending each one's images to the reward pools as soon as it is sampled
         (scoring overlaps sampling). Results carry ObjectRefs of the bulk data (rollout/data_plane.py);
@@ -347,7 +342,7 @@ class Trainer:
                 for r in sorted(lost, key=lambda r: r.group_index):
                     pending.add(self.rollouts, a, r)
                 continue
-            done[req.group_index] = (res, self.rewards.submit(*self._reward_inputs(res)))
+            done[req.group_index] = (res, self.rewards.submit(*reward_inputs(res)))
         order = sorted(done)
         return [done[g][0] for g in order], {"handles": [done[g][1] for g in order]}
 
@@ -358,7 +353,7 @@ class Trainer:
                 scores = self.rewards.gather(handle).results
             except ObjectLostError:  # its rollout actor died after returning it: the images went with it
                 res = self._resample(res.request)
-                scores = self.rewards.score(*self._reward_inputs(res)).results
+                scores = self.rewards.score(*reward_inputs(res)).results
             scored.append(Scored(res, scores))
         return scored
 
