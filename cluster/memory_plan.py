@@ -47,8 +47,6 @@ INFERENCE_ELEMENTS_PER_TOKEN_HIDDEN = 8.0
 # Elements alive at once per output pixel per full-resolution channel of the VAE decoder (input, GroupNorm,
 # SiLU and conv outputs of a ResNet block at full resolution).
 DECODE_ELEMENTS_PER_PIXEL_CHANNEL = 4.0
-# DeepSpeed ZeRO-2/3's default reduce_bucket_size (elements).
-REDUCE_BUCKET_ELEMENTS = 500_000_000
 # Per GPU process: CUDA context, cuBLAS/cuDNN workspaces and allocator slack (an assumption, not measured
 # here: there is no GPU on the machine that calibrated the rest).
 GPU_RUNTIME_BYTES = 1.5 * GB
@@ -117,15 +115,26 @@ def optimizer_bytes(trainable: int, ranks: int, zero_stage: int, precision: str)
     return {"adam moments (fp32)": 8 * trainable / shard, "master weights (fp32)": master / shard}
 
 
-def gradient_bytes(trainable: int, ranks: int, zero_stage: int, precision: str) -> float:
+def gradient_bytes(trainable: int, ranks: int, zero_stage: int, precision: str, bucket: int) -> float:
     """Gradients accumulate in fp32 (learner/engine.py `grad_accum_dtype`). ZeRO-0/1 keep them whole, with
     bf16/fp16 weights beside the parameters' own half-precision .grad; ZeRO-2/3 keep a 1 / ranks fp32
-    partition plus the parameters' gradients waiting in the reduce bucket (DeepSpeed's reduce_bucket_size,
-    5e8 elements by default, in the weights' dtype)."""
+    partition plus the parameters' gradients waiting in the reduce bucket (`bucket` elements:
+    learner.zero_bucket_elements, in the weights' dtype)."""
     half = PRECISION_BYTES[precision] * trainable if precision != "fp32" else 0
     if zero_stage >= 2:
-        return 4 * trainable / ranks + PRECISION_BYTES[precision] * min(trainable, REDUCE_BUCKET_ELEMENTS)
+        return 4 * trainable / ranks + PRECISION_BYTES[precision] * min(trainable, bucket)
     return float(4 * trainable + half)
+
+
+def gradient_reduce_bytes(trainable: int, ranks: int, zero_stage: int, bucket: int) -> float:
+    """What reducing one full bucket allocates on top, with fp32 communication (learner/engine.py): ZeRO-2
+    casts the bucket to fp32 for its all-reduce (stage_1_and_2.py `gradient_reduction_w_predivide`); ZeRO-3
+    casts each gradient to fp32 and concatenates the casts into one flat buffer for the reduce-scatter
+    (stage3.py `__avg_scatter_grads`, comm/coalesced_collectives.py `reduce_scatter_coalesced`): two
+    fp32 copies. Nothing to reduce on one rank."""
+    if ranks == 1 or zero_stage < 2:
+        return 0.0
+    return (8.0 if zero_stage == 3 else 4.0) * min(trainable, bucket)
 
 
 def optimizer_step_bytes(trainable: int, ranks: int, zero_stage: int, fused: bool) -> float:
@@ -331,8 +340,9 @@ def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
                           offloadable=True))
     terms += [Term(label, b, zero_keys, offloadable=True)
               for label, b in optimizer_bytes(trainable, ranks, lc.zero_stage, lc.precision).items()]
-    terms.append(Term("gradients", gradient_bytes(trainable, ranks, lc.zero_stage, lc.precision), zero_keys,
-                      offloadable=True))
+    bucket_keys = (*zero_keys, "learner.zero_bucket_elements")
+    terms.append(Term("gradients", gradient_bytes(trainable, ranks, lc.zero_stage, lc.precision, lc.zero_bucket_elements),
+                      bucket_keys, offloadable=True))
     # float32 numpy copies of the trainable weights: the evaluation EMA (learner/worker.py EmaWeights) and the
     # forward-process family's sampling policy (learner/forward_process.py keeps `old` even when 'current').
     if lc.ema_decay is not None:
@@ -352,6 +362,9 @@ def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
         Term("optimizer step (flattened gradients" + ("" if fused else ", unfused AdamW temporaries") + ")",
              optimizer_step_bytes(trainable, ranks, lc.zero_stage, fused), zero_keys),
     ]
+    reduce = gradient_reduce_bytes(trainable, ranks, lc.zero_stage, lc.zero_bucket_elements)
+    if reduce:
+        transients.append(Term("gradient reduce (fp32 copies of one bucket)", reduce, bucket_keys))
     return terms, transients
 
 

@@ -74,6 +74,14 @@ class LearnerConfig(BaseModel):
         8, ge=1, description="Samples per forward/backward on one learner rank (speed only; gradients accumulate)."
     )
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
+    zero_bucket_elements: int = Field(
+        50_000_000, ge=1_000_000,
+        description="Elements per DeepSpeed gradient reduce / all-gather bucket (ZeRO 1-3: reduce_bucket_size, "
+        "allgather_bucket_size, stage3_prefetch_bucket_size). Each reduce holds the bucket in the weights' dtype "
+        "plus two fp32 copies (the fp32 communication cast and the reduce-scatter's flat buffer): DeepSpeed's "
+        "5e8 default made that 5 GB per rank on the real-width FLUX test and the kernel killed the rank. "
+        "Speed-only beyond memory: larger buckets mean fewer collectives.",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Training precision of the trainable weights' compute (fp32 on CPU)."
     )

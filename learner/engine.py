@@ -83,7 +83,12 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, micro_batches: int = 1
         # ZeRO-3 otherwise replaces torch.nn.functional.linear process-wide with its own matmul-then-add
         # (deepspeed/runtime/zero/linear.py, zero3_linear_wrap): in bf16 that rounds before the bias where
         # the rollout actors' F.linear does not, and the on-policy ratios drift past a 1e-4 clip range.
-        "zero_optimization": {"stage": cfg.zero_stage, "memory_efficient_linear": False},
+        "zero_optimization": {"stage": cfg.zero_stage, "memory_efficient_linear": False,
+                              # DeepSpeed's 5e8-element default buckets cost 5 GB per rank in transients
+                              # (learner.zero_bucket_elements); the memory planner counts the same terms.
+                              "reduce_bucket_size": cfg.zero_bucket_elements,
+                              "allgather_bucket_size": cfg.zero_bucket_elements,
+                              "stage3_prefetch_bucket_size": cfg.zero_bucket_elements},
         "bf16": {"enabled": cfg.precision == "bf16"},
         "fp16": {"enabled": cfg.precision == "fp16"},
         # Accumulate over up to hundreds of micro-batches and all-reduce across ranks in fp32: bf16

@@ -33,14 +33,31 @@ def test_zero_stages_shard_optimizer_state_and_gradients_by_rank_count(ranks):
     for stage in (1, 2, 3):
         assert sum(mp.optimizer_bytes(P, ranks, stage, "bf16").values()) == pytest.approx(12 * P / ranks)
     assert sum(mp.optimizer_bytes(P, ranks, 3, "fp32").values()) == pytest.approx(8 * P / ranks)  # no master copy
-    assert mp.gradient_bytes(P, ranks, 1, "bf16") == 6 * P and mp.gradient_bytes(P, ranks, 0, "fp32") == 4 * P
-    # ZeRO-2/3: an fp32 partition, plus the bf16 gradients waiting in the reduce bucket (P < its 5e8 elements).
-    assert mp.gradient_bytes(P, ranks, 2, "bf16") == mp.gradient_bytes(P, ranks, 3, "bf16") == pytest.approx(
+    bucket = 5 * 10**8
+    assert mp.gradient_bytes(P, ranks, 1, "bf16", bucket) == 6 * P and mp.gradient_bytes(P, ranks, 0, "fp32", bucket) == 4 * P
+    # ZeRO-2/3: an fp32 partition, plus the bf16 gradients waiting in the reduce bucket (P < its elements).
+    assert mp.gradient_bytes(P, ranks, 2, "bf16", bucket) == mp.gradient_bytes(P, ranks, 3, "bf16", bucket) == pytest.approx(
         4 * P / ranks + 2 * P)
+    assert mp.gradient_bytes(P, ranks, 3, "bf16", P // 10) == pytest.approx(4 * P / ranks + 2 * (P // 10))
     # The step: ZeRO-2's flattened fp32 gradient partition, and unfused AdamW's sqrt(v) + eps (CPU only).
     assert mp.optimizer_step_bytes(P, ranks, 2, fused=True) == pytest.approx(4 * P / ranks)
     assert mp.optimizer_step_bytes(P, ranks, 2, fused=False) == pytest.approx(8 * P / ranks)
     assert mp.optimizer_step_bytes(P, ranks, 0, fused=False) == 4 * P
+
+
+def test_reducing_a_bucket_costs_fp32_copies_of_it_with_several_ranks():
+    # ZeRO-3: the fp32 cast and the reduce-scatter's flat buffer; ZeRO-2: the fp32 cast; one rank: nothing.
+    assert mp.gradient_reduce_bytes(P, 2, 3, bucket=P // 10) == pytest.approx(8 * (P // 10))
+    assert mp.gradient_reduce_bytes(P, 2, 2, bucket=10 * P) == pytest.approx(4 * P)
+    assert mp.gradient_reduce_bytes(P, 1, 3, bucket=P) == mp.gradient_reduce_bytes(P, 2, 1, bucket=P) == 0
+
+
+def test_the_bucket_size_reaches_deepspeed_and_the_plan():
+    from learner.config import LearnerConfig
+    from learner.engine import deepspeed_config
+
+    zero = deepspeed_config(LearnerConfig(zero_stage=3, zero_bucket_elements=2_000_000), world_size=2)["zero_optimization"]
+    assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == zero["stage3_prefetch_bucket_size"] == 2_000_000
 
 
 def test_lora_counts_rank_times_fan_in_plus_fan_out_of_matching_linears():
