@@ -137,12 +137,14 @@ def gradient_reduce_bytes(trainable: int, ranks: int, zero_stage: int, bucket: i
     return (8.0 if zero_stage == 3 else 4.0) * min(trainable, bucket)
 
 
-def optimizer_step_bytes(trainable: int, ranks: int, zero_stage: int, fused: bool) -> float:
+def optimizer_step_bytes(trainable: int, ranks: int, zero_stage: int, fused: bool, bucket: int) -> float:
     """What one optimizer step allocates on top: ZeRO-2 flattens the gradient partition into a new fp32
     tensor (deepspeed/runtime/zero/stage_1_and_2.py `step`), and torch's unfused AdamW (CPU; the fused CUDA
-    kernel does not) materialises sqrt(v) + eps for the whole partition."""
+    kernel does not) materialises sqrt(v) + eps for what it steps at once: the whole partition, or under
+    ZeRO-3 one sub-group of `bucket` elements (learner.zero_bucket_elements)."""
     shard = ranks if zero_stage >= 1 else 1
-    return (4 * trainable / ranks if zero_stage == 2 else 0) + (0 if fused else 4 * trainable / shard)
+    stepped = min(trainable / shard, bucket) if zero_stage == 3 else trainable / shard
+    return (4 * trainable / ranks if zero_stage == 2 else 0) + (0 if fused else 4 * stepped)
 
 
 def train_activation_bytes(spec: PipelineSpec, tokens: int, rows: int, act_bytes: int, checkpointing: bool) -> float:
@@ -360,7 +362,7 @@ def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
              train_activation_bytes(spec, tokens, rows, dtype_bytes, m.gradient_checkpointing),
              ("learner.micro_batch_size", "model.gradient_checkpointing")),
         Term("optimizer step (flattened gradients" + ("" if fused else ", unfused AdamW temporaries") + ")",
-             optimizer_step_bytes(trainable, ranks, lc.zero_stage, fused), zero_keys),
+             optimizer_step_bytes(trainable, ranks, lc.zero_stage, fused, lc.zero_bucket_elements), bucket_keys),
     ]
     reduce = gradient_reduce_bytes(trainable, ranks, lc.zero_stage, lc.zero_bucket_elements)
     if reduce:

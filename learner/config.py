@@ -77,7 +77,7 @@ class LearnerConfig(BaseModel):
     zero_bucket_elements: int = Field(
         50_000_000, ge=1_000_000,
         description="Elements per DeepSpeed gradient reduce / all-gather bucket (ZeRO 1-3: reduce_bucket_size, "
-        "allgather_bucket_size, stage3_prefetch_bucket_size). Each reduce holds the bucket in the weights' dtype "
+        "allgather_bucket_size, stage3_prefetch_bucket_size; ZeRO-3's optimizer sub_group_size too). Each reduce holds the bucket in the weights' dtype "
         "plus two fp32 copies (the fp32 communication cast and the reduce-scatter's flat buffer): DeepSpeed's "
         "5e8 default made that 5 GB per rank on the real-width FLUX test and the kernel killed the rank. "
         "Speed-only beyond memory: larger buckets mean fewer collectives.",

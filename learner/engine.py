@@ -88,7 +88,11 @@ def deepspeed_config(cfg: LearnerConfig, world_size: int, micro_batches: int = 1
                               # (learner.zero_bucket_elements); the memory planner counts the same terms.
                               "reduce_bucket_size": cfg.zero_bucket_elements,
                               "allgather_bucket_size": cfg.zero_bucket_elements,
-                              "stage3_prefetch_bucket_size": cfg.zero_bucket_elements},
+                              "stage3_prefetch_bucket_size": cfg.zero_bucket_elements,
+                              # ZeRO-3 steps the optimizer one sub-group of the partition at a time; its
+                              # 1e9 default makes the whole partition one group, and unfused AdamW's
+                              # temporaries (CPU) as large as the partition.
+                              "sub_group_size": cfg.zero_bucket_elements},
         "bf16": {"enabled": cfg.precision == "bf16"},
         "fp16": {"enabled": cfg.precision == "fp16"},
         # Accumulate over up to hundreds of micro-batches and all-reduce across ranks in fp32: bf16

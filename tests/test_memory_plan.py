@@ -40,9 +40,11 @@ def test_zero_stages_shard_optimizer_state_and_gradients_by_rank_count(ranks):
         4 * P / ranks + 2 * P)
     assert mp.gradient_bytes(P, ranks, 3, "bf16", P // 10) == pytest.approx(4 * P / ranks + 2 * (P // 10))
     # The step: ZeRO-2's flattened fp32 gradient partition, and unfused AdamW's sqrt(v) + eps (CPU only).
-    assert mp.optimizer_step_bytes(P, ranks, 2, fused=True) == pytest.approx(4 * P / ranks)
-    assert mp.optimizer_step_bytes(P, ranks, 2, fused=False) == pytest.approx(8 * P / ranks)
-    assert mp.optimizer_step_bytes(P, ranks, 0, fused=False) == 4 * P
+    assert mp.optimizer_step_bytes(P, ranks, 2, fused=True, bucket=bucket) == pytest.approx(4 * P / ranks)
+    assert mp.optimizer_step_bytes(P, ranks, 2, fused=False, bucket=bucket) == pytest.approx(8 * P / ranks)
+    assert mp.optimizer_step_bytes(P, ranks, 0, fused=False, bucket=bucket) == 4 * P
+    # ZeRO-3 steps one sub-group (a bucket) of its partition at a time.
+    assert mp.optimizer_step_bytes(P, ranks, 3, fused=False, bucket=P // 100) == pytest.approx(4 * (P // 100))
 
 
 def test_reducing_a_bucket_costs_fp32_copies_of_it_with_several_ranks():
@@ -58,6 +60,7 @@ def test_the_bucket_size_reaches_deepspeed_and_the_plan():
 
     zero = deepspeed_config(LearnerConfig(zero_stage=3, zero_bucket_elements=2_000_000), world_size=2)["zero_optimization"]
     assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == zero["stage3_prefetch_bucket_size"] == 2_000_000
+    assert zero["sub_group_size"] == 2_000_000
 
 
 def test_lora_counts_rank_times_fan_in_plus_fan_out_of_matching_linears():
