@@ -54,7 +54,15 @@ class LearnerConfig(BaseModel):
         description="Skip the samples whose advantage is 0 because their group's rewards are all equal under every "
         "weighted reward model (Flow-GRPO's train_sd3.py filters them out of the training batch).",
     )
-    learning_rate: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    learning_rate: float = Field(3e-4, gt=0, description="AdamW learning rate (the peak, under a schedule).")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="'cosine': the rate of iteration i (0-based) is f + (1 - f) (1 + cos(pi i / N)) / 2 "
+        "times learning_rate, N the run's `iterations` and f learner.lr_final_fraction; set per iteration from "
+        "the iteration number alone, so a resumed run continues the same curve.",
+    )
+    lr_final_fraction: float = Field(
+        0.1, ge=0, le=1, description="lr_schedule 'cosine': where the rate ends, as a fraction of learning_rate."
+    )
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")

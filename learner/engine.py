@@ -10,6 +10,7 @@ micro-batches), so the ZeRO reductions line up. Gradients accumulate and reduce 
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -128,6 +129,22 @@ def build_engine(module: torch.nn.Module, params: list[torch.nn.Parameter], cfg:
         model=module, model_parameters=params, optimizer=optimizer, config=deepspeed_config(cfg, world_size)
     )
     return engine
+
+
+def scheduled_learning_rate(cfg: LearnerConfig, iteration: int, iterations: int) -> float:
+    """learner.lr_schedule's rate for `iteration` (0-based) of a run of `iterations`. A function of the
+    iteration alone (no scheduler state), so a resumed run continues the curve exactly."""
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    progress = min(max(iteration, 0) / iterations, 1.0)
+    return cfg.learning_rate * (cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_learning_rate(engine, lr: float) -> None:
+    """Every parameter group's rate. DeepSpeed's ZeRO and bf16 optimizers expose the wrapped torch
+    optimizer's param_groups, which their step reads (DeepSpeed's own LR schedulers set them the same way)."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
 
 
 def micro_batch_step(engine, loss: torch.Tensor, is_last: bool) -> None:

@@ -33,6 +33,8 @@ from learner.engine import (
     micro_batch_step,
     node_ip,
     optimizer_state_tensors,
+    scheduled_learning_rate,
+    set_learning_rate,
     set_micro_batches,
 )
 from learner.forward_process import ForwardProcessPlan
@@ -244,11 +246,13 @@ class LearnerWorker:
         seed: int = 0,
         device: str = "cpu",
         torch_threads: int | None = None,
+        iterations: int = 1,
     ):
         if torch_threads:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.model_cfg, self.sampling, self.cfg = model, sampling, learner
         self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.iterations = iterations  # the run's length: learner.lr_schedule's horizon
         self.device = resolve_device(device, f"learner-{rank}")
         self.loss_fn = get_loss(learner.loss)
         self.policy: Policy | None = None
@@ -375,6 +379,8 @@ class LearnerWorker:
         if lost:
             raise RuntimeError(f"rollout tensors of groups {lost} were lost with their rollout actor")
         self.plan.begin(groups, iteration)
+        lr = scheduled_learning_rate(self.cfg, iteration, self.iterations)
+        set_learning_rate(self.engine, lr)
         rows = self.plan.rows(groups)
         if self.cfg.recompute_old_log_probs:
             groups = self.plan.recompute_old_log_probs(groups, rows)
@@ -422,6 +428,7 @@ class LearnerWorker:
             metrics["learner/first_minibatch_clipfrac"] = first_clipped / sum(n for n, _, _ in first)
         metrics.update({
             "learner/optimizer_steps": float(steps),
+            "learner/lr": lr,
             "learner/transitions": float(len(rows)),
             "learner/seconds": time.perf_counter() - start,
             "learner/staleness_max": float(max(staleness, default=0)),
