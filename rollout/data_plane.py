@@ -137,3 +137,25 @@ def fetch_groups(groups: list) -> tuple[list, list[int]]:
     for i, payload in zip(by_ref, payloads, strict=True):
         out[i] = dataclasses.replace(groups[i], rollout=payload.restore(groups[i].rollout), bulk=None)
     return out, []
+
+
+@dataclass
+class EvalShare:
+    """One worker's share of an evaluation's images (uint8 [N, H, W, 3], cluster/evaluation.py): `images`
+    holds them all for the scorers (in process the array; from a rollout actor its ObjectRef, which the
+    reward pools pass on as in training) and `kept` the few that the driver's pictures show (share row ->
+    image), inline, so that the driver never fetches the rest."""
+
+    images: object  # np.ndarray | ray.ObjectRef
+    kept: dict[int, np.ndarray]
+
+    @staticmethod
+    def of(images: np.ndarray, keep) -> EvalShare:
+        return EvalShare(images, {i: images[i] for i in keep})
+
+
+def put_eval_share(images: np.ndarray, keep) -> EvalShare:
+    """[rollout actor] An evaluation share with its images in the object store and the rows `keep` inline."""
+    import ray
+
+    return dataclasses.replace(EvalShare.of(images, keep), images=ray.put(np.ascontiguousarray(images)))
