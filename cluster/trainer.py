@@ -199,6 +199,14 @@ def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[l
 
 
 
+
+def mean_over_ranks(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each metric averaged over the ranks that report it. A rank whose share was only zero-weight
+    padding reports no policy metrics; taking the keys from rank 0 alone dropped every other rank's."""
+    keys = dict.fromkeys(k for metrics in per_rank for k in metrics)
+    return {k: float(np.mean([m[k] for m in per_rank if k in m])) for k in keys}
+
+
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, *, resume: bool = False):
         # The storage path is resolved once, here on the driver; actors get it absolute (common/storage.py).
@@ -394,7 +402,7 @@ class Trainer:
             raise RuntimeError(f"iteration {iteration}: rollout tensors of groups {sorted(lost)} kept being lost")
         per_rank = self._call_learners(lambda lr, r: lr.train.remote(None, iteration), with_rank=True)
         self.version = ray.get(self.learners[0].get_version.remote())
-        return {k: float(np.mean([m[k] for m in per_rank if k in m])) for k in per_rank[0]}
+        return mean_over_ranks(per_rank)
 
     def _hold(self, side: str) -> float:
         """cluster.colocate_offload: make `side` ('learner' or 'rollout') resident on the shared bundles,
