@@ -275,7 +275,7 @@ class LearnerWorker:
         # The LoRA init is random: seed it so every rank, and every rerun of a config, starts alike.
         torch.manual_seed(derive_seed(self.seed, "init"))
         # Only the transformer: prompts arrive encoded with their groups (rollout/data_plane.py), so the
-        # text encoders (SD3.5's T5-XXL: ~10 GB in bf16) and the VAE are never loaded here.
+        # text encoders (SD3.5's T5-XXL alone: 9.5 GB in bf16) and the VAE are never loaded here.
         self.policy = Policy.from_config(
             self.model_cfg, device=self.device, transformer_only=True,
             trainable_dtype=PRECISION_DTYPES[self.cfg.precision], reference_copy=self.cfg.beta > 0,

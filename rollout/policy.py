@@ -20,6 +20,11 @@ would sample with different numbers than the learner recomputes (an on-policy ra
 fine-tuning keeps the transformer in `model.dtype` (cluster config requires it to match the precision),
 never a second fp32 copy.
 
+Learner ranks build it with `transformer_only=True`: no text encoders and no VAE (SD3.5's T5-XXL alone
+is 9.5 GB in bf16). They never encode a prompt: each group brings the embeddings its rollout actor
+sampled with, the negative prompt's included (`conditioning`, rollout/data_plane.py), and `velocity`
+takes the unconditional half from them, so both sides compute the same velocity bit for bit.
+
 The reference policy (KL term) is the same network with its LoRA adapters disabled: no second copy.
 Full fine-tuning has no adapters to disable, so there the learner (and only the learner, only when
 learner.beta > 0: `reference_copy=True`) keeps a frozen copy of the base transformer made at load time.
