@@ -349,9 +349,9 @@ def plan_learner(cfg, spec: PipelineSpec) -> tuple[list[Term], list[Term]]:
     # A group's payload carries one row of its prompt's embeddings and, for SD3 (CFG), one of the negative
     # prompt's (Policy.conditioning); they stay on the host until a micro-batch moves its rows.
     groups = -(-cfg.prompts_per_iteration // ranks)
-    rows = groups * (2 if m.family == "sd3" else 1)
-    terms.append(Term(f"prompt embeddings of {groups} groups ({rows} rows, shipped with them)",
-                      prompt_embedding_bytes(spec, m.max_sequence_length, rows, dtype_bytes),
+    shipped = groups * (2 if m.family == "sd3" else 1)
+    terms.append(Term(f"prompt embeddings of {groups} groups ({shipped} rows, shipped with them)",
+                      prompt_embedding_bytes(spec, m.max_sequence_length, shipped, dtype_bytes),
                       ("data.images_per_iteration", "cluster.num_learner_ranks"), host=True))
     tokens = image_tokens(spec, m.resolution) + text_tokens(spec, m.max_sequence_length)
     rows = learner_inputs_per_micro_batch(cfg) * _cfg_factor(cfg)
