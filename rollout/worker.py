@@ -131,6 +131,7 @@ class RolloutWorker:
                 self.sampling, self._velocity_for(req.prompt), self._init_noise, self.sigmas,
                 generator=generator, iteration=req.iteration,
             )  # fmt: skip
+            record.conditioning = self.policy.conditioning(req.prompt)  # the learner's text input (no encoders there)
             images = self.policy.decode(record.final_latents).numpy()
             results.append(GroupResult(req, _to_cpu(record), images, self.version, self.name,
                                        time.perf_counter() - start, sampled_at=time.time()))

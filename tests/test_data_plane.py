@@ -100,6 +100,8 @@ def test_rewards_score_groups_while_later_groups_sample(trainer):
 
 @pytest.mark.system
 def test_the_driver_never_receives_latents_or_images(trainer):
+    import ray
+
     traffic_of = load_script("benchmarks/data_plane.py").DriverTraffic
     cfg = trainer.cfg
     image_bytes = cfg.data.images_per_iteration * cfg.model.resolution**2 * 3
@@ -110,6 +112,9 @@ def test_the_driver_never_receives_latents_or_images(trainer):
     # exceed the bound, the latents several times over.
     assert traffic.got + traffic.put < image_bytes / 8, (traffic.got, traffic.put, image_bytes)
     assert trainer.version == 1
+    # It trained on the embeddings that came with the groups: the learner rank loaded the transformer only.
+    modules = trainer.learners[0].__ray_call__.remote(lambda worker: [type(m).__name__ for m in worker.policy.modules()])
+    assert ray.get(modules) == ["SD3Transformer2DModel"]
 
 
 @pytest.mark.system
