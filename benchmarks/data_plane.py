@@ -1,16 +1,18 @@
-"""Data-plane benchmark: bytes through the driver and object-store bytes per iteration.
+"""Data-plane benchmark: bytes through the driver and object-store bytes per iteration and per evaluation.
 
-    python benchmarks/data_plane.py [--cases tiny-16,tiny-64,...] [--iterations 2] [--json OUT]
+    python benchmarks/data_plane.py [--cases tiny-16,tiny-64,...,tiny-eval] [--iterations 2] [--json OUT]
     python benchmarks/data_plane.py --table BEFORE.json AFTER.json [--readme]
 
-Runs `Trainer.train()` on a local Ray for each case and measures, per training iteration:
+Runs `Trainer.train()` on a local Ray for each training case (`Trainer.evaluate()` once for an evaluation
+case) and measures, per training iteration (per evaluation):
 - driver get / put: bytes of the tensors and arrays inside what the driver process receives from
   `ray.get` and hands to `ray.put` (counted by wrapping both in this process);
 - object store: bytes created in Ray's object store on every node (the raylets' cumulative counter),
   by every process: rollout records, images, weights, everything.
 Cases: the shipped tiny model at two group counts (16 and 64 images per iteration), and the real-width,
 reduced-depth SD3.5-Medium (Flow-GRPO) and FLUX.1-dev (G2RPO, LoRA) pipelines of
-scripts/build_real_width.py at two image sizes each. Only public entry points are used, so the same
+scripts/build_real_width.py at two image sizes each; and one evaluation of the tiny model on the shapes
+preset's powered test plan (about 1,200 images). Only public entry points are used, so the same
 file measures an older checkout: run it in a `git worktree` of the base commit for the 'before' numbers,
 then `--table before.json after.json` prints both side by side.
 """
@@ -39,9 +41,9 @@ SMALL = [  # one rollout actor, one learner rank, one reward actor; no evaluatio
     "cluster.learner_num_cpus=0.5", "cluster.rollout_num_gpus=0", "cluster.learner_num_gpus=0",
     "cluster.torch_threads_per_actor=1", "cluster.sync_backend=object_store",
     "rewards.scorers=[{name: shapes_quality, num_cpus_per_actor: 0.5}]", "logging.tensorboard=false",
-    "logging.checkpoint_every=0", "logging.probe_every=0", "data.eval_images_per_tag=null",
-    "data.eval_max_halfwidth=null", "data.eval_max_halfwidth_overall=null", "data.eval_train_images_per_tag=0",
+    "logging.checkpoint_every=0", "logging.probe_every=0", "data.eval_train_images_per_tag=0",
 ]  # fmt: skip
+NO_EVAL_PLAN = ["data.eval_images_per_tag=null", "data.eval_max_halfwidth=null", "data.eval_max_halfwidth_overall=null"]
 REAL_WIDTH = ["model.dtype=bfloat16", "learner.precision=bf16", "learner.zero_stage=1", "model.max_sequence_length=8",
               "model.lora.rank=4", "model.lora.alpha=8", "learner.micro_batch_size=4"]  # fmt: skip
 # name -> (preset, real-width family or None, overrides)
@@ -55,7 +57,9 @@ CASES = {
         *REAL_WIDTH, "model.lora.enabled=true", "model.gradient_checkpointing=false", f"model.resolution={px}",
         "sampling.group_size=2", "sampling.num_steps=3", "sampling.g2rpo_steps=[0,1]",
         "sampling.g2rpo_granularities=[1,2]", "data.images_per_iteration=16"]) for px in (64, 128)},
+    "tiny-eval": ("configs/shapes_flowgrpo.yaml", None, []),  # the preset's own (powered) evaluation plan
 }  # fmt: skip
+EVALUATIONS = {"tiny-eval"}  # cases that measure one evaluation instead of training iterations
 
 
 def array_bytes(obj) -> int:
@@ -121,6 +125,19 @@ def measure(cfg, iterations: int) -> dict:
             "driver_put_bytes": traffic.put / iterations, "store_created_bytes": store / iterations}  # fmt: skip
 
 
+def measure_evaluation(cfg) -> dict:
+    """One evaluation of the test split (the trainer's, through the rollout and reward actors)."""
+    from cluster.trainer import Trainer
+
+    with Trainer(cfg) as trainer:
+        store0 = store_created_bytes()
+        with DriverTraffic() as traffic:
+            evaluation = trainer.evaluate(name="bench")
+        store = store_created_bytes() - store0
+    return {"evaluation": True, "images": evaluation.summary["num_images"], "resolution": cfg.model.resolution,
+            "driver_get_bytes": traffic.got, "driver_put_bytes": traffic.put, "store_created_bytes": store}  # fmt: skip
+
+
 def config_for(name: str, iterations: int, models_dir: Path, out_dir: Path, overrides: tuple[str, ...] = ()):
     """The config of case `name` (building its real-width pipeline on first use), plus `overrides`."""
     from cluster.config import load_config
@@ -136,7 +153,8 @@ def config_for(name: str, iterations: int, models_dir: Path, out_dir: Path, over
             build(models_dir, family)
         extra = [f"model.path={folder}", "data.train_prompts=assets/prompts/shapes_train.jsonl",
                  "data.test_prompts=assets/prompts/shapes_test.jsonl"]  # fmt: skip
-    return load_config(str(ROOT / preset), [*SMALL, *over, *extra, f"iterations={iterations}",
+    plan = [] if name in EVALUATIONS else NO_EVAL_PLAN
+    return load_config(str(ROOT / preset), [*SMALL, *plan, *over, *extra, f"iterations={iterations}",
                                             f"logging.output_dir={out_dir / name}", *overrides])
 
 
@@ -145,13 +163,16 @@ def kib(n: float) -> str:
 
 
 def table(before: dict, after: dict) -> str:
-    """Markdown: per case, KiB per iteration through the driver (get + put) and created in the store."""
-    lines = ["| case | images/iter | px | driver get+put KiB/iter: before -> after | object store KiB/iter: before -> after |",
+    """Markdown: per case, KiB per iteration (per evaluation) through the driver (get + put) and created
+    in the store."""
+    lines = ["| case | images | px | driver get+put KiB: before -> after | object store KiB: before -> after |",
              "|---|---|---|---|---|"]  # fmt: skip
     for name, a in after.items():
         b = before.get(name)
         drv = lambda r: r["driver_get_bytes"] + r["driver_put_bytes"]  # noqa: E731
-        lines.append(f"| {name} ({a['strategy']}) | {a['images_per_iteration']} | {a['resolution']} | "
+        label, images = ("evaluation", f"{a['images']:,} per evaluation") if a.get("evaluation") else (
+            a["strategy"], f"{a['images_per_iteration']} per iteration")
+        lines.append(f"| {name} ({label}) | {images} | {a['resolution']} | "
                      f"{kib(drv(b)) if b else 'n/a'} -> {kib(drv(a))} | "
                      f"{kib(b['store_created_bytes']) if b else 'n/a'} -> {kib(a['store_created_bytes'])} |")
     return "\n".join(lines)
@@ -179,7 +200,8 @@ def main() -> None:
     results = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     with tempfile.TemporaryDirectory() as out:
         for name in args.cases.split(","):
-            results[name] = measure(config_for(name, args.iterations, args.models_dir, Path(out)), args.iterations)
+            cfg = config_for(name, args.iterations, args.models_dir, Path(out))
+            results[name] = measure_evaluation(cfg) if name in EVALUATIONS else measure(cfg, args.iterations)
             print(name, json.dumps(results[name]), flush=True)
             if args.json:  # case by case: a later case that fails keeps the earlier ones
                 args.json.write_text(json.dumps(results, indent=2))

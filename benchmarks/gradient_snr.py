@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     worker = RolloutWorker(model, cfg.sampling)
     learner = LearnerWorker(model, cfg.sampling, cfg.learner, seed=cfg.seed)
-    learner.policy = Policy.from_config(model)
+    learner.policy = Policy.from_config(model, transformer_only=True)  # as LearnerWorker.setup loads it
     learner.policy.load_trainable(worker.policy.export_trainable())
     learner.policy.transformer.train()
     records = load_prompts(resolve(cfg.data.train_prompts))

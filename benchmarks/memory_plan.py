@@ -4,8 +4,8 @@
 
 Builds the real-width, reduced-depth SD3.5-Medium and FLUX.1-dev folders (scripts/build_real_width.py) once
 into --models, then runs each case in a fresh subprocess: a rollout-actor-like process (RolloutWorker
-samples and decodes one group) or a learner-like process (LearnerWorker samples one group with its own
-policy, then trains on it). Each reports, minus the RSS it had after its imports (torch, diffusers, peft,
+samples and decodes one group) or a learner-like process (LearnerWorker, which loads the transformer only,
+trains on one group that a RolloutWorker in another process sampled, with the prompt embeddings it ships). Each reports, minus the RSS it had after its imports (torch, diffusers, peft,
 DeepSpeed: an empty process's baseline): `loaded`, its RSS once built; `resident`, its RSS just before the
 measured work (the learner's includes what the allocator kept of its sampling); `peak`, its peak during the
 work, with the load's own transient (safetensors reads, dtype casts; `load_peak`) excluded by resetting the
@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,37 +63,64 @@ def _config(case: str, folder: Path):
     return load_config(REPO / "configs" / f"{preset}.yaml", [*COMMON, *overrides, f"model.path={folder}"])
 
 
-def child(case: str, folder: Path) -> dict:
+def _rollout_worker(cfg):
+    from rollout.worker import RolloutWorker
+
+    return RolloutWorker(cfg.model, cfg.sampling, device="cpu", torch_threads=1, precision=cfg.learner.precision,
+                         rows_per_forward=cfg.cluster.rollout_rows_per_forward,
+                         images_per_decode=cfg.cluster.rollout_images_per_decode)
+
+
+def _request():
+    from rollout.worker import GroupRequest
+
+    return GroupRequest(0, PROMPT, {}, seed=1, iteration=0)
+
+
+def sample_to(case: str, folder: Path, out: Path) -> None:
+    """Sample the learner case's group in this (separate) process and save its record, the prompt
+    embeddings included, as plain tensors and numbers (`torch.load(weights_only=True)` reads them)."""
+    import dataclasses
+
+    import torch
+
+    cfg = _config(case, folder)
+    torch.save(dataclasses.asdict(_rollout_worker(cfg).rollout([_request()])[0].rollout), out)
+
+
+def _load_rollout(path: Path):
+    import torch
+
+    from rollout.types import PromptEmbeds, Rollout, Transitions
+
+    record = torch.load(path, weights_only=True)
+    c = record.pop("conditioning")
+    negative = PromptEmbeds(c["negative"]["embeds"], c["negative"]["pooled"]) if c["negative"] else None
+    return Rollout(**{**record, "transitions": Transitions(**record["transitions"]),
+                      "conditioning": PromptEmbeds(c["embeds"], c["pooled"], negative)})
+
+
+def child(case: str, folder: Path, sampled: Path | None) -> dict:
     """Run one case in this process; RSS numbers in bytes, relative to the RSS after the imports."""
     import torch
 
     from learner.engine import free_port
     from learner.worker import LearnerWorker, TrainGroup
-    from rollout.strategies import sample_group
-    from rollout.worker import GroupRequest, RolloutWorker
 
     torch.set_num_threads(1)
     cfg, kind = _config(case, folder), CASES[case][4]
     gc.collect()
     base = _proc_kib("VmRSS")
     if kind == "rollout":
-        worker = RolloutWorker(cfg.model, cfg.sampling, device="cpu", torch_threads=1, precision=cfg.learner.precision,
-                               rows_per_forward=cfg.cluster.rollout_rows_per_forward,
-                               images_per_decode=cfg.cluster.rollout_images_per_decode)  # fmt: skip
-        work = lambda: worker.rollout([GroupRequest(0, PROMPT, {}, seed=1, iteration=0)])  # noqa: E731
+        worker = _rollout_worker(cfg)
+        work = lambda: worker.rollout([_request()])  # noqa: E731
         loaded = _proc_kib("VmRSS")
     else:
         learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=0, torch_threads=1)
         learner.setup("127.0.0.1", free_port())
         gc.collect()
         loaded = _proc_kib("VmRSS")
-        policy = learner.policy
-        sigmas = policy.sigmas(cfg.sampling.num_steps, cfg.sampling.shift, cfg.sampling.shift_mode,
-                               cfg.sampling.sigma_schedule)
-        cond = policy.encode([PROMPT])
-        with torch.no_grad():  # the learner's own policy samples the group: no second pipeline in this process
-            rollout = sample_group(cfg.sampling, lambda x, s: policy.velocity(x, s, cond.expand(x.shape[0])),
-                                   policy.initial_noise, sigmas, generator=torch.Generator().manual_seed(1), iteration=0)
+        rollout = _load_rollout(sampled)
         advantages = torch.linspace(-1, 1, rollout.num_samples)
         group = TrainGroup(PROMPT, rollout, advantages, torch.ones(rollout.num_samples, dtype=torch.bool), 0)
         work = lambda: learner.train([group], iteration=0)  # noqa: E731
@@ -126,9 +154,14 @@ def main() -> None:
     p.add_argument("--case", action="append", choices=sorted(CASES), help="default: every case")
     p.add_argument("--child", choices=sorted(CASES), help=argparse.SUPPRESS)
     p.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--sampled", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--sample-to", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child and args.sample_to:
+        sample_to(args.child, args.folder, args.sample_to)
+        return
     if args.child:
-        print(json.dumps(child(args.child, args.folder)))
+        print(json.dumps(child(args.child, args.folder, args.sampled)))
         return
     sys.path.insert(0, str(REPO / "scripts"))
     from build_real_width import FAMILIES, build
@@ -144,8 +177,16 @@ def main() -> None:
         if available < est["peak"] + 1e9:  # a shared machine: do not push it into the OOM killer
             print(f"| {case} | skipped: needs ~{est['peak'] / 1e9:.1f} GB, {available / 1e9:.1f} GB available |", flush=True)
             continue
-        out = subprocess.run([sys.executable, __file__, "--child", case, "--folder", str(folder)],
-                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        command = [sys.executable, __file__, "--child", case, "--folder", str(folder)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        with tempfile.TemporaryDirectory() as tmp:
+            sampled = Path(tmp) / "group.pt"
+            if CASES[case][4] == "learner":  # its group comes from a rollout actor's process, as in a run
+                out = subprocess.run([*command, "--sample-to", str(sampled)], capture_output=True, text=True, env=env)
+                if out.returncode:
+                    sys.exit(f"{case} (sampling its group) failed:\n{out.stderr[-4000:]}")
+                command += ["--sampled", str(sampled)]
+            out = subprocess.run(command, capture_output=True, text=True, env=env)
         if out.returncode:
             sys.exit(f"{case} failed:\n{out.stderr[-4000:]}")
         measured = json.loads(out.stdout.strip().splitlines()[-1])

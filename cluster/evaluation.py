@@ -19,6 +19,9 @@ Each evaluation `<name>` writes:
 `compare_evaluations` pairs two evaluations with the same fingerprint and gives the difference per tag
 and overall with a paired bootstrap interval. The trainer (through its actors) and `launch.py eval`
 (in process) both evaluate through `evaluate` and `sample_sharded`: one path, the same numbers.
+Through actors the images stay in the object store (rollout/data_plane.py): each worker's share goes to
+the scorers by reference, and only the images the pictures show (`PICTURED`) come back to the driver;
+in process every image is at hand.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,9 +41,13 @@ from cluster.eval_stats import Estimate, bootstrap, verdict, worst_case_halfwidt
 from rewards.base import ScoreResult
 from rollout.seeding import derive_seed
 
-# (prompts, seeds per prompt) -> uint8 [sum of len(seeds[i]), H, W, 3], prompt-major
-SampleFn = Callable[[list[str], list[list[int]]], np.ndarray]
-ScoreFn = Callable[[np.ndarray, list[str], list[dict]], dict[str, ScoreResult]]
+if TYPE_CHECKING:
+    from rollout.data_plane import EvalShare
+
+# (prompts, seeds per prompt, image indices to bring back: the pictures') -> the images, in shares
+SampleFn = Callable[[list[str], list[list[int]], list[int]], "SampledImages"]
+# [(images or their ObjectRef, prompts, metadata) per share] -> per share, scorer name -> per-image results
+ScoreFn = Callable[[list[tuple]], list[dict[str, ScoreResult]]]
 
 EVAL_SEED = 1234
 ACCURACY_DIAGNOSTIC = "correct"  # GenEval's official per-image verdict (rewards.geneval_rules)
@@ -77,6 +85,18 @@ class EvalPlan:
         """sha256 of (split, every prompt with its seeds): equal fingerprints pair image by image."""
         payload = [self.split, [[r["prompt"], list(s)] for r, s in zip(self.records, self.seeds, strict=True)]]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+    def image_index(self, per_prompt: int, prompts_per_tag: int) -> list[int]:
+        """Images (prompt-major indices) for a picture: the first `per_prompt` images of the first
+        `prompts_per_tag` prompts of each tag (tags in order of appearance)."""
+        starts = np.cumsum([0] + [len(s) for s in self.seeds])
+        taken: dict[str, int] = defaultdict(int)
+        out = []
+        for i, tag in enumerate(self.tags()):
+            if taken[tag] < prompts_per_tag:
+                taken[tag] += 1
+                out.extend(range(starts[i], starts[i] + min(per_prompt, len(self.seeds[i]))))
+        return out
 
 
 def images_per_record(records: Sequence[dict], images_per_tag: int | None, images_per_prompt: int) -> list[int]:
@@ -153,21 +173,53 @@ def plan_for(cfg, split: str) -> EvalPlan:
 # ----------------------------------------------------------------------------- sampling
 
 
-def sample_sharded(workers: Sequence, prompts: list[str], seeds: list[list[int]], call: Callable,
-                   gather: Callable = lambda results: results) -> np.ndarray:
-    """Sample prompts round-robin over workers and reassemble them prompt-major. `call(worker,
-    prompts, seeds)` starts a worker's share (an actor's `.remote`, or an in-process call) and
-    `gather` waits for all shares (`ray.get` for actors): the trainer and `launch.py eval` differ
-    only in these two."""
+# The images any picture of an evaluation shows: its grid's. The trainer's before/after figure (at most 4
+# per prompt) and the probe's grid (4 images of 1 prompt per tag) show a subset.
+PICTURED = {"per_prompt": 8, "prompts_per_tag": 2}
+
+
+@dataclass
+class SampledImages:
+    """What a sampler returns: the workers' shares (rollout.data_plane.EvalShare: all their images, or
+    their ObjectRef, and the kept ones inline) and, per share, the plan's (prompt-major) index of each of
+    its images, in share order."""
+
+    shares: list[EvalShare]
+    rows: list[list[int]]
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+    def kept(self) -> dict[int, np.ndarray]:
+        """The images at hand, by plan index."""
+        return {rows[k]: image for share, rows in zip(self.shares, self.rows, strict=True) for k, image in share.kept.items()}
+
+
+def sample_sharded(workers: Sequence, prompts: list[str], seeds: list[list[int]], keep: Sequence[int],
+                   call: Callable, gather: Callable = lambda results: results) -> SampledImages:
+    """Sample prompts round-robin over workers. `call(worker, prompts, seeds, keep)` starts a worker's
+    share (an actor's `.remote`, or an in-process call) and returns its EvalShare, `keep` being the share's
+    rows among the plan's images `keep`; `gather` waits for all shares (`ray.get` for actors): the trainer
+    and `launch.py eval` differ only in these two."""
     n = len(workers)
-    shares = gather([call(w, prompts[a::n], seeds[a::n]) for a, w in enumerate(workers) if prompts[a::n]])
-    per_prompt: list[np.ndarray] = [np.empty(0)] * len(prompts)
-    for a, share in enumerate(shares):
-        start = 0
-        for i in range(a, len(prompts), n):
-            per_prompt[i] = share[start : start + len(seeds[i])]
-            start += len(seeds[i])
-    return np.concatenate(per_prompt)
+    starts = np.cumsum([0] + [len(s) for s in seeds])
+    rows = [[int(k) for i in range(a, len(prompts), n) for k in range(starts[i], starts[i + 1])]
+            for a in range(min(n, len(prompts)))]
+    wanted = set(keep)
+    calls = [call(workers[a], prompts[a::n], seeds[a::n], [k for k, r in enumerate(share) if r in wanted])
+             for a, share in enumerate(rows)]
+    return SampledImages(gather(calls), rows)
+
+
+def in_plan_order(per_share: list[dict[str, ScoreResult]], rows: list[list[int]]) -> dict[str, ScoreResult]:
+    """Each scorer's per-share results joined in the plan's (prompt-major) image order."""
+    order = np.argsort(np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]), kind="stable")
+    out = {}
+    for name in per_share[0]:
+        joined = ScoreResult.concat([part[name] for part in per_share])
+        out[name] = ScoreResult(joined.reward[order], {d: v[order] for d, v in joined.diagnostics.items()})
+    return out
 
 
 def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", name: str = "eval",
@@ -176,6 +228,7 @@ def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", nam
     sees one) and the config's scorers, through the same plan, `sample_sharded` and `evaluate`
     (`launch.py eval`, the model card). `weights`: trainable weights to load first (a checkpoint's)."""
     from cluster.trainer import in_process_scorers
+    from rollout.data_plane import EvalShare
     from rollout.worker import RolloutWorker
 
     plan = plan_for(cfg, split)  # before loading anything: a plan too small for its targets fails here
@@ -186,11 +239,14 @@ def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", nam
         worker.load_weights(weights, version=0)
     scorers = in_process_scorers(cfg)
 
-    def sample(prompts: list[str], seeds: list[list[int]]) -> np.ndarray:
-        return sample_sharded([worker], prompts, seeds, lambda w, p, s: w.evaluate(p, s))
+    def every_image(images: np.ndarray) -> EvalShare:  # in process all are at hand: keep them (failure grids)
+        return EvalShare.of(images, range(len(images)))
 
-    def score(images, prompts, metadata):
-        return {n: scorer(images, prompts, metadata) for n, scorer in scorers.items()}
+    def sample(prompts: list[str], seeds: list[list[int]], keep: list[int]) -> SampledImages:
+        return sample_sharded([worker], prompts, seeds, keep, lambda w, p, s, _: every_image(w.evaluate(p, s)))
+
+    def score(parts: list[tuple]) -> list[dict[str, ScoreResult]]:
+        return [{n: scorer(*part) for n, scorer in scorers.items()} for part in parts]
 
     return evaluate(plan, sample, score, output_dir=output_dir, name=name)
 
@@ -201,21 +257,17 @@ def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", nam
 @dataclass
 class Evaluation:
     summary: dict  # what <name>.json holds
-    images: np.ndarray  # uint8 [plan.num_images, H, W, 3], prompt-major
+    kept: dict[int, np.ndarray]  # plan image index -> uint8 [H, W, 3]: every image in process, `PICTURED` through actors
     plan: EvalPlan
     rows: list[dict]  # what <name>_images.jsonl holds
 
-    def image_index(self, per_prompt: int, prompts_per_tag: int) -> list[int]:
-        """Rows of `images` for a picture: the first `per_prompt` images of the first
-        `prompts_per_tag` prompts of each tag (tags in order of appearance)."""
-        starts = np.cumsum([0] + [len(s) for s in self.plan.seeds])
-        taken: dict[str, int] = defaultdict(int)
-        out = []
-        for i, tag in enumerate(self.plan.tags()):
-            if taken[tag] < prompts_per_tag:
-                taken[tag] += 1
-                out.extend(range(starts[i], starts[i] + min(per_prompt, len(self.plan.seeds[i]))))
-        return out
+    def take(self, index: Sequence[int]) -> np.ndarray:
+        """uint8 [len(index), H, W, 3]: the images of these plan indices."""
+        missing = [i for i in index if i not in self.kept]
+        if missing:
+            raise KeyError(f"evaluation images {missing[:5]} are not at hand: an evaluation through actors brings "
+                           f"back only the pictures' images (cluster.evaluation.PICTURED)")
+        return np.stack([self.kept[i] for i in index])
 
 
 def per_image_rows(plan: EvalPlan, scores: dict[str, ScoreResult]) -> list[dict]:
@@ -279,12 +331,14 @@ def evaluate(plan: EvalPlan, sample: SampleFn, score: ScoreFn, *, output_dir: st
              name: str = "eval", grid: bool = True) -> Evaluation:
     """Sample and score the plan; write <name>_images.jsonl, <name>.json and <name>_grid.png."""
     prompts = [r["prompt"] for r in plan.records]
-    images = sample(prompts, [list(s) for s in plan.seeds])
-    if images.shape[0] != plan.num_images:
-        raise ValueError(f"evaluate: sampler returned {images.shape[0]} images, expected {plan.num_images}")
+    sampled = sample(prompts, [list(s) for s in plan.seeds], plan.image_index(**PICTURED))
+    if sampled.num_images != plan.num_images:
+        raise ValueError(f"evaluate: sampler returned {sampled.num_images} images, expected {plan.num_images}")
     rep_prompts = [r["prompt"] for r, s in zip(plan.records, plan.seeds, strict=True) for _ in s]
     rep_meta = [dict(r) for r, s in zip(plan.records, plan.seeds, strict=True) for _ in s]
-    scores = score(images, rep_prompts, rep_meta)
+    parts = [(share.images, [rep_prompts[i] for i in index], [rep_meta[i] for i in index])
+             for share, index in zip(sampled.shares, sampled.rows, strict=True)]
+    scores = in_plan_order(score(parts), sampled.rows)
     rows = per_image_rows(plan, scores)
     summary = summarize(plan, rows, list(scores))
     out = Path(output_dir)
@@ -294,10 +348,10 @@ def evaluate(plan: EvalPlan, sample: SampleFn, score: ScoreFn, *, output_dir: st
     summary["images_file"] = f"{name}_images.jsonl"
     summary["images_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
-    evaluation = Evaluation(summary, images, plan, rows)
+    evaluation = Evaluation(summary, sampled.kept(), plan, rows)
     if grid:
-        pick = evaluation.image_index(per_prompt=8, prompts_per_tag=2)
-        save_png(image_grid(images[pick], columns=8), out / f"{name}_grid.png", image_side=images.shape[1])
+        images = evaluation.take(plan.image_index(**PICTURED))
+        save_png(image_grid(images, columns=8), out / f"{name}_grid.png", image_side=images.shape[1])
     return evaluation
 
 

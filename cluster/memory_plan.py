@@ -10,9 +10,11 @@ What each actor kind holds (read from the code, not assumed):
   training and test prompts); the group's trajectory latents (fp32); the peak of one transformer call
   (`cluster.rollout_rows_per_forward` rows, inference) or one VAE decode (`cluster.rollout_images_per_decode`
   images), whichever is larger.
-- learner rank (learner/worker.py): the whole pipeline too (Policy.from_config), a frozen reference copy of
-  a fully fine-tuned transformer when `learner.beta > 0`, DeepSpeed's optimizer state and gradients (ZeRO
-  closed forms below), its prompt cache (training prompts) and the saved activations of one micro-batch.
+- learner rank (learner/worker.py): the transformer only (Policy.from_config(transformer_only=True): no text
+  encoders, no VAE), a frozen reference copy of a fully fine-tuned transformer when `learner.beta > 0`,
+  DeepSpeed's optimizer state and gradients (ZeRO closed forms below), the prompt embeddings that come with
+  its share of the iteration's groups (rollout/data_plane.py; host memory) and the saved activations of one
+  micro-batch.
 - reward actor (rewards/): its scorer's weights (float32 unless the scorer's `dtype` option says otherwise)
   and the activations of one request.
 
@@ -167,10 +169,14 @@ def decode_bytes(spec: PipelineSpec, resolution: int, images: int, act_bytes: in
     return DECODE_ELEMENTS_PER_PIXEL_CHANNEL * resolution**2 * spec.vae_fullres_channels * act_bytes * images
 
 
+def prompt_embedding_bytes(spec: PipelineSpec, max_sequence_length: int, rows: int, dtype_bytes: int) -> float:
+    """`rows` prompt embeddings [text tokens, embed_dim] + pooled [pooled_dim]."""
+    return float(rows * (text_tokens(spec, max_sequence_length) * spec.embed_dim + spec.pooled_dim) * dtype_bytes)
+
+
 def prompt_cache_bytes(spec: PipelineSpec, max_sequence_length: int, prompts: int, dtype_bytes: int) -> float:
-    """min(prompts, PROMPT_CACHE_SIZE) cached embeddings [text tokens, embed_dim] + pooled [pooled_dim]."""
-    per_prompt = text_tokens(spec, max_sequence_length) * spec.embed_dim + spec.pooled_dim
-    return float(min(prompts, PROMPT_CACHE_SIZE) * per_prompt * dtype_bytes)
+    """min(prompts, PROMPT_CACHE_SIZE) cached embeddings (rollout/policy.py `_PromptCache`)."""
+    return prompt_embedding_bytes(spec, max_sequence_length, min(prompts, PROMPT_CACHE_SIZE), dtype_bytes)
 
 
 def latent_bytes(spec: PipelineSpec, resolution: int) -> int:
@@ -321,13 +327,14 @@ def plan_rollout(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
     return terms, transients
 
 
-def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], list[Term]]:
+def plan_learner(cfg, spec: PipelineSpec) -> tuple[list[Term], list[Term]]:
     """A learner rank's resident terms and its transients (the backward's activations, the optimizer
-    step: never at once); `prompts`: distinct training prompts (+ the negative prompt)."""
+    step: never at once)."""
     m, lc, ranks = cfg.model, cfg.learner, cfg.cluster.num_learner_ranks
     dtype_bytes = DTYPE_BYTES[m.dtype]
-    # LearnerWorker.offload keeps only the trainable weights: a fully fine-tuned transformer (terms[0]) stays.
-    terms = [replace(t, offloadable=i > 0 or m.lora.enabled) for i, t in enumerate(_weight_terms(spec, dtype_bytes))]
+    # The transformer's weights only: prompts come encoded with the groups. LearnerWorker.offload keeps only
+    # the trainable weights: a fully fine-tuned transformer stays.
+    terms = [replace(t, offloadable=m.lora.enabled) for t in _weight_terms(spec, dtype_bytes)[:1]]
     if lc.zero_stage == 3:  # the module's parameters are partitioned too; one block is gathered at a time
         full = terms[0].bytes
         terms[0] = Term("transformer weights (ZeRO-3 partition + one gathered block)",
@@ -351,8 +358,13 @@ def plan_learner(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
         terms.append(Term("EMA of the trainable weights (fp32)", 4.0 * trainable, ("learner.ema_decay",), host=True))
     if lc.family == "forward_process":
         terms.append(Term("sampling-policy weights (fp32)", 4.0 * trainable, (), host=True))
-    terms.append(Term(f"prompt cache ({min(prompts, PROMPT_CACHE_SIZE)} prompts)",
-                      prompt_cache_bytes(spec, m.max_sequence_length, prompts, dtype_bytes)))
+    # A group's payload carries one row of its prompt's embeddings and, for SD3 (CFG), one of the negative
+    # prompt's (Policy.conditioning); they stay on the host until a micro-batch moves its rows.
+    groups = -(-cfg.prompts_per_iteration // ranks)
+    shipped = groups * (2 if m.family == "sd3" else 1)
+    terms.append(Term(f"prompt embeddings of {groups} groups ({shipped} rows, shipped with them)",
+                      prompt_embedding_bytes(spec, m.max_sequence_length, shipped, dtype_bytes),
+                      ("data.images_per_iteration", "cluster.num_learner_ranks"), host=True))
     tokens = image_tokens(spec, m.resolution) + text_tokens(spec, m.max_sequence_length)
     rows = learner_inputs_per_micro_batch(cfg) * _cfg_factor(cfg)
     ckpt = "with" if m.gradient_checkpointing else "without"
@@ -394,7 +406,7 @@ def plan_memory(cfg, spec: PipelineSpec, reward_specs: list[RewardSpec], *, trai
     their learner rank's bundle, so that bundle's plan holds both."""
     c, gpu = cfg.cluster, cfg.cluster.gpu_memory_gb * GB
     rollout, transients = plan_rollout(cfg, spec, train_prompts + test_prompts + 1)
-    learner, learner_transients = plan_learner(cfg, spec, train_prompts + 1)
+    learner, learner_transients = plan_learner(cfg, spec)
 
     def budget(gpus: float) -> float | None:
         return gpus * gpu - GPU_RUNTIME_BYTES if gpus > 0 else None

@@ -30,7 +30,9 @@ from cluster import checkpoints
 from cluster.actors import learner_actors, rollout_actors
 from cluster.config import ExperimentConfig, resolve
 from cluster.evaluation import (
+    PICTURED,
     Evaluation,
+    SampledImages,
     compare_evaluations,
     comparison_table,
     evaluate,
@@ -195,6 +197,14 @@ def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[l
         "reward/masked_images": float((~valid).sum()),
     }
 
+
+
+
+def mean_over_ranks(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each metric averaged over the ranks that report it. A rank whose share was only zero-weight
+    padding reports no policy metrics; taking the keys from rank 0 alone dropped every other rank's."""
+    keys = dict.fromkeys(k for metrics in per_rank for k in metrics)
+    return {k: float(np.mean([m[k] for m in per_rank if k in m])) for k in keys}
 
 
 class Trainer:
@@ -392,7 +402,7 @@ class Trainer:
             raise RuntimeError(f"iteration {iteration}: rollout tensors of groups {sorted(lost)} kept being lost")
         per_rank = self._call_learners(lambda lr, r: lr.train.remote(None, iteration), with_rank=True)
         self.version = ray.get(self.learners[0].get_version.remote())
-        return {k: float(np.mean([m[k] for m in per_rank if k in m])) for k in per_rank[0]}
+        return mean_over_ranks(per_rank)
 
     def _hold(self, side: str) -> float:
         """cluster.colocate_offload: make `side` ('learner' or 'rollout') resident on the shared bundles,
@@ -528,18 +538,22 @@ class Trainer:
                     final=final.summary)
         if base is not None:
             per_prompt = min(4, *(len(seeds) for seeds in base.plan.seeds))  # a row: one prompt's images
-            pick = base.image_index(per_prompt=per_prompt, prompts_per_tag=2)
-            before_after_grid(base.images[pick], final.images[pick], out / "before_after.png", per_prompt=per_prompt)
+            pick = base.plan.image_index(per_prompt=per_prompt, prompts_per_tag=PICTURED["prompts_per_tag"])
+            before_after_grid(base.take(pick), final.take(pick), out / "before_after.png", per_prompt=per_prompt)
         return final
 
     def _sample(self, grid: str = "eval"):
-        """The evaluation sampler over this run's rollout actors (cluster.evaluation.sample_sharded)."""
-        def sample(prompts: list[str], seeds: list[list[int]]) -> np.ndarray:
-            return sample_sharded(self.rollouts, prompts, seeds, lambda a, p, s: a.evaluate.remote(p, s, grid), ray.get)
+        """The evaluation sampler over this run's rollout actors (cluster.evaluation.sample_sharded): each
+        actor leaves its images in the object store and returns the kept ones (rollout/data_plane.py)."""
+        def sample(prompts: list[str], seeds: list[list[int]], keep: list[int]) -> SampledImages:
+            return sample_sharded(self.rollouts, prompts, seeds, keep,
+                                  lambda a, p, s, k: a.evaluate_by_reference.remote(p, s, grid, k), ray.get)
         return sample
 
-    def _score(self, images, prompts, metadata):
-        return self.rewards.score(images, prompts, metadata).results
+    def _score(self, parts: list[tuple]) -> list[dict[str, ScoreResult]]:
+        """Every share to the reward pools by reference (all in flight before the first is gathered)."""
+        handles = [self.rewards.submit(*part) for part in parts]
+        return [self.rewards.gather(handle).results for handle in handles]
 
     def evaluate(self, name: str = "eval", split: str = "test") -> Evaluation:
         """Evaluation of the current policy (its EMA weights when learner.ema_decay is set) through the
@@ -573,8 +587,8 @@ class Trainer:
         metrics = {f"probe/{k}": v for k, v in result.summary.items() if isinstance(v, float)}
         metrics.update({f"probe/{n}": r["mean"] for n, r in result.summary["rewards"].items()})
         if step is not None:
-            pick = result.image_index(per_prompt=4, prompts_per_tag=1)
-            self.logger.log_image("probe/images", image_grid(result.images[pick], columns=4), step)
+            pick = plan.image_index(per_prompt=4, prompts_per_tag=1)
+            self.logger.log_image("probe/images", image_grid(result.take(pick), columns=4), step)
         return metrics
 
     def checkpoint(self) -> str:

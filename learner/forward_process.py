@@ -23,8 +23,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from rollout.data_plane import conditioning_of
 from rollout.schedule import sd3_sigmas
 from rollout.seeding import derive_seed
+from rollout.types import PromptEmbeds
 
 Draw = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -34,7 +36,7 @@ class FlowMatchBatch:
     """(sample, timestep) rows trained in one forward/backward."""
 
     x0: torch.Tensor  # [N, ...] final samples
-    prompt: list[str]  # [N]
+    cond: PromptEmbeds  # [N] rows: each sample's prompt conditioning as its rollout actor shipped it
     sigma: torch.Tensor  # [N] float32
     noise: torch.Tensor  # [N, ...] eps
     advantages: torch.Tensor  # [N]
@@ -81,7 +83,7 @@ def build_flow_batches(groups, rows: list[tuple[int, int, int]], size: int, draw
         draws = [cache[(g, s)] for g, s, _ in chunk]
         out.append(FlowMatchBatch(
             x0=torch.stack([groups[g].rollout.final_latents[s] for g, s, _ in chunk]).float(),
-            prompt=[groups[g].prompt for g, _, _ in chunk],
+            cond=conditioning_of(groups, [g for g, _, _ in chunk]),
             sigma=torch.stack([d[0][j] for d, (_, _, j) in zip(draws, chunk, strict=True)]),
             noise=torch.stack([d[1][j] for d, (_, _, j) in zip(draws, chunk, strict=True)]),
             advantages=torch.stack([groups[g].advantages[s] for g, s, _ in chunk]).float(),
@@ -132,14 +134,15 @@ class ForwardProcessPlan:
         if like:
             return replace(like[0], weight=0.0)
         zeros = torch.zeros(self.worker.policy.latent_shape(1))
-        return FlowMatchBatch(zeros, [""], torch.full((1,), 0.5), zeros, torch.zeros(1), weight=0.0)
+        return FlowMatchBatch(zeros, self.worker.policy.blank_conditioning(), torch.full((1,), 0.5), zeros,
+                              torch.zeros(1), weight=0.0)
 
     def loss(self, mb: FlowMatchBatch):
         policy, dev = self.worker.policy, self.worker.device
         x0, eps, sigma = mb.x0.to(dev), mb.noise.to(dev), mb.sigma.to(dev)
         s = sigma.view(-1, *([1] * (x0.ndim - 1)))
         x_t = (1.0 - s) * x0 + s * eps
-        cond = policy.encode(mb.prompt)
+        cond = mb.cond
         with torch.no_grad():
             v_old = self._old_velocity(x_t, sigma, cond)
             v_ref = policy.velocity(x_t, sigma, cond, reference=True) if self.cfg.beta > 0 else None

@@ -42,12 +42,12 @@ from learner.losses import get_loss, pooled_mean_std
 from learner.zero3 import gathered, gathered_state_dict
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
-from rollout.data_plane import fetch_groups
+from rollout.data_plane import conditioning_of, fetch_groups
 from rollout.devices import resolve_device
 from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.sde import kl_to_reference, sde_step
 from rollout.seeding import derive_seed
-from rollout.types import Rollout
+from rollout.types import PromptEmbeds, Rollout
 from rollout.weight_buckets import BUCKET_BYTES, BucketSpec, pack, plan_for, sync_digest, to_packed
 from rollout.worker import weights_digest
 
@@ -71,7 +71,7 @@ class MicroBatch:
 
     inputs: torch.Tensor  # [U, ...]
     input_sigma: torch.Tensor  # [U]
-    input_prompt: list[str]  # [U]
+    cond: PromptEmbeds  # [U] rows: each input's prompt conditioning as its rollout actor shipped it
     index: torch.Tensor  # [K] row of `inputs` per transition
     next_latents: torch.Tensor  # [K, ...]
     sigma: torch.Tensor  # [K]
@@ -142,7 +142,7 @@ def build_micro_batches(groups: list[TrainGroup], rows: list[tuple[int, int, int
             MicroBatch(
                 inputs=torch.stack([groups[g].rollout.transitions.inputs[u] for g, u in keys]),
                 input_sigma=torch.stack([_sigma_of_input(groups[g].rollout, u) for g, u in keys]),
-                input_prompt=[groups[g].prompt for g, _ in keys],
+                cond=conditioning_of(groups, [g for g, _ in keys]),
                 index=torch.tensor(index),
                 next_latents=torch.stack([t.next_latents[j] for t, j in ts]),
                 sigma=torch.stack([t.sigma[j] for t, j in ts]),
@@ -278,9 +278,11 @@ class LearnerWorker:
         )  # fmt: skip
         # The LoRA init is random: seed it so every rank, and every rerun of a config, starts alike.
         torch.manual_seed(derive_seed(self.seed, "init"))
+        # Only the transformer: prompts arrive encoded with their groups (rollout/data_plane.py), so the
+        # text encoders (SD3.5's T5-XXL alone: 9.5 GB in bf16) and the VAE are never loaded here.
         self.policy = Policy.from_config(
-            self.model_cfg, device=self.device, trainable_dtype=PRECISION_DTYPES[self.cfg.precision],
-            reference_copy=self.cfg.beta > 0,
+            self.model_cfg, device=self.device, transformer_only=True,
+            trainable_dtype=PRECISION_DTYPES[self.cfg.precision], reference_copy=self.cfg.beta > 0,
         )  # fmt: skip
         self.policy.transformer.train()
         self.engine = build_engine(
@@ -301,7 +303,7 @@ class LearnerWorker:
         distinct input, log-probs (in the rollout's log_prob_form) of the stored x_next."""
         dev = self.device
         x_in = mb.inputs.to(dev)
-        v = self.policy.velocity(x_in, mb.input_sigma.to(dev), self.policy.encode(mb.input_prompt), reference=reference)
+        v = self.policy.velocity(x_in, mb.input_sigma.to(dev), mb.cond, reference=reference)
         index = mb.index.to(dev)
         return sde_step(
             v[index], x_in[index], mb.sigma.to(dev), mb.sigma_next.to(dev), noise_level=noise_level, kind=kind,
@@ -356,8 +358,8 @@ class LearnerWorker:
         shape = self.policy.latent_shape(1)
         zeros = torch.zeros(shape)
         one = torch.ones(1)
-        return MicroBatch(zeros, one * 0.5, [""], torch.zeros(1, dtype=torch.long), zeros, one * 0.5, one * 0.25,
-                          torch.zeros(1), torch.zeros(1), weight=0.0)
+        return MicroBatch(zeros, one * 0.5, self.policy.blank_conditioning(), torch.zeros(1, dtype=torch.long),
+                          zeros, one * 0.5, one * 0.25, torch.zeros(1), torch.zeros(1), weight=0.0)
 
     def receive(self, groups: list[TrainGroup]) -> list[int]:
         """Fetch this rank's groups' rollout tensors from the object store (rollout/data_plane.py) for the
@@ -507,7 +509,7 @@ class LearnerWorker:
     def offload(self) -> int:
         """While the colocated rollout actors sample: free everything but the trainable weights (the weight
         sync reads those next; LoRA adapters, or a fully fine-tuned transformer): the frozen networks (the
-        base transformer under LoRA, text encoders, VAE, the reference copy), the optimizer state and the
+        base transformer under LoRA, the reference copy), the optimizer state and the
         gradients. Returns the bytes freed; `train` and the checkpoint calls reload first."""
         if self._offloader is None:
             self._offloader = Offloader(self.device, f"learner-{self.rank}")

@@ -9,7 +9,10 @@ ObjectRefs:
   a latent chain where every distinct latent appears once (a trajectory's x_next is the next step's
   x_t, so storing (x_t, x_next) pairs keeps most latents twice); the forward-process family reads the
   final latents (x0) and nothing per step. Final latents of a per-step strategy and G2RPO's anchor
-  image are never read by a learner and are not shipped.
+  image are never read by a learner and are not shipped. Every payload also carries the group's text
+  conditioning (`Rollout.conditioning`: the prompt's embeddings once, not per image, and the negative
+  prompt's for CFG) in the dtype the rollout actor sampled with, so learner ranks load only the
+  transformer (no text encoders, no VAE) and see bit-identical conditioning.
 The driver handles the metadata only (ids, rewards, versions): it never calls `ray.get` on latents or
 images. Each learner rank fetches its own groups' payloads (`fetch_groups`).
 
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rollout.types import Rollout, Transitions
+from rollout.types import PromptEmbeds, Rollout, Transitions
 
 # Strategies whose learner trains on the final samples (learner/forward_process.py), not on transitions.
 FINAL_SAMPLE_STRATEGIES = frozenset({"forward_process"})
@@ -88,20 +91,27 @@ class LearnerPayload:
 
     chain: LatentChain
     final_latents: torch.Tensor | None
+    # One row of the prompt's embeddings and one of the negative prompt's (CFG). The negative is the same
+    # for every group, yet it travels with each payload rather than once per run: a payload is then
+    # self-contained (a group resampled by a restarted actor, a learner rank restarted mid-run, need
+    # nothing else), and a row is small beside a group's latents: SD3.5 at max_sequence_length 128 holds
+    # 205 x 4096 bf16 tokens, 1.7 MB, against ~70 MB of a 24-image, 10-step group's fp32 latents at 512 px.
+    conditioning: PromptEmbeds
 
     @staticmethod
     def of(rollout: Rollout) -> LearnerPayload:
         final = rollout.final_latents if rollout.strategy in FINAL_SAMPLE_STRATEGIES else None
-        return LearnerPayload(LatentChain.of(rollout.transitions), final)
+        return LearnerPayload(LatentChain.of(rollout.transitions), final, rollout.conditioning)
 
     def restore(self, meta: Rollout) -> Rollout:
         """The record the learner trains on: `meta` (bulk stripped) with this payload's tensors back."""
-        return dataclasses.replace(meta, transitions=self.chain.transitions(), final_latents=self.final_latents)
+        return dataclasses.replace(meta, transitions=self.chain.transitions(), final_latents=self.final_latents,
+                                   conditioning=self.conditioning)
 
 
 def strip(rollout: Rollout) -> Rollout:
-    """The record's metadata: ids, counts and settings; its latents live in the object store."""
-    return dataclasses.replace(rollout, transitions=None, final_latents=None, anchor_latents=None)
+    """The record's metadata: ids, counts and settings; its latents and embeddings live in the object store."""
+    return dataclasses.replace(rollout, transitions=None, final_latents=None, anchor_latents=None, conditioning=None)
 
 
 def put_group(result):
@@ -137,3 +147,37 @@ def fetch_groups(groups: list) -> tuple[list, list[int]]:
     for i, payload in zip(by_ref, payloads, strict=True):
         out[i] = dataclasses.replace(groups[i], rollout=payload.restore(groups[i].rollout), bulk=None)
     return out, []
+
+
+def conditioning_of(groups: list, rows: list[int]) -> PromptEmbeds:
+    """[learner rank] The text conditioning of groups[g] (TrainGroup) for each g in `rows`, one row each:
+    the embeddings its rollout actor sampled with (`LearnerPayload.conditioning`)."""
+    missing = sorted({groups[g].group_index for g in rows if groups[g].rollout.conditioning is None})
+    if missing:
+        raise ValueError(
+            f"groups {missing} carry no prompt conditioning (Rollout.conditioning): learner ranks load only the "
+            "transformer and train on the embeddings RolloutWorker.rollout attaches to each group"
+        )
+    return PromptEmbeds.cat([groups[g].rollout.conditioning for g in rows])
+
+
+@dataclass
+class EvalShare:
+    """One worker's share of an evaluation's images (uint8 [N, H, W, 3], cluster/evaluation.py): `images`
+    holds them all for the scorers (in process the array; from a rollout actor its ObjectRef, which the
+    reward pools pass on as in training) and `kept` the few that the driver's pictures show (share row ->
+    image), inline, so that the driver never fetches the rest."""
+
+    images: object  # np.ndarray | ray.ObjectRef
+    kept: dict[int, np.ndarray]
+
+    @staticmethod
+    def of(images: np.ndarray, keep) -> EvalShare:
+        return EvalShare(images, {i: images[i] for i in keep})
+
+
+def put_eval_share(images: np.ndarray, keep) -> EvalShare:
+    """[rollout actor] An evaluation share with its images in the object store and the rows `keep` inline."""
+    import ray
+
+    return dataclasses.replace(EvalShare.of(images, keep), images=ray.put(np.ascontiguousarray(images)))

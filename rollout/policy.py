@@ -20,6 +20,11 @@ would sample with different numbers than the learner recomputes (an on-policy ra
 fine-tuning keeps the transformer in `model.dtype` (cluster config requires it to match the precision),
 never a second fp32 copy.
 
+Learner ranks build it with `transformer_only=True`: no text encoders and no VAE (SD3.5's T5-XXL alone
+is 9.5 GB in bf16). They never encode a prompt: each group brings the embeddings its rollout actor
+sampled with, the negative prompt's included (`conditioning`, rollout/data_plane.py), and `velocity`
+takes the unconditional half from them, so both sides compute the same velocity bit for bit.
+
 The reference policy (KL term) is the same network with its LoRA adapters disabled: no second copy.
 Full fine-tuning has no adapters to disable, so there the learner (and only the learner, only when
 learner.beta > 0: `reference_copy=True`) keeps a frozen copy of the base transformer made at load time.
@@ -33,7 +38,6 @@ import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,6 +46,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from rollout.config import PROMPT_CACHE_SIZE, LoraSettings, ModelConfig
 from rollout.schedule import exponential_shift_sigmas, resolution_shift_mu, sigma_schedule
+from rollout.types import PromptEmbeds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VelocityFn = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
@@ -55,6 +60,9 @@ REQUIRED_COMPONENTS = {
 PIPELINE_CLASSES = {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
 _WEIGHTS = ("*.safetensors", "*.bin")
 _MODEL_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+# What a transformer-only load (learner ranks) leaves out: they train on the prompt embeddings that come
+# with each group (Rollout.conditioning) and decode nothing.
+_TEXT_AND_VAE = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3", "vae")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # learner.precision -> the dtype of the trainable weights in the learner's DeepSpeed module (and so in
@@ -114,9 +122,12 @@ def check_pipeline_folder(folder: Path, family: str) -> None:
         )
 
 
-def load_pipeline(cfg: ModelConfig):
-    """`from_pretrained(path_or_id)` for the configured family: the same call for a folder and a hub id."""
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+def load_pipeline(cfg: ModelConfig, transformer_only: bool = False):
+    """`from_pretrained(path_or_id)` for the configured family: the same call for a folder and a hub id.
+
+    `transformer_only`: the same call with the text encoders, tokenizers and VAE passed as None, so
+    diffusers loads only the transformer and the scheduler (config), in `model.dtype`."""
+    from diffusers import AutoencoderKL, FluxPipeline, StableDiffusion3Pipeline
 
     location = resolve_model_path(cfg.path)
     if Path(location).is_dir():
@@ -126,7 +137,12 @@ def load_pipeline(cfg: ModelConfig):
         index = cls.load_config(location)
         # Components saved as null (a T5-less SD3 has text_encoder_3 = None) must be passed explicitly.
         absent = {name: None for name, spec in index.items() if not name.startswith("_") and spec == [None, None]}
+        if transformer_only:
+            absent.update(dict.fromkeys(_TEXT_AND_VAE))
         pipe = cls.from_pretrained(location, dtype=_DTYPES[cfg.dtype], **absent)
+        if transformer_only:
+            # Without a VAE diffusers assumes a scale of 8; latent shapes need the folder's (its config only).
+            pipe.vae_scale_factor = 2 ** (len(AutoencoderKL.load_config(location, subfolder="vae")["block_out_channels"]) - 1)
     except OSError as err:
         raise ModelFolderError(f"could not load {cls.__name__} from {location!r}: {err}") from err
     t5 = pipe.text_encoder_2 if cfg.family == "flux" else pipe.text_encoder_3
@@ -139,21 +155,6 @@ def load_pipeline(cfg: ModelConfig):
 
 
 # ----------------------------------------------------------------------------- prompt embeddings
-
-
-@dataclass
-class PromptEmbeds:
-    """Text conditioning of a batch: one row per sample (SD3: CLIP+T5 tokens; FLUX: T5 tokens)."""
-
-    embeds: torch.Tensor  # [B, L, D]
-    pooled: torch.Tensor  # [B, P]
-
-    @staticmethod
-    def cat(parts: Sequence[PromptEmbeds]) -> PromptEmbeds:
-        return PromptEmbeds(torch.cat([p.embeds for p in parts]), torch.cat([p.pooled for p in parts]))
-
-    def expand(self, batch: int) -> PromptEmbeds:
-        return PromptEmbeds(self.embeds.expand(batch, -1, -1), self.pooled.expand(batch, -1))
 
 
 class _PromptCache:
@@ -177,6 +178,13 @@ class _PromptCache:
         while len(self._items) > max(self._capacity, len(prompts)):
             self._items.popitem(last=False)
         return PromptEmbeds.cat(rows)
+
+
+def _no_text_encoders(prompts: list[str]) -> PromptEmbeds:
+    raise RuntimeError(
+        f"this policy loaded only the transformer (a learner rank) and cannot encode {prompts[:3]}: its prompt "
+        "embeddings come with each group (Rollout.conditioning, made by the rollout actor that sampled it)"
+    )
 
 
 # ----------------------------------------------------------------------------- model families
@@ -236,16 +244,14 @@ class _Flux:
         self.vae_scale = pipe.vae_scale_factor
         if cfg.resolution % (self.vae_scale * 2):
             raise ValueError(f"model.resolution={cfg.resolution} must be a multiple of {self.vae_scale * 2} for FLUX")
-        self._text_ids: torch.Tensor | None = None
 
     def encode(self, prompts: list[str]) -> PromptEmbeds:
-        embeds, pooled, text_ids = self.pipe.encode_prompt(
+        embeds, pooled, _ = self.pipe.encode_prompt(
             prompt=prompts,
             prompt_2=None,
             device=self.pipe.transformer.device,
             max_sequence_length=self.cfg.max_sequence_length,
         )
-        self._text_ids = text_ids  # zeros [L, 3]: the same for every prompt of this length
         return PromptEmbeds(embeds, pooled)
 
     def latent_shape(self, batch: int) -> tuple[int, ...]:
@@ -268,7 +274,7 @@ class _Flux:
             guidance=guidance_embed,
             pooled_projections=cond.pooled,
             encoder_hidden_states=cond.embeds,
-            txt_ids=self._text_ids.to(x.dtype),
+            txt_ids=x.new_zeros(cond.embeds.shape[1], 3),  # FluxPipeline.encode_prompt's text_ids: zeros [L, 3]
             img_ids=img_ids,
             return_dict=False,
         )[0]
@@ -310,16 +316,21 @@ class Policy:
             if module is not None:
                 module.requires_grad_(False).eval()
         self.family = _FAMILIES[cfg.family](pipe, cfg)
-        self._cache = _PromptCache(self.family.encode, prompt_cache_size)
+        self._cache = _PromptCache(self.family.encode if pipe.text_encoder is not None else _no_text_encoders,
+                                   prompt_cache_size)
         self._negative: PromptEmbeds | None = None
         self._reference_copy = None
         self._setup_trainable(cfg.lora, trainable_dtype, reference_copy)
         self.set_gradient_checkpointing(cfg.gradient_checkpointing)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, device: str | torch.device = "cpu", **kwargs) -> Policy:
-        """Load `cfg.path` (folder or hub id) with from_pretrained and wrap it (kwargs: see __init__)."""
-        return cls(load_pipeline(cfg), cfg, device, **kwargs)
+    def from_config(
+        cls, cfg: ModelConfig, device: str | torch.device = "cpu", transformer_only: bool = False, **kwargs
+    ) -> Policy:
+        """Load `cfg.path` (folder or hub id) with from_pretrained and wrap it (kwargs: see __init__).
+        `transformer_only` (learner ranks): no text encoders and no VAE; `velocity` then needs
+        conditioning that carries its negative (`conditioning`, made where the encoders are)."""
+        return cls(load_pipeline(cfg, transformer_only), cfg, device, **kwargs)
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -419,6 +430,22 @@ class Policy:
             self._negative = self._cache([self.cfg.negative_prompt])
         return self._negative.expand(batch)
 
+    def conditioning(self, prompt: str) -> PromptEmbeds:
+        """One prompt's embeddings [1, L, D] with, for a family with CFG, `model.negative_prompt`'s as
+        `negative`: exactly what `velocity` conditions on here, so a transformer-only policy given it
+        computes the same velocity bit for bit (fresh tensors, not views into the cache)."""
+        cond = self.encode([prompt])
+        if self.family.uses_cfg:
+            cond.negative = self.encode([self.cfg.negative_prompt])
+        return cond
+
+    def blank_conditioning(self) -> PromptEmbeds:
+        """Zero conditioning of one text token, with a zero negative: what a zero-weight padding batch of a
+        learner rank without groups runs on (it only has to run the transformer; no encoder needed)."""
+        c = self.transformer.config
+        zero = PromptEmbeds(torch.zeros(1, 1, c.joint_attention_dim), torch.zeros(1, c.pooled_projection_dim))
+        return PromptEmbeds(zero.embeds, zero.pooled, zero)
+
     def latent_shape(self, batch: int) -> tuple[int, ...]:
         """Unpacked latent shape [B, C, h, w] for `model.resolution` (FLUX packs internally)."""
         return self.family.latent_shape(batch)
@@ -452,7 +479,9 @@ class Policy:
         """Guided velocity v(x, sigma) as float32; differentiable w.r.t. the trainable weights.
 
         SD3 CFG: v = v_uncond + w * (v_cond - v_uncond), one batched forward of 2B; w = 1 skips the
-        unconditional half (exactly the conditional velocity).
+        unconditional half (exactly the conditional velocity). The unconditional embeddings are
+        `cond.negative` when it carries them, else this policy's encoding of `model.negative_prompt`.
+        `cond` may live on the CPU (the learner's shipped embeddings): it moves to the latents' device.
         """
         w = self.cfg.guidance_scale if guidance_scale is None else guidance_scale
         b = x.shape[0]
@@ -463,9 +492,10 @@ class Policy:
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(b)
         cfg = self.family.uses_cfg and w != 1.0
         if cfg:
-            cond = PromptEmbeds.cat([self.negative(b), cond])
+            cond = PromptEmbeds.cat([self.negative(b) if cond.negative is None else cond.negative, cond])
             x, sigma = torch.cat([x, x]), torch.cat([sigma, sigma])
-        x, cond = x.to(self.dtype), PromptEmbeds(cond.embeds.to(self.dtype), cond.pooled.to(self.dtype))
+        dev = x.device
+        x, cond = x.to(self.dtype), PromptEmbeds(cond.embeds.to(dev, self.dtype), cond.pooled.to(dev, self.dtype))
         rows = self.rows_per_forward or x.shape[0]
         with self._reference_context(reference) as transformer:
             # Rows are independent, so chunking the call (G2RPO's anchor + branches + tails reach

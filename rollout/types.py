@@ -10,15 +10,41 @@ when it concatenates groups.
 - `final_latents`: the latents to decode and score. `reward_group` says which images are normalised
   together; `image_sample_id` says which trained sample the image's advantage adds to (G2RPO:
   image (k, lambda, b) -> sample (k, b), so a sample's advantage sums over lambda).
+- `conditioning`: the prompt's text embeddings (and the negative prompt's, for CFG), attached by the
+  rollout worker: learner ranks load no text encoder and train with these (rollout/data_plane.py).
 - `nfe`: single-latent evaluations of the guided velocity (CFG counted once); `velocity_calls`:
   batched calls of the velocity function.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass
+class PromptEmbeds:
+    """Text conditioning of a batch: one row per sample (SD3: CLIP+T5 tokens; FLUX: T5 tokens).
+
+    `negative`: the same rows' unconditional embeddings (model.negative_prompt) for CFG when they travel
+    with the conditioning (a learner rank has no text encoder to make them); None: the policy encodes
+    model.negative_prompt itself."""
+
+    embeds: torch.Tensor  # [B, L, D]
+    pooled: torch.Tensor  # [B, P]
+    negative: PromptEmbeds | None = None
+
+    @staticmethod
+    def cat(parts: Sequence[PromptEmbeds]) -> PromptEmbeds:
+        negatives = [p.negative for p in parts]
+        negative = PromptEmbeds.cat(negatives) if negatives and None not in negatives else None
+        return PromptEmbeds(torch.cat([p.embeds for p in parts]), torch.cat([p.pooled for p in parts]), negative)
+
+    def expand(self, batch: int) -> PromptEmbeds:
+        negative = self.negative.expand(batch) if self.negative is not None else None
+        return PromptEmbeds(self.embeds.expand(batch, -1, -1), self.pooled.expand(batch, -1), negative)
 
 
 @dataclass
@@ -62,6 +88,7 @@ class Rollout:
     )  # per-image tags, e.g. g2rpo's k, lambda
     anchor_latents: torch.Tensor | None = None  # G2RPO's ODE anchor image: logged, never trained on
     log_prob_form: str = "gaussian"  # rollout/sde.py LOG_PROB_FORMS: the learner recomputes with the same form
+    conditioning: PromptEmbeds | None = None  # [1, L, D] the prompt's (with the negative's, CFG): the learner's text input
 
     @property
     def num_reward_groups(self) -> int:

@@ -19,7 +19,7 @@ from common.memory import peak_memory_gb
 from common.offload import Offloader
 from rollout.collective import SyncGroup
 from rollout.config import ModelConfig, SamplingConfig
-from rollout.data_plane import put_group
+from rollout.data_plane import EvalShare, put_eval_share, put_group
 from rollout.devices import resolve_device
 from rollout.policy import PRECISION_DTYPES, Policy
 from rollout.strategies import eval_sample, sample_group
@@ -131,6 +131,7 @@ class RolloutWorker:
                 self.sampling, self._velocity_for(req.prompt), self._init_noise, self.sigmas,
                 generator=generator, iteration=req.iteration,
             )  # fmt: skip
+            record.conditioning = self.policy.conditioning(req.prompt)  # the learner's text input (no encoders there)
             images = self.policy.decode(record.final_latents).numpy()
             results.append(GroupResult(req, _to_cpu(record), images, self.version, self.name,
                                        time.perf_counter() - start, sampled_at=time.time()))
@@ -155,6 +156,12 @@ class RolloutWorker:
             latents = eval_sample(self._velocity_for(prompt, guidance), self._init_noise, sigmas, seeds=prompt_seeds)
             out.append(self.policy.decode(latents).numpy())
         return np.concatenate(out)
+
+    def evaluate_by_reference(self, prompts: list[str], seeds: list[list[int]], grid: str = "eval",
+                              keep: tuple[int, ...] = ()) -> EvalShare:
+        """`evaluate`, its images left in the object store for the reward actors and the rows `keep`
+        (the driver's pictures) returned inline (rollout/data_plane.py)."""
+        return put_eval_share(self.evaluate(prompts, seeds, grid), keep)
 
     # -- weights
 

@@ -523,19 +523,20 @@ def failure_grid(evaluation, path: Path, per_tag: int = 12) -> None:
     """One row per tag: its first `per_tag` failed images (unreadable or wrong)."""
     from cluster.evaluation import image_grid, save_png
 
-    picks = []
+    blank = np.zeros_like(evaluation.kept[0])
+    tiles = []
     for tag in TAGS:
         failed = [i for i, r in enumerate(evaluation.rows) if r["tag"] == tag and not r["shapes_geneval/correct"]]
         row = failed[:per_tag]
-        picks.append(np.concatenate([evaluation.images[row], np.zeros((per_tag - len(row), *evaluation.images.shape[1:]), np.uint8)]))
-    save_png(image_grid(np.concatenate(picks), columns=per_tag), path, image_side=evaluation.images.shape[1])
+        tiles += [*(evaluation.take(row) if row else []), *[blank] * (per_tag - len(row))]
+    save_png(image_grid(np.stack(tiles), columns=per_tag), path, image_side=blank.shape[0])
 
 
 def phase_card(out: Path, args) -> None:
     """Evaluate the exported model with the project's evaluation (the default preset's powered plan),
     the previous model (--previous-model) on the same plan, and write MODEL_CARD.md, samples.png and
     failures.png beside the model."""
-    from cluster.evaluation import compare_evaluations, image_grid, save_png
+    from cluster.evaluation import PICTURED, compare_evaluations, image_grid, save_png
     from rewards.prompts import load_prompts
     from rollout.config import ModelConfig
     from rollout.policy import Policy
@@ -550,8 +551,8 @@ def phase_card(out: Path, args) -> None:
     if args.previous_model:
         previous = evaluate_model(Path(args.previous_model), work / "card_eval", name="previous").summary
         comparison = compare_evaluations(work / "card_eval", work / "card_eval", name="previous", name_after="eval")
-    save_png(image_grid(current.images[current.image_index(per_prompt=8, prompts_per_tag=2)], columns=8),
-             out / "samples.png", image_side=current.images.shape[1])
+    samples = current.take(current.plan.image_index(**PICTURED))
+    save_png(image_grid(samples, columns=8), out / "samples.png", image_side=samples.shape[1])
     failure_grid(current, out / "failures.png")
     policy = Policy.from_config(ModelConfig(path=str(out)))
     records = load_prompts(args.eval_prompts)

@@ -74,7 +74,8 @@ def test_full_finetuning_without_kl_keeps_no_reference_copy(tiny_sd3_path):
     _, learner = _workers(tiny_sd3_path, lora=False, beta=0.0)
     assert learner.policy._reference_copy is None
     with pytest.raises(RuntimeError, match="reference_copy=True"):
-        learner.policy.reference_velocity_fn("a red circle")(torch.zeros(learner.policy.latent_shape(1)), 0.5)
+        policy = learner.policy  # transformer only: it conditions on given embeddings, never encodes
+        policy.velocity(torch.zeros(policy.latent_shape(1)), 0.5, policy.blank_conditioning(), reference=True)
 
 
 def test_bf16_lora_export_digest_matches_a_bf16_copy(tiny_sd3_path):

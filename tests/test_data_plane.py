@@ -1,5 +1,6 @@
 """The data plane (rollout/data_plane.py): rollout tensors travel by reference, each distinct latent
-once, only what the learner reads; the driver handles metadata; rewards stream as groups finish."""
+once, only what the learner reads; the driver handles metadata; rewards stream as groups finish;
+evaluation images stay in the object store too, except the few that the pictures show."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,7 +79,7 @@ def trainer(local_ray, tiny_sd3_path, tmp_path_factory):
 
     cfg = _config(tiny_sd3_path, tmp_path_factory.mktemp("data-plane"), iterations=1, **{
         "cluster.num_learner_ranks": 1, "learner.zero_stage": 0, "sampling.num_steps": 8,
-        "data.images_per_iteration": 32,
+        "data.images_per_iteration": 32, "data.eval_num_prompts": 16, "data.eval_images_per_prompt": 16,
     })  # fmt: skip
     with Trainer(cfg) as trainer:
         trainer.rewards.shutdown()
@@ -98,6 +100,8 @@ def test_rewards_score_groups_while_later_groups_sample(trainer):
 
 @pytest.mark.system
 def test_the_driver_never_receives_latents_or_images(trainer):
+    import ray
+
     traffic_of = load_script("benchmarks/data_plane.py").DriverTraffic
     cfg = trainer.cfg
     image_bytes = cfg.data.images_per_iteration * cfg.model.resolution**2 * 3
@@ -108,6 +112,40 @@ def test_the_driver_never_receives_latents_or_images(trainer):
     # exceed the bound, the latents several times over.
     assert traffic.got + traffic.put < image_bytes / 8, (traffic.got, traffic.put, image_bytes)
     assert trainer.version == 1
+    # It trained on the embeddings that came with the groups: the learner rank loaded the transformer only.
+    modules = trainer.learners[0].__ray_call__.remote(lambda worker: [type(m).__name__ for m in worker.policy.modules()])
+    assert ray.get(modules) == ["SD3Transformer2DModel"]
+
+
+@pytest.mark.system
+def test_evaluation_leaves_its_images_in_the_object_store_and_matches_in_process(trainer, tmp_path):
+    import ray
+
+    from cluster.evaluation import PICTURED, evaluate_in_process
+    from rewards.pool import RewardPools
+
+    traffic_of = load_script("benchmarks/data_plane.py").DriverTraffic
+    cfg = trainer.cfg
+    trainer.rewards.shutdown()
+    trainer.rewards = RewardPools(cfg.rewards)  # the config's own scorers, as in process
+    try:
+        with traffic_of() as traffic:
+            by_reference = trainer.evaluate()
+    finally:
+        trainer.rewards.shutdown()
+        trainer.rewards = RewardPools(cfg.rewards, factories={"shapes_quality": TimedQuality})
+    plan, pick = by_reference.plan, by_reference.plan.image_index(**PICTURED)
+    assert plan.num_images == 256 and len(pick) == 72  # 16 prompts x 16 images; 9 prompts x 8 pictured
+    # The pictures' images plus metadata (tens of bytes per image); every image would be 256 of them.
+    image_bytes = cfg.model.resolution**2 * 3
+    assert traffic.got + traffic.put < (len(pick) + plan.num_images / 8) * image_bytes, (traffic.got, traffic.put)
+    # The same numbers as the in-process path (launch.py eval) with the same weights and seeds.
+    weights = ray.get(trainer.learners[0].export_weights.remote())
+    in_process = evaluate_in_process(cfg, output_dir=tmp_path, weights=weights)
+    assert by_reference.summary == in_process.summary  # its images_sha256: every per-image row equal
+    assert np.array_equal(by_reference.take(pick), in_process.take(pick))
+    out = cfg.logging.output_dir
+    assert (tmp_path / "eval_grid.png").read_bytes() == (Path(out) / "eval_grid.png").read_bytes()
 
 
 @pytest.mark.system

@@ -13,6 +13,7 @@ import pytest
 from cluster.config import ConfigError, load_config
 from cluster.eval_stats import bootstrap, worst_case_halfwidths
 from cluster.evaluation import (
+    PICTURED,
     EvaluationFileError,
     check_power,
     compare_evaluations,
@@ -20,10 +21,12 @@ from cluster.evaluation import (
     load_evaluation,
     plan_evaluation,
     plan_for,
+    sample_sharded,
 )
 from rewards.base import build_scorer
 from rewards.prompts import load_prompts
 from rewards.shapes import all_records, mislabeled_caption, render, sample_scene
+from rollout.data_plane import EvalShare
 from tests.tiny_models import FLOWGRPO
 
 TEST_PROMPTS = load_prompts("assets/prompts/shapes_test.jsonl")
@@ -119,12 +122,14 @@ def test_bootstrap_widens_with_prompt_to_prompt_spread():
 # ----------------------------------------------------------------------------- evaluations on rendered images
 
 
-def _renders(correct_share: float, seed_offset: int, shared: bool = True):
+def _renders(correct_share: float, seed_offset: int, shared: bool = True, workers: int = 1):
     """A sampler that draws, for each (prompt, seed), a clean render of the prompt's scene with
     probability `correct_share`, else a render of a mislabelled scene: real images for the real
     shapes scorer, with a known accuracy. `shared`: whether an image is right is decided by its seed
-    alone (the same draw in every run with the same share), else by the seed and `seed_offset`."""
-    def sample(prompts, seeds):
+    alone (the same draw in every run with the same share), else by the seed and `seed_offset`.
+    `workers`: 1 keeps every image at hand (as in process); more shard the prompts and keep only the
+    pictures' images, as the trainer's rollout actors do."""
+    def draw(prompts, seeds):
         by_prompt = {r["prompt"]: r for r in TEST_PROMPTS}
         images = []
         for prompt, per_prompt in zip(prompts, seeds, strict=True):
@@ -140,12 +145,19 @@ def _renders(correct_share: float, seed_offset: int, shared: bool = True):
                         scene = type(scene)(())  # an empty image: nothing drawn
                 images.append(render(scene))
         return np.stack(images)
+
+    def share(_, prompts, seeds, keep):
+        images = draw(prompts, seeds)
+        return EvalShare.of(images, range(len(images)) if workers == 1 else keep)
+
+    def sample(prompts, seeds, keep):
+        return sample_sharded([None] * workers, prompts, seeds, keep, share)
     return sample
 
 
 def _score():
     scorer = build_scorer("shapes_geneval")
-    return lambda images, prompts, metadata: {"shapes_geneval": scorer(images, prompts, metadata)}
+    return lambda parts: [{"shapes_geneval": scorer(*part)} for part in parts]
 
 
 def _records():
@@ -157,9 +169,15 @@ def test_known_difference_is_detected_and_zero_difference_is_not(tmp_path):
     plan = plan_evaluation(_records(), split="test", seed=3, images_per_tag=60, images_per_prompt=1)
     score = _score()
     a = evaluate(plan, _renders(0.5, 0), score, output_dir=tmp_path / "a")
-    again = evaluate(plan, _renders(0.5, 0), score, output_dir=tmp_path / "again")
+    again = evaluate(plan, _renders(0.5, 0, workers=3), score, output_dir=tmp_path / "again")
+    # The same evaluation twice agrees exactly, intervals included, also sharded over workers that keep
+    # only the pictures' images: the grid is the same, and other images are not at hand.
     assert (tmp_path / "a" / "eval_images.jsonl").read_text() == (tmp_path / "again" / "eval_images.jsonl").read_text()
-    assert a.summary == again.summary  # the same evaluation twice agrees exactly, intervals included
+    assert a.summary == again.summary
+    assert (tmp_path / "a" / "eval_grid.png").read_bytes() == (tmp_path / "again" / "eval_grid.png").read_bytes()
+    assert len(a.kept) == plan.num_images and sorted(again.kept) == plan.image_index(**PICTURED) != sorted(a.kept)
+    with pytest.raises(KeyError, match="PICTURED"):
+        again.take([plan.num_images - 1])
     assert 0.35 <= a.summary["overall"] <= 0.65 and a.summary["ci"]["overall"][0] < a.summary["overall"]
     evaluate(plan, _renders(0.5, 1, shared=False), score, output_dir=tmp_path / "other_draws")  # same rate, other luck
     evaluate(plan, _renders(0.8, 0), score, output_dir=tmp_path / "better")

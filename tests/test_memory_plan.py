@@ -75,8 +75,8 @@ def _cfg(*overrides):
 
 
 def test_full_fine_tuning_holds_optimizer_state_for_the_whole_transformer_lora_for_its_adapters():
-    lora = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3"), SPEC, prompts=2)[0]}
-    full = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3", "model.lora.enabled=false"), SPEC, 2)[0]}
+    lora = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3"), SPEC)[0]}
+    full = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3", "model.lora.enabled=false"), SPEC)[0]}
     adapters = mp.lora_params(SPEC, _cfg().model.lora.target_modules, _cfg().model.lora.rank)
     assert lora["adam moments (fp32)"] == pytest.approx(8 * adapters / 4)
     assert full["adam moments (fp32)"] == pytest.approx(8 * SPEC.transformer_params / 4)
@@ -84,6 +84,18 @@ def test_full_fine_tuning_holds_optimizer_state_for_the_whole_transformer_lora_f
     # beta > 0: full fine-tuning keeps a frozen reference copy; LoRA disables its adapters instead.
     assert full["reference copy of the transformer (full fine-tuning, beta > 0)"] == 2 * SPEC.transformer_params
     assert "LoRA adapters" in lora and not any("reference" in k for k in lora)
+
+
+def test_a_learner_rank_holds_the_transformer_and_its_groups_prompt_embeddings_only():
+    cfg = _cfg()  # 4 ranks
+    rollout, _ = mp.plan_rollout(cfg, SPEC, prompts=3)
+    learner, _ = mp.plan_learner(cfg, SPEC)
+    weights = [t.label for t in learner if t.label.endswith("weights")]
+    assert weights == ["transformer weights"] and "vae weights" in [t.label for t in rollout]
+    # Each group ships its prompt's row and the negative prompt's (SD3's CFG); a rank gets 1/4 of the groups.
+    groups = -(-cfg.prompts_per_iteration // 4)
+    (shipped,) = [t for t in learner if t.label.startswith("prompt embeddings")]
+    assert shipped.bytes == mp.prompt_embedding_bytes(SPEC, cfg.model.max_sequence_length, 2 * groups, 2) and shipped.host
 
 
 def test_activations_per_row_from_tokens_hidden_and_layers():
@@ -127,8 +139,8 @@ def test_spec_of_the_shipped_model_counts_what_from_pretrained_loads():
 
 
 @pytest.mark.parametrize("preset, overrides, keys", [
-    # SD3.5 on 40 GB GPUs: 18 rows of activations without checkpointing do not fit the learner.
-    ("sd35_geneval", ["cluster.gpu_memory_gb=40"], ["memory.learner_rank", "learner.micro_batch_size",
+    # SD3.5 on 32 GB GPUs: 18 rows of activations without checkpointing do not fit the learner.
+    ("sd35_geneval", ["cluster.gpu_memory_gb=32"], ["memory.learner_rank", "learner.micro_batch_size",
                                                      "model.gradient_checkpointing", "cluster.gpu_memory_gb"]),
     # G2RPO's 192-image group decoded at once at 720 px.
     ("flux_g2rpo_hps", ["cluster.rollout_images_per_decode=null"], ["memory.rollout_actor",
@@ -166,9 +178,9 @@ def test_colocated_offload_counts_one_side_at_a_time(rollout_actors):
         return sum(t.bytes for t in plan.terms if t.label.startswith(labels) and not t.host)
 
     # The learner's turn: it alone, plus the rollout actors' caches and latents; theirs: they alone, plus
-    # the learner's adapters and cache. The bundle needs the larger turn, never both.
+    # the learner's adapters (its prompt embeddings are host memory). The bundle needs the larger turn, never both.
     training = learner.total + per * kept(rollout, "prompt cache", "trajectory latents")
-    sampling = per * rollout.total + kept(learner, "LoRA adapters", "prompt cache")
+    sampling = per * rollout.total + kept(learner, "LoRA adapters", "prompt embeddings")
     assert offload.total == pytest.approx(max(training, sampling))
     assert offload.total < colocated.total - min(learner.total, rollout.total) / 2
     assert offload.host_total > 0  # on a GPU the offloaded tensors wait in pinned host memory

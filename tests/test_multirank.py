@@ -12,7 +12,7 @@ import pytest
 import ray
 from safetensors.torch import load_file
 
-from cluster.trainer import Trainer
+from cluster.trainer import Trainer, mean_over_ranks
 from rollout.worker import weights_digest
 from tests.test_system import _config, _digest
 
@@ -64,3 +64,13 @@ def test_zero3_bf16_first_minibatch_is_on_policy(local_ray, tiny_sd3_path, tmp_p
         metrics = trainer.train()
     assert metrics["learner/first_minibatch_ratio_mean"] == 1.0
     assert metrics["learner/first_minibatch_ratio_std"] == 0.0
+
+
+@pytest.mark.unit
+def test_metrics_of_every_rank_count_even_when_rank_0_trained_on_padding_only():
+    # Rank 0's share was all zero-weight padding (a small iteration on two ranks): it reports no policy
+    # metrics, and rank 1's ratio must still reach the log (the real-width two-node runs lost it).
+    per_rank = [{"learner/optimizer_steps": 2.0}, {"learner/optimizer_steps": 2.0, "policy/ratio_mean": 1.0}]
+    assert mean_over_ranks(per_rank) == {"learner/optimizer_steps": 2.0, "policy/ratio_mean": 1.0}
+    assert mean_over_ranks([{"a": 1.0}, {"a": 3.0}]) == {"a": 2.0}
+

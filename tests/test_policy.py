@@ -7,14 +7,16 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rollout.config import LoraSettings, ModelConfig
+from rollout.config import LoraSettings, ModelConfig, SamplingConfig
 from rollout.policy import ModelFolderError, Policy
+from tests.test_strategies import run
 from tests.tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline
 
 pytestmark = pytest.mark.component
@@ -212,3 +214,48 @@ def test_flux_resolution_shift_matches_fluxpipeline(flux_path, resolution):
     ours = policy.sigmas(8, shift=3.0, shift_mode="resolution")
     torch.testing.assert_close(ours, sc.sigmas.float(), rtol=0, atol=1e-6)
     assert not torch.allclose(ours, policy.sigmas(8, shift=3.0, shift_mode="static"))  # the papers' fixed shift
+
+
+def _parameters(policy: Policy) -> int:
+    return sum(p.numel() for m in policy.modules() for p in m.parameters())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_transformer_only_policy_given_the_shipped_conditioning_has_the_same_velocity(sd3_path, dtype):
+    from rollout.data_plane import LearnerPayload, strip
+    from rollout.types import PromptEmbeds
+
+    cfg = {"resolution": 32, "guidance_scale": 2.0, "dtype": dtype}  # CFG: the negative travels too
+    full, learner = _policy(sd3_path, **cfg), Policy.from_config(ModelConfig(path=sd3_path, **cfg), transformer_only=True)
+    # The learner's policy holds the transformer only (LoRA on it): no text encoder, no VAE.
+    assert [type(m).__name__ for m in learner.modules()] == ["SD3Transformer2DModel"]
+    encoders_and_vae = sum(p.numel() for n in ("text_encoder", "text_encoder_2", "vae")
+                           for p in getattr(full.pipe, n).parameters())
+    assert _parameters(full) - _parameters(learner) == encoders_and_vae > 0
+    assert learner.latent_shape(1) == full.latent_shape(1)  # the VAE's scale, read from its config alone
+    _perturb_lora(full)
+    learner.load_trainable(full.export_trainable())
+    # What a learner rank receives: each group's conditioning through a payload (rollout/data_plane.py).
+    shipped = []
+    for prompt in PROMPTS:
+        record = replace(run(SamplingConfig(group_size=2, num_steps=2)), conditioning=full.conditioning(prompt))
+        shipped.append(LearnerPayload.of(record).restore(strip(record)).conditioning)
+    assert shipped[0].embeds.dtype == full.dtype and shipped[0].negative is not None
+    x, sigma = _inputs(full)
+    own = full.velocity_fn(PROMPTS)(x, sigma)  # the rollout actor: its own encoders and negative prompt
+    assert torch.equal(learner.velocity(x, sigma, PromptEmbeds.cat(shipped)), own)
+    assert torch.equal(learner.velocity(x, sigma, PromptEmbeds.cat(shipped), reference=True),
+                       full.reference_velocity_fn(PROMPTS)(x, sigma))
+    with pytest.raises(RuntimeError, match="loaded only the transformer"):
+        learner.encode(PROMPTS)
+
+
+def test_a_transformer_only_flux_policy_has_the_same_velocity(flux_path):
+    cfg = {"family": "flux", "resolution": 16, "guidance_scale": 3.5, "max_sequence_length": 16}
+    full, learner = _policy(flux_path, **cfg), Policy.from_config(ModelConfig(path=flux_path, **cfg), transformer_only=True)
+    assert [type(m).__name__ for m in learner.modules()] == ["FluxTransformer2DModel"]
+    learner.load_trainable(full.export_trainable())
+    cond = full.conditioning(PROMPTS[0])
+    assert cond.negative is None  # FLUX.1-dev's guidance is an embedding: no unconditional half
+    x, sigma = _inputs(full)
+    assert torch.equal(learner.velocity(x, sigma, cond), full.velocity_fn(PROMPTS[0])(x, sigma))

@@ -3,6 +3,9 @@ one gloo rank): on-policy ratios, weight export/import, checkpoints."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +74,23 @@ def test_first_update_is_on_policy_then_weights_move_and_sync(workers):
     ack = rollout.load_weights(after, version=learner.get_version())
     assert ack["version"] == 1 and rollout.get_version() == 1
     assert ack["digest"] == weights_digest({k: torch.from_numpy(v) for k, v in after.items()})
+
+
+def test_a_learner_rank_loads_only_the_transformer(workers, cfgs):
+    from cluster.memory_plan import count_params, safetensors_shapes
+
+    rollout, learner = workers
+    # The rollout actor holds the whole pipeline; the learner rank the transformer (+ its LoRA adapters)
+    # only: the prompt embeddings it trains with come with each group.
+    assert {type(m).__name__ for m in rollout.policy.modules()} >= {"AutoencoderKL", "CLIPTextModelWithProjection"}
+    assert [type(m).__name__ for m in learner.policy.modules()] == ["SD3Transformer2DModel"]
+    loaded = sum(t.numel() for t in learner.policy.tensors())  # parameters and buffers
+    adapters = sum(p.numel() for p in learner.policy.trainable_parameters())
+    assert loaded - adapters == count_params(safetensors_shapes(Path(cfgs[0].path) / "transformer"))
+    groups = _groups(rollout)
+    assert all(g.rollout.conditioning is not None and g.rollout.conditioning.negative is not None for g in groups)
+    with pytest.raises(ValueError, match=r"groups \[0\] carry no prompt conditioning"):
+        learner.train([replace(groups[0], rollout=replace(groups[0].rollout, conditioning=None))], iteration=0)
 
 
 def test_several_optimizer_steps_leave_the_trust_region(workers, cfgs):
