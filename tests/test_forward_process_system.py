@@ -71,15 +71,18 @@ def test_forward_process_trains_end_to_end_and_actors_sample_with_the_sampling_p
 
 
 def test_forward_process_resume_is_bit_identical(local_ray, tiny_sd3_path, tmp_path):
-    def run(out, iterations, resume=False):
-        cfg = _config("shapes_nft", tiny_sd3_path, out, iterations=iterations,
+    def run(out, resume=False, stop=None):
+        # The stopped run is the same 4-iteration run interrupted after 2 (its cosine learning rate has the
+        # same horizon), not a 2-iteration run.
+        cfg = _config("shapes_nft", tiny_sd3_path, out, iterations=4,
                       **{"logging.checkpoint_every": 2, "learner.old_policy_decay_rate": 0.25})
         with Trainer(cfg, resume=resume) as trainer:
-            trainer.train()
+            trainer.train(stop=stop)
 
-    run(tmp_path / "straight", 4)
-    run(tmp_path / "stopped", 2)
-    run(tmp_path / "stopped", 4, resume=True)
+    run(tmp_path / "straight")
+    done = iter(range(1, 5))  # iterations completed, as `stop` sees each one's metrics
+    run(tmp_path / "stopped", stop=lambda metrics: next(done) == 2)
+    run(tmp_path / "stopped", resume=True)
     for name in ("trainable.safetensors", "old_policy.safetensors"):
         a = load_file(tmp_path / "straight" / "checkpoints" / "iter_000004" / name)
         b = load_file(tmp_path / "stopped" / "checkpoints" / "iter_000004" / name)
