@@ -27,7 +27,6 @@ from rewards.geneval_rules import GENEVAL_TAGS, RELATIONS
 from rewards.prompts import load_prompts
 from rewards.shapes.world import COLORS, SHAPES, all_records
 
-
 # "B right of A" is "A left of B"; "B below A" is "A above B".
 _MIRROR = {"right of": "left of", "below": "above"}
 assert set(_MIRROR) | set(_MIRROR.values()) == set(RELATIONS)
@@ -38,7 +37,7 @@ def scene_key(record: dict) -> tuple:
     with mirrored words turned round, and the exclusions. Two prompts with one key are one scene."""
     objects = [(o["class"], o["count"], o.get("color")) for o in record["include"]]
     relations = set()
-    for obj, spec in zip(objects, record["include"]):
+    for obj, spec in zip(objects, record["include"], strict=True):
         if "position" in spec:
             word, anchor = spec["position"]
             a, b = obj, objects[anchor]
