@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = cfg.model.model_copy(update={"path": resolve(cfg.model.path)})
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     worker = RolloutWorker(model, cfg.sampling)
-    learner = LearnerWorker(model, cfg.sampling, cfg.learner, seed=cfg.seed)
+    learner = LearnerWorker(model, cfg.sampling, cfg.learner, seed=cfg.seed, iterations=cfg.iterations)
     learner.policy = Policy.from_config(model, transformer_only=True)  # as LearnerWorker.setup loads it
     learner.policy.load_trainable(worker.policy.export_trainable())
     learner.policy.transformer.train()

@@ -116,7 +116,7 @@ def child(case: str, folder: Path, sampled: Path | None) -> dict:
         work = lambda: worker.rollout([_request()])  # noqa: E731
         loaded = _proc_kib("VmRSS")
     else:
-        learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=0, torch_threads=1)
+        learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=0, torch_threads=1, iterations=cfg.iterations)
         learner.setup("127.0.0.1", free_port())
         gc.collect()
         loaded = _proc_kib("VmRSS")

@@ -52,7 +52,7 @@ def single_process(args) -> dict:
     torch.set_num_threads(1)
     cfg = _cfg(args)
     rollout = RolloutWorker(cfg.model, cfg.sampling, torch_threads=1)
-    learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=cfg.seed, torch_threads=1)
+    learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=cfg.seed, torch_threads=1, iterations=cfg.iterations)
     learner.setup("127.0.0.1", free_port())
     rollout.load_buckets(learner.export_sampling_buckets()[0], 0)  # the sync the Ray system runs
     scorers = in_process_scorers(cfg)

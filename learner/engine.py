@@ -131,11 +131,14 @@ def build_engine(module: torch.nn.Module, params: list[torch.nn.Parameter], cfg:
     return engine
 
 
-def scheduled_learning_rate(cfg: LearnerConfig, iteration: int, iterations: int) -> float:
+def scheduled_learning_rate(cfg: LearnerConfig, iteration: int, iterations: int | None) -> float:
     """learner.lr_schedule's rate for `iteration` (0-based) of a run of `iterations`. A function of the
     iteration alone (no scheduler state), so a resumed run continues the curve exactly."""
     if cfg.lr_schedule == "constant":
         return cfg.learning_rate
+    if not iterations:
+        raise ValueError(f"learner.lr_schedule={cfg.lr_schedule!r} needs the run's length: construct the "
+                         "LearnerWorker with iterations=cfg.iterations")
     progress = min(max(iteration, 0) / iterations, 1.0)
     return cfg.learning_rate * (cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 

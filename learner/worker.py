@@ -246,13 +246,13 @@ class LearnerWorker:
         seed: int = 0,
         device: str = "cpu",
         torch_threads: int | None = None,
-        iterations: int = 1,
+        iterations: int | None = None,
     ):
         if torch_threads:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.model_cfg, self.sampling, self.cfg = model, sampling, learner
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.iterations = iterations  # the run's length: learner.lr_schedule's horizon
+        self.iterations = iterations  # the run's length: learner.lr_schedule's horizon (needed unless constant)
         self.device = resolve_device(device, f"learner-{rank}")
         self.loss_fn = get_loss(learner.loss)
         self.policy: Policy | None = None

@@ -60,9 +60,9 @@ REQUIRED_COMPONENTS = {
 PIPELINE_CLASSES = {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
 _WEIGHTS = ("*.safetensors", "*.bin")
 _MODEL_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
-# What a transformer-only load (learner ranks) leaves out: they train on the prompt embeddings that come
-# with each group (Rollout.conditioning) and decode nothing.
-_TEXT_AND_VAE = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3", "vae")
+# What a transformer-only load (learner ranks) keeps of the pipeline's components: they train on the prompt
+# embeddings that come with each group (Rollout.conditioning) and decode nothing.
+_TRANSFORMER_ONLY_KEEPS = ("transformer", "scheduler")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # learner.precision -> the dtype of the trainable weights in the learner's DeepSpeed module (and so in
@@ -137,8 +137,8 @@ def load_pipeline(cfg: ModelConfig, transformer_only: bool = False):
         index = cls.load_config(location)
         # Components saved as null (a T5-less SD3 has text_encoder_3 = None) must be passed explicitly.
         absent = {name: None for name, spec in index.items() if not name.startswith("_") and spec == [None, None]}
-        if transformer_only:
-            absent.update(dict.fromkeys(_TEXT_AND_VAE))
+        if transformer_only:  # every other component of this family's index: encoders, tokenizers, VAE
+            absent.update({name: None for name in index if not name.startswith("_") and name not in _TRANSFORMER_ONLY_KEEPS})
         pipe = cls.from_pretrained(location, dtype=_DTYPES[cfg.dtype], **absent)
         if transformer_only:
             # Without a VAE diffusers assumes a scale of 8; latent shapes need the folder's (its config only).

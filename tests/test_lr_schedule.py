@@ -24,6 +24,8 @@ def test_cosine_runs_from_the_peak_to_the_final_fraction():
     rates = [scheduled_learning_rate(cfg, i, 100) for i in range(101)]
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
     assert scheduled_learning_rate(LearnerConfig(learning_rate=1e-3), 77, 100) == 1e-3
+    with pytest.raises(ValueError, match="iterations"):  # a cosine needs its horizon, never a silent default
+        scheduled_learning_rate(cfg, 3, None)
     assert math.isclose(scheduled_learning_rate(cfg, 25, 100), 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))))
 
 
