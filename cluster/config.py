@@ -59,6 +59,14 @@ class DataConfig(_Section):
         "where groups still disagree: a tag the policy already solves gives groups of equal rewards, hence no "
         "advantage and no gradient.",
     )
+    mirror_position_prompts: bool = Field(
+        False,
+        description="With prompt_order 'tag_balanced': every turn that draws a relation prompt ('a circle left of a "
+        "square') also draws a training prompt of the same two objects in the opposite layout ('a square left of a "
+        "circle') into the same iteration, so the turn takes two prompt slots. A binary reward pays one fixed layout "
+        "per object pair on half of that pair's prompts whatever they say; side by side, the pushes toward either "
+        "layout cancel and what is left depends on the relation word.",
+    )
     eval_num_prompts: int | None = Field(None, ge=1, description="Evaluate on the first N test prompts (None: all).")
     eval_images_per_prompt: int = Field(
         1, ge=1, description="Images per test prompt at evaluation (when data.eval_images_per_tag is unset or the "
@@ -93,6 +101,8 @@ class DataConfig(_Section):
     def _check_tag_weights(self) -> DataConfig:
         if self.tag_weights and self.prompt_order != "tag_balanced":
             raise ValueError("data.tag_weights needs data.prompt_order='tag_balanced' (epochs have no tag turns)")
+        if self.mirror_position_prompts and self.prompt_order != "tag_balanced":
+            raise ValueError("data.mirror_position_prompts needs data.prompt_order='tag_balanced'")
         for tag, weight in self.tag_weights.items():
             if weight < 1:
                 raise ValueError(f"data.tag_weights.{tag} must be >= 1 (got {weight})")

@@ -51,7 +51,7 @@ from learner.worker import TrainGroup
 from rewards.base import ScoreResult
 from rewards.combine import combine
 from rewards.pool import RewardBatch, RewardPools
-from rewards.prompts import load_prompts, prompt_tags
+from rewards.prompts import layout_mirrors, load_prompts, prompt_tags
 from rollout.seeding import derive_seed
 from rollout.worker import GroupRequest, GroupResult
 
@@ -132,6 +132,12 @@ def tag_balanced_prompts_for_iteration(tags: Sequence[str], per_iteration: int, 
     of `tag_turns` (tags in sorted order, R turns per round; with no weights every tag once), and each tag
     walks seeded permutations of its own prompts. A pure function of (tags, weights, seed, iteration), so
     a resumed run samples what the uninterrupted one would have."""
+    pick = _tag_balanced_picker(tags, seed, weights)
+    return [pick(pos) for pos in range(iteration * per_iteration, (iteration + 1) * per_iteration)]
+
+
+def _tag_balanced_picker(tags: Sequence[str], seed: int, weights: Mapping[str, int] | None) -> Callable[[int], int]:
+    """The prompt index of turn `pos` of the run (see tag_balanced_prompts_for_iteration)."""
     by_tag: dict[str, list[int]] = defaultdict(list)
     for i, tag in enumerate(tags):
         by_tag[tag].append(i)
@@ -139,14 +145,55 @@ def tag_balanced_prompts_for_iteration(tags: Sequence[str], per_iteration: int, 
     turns = tag_turns(sorted(by_tag), weights)
     # the k-th turn of a tag within a round, so its prompts are walked in order across rounds
     nth = [turns[:slot].count(name) for slot, name in enumerate(turns)]
-    out = []
-    for pos in range(iteration * per_iteration, (iteration + 1) * per_iteration):
+
+    def pick(pos: int) -> int:
         round_, slot = divmod(pos, len(turns))
         name = turns[slot]
         members = by_tag[name]
         epoch, offset = divmod(round_ * weights.get(name, 1) + nth[slot], len(members))
         gen = torch.Generator().manual_seed(derive_seed(seed, "data", name, epoch))
-        out.append(members[int(torch.randperm(len(members), generator=gen)[offset])])
+        return members[int(torch.randperm(len(members), generator=gen)[offset])]
+
+    return pick
+
+
+def mirrored_prompts_for_iteration(tags: Sequence[str], mirrors: Sequence[Sequence[int]], per_iteration: int,
+                                   seed: int, iteration: int, weights: Mapping[str, int] | None = None) -> list[int]:
+    """tag_balanced_prompts_for_iteration where every turn that draws a prompt with layout mirrors
+    (rewards.prompts.layout_mirrors) also draws one of them (seeded), into the same iteration: "a circle
+    left of a square" is trained beside "a square left of a circle". A binary reward pays one fixed layout
+    per object pair on half of that pair's prompts whatever they say; trained side by side, the pushes
+    toward either layout cancel and what is left depends on the relation word (README, Results).
+
+    Turns become units of one or two prompts; an iteration takes them in order, and a pair that does not
+    fit in the slots left waits for the next iteration while later single prompts fill them. Replayed from
+    the run's start, so it stays a pure function of its arguments (a resumed run samples the same)."""
+    pick = _tag_balanced_picker(tags, seed, weights)
+
+    def unit(pos: int) -> list[int]:
+        i = pick(pos)
+        if not mirrors[i]:
+            return [i]
+        gen = torch.Generator().manual_seed(derive_seed(seed, "mirror", pos))
+        return [i, mirrors[i][int(torch.randint(len(mirrors[i]), (1,), generator=gen))]]
+
+    if per_iteration < 2 or (per_iteration % 2 and all(mirrors)):
+        raise ValueError(f"data.mirror_position_prompts: {per_iteration} prompts per iteration cannot hold the "
+                         "prompt pairs (one prompt per iteration, or an odd number when every prompt has a mirror)")
+    pos, waiting = 0, []
+    for _ in range(iteration + 1):
+        out: list[int] = []
+        while len(out) < per_iteration:
+            room = per_iteration - len(out)
+            ready = next((u for u in waiting if len(u) <= room), None)
+            if ready is not None:
+                waiting.remove(ready)
+            else:
+                ready, pos = unit(pos), pos + 1
+                if len(ready) > room:
+                    waiting.append(ready)
+                    continue
+            out += ready
     return out
 
 
@@ -216,6 +263,10 @@ class Trainer:
         self.prompts = load_prompts(resolve(cfg.data.train_prompts))
         self.tags = (prompt_tags(self.prompts, cfg.data.train_prompts, cfg.data.tag_weights)
                      if cfg.data.prompt_order == "tag_balanced" else None)
+        self.mirrors = layout_mirrors(self.prompts) if cfg.data.mirror_position_prompts else None
+        if self.mirrors is not None and not any(self.mirrors):
+            raise ValueError(f"data.mirror_position_prompts is set but no record of {cfg.data.train_prompts} has a "
+                             "mirror (two objects with a relation, and the opposite layout in the file too)")
         self.iteration = 0  # iterations completed
         self._last_checkpoint = -1  # iteration of the newest checkpoint written by this process
         self.nfe_total = 0  # rollout velocity evaluations so far (this process)
@@ -309,6 +360,8 @@ class Trainer:
         n, seed = self.cfg.prompts_per_iteration, self.cfg.seed
         if self.tags is None:
             idx = prompts_for_iteration(len(self.prompts), n, seed, iteration)
+        elif self.mirrors is not None:
+            idx = mirrored_prompts_for_iteration(self.tags, self.mirrors, n, seed, iteration, self.cfg.data.tag_weights)
         else:
             idx = tag_balanced_prompts_for_iteration(self.tags, n, seed, iteration, self.cfg.data.tag_weights)
         return [

@@ -150,8 +150,9 @@ def set_learning_rate(engine, lr: float) -> None:
         group["lr"] = lr
 
 
-def micro_batch_step(engine, loss: torch.Tensor, is_last: bool) -> None:
-    """Backward and step one micro-batch, marking explicitly whether it ends the optimizer step.
+def micro_batch_step(engine, loss: torch.Tensor, is_last: bool) -> float | None:
+    """Backward and step one micro-batch, marking explicitly whether it ends the optimizer step; returns
+    the step's global gradient norm before clipping on its last micro-batch (else None).
 
     DeepSpeed otherwise decides the boundary from a global micro-step counter,
     (micro_steps + 1) % gradient_accumulation_steps == 0, which drifts as soon as two optimizer steps
@@ -159,7 +160,20 @@ def micro_batch_step(engine, loss: torch.Tensor, is_last: bool) -> None:
     after a 3-micro-batch step, a 2-micro-batch step would update after its first micro-batch."""
     engine.set_gradient_accumulation_boundary(is_last)
     engine.backward(loss)
+    # DeepSpeed's ZeRO and bf16 optimizers record the norm they clip by; its plain fp32 path (stage 0)
+    # clips without keeping it, and the step then frees the gradients, so measure it here first.
+    own = unsharded_grad_norm(engine) if is_last and engine.zero_optimization_stage() == 0 and not engine.bfloat16_enabled() else None
     engine.step()
+    if not is_last:
+        return None
+    norm = engine.get_global_grad_norm() if own is None else own
+    return None if norm is None else float(norm)
+
+
+def unsharded_grad_norm(engine) -> float:
+    """Global L2 norm of the module's gradients where every rank holds whole gradients (no ZeRO)."""
+    grads = [p.grad.float().norm() for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
 
 
 def set_micro_batches(engine, micro_batches: int) -> None:

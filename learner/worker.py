@@ -403,7 +403,10 @@ class LearnerWorker:
                 set_micro_batches(self.engine, total)
                 for i, mb in enumerate(mbs):
                     loss, diag = self.plan.loss(mb)
-                    micro_batch_step(self.engine, loss * mb.weight, is_last=i == total - 1)
+                    norm = micro_batch_step(self.engine, loss * mb.weight, is_last=i == total - 1)
+                    if norm is not None:
+                        sums["learner/grad_norm"] += norm
+                        counts["learner/grad_norm"] += 1
                     if mb.weight:
                         for k, v in diag.items():
                             sums[k] += v * len(mb)
@@ -414,10 +417,6 @@ class LearnerWorker:
                 steps += 1
                 if self.ema is not None:
                     self.ema.update(self.export_weights(), self.engine.global_steps)
-                norm = self.engine.get_global_grad_norm()
-                if norm is not None:
-                    sums["learner/grad_norm"] += float(norm)
-                    counts["learner/grad_norm"] += 1
         self.plan.end()
         if steps:
             self.version += 1
@@ -428,6 +427,11 @@ class LearnerWorker:
             mean, std = pooled_mean_std(first)
             metrics["learner/first_minibatch_ratio_mean"], metrics["learner/first_minibatch_ratio_std"] = mean, std
             metrics["learner/first_minibatch_clipfrac"] = first_clipped / sum(n for n, _, _ in first)
+        if self.cfg.zero_stage != 3:  # ZeRO-3 ranks hold only partitions of the weights
+            # The trained weights' size (LoRA: the adapters'): a policy that random-walks grows like the
+            # square root of its steps, one that learns something grows with them.
+            metrics["learner/weight_norm"] = float(torch.linalg.vector_norm(
+                torch.stack([p.detach().float().norm() for p in self.engine.module.parameters() if p.requires_grad])))
         metrics.update({
             "learner/optimizer_steps": float(steps),
             "learner/lr": lr,

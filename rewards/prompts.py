@@ -184,3 +184,35 @@ def prompt_tags(records: Sequence[dict], path: str, weights: Mapping[str, int] |
         raise ValueError(f"data.tag_weights names tags {unknown} that no record of {path} has; its tags: "
                          f"{sorted(set(tags))}")
     return tags
+
+
+# GenEval's relation words (geneval_rules.py) as (axis, whether the named object comes first along it):
+# "B left of A" puts B first left to right, "B above A" puts B first top to bottom.
+_RELATION_LAYOUT = {"left of": ("horizontal", True), "right of": ("horizontal", False),
+                    "above": ("vertical", True), "below": ("vertical", False)}
+
+
+def _layout(record: dict) -> tuple[str, str, str] | None:
+    """(axis, first class, second class) along the axis of a two-object relation record, else None:
+    "a circle left of a square" and "a square right of a circle" are both ('horizontal', circle, square)."""
+    include = record.get("include") or []
+    if len(include) != 2 or not include[1].get("position"):
+        return None
+    relation, anchor = include[1]["position"][0], include[1]["position"][1]
+    if relation not in _RELATION_LAYOUT or anchor != 0:
+        return None
+    axis, named_first = _RELATION_LAYOUT[relation]
+    a, b = include[0]["class"], include[1]["class"]
+    return (axis, b, a) if named_first else (axis, a, b)
+
+
+def layout_mirrors(records: Sequence[dict]) -> list[list[int]]:
+    """For each record, the records that ask for the same two objects in the opposite layout ("a circle
+    left of a square" -> "a square left of a circle", "a circle right of a square"); [] for records that
+    name no relation or whose mirror the file lacks (data.mirror_position_prompts)."""
+    by_layout: dict[tuple[str, str, str], list[int]] = {}
+    layouts = [_layout(r) for r in records]
+    for i, key in enumerate(layouts):
+        if key is not None:
+            by_layout.setdefault(key, []).append(i)
+    return [[] if key is None else by_layout.get((key[0], key[2], key[1]), []) for key in layouts]

@@ -42,11 +42,13 @@ def test_accumulated_step_equals_adamw_on_mean_gradient(dist, zero_stage):
     engine = build_engine(net, list(net.parameters()), cfg, world_size=1)
     set_micro_batches(engine, 3)
     xs = [torch.randn(5, 4) for _ in range(3)]
-    for i, x in enumerate(xs):
-        micro_batch_step(engine, engine.module(x).pow(2).mean(), is_last=i == 2)
+    norms = [micro_batch_step(engine, engine.module(x).pow(2).mean(), is_last=i == 2) for i, x in enumerate(xs)]
     assert engine.global_steps == 1
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.0)
     sum(ref(x).pow(2).mean() for x in xs).div(3).backward()
+    # the step's gradient norm is reported at every stage (DeepSpeed's stage 0 keeps none of its own)
+    expected = torch.linalg.vector_norm(torch.stack([q.grad.norm() for q in ref.parameters()]))
+    assert norms[:2] == [None, None] and norms[2] == pytest.approx(float(expected), rel=1e-5)
     opt.step()
     for p, q in zip(engine.module.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
