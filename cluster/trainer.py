@@ -31,6 +31,7 @@ from cluster.actors import learner_actors, rollout_actors
 from cluster.config import ExperimentConfig, resolve
 from cluster.evaluation import (
     PICTURED,
+    EvalPlan,
     Evaluation,
     SampledImages,
     compare_evaluations,
@@ -45,6 +46,7 @@ from cluster.placement import create_placement
 from cluster.plots import before_after_grid, plot_curves
 from cluster.ray_init import require_fit
 from cluster.weight_sync import WeightSync
+from common.actor_calls import call_when_available
 from common.storage import StorageError, remove_sentinel, resolve_output_dir, write_sentinel
 from learner.advantages import grpo_advantages, no_signal_mask
 from learner.worker import TrainGroup
@@ -595,12 +597,12 @@ class Trainer:
             before_after_grid(base.take(pick), final.take(pick), out / "before_after.png", per_prompt=per_prompt)
         return final
 
-    def _sample(self, grid: str = "eval"):
+    def _sample(self, grid: str = "eval", gather: Callable = ray.get):
         """The evaluation sampler over this run's rollout actors (cluster.evaluation.sample_sharded): each
         actor leaves its images in the object store and returns the kept ones (rollout/data_plane.py)."""
         def sample(prompts: list[str], seeds: list[list[int]], keep: list[int]) -> SampledImages:
             return sample_sharded(self.rollouts, prompts, seeds, keep,
-                                  lambda a, p, s, k: a.evaluate_by_reference.remote(p, s, grid, k), ray.get)
+                                  lambda a, p, s, k: a.evaluate_by_reference.remote(p, s, grid, k), gather)
         return sample
 
     def _score(self, parts: list[tuple]) -> list[dict[str, ScoreResult]]:
@@ -616,15 +618,42 @@ class Trainer:
         # Evaluate the EMA weights, or the trained ones where the actors sample with an EMA sampling
         # policy (DiffusionNFT), then give the actors their sampling weights back.
         swap = ema or self.cfg.learner.old_policy == "ema"
-        if swap:
-            eval_ref = self.learners[0].export_weights.remote(ema=ema)
-            ray.get([a.load_weights.remote(eval_ref, self.version) for a in self.rollouts])
+        eval_ref = self.learners[0].export_weights.remote(ema=ema) if swap else None
+
+        def load_evaluation_weights() -> None:  # again after a restart: a restarted actor has the base weights
+            for a, actor in enumerate(self.rollouts):
+                if swap:
+                    call_when_available(lambda actor=actor: actor.load_weights.remote(eval_ref, self.version),
+                                        f"evaluation weights for rollout-{a}")
+                else:
+                    self.sync_weights.resend(actor)
+
         try:
-            return evaluate(plan, self._sample(), self._score, output_dir=self.cfg.logging.output_dir, name=name)
+            if swap:
+                load_evaluation_weights()
+            return self._evaluate_surviving_restarts(
+                plan, self._sample(), folder=self.cfg.logging.output_dir, name=name, grid=True,
+                after_restart=load_evaluation_weights)
         finally:
             if swap:
                 for actor in self.rollouts:
                     self.sync_weights.resend(actor, restarted=False)
+
+    def _evaluate_surviving_restarts(self, plan: EvalPlan, sample, *, folder, name: str, grid: bool,
+                                     after_restart: Callable[[], None]) -> Evaluation:
+        """`evaluate`, run again whole (same seeds, so the same images) when a rollout actor dies during
+        it: its share and the images it held in the object store died with it. `after_restart` gives the
+        actors the weights under evaluation again. Nothing is written until an attempt completes."""
+        for attempt in range(MAX_ROLLOUT_RETRIES + 1):
+            try:
+                return evaluate(plan, sample, self._score, output_dir=folder, name=name, grid=grid)
+            except (RayActorError, ObjectLostError) as err:
+                if attempt == MAX_ROLLOUT_RETRIES:
+                    raise
+                print(f"[flowray] a rollout actor died during evaluation {name!r} ({type(err).__name__}); waiting "
+                      "for its restart and evaluating again", flush=True)
+                after_restart()
+        raise AssertionError("unreachable")
 
     def train_check(self, name: str) -> Evaluation | None:
         """The held-out check on the training prompts (data.eval_train_images_per_tag; None when off)."""
@@ -636,7 +665,9 @@ class Trainer:
         grid to TensorBoard at `step` (the metrics row's iteration; None: not sent)."""
         plan = plan_for(self.cfg, "probe")
         folder = Path(self.cfg.logging.output_dir) / "probes"
-        result = evaluate(plan, self._sample(grid="train"), self._score, output_dir=folder, name=name, grid=False)
+        result = self._evaluate_surviving_restarts(
+            plan, self._sample(grid="train"), folder=folder, name=name, grid=False,
+            after_restart=lambda: [self.sync_weights.resend(actor) for actor in self.rollouts])
         metrics = {f"probe/{k}": v for k, v in result.summary.items() if isinstance(v, float)}
         metrics.update({f"probe/{n}": r["mean"] for n, r in result.summary["rewards"].items()})
         if step is not None:

@@ -160,3 +160,31 @@ def test_groups_lost_with_their_rollout_actor_are_resampled(trainer):
     version = trainer.version
     trainer.update(groups, 0)  # the learner's tensors are sampled again before the update
     assert trainer.version == version + 1
+
+
+@pytest.mark.system
+def test_an_evaluation_whose_rollout_actor_dies_is_run_again_whole(trainer, capsys):
+    import ray
+
+    clean = trainer.evaluate(name="clean")
+    real_sample, pid, killed = trainer._sample, ray.get(trainer.rollouts[0].pid.remote()), []
+
+    def kill_then_gather(calls):  # the actor dies while it samples its share
+        if not killed:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+        return ray.get(calls)
+
+    trainer._sample = lambda grid="eval": real_sample(grid, gather=kill_then_gather)
+    try:
+        again = trainer.evaluate(name="killed")
+    finally:
+        del trainer._sample
+    assert "a rollout actor died during evaluation 'killed'" in capsys.readouterr().out
+    assert killed and ray.get(trainer.rollouts[0].pid.remote()) != pid
+    # the same images and verdicts as an evaluation that lost nothing
+    def verdicts(evaluation):  # every per-image row but the test scorer's clock (TimedQuality's called_at)
+        return [{k: v for k, v in row.items() if "called_at" not in k} for row in evaluation.rows]
+
+    assert verdicts(again) == verdicts(clean)
+    assert np.array_equal(again.take(list(again.kept)), clean.take(list(again.kept)))

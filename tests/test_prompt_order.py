@@ -9,8 +9,13 @@ import pytest
 
 from cluster.config import REPO_ROOT, ConfigError, load_config
 from cluster.preflight import preflight
-from cluster.trainer import prompts_for_iteration, tag_balanced_prompts_for_iteration, tag_turns
-from rewards.prompts import prompt_tags
+from cluster.trainer import (
+    mirrored_prompts_for_iteration,
+    prompts_for_iteration,
+    tag_balanced_prompts_for_iteration,
+    tag_turns,
+)
+from rewards.prompts import layout_mirrors, load_prompts, prompt_tags
 from tests.tiny_models import FLOWGRPO
 
 TRAIN = REPO_ROOT / "assets" / "prompts" / "shapes_train.jsonl"
@@ -90,3 +95,55 @@ def test_bad_tag_weights_are_named():
     cfg = load_config(FLOWGRPO, ["data.prompt_order=tag_balanced", "data.tag_weights={positon: 2}"])
     errors = {c.key: c.message for c in preflight(cfg, cluster_resources={"CPU": 64}).errors}
     assert "data.tag_weights names tags ['positon']" in errors["data.train_prompts"]
+
+
+def _relation(a: str, relation: str, b: str) -> dict:
+    """GenEval's record for 'a photo of an {a} {relation} a {b}'."""
+    return {"tag": "position", "prompt": f"a {a} {relation} a {b}",
+            "include": [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [relation, 0]}]}
+
+
+def test_layout_mirrors_are_the_same_objects_in_the_opposite_layout():
+    records = [
+        _relation("circle", "left of", "square"),   # circle | square
+        _relation("square", "right of", "circle"),  # circle | square, other wording
+        _relation("square", "left of", "circle"),   # square | circle
+        _relation("circle", "above", "square"),     # vertical: never the mirror of a horizontal layout
+        _relation("triangle", "left of", "square"),  # its mirror is not in the file
+        {"tag": "two_object", "prompt": "a circle and a square",
+         "include": [{"class": "circle", "count": 1}, {"class": "square", "count": 1}]},
+    ]
+    assert layout_mirrors(records) == [[2], [2], [0, 1], [], [], []]
+
+
+def test_mirrored_order_trains_each_relation_prompt_beside_a_mirror_and_stays_a_pure_function():
+    records = load_prompts(TRAIN)
+    tags, mirrors = prompt_tags(records, str(TRAIN)), layout_mirrors(records)
+    assert sum(map(bool, mirrors)) == sum(t == "position" for t in tags)  # every training relation has one
+    weights = {"position": 2, "counting": 3}
+    seen = collections.Counter()
+    for it in range(40):
+        idx = mirrored_prompts_for_iteration(tags, mirrors, 8, seed=0, iteration=it, weights=weights)
+        assert len(idx) == 8
+        assert idx == mirrored_prompts_for_iteration(tags, mirrors, 8, seed=0, iteration=it, weights=weights)
+        k = 0
+        while k < len(idx):  # a relation prompt comes as (drawn, mirror), side by side in one iteration
+            if mirrors[idx[k]]:
+                assert idx[k + 1] in mirrors[idx[k]]
+                k += 1
+            k += 1
+        seen.update(tags[i] for i in idx)
+    # a position turn takes two slots: a round is 9 turns (6 tags, +1 position, +2 counting), 11 prompts
+    assert seen["position"] / sum(seen.values()) == pytest.approx(4 / 11, abs=0.02)
+    # without mirrors it is the plain tag-balanced order
+    none = [[] for _ in tags]
+    assert all(mirrored_prompts_for_iteration(tags, none, 8, 3, it, weights)
+               == tag_balanced_prompts_for_iteration(tags, 8, 3, it, weights) for it in range(5))
+
+
+def test_mirrored_order_refuses_what_cannot_hold_its_pairs():
+    tags, mirrors = ["position", "position"], [[1], [0]]
+    with pytest.raises(ValueError, match="cannot hold the prompt pairs"):
+        mirrored_prompts_for_iteration(tags, mirrors, 3, 0, 0)
+    with pytest.raises(ConfigError, match="data.mirror_position_prompts needs data.prompt_order='tag_balanced'"):
+        load_config(FLOWGRPO, ["data.mirror_position_prompts=true"])
