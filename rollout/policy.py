@@ -553,6 +553,9 @@ class Policy:
         """Latents [B, C, h, w] -> uint8 images [B, H, W, 3] (undo the VAE scaling and shift first),
         at most `images_per_decode` per VAE call (a group's decode at 720 px is ~100 GB otherwise)."""
         vae = self.pipe.vae
+        if vae is None:
+            raise RuntimeError("Policy.decode: this policy was loaded with transformer_only=True (a learner rank's) "
+                               "and has no VAE; images are decoded on the rollout actors")
         scaling = vae.config.scaling_factor
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         z = latents.to(self.device, vae.dtype) / scaling + shift

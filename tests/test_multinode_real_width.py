@@ -44,4 +44,5 @@ def test_sd35_zero3_on_two_nodes_checkpoints_and_resumes(real_width, two_nodes, 
                                         "optimizer_rank1.json", "optimizer_rank1.safetensors"]
     assert case["metrics"]["learner/optimizer_steps"] >= 1 and math.isfinite(case["metrics"]["policy/loss"])
     # the resumed iteration's first minibatch is on-policy (0.9994 while ZeRO-3 replaced F.linear)
-    assert case["metrics"]["learner/first_minibatch_ratio_mean"] == 1.0
+    # (bf16 numerics leave ~1e-5: FLUX's resumed ratio was 1.0000089), well inside a 1e-4 clip range
+    assert case["metrics"]["learner/first_minibatch_ratio_mean"] == pytest.approx(1.0, abs=2e-5)

@@ -87,6 +87,8 @@ def test_a_learner_rank_loads_only_the_transformer(workers, cfgs):
     loaded = sum(t.numel() for t in learner.policy.tensors())  # parameters and buffers
     adapters = sum(p.numel() for p in learner.policy.trainable_parameters())
     assert loaded - adapters == count_params(safetensors_shapes(Path(cfgs[0].path) / "transformer"))
+    with pytest.raises(RuntimeError, match="transformer_only=True .* has no VAE"):
+        learner.policy.decode(torch.zeros(1, 16, 4, 4))
     groups = _groups(rollout)
     assert all(g.rollout.conditioning is not None and g.rollout.conditioning.negative is not None for g in groups)
     with pytest.raises(ValueError, match=r"groups \[0\] carry no prompt conditioning"):
