@@ -69,7 +69,8 @@ def test_forward_process_shapes_presets_share_task_and_model_with_flowgrpo(name)
         + cfg.cluster.learner_num_cpus == 2.0  # what `ray start --head` declares on a 2-core laptop
     # the same prompts, images per iteration and evaluation; tags take turns (the main job's measured choice)
     assert cfg.data.prompt_order == "tag_balanced"
-    assert cfg.data.model_copy(update={"prompt_order": base.data.prompt_order, "tag_weights": {}}) == base.data
+    assert cfg.data.model_copy(update={"prompt_order": base.data.prompt_order, "tag_weights": {},
+                                       "mirror_position_prompts": False}) == base.data
     assert cfg.seed == base.seed
     assert (cfg.sampling.strategy, cfg.sampling.group_size, cfg.sampling.num_steps) == ("forward_process", 8, 10)
     assert cfg.learner.family == "forward_process" and cfg.learner.beta == 0.0  # no reference forward (see the preset)
@@ -77,8 +78,10 @@ def test_forward_process_shapes_presets_share_task_and_model_with_flowgrpo(name)
     # the main job trains on the strict verdict (partial credit collapsed the layouts, see the preset)
     assert cfg.rewards.scorers[0].options["reward"] == ("strict" if name == "shapes_nft" else "partial")
     # the main job spends its rollouts on the tags whose groups still disagree (see the preset)
-    assert cfg.data.tag_weights == ({"position": 3, "counting": 3, "color_attr": 3, "two_object": 2}
+    assert cfg.data.tag_weights == ({"position": 2, "counting": 3, "color_attr": 3, "two_object": 2}
                                     if name == "shapes_nft" else {})
+    # and trains each relation prompt beside its opposite layout (see the preset)
+    assert cfg.data.mirror_position_prompts == (name == "shapes_nft")
 
 
 @pytest.mark.parametrize("name", FORWARD_SD35)
