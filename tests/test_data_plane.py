@@ -164,6 +164,15 @@ def test_groups_lost_with_their_rollout_actor_are_resampled(trainer):
 
 @pytest.mark.system
 def test_an_evaluation_whose_rollout_actor_dies_is_run_again_whole(trainer, capsys):
+    full = trainer.cfg
+    trainer.cfg = full.model_copy(update={"data": full.data.model_copy(update={"eval_num_prompts": 4})})  # 64 images
+    try:
+        _evaluation_survives_a_restart(trainer, capsys)
+    finally:
+        trainer.cfg = full
+
+
+def _evaluation_survives_a_restart(trainer, capsys):
     import ray
 
     clean = trainer.evaluate(name="clean")
