@@ -16,8 +16,8 @@ drift = load_script("benchmarks/drift.py")
 def test_onset_is_the_first_window_above_the_threshold_and_its_summed_step():
     loss = np.array([6.0] * 30 + [9.0] * 20)
     steps = np.full(50, 1e-3)  # 2 optimizer steps of 5e-4 per iteration
-    at, summed = drift.drift_onset(loss, steps, window=20, threshold=7.5)
-    # the trailing 20-mean passes 7.5 once 11 of its 20 are at 9: the window ending at iteration 40
+    at, summed = drift.drift_onset(loss, steps, window=20, threshold=7.6)
+    # the trailing 20-mean passes 7.6 once 11 of its 20 are at 9 (7.65): the window ending at iteration 40
     assert at == 40 and summed == pytest.approx(41e-3)
     assert drift.drift_onset(loss[:30], steps[:30], window=20, threshold=7.5) is None
 
