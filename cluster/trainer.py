@@ -166,37 +166,61 @@ def mirrored_prompts_for_iteration(tags: Sequence[str], mirrors: Sequence[Sequen
     left of a square" is trained beside "a square left of a circle". A binary reward pays one fixed layout
     per object pair on half of that pair's prompts whatever they say; trained side by side, the pushes
     toward either layout cancel and what is left depends on the relation word (README, Results).
+    A pure function of its arguments (`MirroredPromptOrder` is the same order, remembered between calls)."""
+    return MirroredPromptOrder(tags, mirrors, per_iteration, seed, weights)(iteration)
 
-    Turns become units of one or two prompts; an iteration takes them in order, and a pair that does not
-    fit in the slots left waits for the next iteration while later single prompts fill them. Replayed from
-    the run's start, so it stays a pure function of its arguments (a resumed run samples the same)."""
-    pick = _tag_balanced_picker(tags, seed, weights)
 
-    def unit(pos: int) -> list[int]:
-        i = pick(pos)
-        if not mirrors[i]:
+class MirroredPromptOrder:
+    """`mirrored_prompts_for_iteration` for a run. Turns become units of one or two prompts; an iteration
+    takes them in order, and a pair that does not fit in the slots left waits for the next iteration while
+    later single prompts fill them. Where an iteration starts depends on every earlier one, so the order
+    remembers where the last iteration it gave ended (the next costs one iteration's turns) and replays
+    from the run's start for any other (a resumed run samples what the uninterrupted one did)."""
+
+    def __init__(self, tags: Sequence[str], mirrors: Sequence[Sequence[int]], per_iteration: int, seed: int,
+                 weights: Mapping[str, int] | None = None):
+        if per_iteration < 2 or (per_iteration % 2 and all(mirrors)):
+            raise ValueError(f"data.mirror_position_prompts: {per_iteration} prompts per iteration cannot hold the "
+                             "prompt pairs (one prompt per iteration, or an odd number when every prompt has a mirror)")
+        self.mirrors, self.per_iteration, self.seed = mirrors, per_iteration, seed
+        self.pick = _tag_balanced_picker(tags, seed, weights)
+        self._restart()
+
+    def _restart(self) -> None:
+        self.next_iteration, self.pos, self.waiting, self.last = 0, 0, [], []
+
+    def _unit(self) -> list[int]:
+        i, pos = self.pick(self.pos), self.pos
+        self.pos += 1
+        if not self.mirrors[i]:
             return [i]
-        gen = torch.Generator().manual_seed(derive_seed(seed, "mirror", pos))
-        return [i, mirrors[i][int(torch.randint(len(mirrors[i]), (1,), generator=gen))]]
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "mirror", pos))
+        return [i, self.mirrors[i][int(torch.randint(len(self.mirrors[i]), (1,), generator=gen))]]
 
-    if per_iteration < 2 or (per_iteration % 2 and all(mirrors)):
-        raise ValueError(f"data.mirror_position_prompts: {per_iteration} prompts per iteration cannot hold the "
-                         "prompt pairs (one prompt per iteration, or an odd number when every prompt has a mirror)")
-    pos, waiting = 0, []
-    for _ in range(iteration + 1):
+    def _fill(self) -> list[int]:
         out: list[int] = []
-        while len(out) < per_iteration:
-            room = per_iteration - len(out)
-            ready = next((u for u in waiting if len(u) <= room), None)
+        while len(out) < self.per_iteration:
+            room = self.per_iteration - len(out)
+            ready = next((u for u in self.waiting if len(u) <= room), None)
             if ready is not None:
-                waiting.remove(ready)
+                self.waiting.remove(ready)
             else:
-                ready, pos = unit(pos), pos + 1
+                ready = self._unit()
                 if len(ready) > room:
-                    waiting.append(ready)
+                    self.waiting.append(ready)
                     continue
             out += ready
-    return out
+        return out
+
+    def __call__(self, iteration: int) -> list[int]:
+        if iteration == self.next_iteration - 1:  # asked again (a lost group is resampled)
+            return list(self.last)
+        if iteration < self.next_iteration:
+            self._restart()
+        while self.next_iteration <= iteration:
+            self.last = self._fill()
+            self.next_iteration += 1
+        return list(self.last)
 
 
 def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[list[TrainGroup], dict]:
@@ -265,10 +289,14 @@ class Trainer:
         self.prompts = load_prompts(resolve(cfg.data.train_prompts))
         self.tags = (prompt_tags(self.prompts, cfg.data.train_prompts, cfg.data.tag_weights)
                      if cfg.data.prompt_order == "tag_balanced" else None)
-        self.mirrors = layout_mirrors(self.prompts) if cfg.data.mirror_position_prompts else None
-        if self.mirrors is not None and not any(self.mirrors):
-            raise ValueError(f"data.mirror_position_prompts is set but no record of {cfg.data.train_prompts} has a "
-                             "mirror (two objects with a relation, and the opposite layout in the file too)")
+        self.mirrored = None
+        if cfg.data.mirror_position_prompts:
+            mirrors = layout_mirrors(self.prompts)
+            if not any(mirrors):
+                raise ValueError(f"data.mirror_position_prompts is set but no record of {cfg.data.train_prompts} has "
+                                 "a mirror (two objects with a relation, and the opposite layout in the file too)")
+            self.mirrored = MirroredPromptOrder(self.tags, mirrors, cfg.prompts_per_iteration, cfg.seed,
+                                                cfg.data.tag_weights)
         self.iteration = 0  # iterations completed
         self._last_checkpoint = -1  # iteration of the newest checkpoint written by this process
         self.nfe_total = 0  # rollout velocity evaluations so far (this process)
@@ -362,8 +390,8 @@ class Trainer:
         n, seed = self.cfg.prompts_per_iteration, self.cfg.seed
         if self.tags is None:
             idx = prompts_for_iteration(len(self.prompts), n, seed, iteration)
-        elif self.mirrors is not None:
-            idx = mirrored_prompts_for_iteration(self.tags, self.mirrors, n, seed, iteration, self.cfg.data.tag_weights)
+        elif self.mirrored is not None:
+            idx = self.mirrored(iteration)
         else:
             idx = tag_balanced_prompts_for_iteration(self.tags, n, seed, iteration, self.cfg.data.tag_weights)
         return [

@@ -10,6 +10,7 @@ import pytest
 from cluster.config import REPO_ROOT, ConfigError, load_config
 from cluster.preflight import preflight
 from cluster.trainer import (
+    MirroredPromptOrder,
     mirrored_prompts_for_iteration,
     prompts_for_iteration,
     tag_balanced_prompts_for_iteration,
@@ -147,3 +148,14 @@ def test_mirrored_order_refuses_what_cannot_hold_its_pairs():
         mirrored_prompts_for_iteration(tags, mirrors, 3, 0, 0)
     with pytest.raises(ConfigError, match="data.mirror_position_prompts needs data.prompt_order='tag_balanced'"):
         load_config(FLOWGRPO, ["data.mirror_position_prompts=true"])
+
+
+def test_the_run_remembers_its_mirrored_order_and_replays_it_for_any_other_iteration():
+    records = load_prompts(TRAIN)
+    tags, mirrors = prompt_tags(records, str(TRAIN)), layout_mirrors(records)
+    weights = {"position": 2}
+    pure = [mirrored_prompts_for_iteration(tags, mirrors, 8, 7, it, weights) for it in range(13)]
+    order = MirroredPromptOrder(tags, mirrors, 8, 7, weights)
+    assert [order(it) for it in range(12)] == pure[:12]  # consecutive: each call continues the last
+    assert order(11) == pure[11]  # the same iteration again (a lost group resampled)
+    assert order(3) == pure[3] and order(12) == pure[12]  # back (a resume), then a jump forward
