@@ -22,10 +22,20 @@ pytestmark = pytest.mark.job
 REPO = Path(__file__).resolve().parents[1]
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port never handed out before in this process. The OS may offer a port again once
+    its probe socket closes, and a head got the same port for its GCS and its agent's gRPC once
+    (`ray start` then failed)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def ray_env() -> dict[str, str]:
