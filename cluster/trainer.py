@@ -672,16 +672,14 @@ class Trainer:
         """`evaluate`, run again whole (same seeds, so the same images) when a rollout actor dies during
         it: its share and the images it held in the object store died with it. `after_restart` gives the
         actors the weights under evaluation again. Nothing is written until an attempt completes."""
-        for attempt in range(MAX_ROLLOUT_RETRIES + 1):
+        for _ in range(MAX_ROLLOUT_RETRIES):
             try:
                 return evaluate(plan, sample, self._score, output_dir=folder, name=name, grid=grid)
             except (RayActorError, ObjectLostError) as err:
-                if attempt == MAX_ROLLOUT_RETRIES:
-                    raise
                 print(f"[flowray] a rollout actor died during evaluation {name!r} ({type(err).__name__}); waiting "
                       "for its restart and evaluating again", flush=True)
                 after_restart()
-        raise AssertionError("unreachable")
+        return evaluate(plan, sample, self._score, output_dir=folder, name=name, grid=grid)  # the last try raises
 
     def train_check(self, name: str) -> Evaluation | None:
         """The held-out check on the training prompts (data.eval_train_images_per_tag; None when off)."""
