@@ -19,6 +19,9 @@ spread between seeds beside it. Writes results.json (runs and rankings), a figur
 against wall time and against NFE, and a Markdown table; `--write-readme` puts the table and the
 command into README's results section (between its markers), so the README numbers are never typed
 by hand.
+
+Each finished run keeps its result in its folder (compare_run.json): run the same command again after an
+interruption and it reuses the finished runs, redoing only the one that was cut off.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def applicable(overrides: list[str], family: str) -> list[str]:
     return [o for o in overrides if o.split("=", 1)[0] not in keys]
 
 
-def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, base_file: Path | None) -> dict:
+def run_one(preset: str, seed: int, limits: dict[str, float], args, run_dir: Path, base_file: Path | None) -> dict:
     """Train `preset` until both budgets are spent (training wall seconds and rollout NFE), evaluating
     at the iteration each budget is first crossed; the accuracy there is the preset's result at that
     budget. One run serves both budgets: a budget is crossed within one iteration of its limit.
@@ -70,7 +73,6 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, b
     from cluster.plots import eval_points, read_metrics
     from cluster.trainer import Trainer
 
-    run_dir = out / f"{preset}-seed{seed}"
     path = REPO_ROOT / "configs" / f"{preset}.yaml"
     cfg = load_config(path, [
         f"seed={seed}", f"logging.output_dir={run_dir}", f"logging.eval_every={args.eval_every}",
@@ -105,6 +107,30 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, out: Path, b
                       "eval_file": str(run_dir / f"{name}.json")}
     return {"preset": preset, "seed": seed, "iterations": len(rows), "final": final.summary, "base": base,
             "base_file": str(base_file), "curve": points, "at": at}
+
+
+RUN_RESULT = "compare_run.json"  # a finished run's result, in its run directory (what a rerun reuses)
+
+
+def run_settings(limits: dict[str, float], args) -> dict:
+    """What a run's result depends on besides its preset and seed: a finished run is reused only when these
+    are the same (a changed budget or override runs it again)."""
+    return {"limits": limits, "max_iterations": args.max_iterations, "eval_every": args.eval_every,
+            "overrides": list(args.overrides)}
+
+
+def finished_run(run_dir: Path, settings: dict) -> dict | None:
+    """The result of a run that completed in `run_dir` with the same `settings`, else None. The comparison
+    takes hours on a laptop: a rerun of the same command skips what is done and loses only the run that
+    was in progress (the Trainer moves that one's folder to previous_runs/ when it starts again)."""
+    path = run_dir / RUN_RESULT
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("settings") != settings:
+        print(f"[compare] {run_dir} was run with other budgets or overrides: running it again", flush=True)
+        return None
+    return saved["result"]
 
 
 def paired_change(before: list[str], after: list[str]) -> dict:
@@ -240,9 +266,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         for preset in args.presets:
             for seed in args.seeds:
-                print(f"[compare] {preset} seed {seed} until wall {limits['wall']:g} s and NFE {limits['nfe']:g}",
-                      flush=True)
-                results.append(run_one(preset, seed, limits, args, out, base_file))
+                run_dir, settings = out / f"{preset}-seed{seed}", run_settings(limits, args)
+                if (done := finished_run(run_dir, settings)) is not None:
+                    print(f"[compare] {preset} seed {seed}: finished earlier, reusing {run_dir / RUN_RESULT}", flush=True)
+                    results.append(done)
+                else:
+                    print(f"[compare] {preset} seed {seed} until wall {limits['wall']:g} s and NFE {limits['nfe']:g}",
+                          flush=True)
+                    results.append(run_one(preset, seed, limits, args, run_dir, base_file))
+                    (run_dir / RUN_RESULT).write_text(json.dumps({"settings": settings, "result": results[-1]}))
                 base_file = Path(results[-1]["base_file"])
                 print(f"[compare] {preset} seed {seed}: " + ", ".join(
                     f"{b} {a['summary'].get('overall', float('nan')):.3f}" for b, a in results[-1]["at"].items()),

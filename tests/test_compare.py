@@ -14,13 +14,14 @@ pytestmark = pytest.mark.system
 
 def test_compare_runs_every_preset_and_writes_table_and_figure(tiny_sd3_path, tmp_path):
     compare = load_script("benchmarks/compare.py")
-    results = compare.main([
+    argv = [
         "--seeds", "0", "--max-iterations", "2", "--minutes", "1000", "--nfe", "1", "--eval-every", "0",
         "--output", str(tmp_path),
         f"model.path={tiny_sd3_path}", "model.guidance_scale=2.0", "sampling.num_steps=6", "sampling.eval_num_steps=3",
         "sampling.window_range=[0,3]", "sampling.group_size=4", "data.images_per_iteration=8",
         "data.eval_num_prompts=2", *SMALL_EVAL, "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5",
-    ])  # fmt: skip
+    ]  # fmt: skip
+    results = compare.main(argv)
     assert [r["preset"] for r in results] == compare.PRESETS  # one run per preset serves both budgets
     for r in results:
         assert set(r["at"]) == {"wall", "nfe"}
@@ -63,3 +64,28 @@ def test_budget_crossing_index():
     rows = [{"charts/nfe_total": v} for v in (100.0, 250.0, 400.0)]
     assert compare.crossing(rows, "charts/nfe_total", 250) == 1
     assert compare.crossing(rows, "charts/nfe_total", 401) is None
+
+
+def test_a_rerun_reuses_finished_runs_and_redoes_the_one_cut_off(tiny_sd3_path, tmp_path):
+    compare = load_script("benchmarks/compare.py")
+    argv = [
+        "--seeds", "0", "--max-iterations", "2", "--minutes", "1000", "--nfe", "1", "--eval-every", "0",
+        "--presets", "shapes_flowgrpo_fast", "shapes_nft", "--output", str(tmp_path),
+        f"model.path={tiny_sd3_path}", "model.guidance_scale=2.0", "sampling.num_steps=6", "sampling.eval_num_steps=3",
+        "sampling.window_range=[0,3]", "sampling.group_size=4", "data.images_per_iteration=8",
+        "data.eval_num_prompts=2", *SMALL_EVAL, "cluster.learner_num_cpus=0.5", "cluster.rollout_num_cpus=0.5",
+    ]  # fmt: skip
+    first = compare.main(argv)
+    fast, nft = (tmp_path / f"{p}-seed0" for p in ("shapes_flowgrpo_fast", "shapes_nft"))
+    (nft / compare.RUN_RESULT).unlink()  # as if the session stopped before nft's run finished
+    written = (fast / "metrics.jsonl").stat().st_mtime_ns
+    again = compare.main(argv)
+    assert (fast / "metrics.jsonl").stat().st_mtime_ns == written  # finished: reused, not trained again
+    assert json.loads(json.dumps(again[0])) == json.loads(json.dumps(first[0]))
+    assert len((nft / "metrics.jsonl").read_text().splitlines()) == 2  # redone from scratch, not appended to
+    assert list((nft / "previous_runs").iterdir())  # the cut-off run's folder is kept aside, not deleted
+    assert again[1]["base_file"] == first[0]["base_file"]  # the base evaluation is still shared
+    # other budgets: nothing is reused
+    third = compare.main([*argv[:7], "2", *argv[8:]])  # --nfe 2
+    assert (fast / "metrics.jsonl").stat().st_mtime_ns != written
+    assert [r["at"]["nfe"]["reached"] for r in third] == [True, True]
