@@ -84,7 +84,8 @@ def learner_actors(cfg: ExperimentConfig, placement: Placement) -> list:
             scheduling_strategy=PlacementGroupSchedulingStrategy(placement.group, placement.learner_bundle(r)),
         ).remote(
             cfg.model, cfg.sampling, cfg.learner, rank=r, world_size=c.num_learner_ranks, seed=cfg.seed,
-            device=device_for(c.learner_num_gpus), torch_threads=c.torch_threads_per_actor, iterations=cfg.iterations,
+            device=device_for(c.learner_num_gpus), torch_threads=c.learner_torch_threads or c.torch_threads_per_actor,
+            iterations=cfg.iterations,
         )  # fmt: skip
         for r in range(c.num_learner_ranks)
     ]

@@ -138,6 +138,12 @@ class ClusterConfig(_Section):
     async_mode: bool = Field(False, description="Overlap sampling of step k+1 with the update of step k.")
     max_staleness: int = Field(1, ge=0, description="Async mode: max policy versions a rollout may lag behind.")
     torch_threads_per_actor: int = Field(1, ge=1, description="torch.set_num_threads inside each actor.")
+    learner_torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch.set_num_threads inside each learner rank; None: torch_threads_per_actor. On CPU with "
+        "synchronous sampling the rollout actors idle while the learner trains, so the learner can use their cores.",
+    )
     rollout_rows_per_forward: int | None = Field(
         None,
         ge=1,

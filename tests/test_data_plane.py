@@ -80,6 +80,7 @@ def trainer(local_ray, tiny_sd3_path, tmp_path_factory):
     cfg = _config(tiny_sd3_path, tmp_path_factory.mktemp("data-plane"), iterations=1, **{
         "cluster.num_learner_ranks": 1, "learner.zero_stage": 0, "sampling.num_steps": 8,
         "data.images_per_iteration": 32, "data.eval_num_prompts": 16, "data.eval_images_per_prompt": 16,
+        "cluster.torch_threads_per_actor": 1, "cluster.learner_torch_threads": 2,
     })  # fmt: skip
     with Trainer(cfg) as trainer:
         trainer.rewards.shutdown()
@@ -115,6 +116,19 @@ def test_the_driver_never_receives_latents_or_images(trainer):
     # It trained on the embeddings that came with the groups: the learner rank loaded the transformer only.
     modules = trainer.learners[0].__ray_call__.remote(lambda worker: [type(m).__name__ for m in worker.policy.modules()])
     assert ray.get(modules) == ["SD3Transformer2DModel"]
+
+
+@pytest.mark.system
+def test_the_learner_ranks_take_their_own_thread_count(trainer):
+    import ray
+
+    def threads(worker) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    assert ray.get(trainer.learners[0].__ray_call__.remote(threads)) == 2  # cluster.learner_torch_threads
+    assert ray.get(trainer.rollouts[0].__ray_call__.remote(threads)) == 1  # cluster.torch_threads_per_actor
 
 
 @pytest.mark.system
