@@ -263,10 +263,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     start_local_ray(max(map(cpu_demand, configs)), log_to_driver=False)
     results, base_file = [], None
     limits = {"wall": 60 * args.minutes, "nfe": args.nfe}
+    settings = run_settings(limits, args)  # the same for every run of this command
     try:
         for preset in args.presets:
             for seed in args.seeds:
-                run_dir, settings = out / f"{preset}-seed{seed}", run_settings(limits, args)
+                run_dir = out / f"{preset}-seed{seed}"
                 if (done := finished_run(run_dir, settings)) is not None:
                     print(f"[compare] {preset} seed {seed}: finished earlier, reusing {run_dir / RUN_RESULT}", flush=True)
                     results.append(done)
