@@ -145,10 +145,13 @@ def progress_line(iteration: int, total: int, m: dict) -> str:
         v = m.get(key)
         return format(v, fmt) if _finite(v) else "-"
 
+    skipped = m.get("learner/skipped_steps")
+    # a skipped step is news (a non-finite gradient): say it on the line people watch
+    warning = f" | SKIPPED {skipped:.0f} optimizer step(s): gradient not finite" if _finite(skipped) and skipped else ""
     return (
         f"[it {iteration}/{total}] reward {f('reward/mean', '.3f')}±{f('reward/std', '.2f')} "
         f"acc {f('reward/accuracy', '.2f')} kl {f('policy/kl', '.1e')} clip {f('policy/clipfrac', '.2f')} "
         f"| {f('charts/images_per_s', '.1f')} img/s | step {f('time/step', '.1f')}s "
         f"(roll {f('time/rollout', '.1f')} rew {f('time/reward', '.1f')} upd {f('time/update', '.1f')} "
-        f"sync {f('time/sync', '.2f')})"
+        f"sync {f('time/sync', '.2f')}){warning}"
     )

@@ -67,6 +67,12 @@ class LearnerConfig(BaseModel):
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping by global norm.")
+    max_consecutive_skips: int = Field(
+        8, ge=1,
+        description="An optimizer step whose gradient norm is not finite is skipped at every ZeRO stage (weights and "
+        "Adam's moments untouched; counted in learner/skipped_steps). After this many skipped in a row the run "
+        "fails with an error naming the iteration: a policy that diverged, not a one-off overflow.",
+    )
     optimizer_steps_per_iteration: int = Field(
         1, ge=1, description="The iteration's samples are split into this many minibatches, one optimizer step each."
     )

@@ -150,24 +150,58 @@ def set_learning_rate(engine, lr: float) -> None:
         group["lr"] = lr
 
 
-def micro_batch_step(engine, loss: torch.Tensor, is_last: bool) -> float | None:
+@dataclass(frozen=True)
+class StepOutcome:
+    """What an optimizer step did: the global gradient norm before clipping (None where DeepSpeed kept
+    none) and whether the weights moved (False: the norm was not finite and the step was skipped)."""
+
+    grad_norm: float | None
+    applied: bool
+
+
+def micro_batch_step(engine, loss: torch.Tensor, is_last: bool) -> StepOutcome | None:
     """Backward and step one micro-batch, marking explicitly whether it ends the optimizer step; returns
-    the step's global gradient norm before clipping on its last micro-batch (else None).
+    the step's outcome on its last micro-batch (else None).
 
     DeepSpeed otherwise decides the boundary from a global micro-step counter,
     (micro_steps + 1) % gradient_accumulation_steps == 0, which drifts as soon as two optimizer steps
     take different numbers of micro-batches (masked images, dropped zero-std groups, uneven shares):
-    after a 3-micro-batch step, a 2-micro-batch step would update after its first micro-batch."""
+    after a 3-micro-batch step, a 2-micro-batch step would update after its first micro-batch.
+
+    A step whose gradient is not finite is skipped at every stage. DeepSpeed's ZeRO and bf16 optimizers
+    skip it themselves (they check for overflow in fp32 too); its plain fp32 path (stage 0) clips by the
+    infinite norm, which turns the gradient into NaN, and AdamW writes that into the weights and moments.
+    There the gradients are dropped before the step (set to None), so AdamW leaves every parameter and
+    its moments as they were, and the engine still counts the step as everywhere else."""
     engine.set_gradient_accumulation_boundary(is_last)
     engine.backward(loss)
     # DeepSpeed's ZeRO and bf16 optimizers record the norm they clip by; its plain fp32 path (stage 0)
     # clips without keeping it, and the step then frees the gradients, so measure it here first.
-    own = unsharded_grad_norm(engine) if is_last and engine.zero_optimization_stage() == 0 and not engine.bfloat16_enabled() else None
-    engine.step()
+    plain = is_last and engine.zero_optimization_stage() == 0 and not engine.bfloat16_enabled()
+    own = unsharded_grad_norm(engine) if plain else None
+    if own is not None and not math.isfinite(own):
+        _step_without_gradients(engine)
+    else:
+        engine.step()
     if not is_last:
         return None
     norm = engine.get_global_grad_norm() if own is None else own
-    return None if norm is None else float(norm)
+    norm = None if norm is None else float(norm)
+    applied = engine.was_step_applied() if own is None else math.isfinite(own)
+    return StepOutcome(norm, bool(applied))
+
+
+def _step_without_gradients(engine) -> None:
+    """The stage-0 skip: drop the gradients, so torch's AdamW passes over every parameter (weights,
+    moments and step counts untouched), and let the engine close the step as usual. Its fp32 clipping
+    is bypassed for this one call: with no gradient to clip, DeepSpeed's clip_grad_norm_ indexes an
+    empty list."""
+    engine.optimizer.zero_grad(set_to_none=True)
+    engine.clip_fp32_gradients = lambda: None  # an instance attribute shadows the method for this call
+    try:
+        engine.step()
+    finally:
+        del engine.clip_fp32_gradients
 
 
 def unsharded_grad_norm(engine) -> float:

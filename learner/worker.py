@@ -27,6 +27,7 @@ from learner.checkpoint import load_into_optimizer, load_optimizer_state, save_o
 from learner.config import LearnerConfig
 from learner.engine import (
     DistInfo,
+    StepOutcome,
     build_engine,
     free_port,
     init_distributed,
@@ -262,6 +263,7 @@ class LearnerWorker:
         self.ema: EmaWeights | None = None
         self.plan = PLANS[learner.family](self)
         self.version = 0
+        self._consecutive_skips = 0  # optimizer steps skipped in a row for a non-finite gradient
         self._received: list[TrainGroup] = []  # groups `receive` fetched for the next `train`
         self._offloader: Offloader | None = None  # cluster.colocate_offload: made by the first `offload`
 
@@ -390,7 +392,7 @@ class LearnerWorker:
         first_clipped = 0.0
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
-        steps = 0
+        steps = skipped = 0
         staleness = [self.version - g.policy_version for g in groups]
         for epoch in range(self.cfg.num_inner_epochs):
             gen = torch.Generator().manual_seed(derive_seed(self.seed, "minibatches", iteration, epoch, self.rank))
@@ -403,10 +405,12 @@ class LearnerWorker:
                 set_micro_batches(self.engine, total)
                 for i, mb in enumerate(mbs):
                     loss, diag = self.plan.loss(mb)
-                    norm = micro_batch_step(self.engine, loss * mb.weight, is_last=i == total - 1)
-                    if norm is not None:
-                        sums["learner/grad_norm"] += norm
-                        counts["learner/grad_norm"] += 1
+                    outcome = micro_batch_step(self.engine, loss * mb.weight, is_last=i == total - 1)
+                    if outcome is not None:
+                        skipped += self._count_skip(outcome, iteration)
+                        if outcome.grad_norm is not None and outcome.applied:
+                            sums["learner/grad_norm"] += outcome.grad_norm
+                            counts["learner/grad_norm"] += 1
                     if mb.weight:
                         for k, v in diag.items():
                             sums[k] += v * len(mb)
@@ -434,6 +438,7 @@ class LearnerWorker:
                 torch.stack([p.detach().float().norm() for p in self.engine.module.parameters() if p.requires_grad])))
         metrics.update({
             "learner/optimizer_steps": float(steps),
+            "learner/skipped_steps": float(skipped),
             "learner/lr": lr,
             "learner/transitions": float(len(rows)),
             "learner/seconds": time.perf_counter() - start,
@@ -441,6 +446,24 @@ class LearnerWorker:
             "learner/staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
         })  # fmt: skip
         return metrics
+
+    def _count_skip(self, outcome: StepOutcome, iteration: int) -> int:
+        """1 if the optimizer step was skipped for a non-finite gradient (else 0); raises once
+        learner.max_consecutive_skips steps in a row were. Every rank sees the same outcome (the norm is
+        global), so every rank raises at the same step."""
+        if outcome.applied:
+            self._consecutive_skips = 0
+            return 0
+        self._consecutive_skips += 1
+        if self._consecutive_skips >= self.cfg.max_consecutive_skips:
+            raise RuntimeError(
+                f"iteration {iteration}: the gradient norm was not finite ({outcome.grad_norm}) for "
+                f"{self._consecutive_skips} optimizer steps in a row (learner.max_consecutive_skips): the policy "
+                "diverged. Those steps were skipped, so the weights hold no NaN; look at learner/grad_norm and "
+                "policy/loss in metrics.jsonl for where it began, lower learner.learning_rate (or decay it, "
+                "learner.lr_schedule), and restart from a checkpoint before that."
+            )
+        return 1
 
     # -- weights and checkpoints
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -42,14 +43,51 @@ def test_accumulated_step_equals_adamw_on_mean_gradient(dist, zero_stage):
     engine = build_engine(net, list(net.parameters()), cfg, world_size=1)
     set_micro_batches(engine, 3)
     xs = [torch.randn(5, 4) for _ in range(3)]
-    norms = [micro_batch_step(engine, engine.module(x).pow(2).mean(), is_last=i == 2) for i, x in enumerate(xs)]
+    outcomes = [micro_batch_step(engine, engine.module(x).pow(2).mean(), is_last=i == 2) for i, x in enumerate(xs)]
     assert engine.global_steps == 1
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.0)
     sum(ref(x).pow(2).mean() for x in xs).div(3).backward()
     # the step's gradient norm is reported at every stage (DeepSpeed's stage 0 keeps none of its own)
     expected = torch.linalg.vector_norm(torch.stack([q.grad.norm() for q in ref.parameters()]))
-    assert norms[:2] == [None, None] and norms[2] == pytest.approx(float(expected), rel=1e-5)
+    assert outcomes[:2] == [None, None] and outcomes[2].grad_norm == pytest.approx(float(expected), rel=1e-5)
+    assert outcomes[2].applied
     opt.step()
+    for p, q in zip(engine.module.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1, 2])
+def test_a_step_with_a_non_finite_gradient_is_skipped(dist, zero_stage):
+    """A diverging policy's gradient reaches inf. Stage 0 used to clip by the infinite norm (NaN gradients)
+    and AdamW wrote NaN into the weights; at every stage the step must now leave the weights and Adam's
+    moments as they were, report applied=False, and the next finite step must equal AdamW that never saw
+    the bad one."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    ref = copy.deepcopy(net)
+    cfg = LearnerConfig(zero_stage=zero_stage, learning_rate=1e-2, max_grad_norm=1.0, weight_decay=1e-2)
+    engine = build_engine(net, list(net.parameters()), cfg, world_size=1)
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=1e-2)
+    good = [torch.randn(5, 4) for _ in range(2)]
+    bad = torch.full((5, 4), float("inf"))
+    set_micro_batches(engine, 1)
+
+    def ref_step(x):
+        opt.zero_grad()
+        ref(x).pow(2).mean().backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        opt.step()
+
+    assert micro_batch_step(engine, engine.module(good[0]).pow(2).mean(), is_last=True).applied
+    ref_step(good[0])
+    before = [p.detach().clone() for p in engine.module.parameters()]
+    skipped = micro_batch_step(engine, engine.module(bad).pow(2).mean(), is_last=True)
+    assert not skipped.applied
+    assert skipped.grad_norm is None or not math.isfinite(skipped.grad_norm)
+    for p, q in zip(engine.module.parameters(), before, strict=True):
+        torch.testing.assert_close(p.detach(), q)
+    assert micro_batch_step(engine, engine.module(good[1]).pow(2).mean(), is_last=True).applied
+    ref_step(good[1])
     for p, q in zip(engine.module.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
 

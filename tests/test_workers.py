@@ -241,3 +241,30 @@ def test_first_minibatch_health_and_recomputed_old_log_probs(workers, cfgs):
     assert abs(fixed["learner/first_minibatch_ratio_mean"] - 1.0) < 1e-5
     assert fixed["learner/first_minibatch_ratio_std"] < 1e-5 and fixed["learner/first_minibatch_clipfrac"] == 0.0
     learner.cfg = cfgs[2]
+
+
+def test_non_finite_gradients_are_skipped_then_stop_the_run(workers, cfgs):
+    """A diverged policy (here: infinite advantages, so an infinite loss and gradient) must not write NaN
+    into the weights: the step is skipped and counted, and after learner.max_consecutive_skips such steps
+    in a row the rank raises, naming the iteration. A finite step in between resets the count."""
+    rollout, learner = workers
+    learner.cfg = cfgs[2].model_copy(update={"max_consecutive_skips": 2})
+
+    def diverged(iteration):
+        groups = _groups(rollout, iteration=iteration)
+        return [replace(g, advantages=torch.full_like(g.advantages, float("inf"))) for g in groups]
+
+    try:
+        before = learner.export_weights()
+        metrics = learner.train(diverged(20), iteration=20)
+        assert metrics["learner/skipped_steps"] == 1.0 and "learner/grad_norm" not in metrics
+        after = learner.export_weights()
+        assert all(np.array_equal(before[k], after[k]) for k in before)
+        assert learner.train(_groups(rollout, iteration=21), iteration=21)["learner/skipped_steps"] == 0.0
+        learner.train(diverged(22), iteration=22)
+        with pytest.raises(RuntimeError, match=r"iteration 23: the gradient norm was not finite .* 2 optimizer steps in a row"):
+            learner.train(diverged(23), iteration=23)
+        assert all(np.isfinite(v).all() for v in learner.export_weights().values())
+    finally:
+        learner.cfg = cfgs[2]
+        learner._consecutive_skips = 0
