@@ -74,11 +74,13 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, run_dir: Pat
     from cluster.trainer import Trainer
 
     path = REPO_ROOT / "configs" / f"{preset}.yaml"
+    overrides = applicable(args.overrides, load_config(path).learner.family)
+    horizon = schedule_horizon(load_config(path, overrides))
     cfg = load_config(path, [
         f"seed={seed}", f"logging.output_dir={run_dir}", f"logging.eval_every={args.eval_every}",
         f"logging.eval_base={str(base_file is None).lower()}", "logging.tensorboard=false",
-        "logging.checkpoint_every=0", f"iterations={args.max_iterations}",
-        *applicable(args.overrides, load_config(path).learner.family),
+        "logging.checkpoint_every=0", f"iterations={args.max_iterations}", *overrides,
+        *([f"learner.lr_schedule_iterations={horizon}"] if horizon else []),
     ])  # fmt: skip
     crossed: set[str] = set()
 
@@ -107,6 +109,15 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, run_dir: Pat
                       "eval_file": str(run_dir / f"{name}.json")}
     return {"preset": preset, "seed": seed, "iterations": len(rows), "final": final.summary, "base": base,
             "base_file": str(base_file), "curve": points, "at": at}
+
+
+def schedule_horizon(cfg) -> int | None:
+    """The horizon of a preset's decaying learning rate (None for a constant rate). A run's `iterations`
+    becomes compare's cap, but it is also that horizon: stretched over the cap, a cosine would stay near
+    its peak for the whole budget, which is not the preset the main job runs."""
+    if cfg.learner.lr_schedule == "constant":
+        return None
+    return cfg.learner.lr_schedule_iterations or cfg.iterations
 
 
 RUN_RESULT = "compare_run.json"  # a finished run's result, in its run directory (what a rerun reuses)
@@ -265,17 +276,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     limits = {"wall": 60 * args.minutes, "nfe": args.nfe}
     settings = run_settings(limits, args)  # the same for every run of this command
     try:
-        for preset in args.presets:
+        for preset, config in zip(args.presets, configs, strict=True):
             for seed in args.seeds:
                 run_dir = out / f"{preset}-seed{seed}"
-                if (done := finished_run(run_dir, settings)) is not None:
+                # a decaying rate's horizon is part of what the run trained (constant rates have none, so
+                # their runs from before compare kept horizons are still the same runs)
+                horizon = schedule_horizon(config)
+                own = settings if horizon is None else {**settings, "lr_schedule_iterations": horizon}
+                if (done := finished_run(run_dir, own)) is not None:
                     print(f"[compare] {preset} seed {seed}: finished earlier, reusing {run_dir / RUN_RESULT}", flush=True)
                     results.append(done)
                 else:
                     print(f"[compare] {preset} seed {seed} until wall {limits['wall']:g} s and NFE {limits['nfe']:g}",
                           flush=True)
                     results.append(run_one(preset, seed, limits, args, run_dir, base_file))
-                    (run_dir / RUN_RESULT).write_text(json.dumps({"settings": settings, "result": results[-1]}))
+                    (run_dir / RUN_RESULT).write_text(json.dumps({"settings": own, "result": results[-1]}))
                 base_file = Path(results[-1]["base_file"])
                 print(f"[compare] {preset} seed {seed}: " + ", ".join(
                     f"{b} {a['summary'].get('overall', float('nan')):.3f}" for b, a in results[-1]["at"].items()),

@@ -57,8 +57,14 @@ class LearnerConfig(BaseModel):
     learning_rate: float = Field(3e-4, gt=0, description="AdamW learning rate (the peak, under a schedule).")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="'cosine': the rate of iteration i (0-based) is f + (1 - f) (1 + cos(pi i / N)) / 2 "
-        "times learning_rate, N the run's `iterations` and f learner.lr_final_fraction; set per iteration from "
+        "times learning_rate, N the run's `iterations` (or lr_schedule_iterations) and f learner.lr_final_fraction; set per iteration from "
         "the iteration number alone, so a resumed run continues the same curve.",
+    )
+    lr_schedule_iterations: int | None = Field(
+        None, ge=1,
+        description="lr_schedule's horizon N in iterations (None: the run's `iterations`). Set when the run's length "
+        "is only a cap: benchmarks/compare.py stops runs at a time or NFE budget and keeps each preset's own "
+        "horizon here, so the schedule is the preset's and not stretched over the cap.",
     )
     lr_final_fraction: float = Field(
         0.1, ge=0, le=1, description="lr_schedule 'cosine': where the rate ends, as a fraction of learning_rate."

@@ -136,6 +136,7 @@ def scheduled_learning_rate(cfg: LearnerConfig, iteration: int, iterations: int 
     iteration alone (no scheduler state), so a resumed run continues the curve exactly."""
     if cfg.lr_schedule == "constant":
         return cfg.learning_rate
+    iterations = cfg.lr_schedule_iterations or iterations
     if not iterations:
         raise ValueError(f"learner.lr_schedule={cfg.lr_schedule!r} needs the run's length: construct the "
                          "LearnerWorker with iterations=cfg.iterations")

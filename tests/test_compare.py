@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from tests.script_loader import load_script
 from tests.tiny_models import SMALL_EVAL
@@ -77,6 +78,11 @@ def test_a_rerun_reuses_finished_runs_and_redoes_the_one_cut_off(tiny_sd3_path, 
     ]  # fmt: skip
     first = compare.main(argv)
     fast, nft = (tmp_path / f"{p}-seed0" for p in ("shapes_flowgrpo_fast", "shapes_nft"))
+    # the run's length is compare's cap; nft's cosine keeps the preset's own horizon, not the cap's
+    saved = yaml.safe_load((nft / "config.yaml").read_text())
+    assert saved["iterations"] == 2 and saved["learner"]["lr_schedule_iterations"] == compare.load_config(
+        compare.REPO_ROOT / "configs" / "shapes_nft.yaml").iterations
+    assert "lr_schedule_iterations" not in json.loads((fast / compare.RUN_RESULT).read_text())["settings"]
     (nft / compare.RUN_RESULT).unlink()  # as if the session stopped before nft's run finished
     written = (fast / "metrics.jsonl").stat().st_mtime_ns
     again = compare.main(argv)

@@ -26,6 +26,10 @@ def test_cosine_runs_from_the_peak_to_the_final_fraction():
     assert scheduled_learning_rate(LearnerConfig(learning_rate=1e-3), 77, 100) == 1e-3
     with pytest.raises(ValueError, match="iterations"):  # a cosine needs its horizon, never a silent default
         scheduled_learning_rate(cfg, 3, None)
+    # its own horizon, when the run's length is only a cap (benchmarks/compare.py): the run's is ignored
+    own = cfg.model_copy(update={"lr_schedule_iterations": 100})
+    assert scheduled_learning_rate(own, 50, 1000) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert scheduled_learning_rate(own, 200, 1000) == pytest.approx(1e-4)
     assert math.isclose(scheduled_learning_rate(cfg, 25, 100), 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))))
 
 
