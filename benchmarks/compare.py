@@ -22,6 +22,10 @@ by hand.
 
 Each finished run keeps its result in its folder (compare_run.json): run the same command again after an
 interruption and it reuses the finished runs, redoing only the one that was cut off.
+
+A run whose learner stops for non-finite gradients (learner.max_consecutive_skips) is a result, not a
+crash: the policy it reached is evaluated, and the table marks it "(diverged)". A preset's decaying
+learning rate keeps its own horizon (learner.lr_schedule_iterations), since `iterations` is the cap here.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, run_dir: Pat
     names the evaluation file it was read from (`eval_file`), for the paired comparisons."""
     from cluster.plots import eval_points, read_metrics
     from cluster.trainer import Trainer
+    from learner.worker import PolicyDiverged
 
     path = REPO_ROOT / "configs" / f"{preset}.yaml"
     overrides = applicable(args.overrides, load_config(path).learner.family)
@@ -89,9 +94,17 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, run_dir: Pat
         crossed.update(new)
         return bool(new)
 
+    diverged = None
     with Trainer(cfg) as trainer:
-        final = trainer.run(stop=lambda m: all(m[BUDGET_KEYS[b]] >= lim for b, lim in limits.items()),
-                            evaluate_when=budget_crossed)
+        try:
+            final = trainer.run(stop=lambda m: all(m[BUDGET_KEYS[b]] >= lim for b, lim in limits.items()),
+                                evaluate_when=budget_crossed)
+        except PolicyDiverged as err:
+            # A result, not a crash: the comparison goes on, and the policy the run reached is evaluated
+            # like any other (its unreached budgets read that evaluation, marked in the table).
+            diverged = str(err).splitlines()[0]
+            print(f"[compare] {preset} seed {seed} diverged: {diverged}", flush=True)
+            final = trainer.evaluate()
     rows = read_metrics(run_dir / "metrics.jsonl")
     base_file = base_file or run_dir / "eval_base.json"
     base = json.loads(base_file.read_text())
@@ -108,7 +121,7 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, run_dir: Pat
                       "wall_s": row["charts/wall_seconds"], "nfe": row["charts/nfe_total"],
                       "eval_file": str(run_dir / f"{name}.json")}
     return {"preset": preset, "seed": seed, "iterations": len(rows), "final": final.summary, "base": base,
-            "base_file": str(base_file), "curve": points, "at": at}
+            "base_file": str(base_file), "curve": points, "at": at, "diverged": diverged}
 
 
 def schedule_horizon(cfg) -> int | None:
@@ -182,6 +195,7 @@ def rankings(results: list[dict]) -> dict[str, list[dict]]:
             overall = [r["at"][budget]["summary"].get("overall", float("nan")) for r in rs]
             ranked.append({
                 "preset": preset, "files": files, "seeds": len(rs), "reached": all(r["at"][budget]["reached"] for r in rs),
+                "diverged": sum(bool(r.get("diverged")) for r in rs),
                 "iterations": float(np.mean([r["at"][budget]["iterations"] for r in rs])),
                 "nfe": float(np.mean([r["at"][budget]["nfe"] for r in rs])),
                 "wall_s": float(np.mean([r["at"][budget]["wall_s"] for r in rs])),
@@ -213,6 +227,9 @@ def table(results: list[dict], ranked: dict[str, list[dict]]) -> str:
         for n, x in enumerate(rows, 1):
             spread = f" ± {x['seed_std']:.3f}" if x["seeds"] > 1 else ""
             short = "" if x["reached"] else " (cap hit first)"
+            if x.get("diverged"):  # learner.max_consecutive_skips non-finite steps: stopped, evaluated where it was
+                seeds = "" if x["seeds"] == 1 else f" in {x['diverged']} of {x['seeds']} seeds"
+                short = f" (diverged{seeds})"
             vs_best = "best" if n == 1 else _ci({"difference": x["vs_best"]["difference"], "ci": x["vs_best"]["ci"]})
             lines.append(f"| {n} | {x['preset']}{short} | {x['seeds']} | {x['iterations']:.0f} | {x['nfe']:.0f} | "
                          f"{x['wall_s']:.0f} | {x['overall']:.3f}{spread} | {_ci(x['change']['overall'])} | {vs_best} | "

@@ -233,6 +233,12 @@ class PerStepPlan:
 PLANS = {"per_step": PerStepPlan, "forward_process": ForwardProcessPlan}  # by learner.family
 
 
+class PolicyDiverged(RuntimeError):
+    """learner.max_consecutive_skips optimizer steps in a row had a non-finite gradient: the run cannot go
+    on, and benchmarks that compare runs (compare.py) record it as diverged instead of stopping. Ray raises
+    it on the driver as an instance of this class too (RayTaskError subclasses its cause)."""
+
+
 class LearnerWorker:
     """One data-parallel learner rank holding the trainable policy inside a DeepSpeed engine."""
 
@@ -456,7 +462,7 @@ class LearnerWorker:
             return 0
         self._consecutive_skips += 1
         if self._consecutive_skips >= self.cfg.max_consecutive_skips:
-            raise RuntimeError(
+            raise PolicyDiverged(
                 f"iteration {iteration}: the gradient norm was not finite ({outcome.grad_norm}) for "
                 f"{self._consecutive_skips} optimizer steps in a row (learner.max_consecutive_skips): the policy "
                 "diverged. Those steps were skipped, so the weights hold no NaN; look at learner/grad_norm and "

@@ -60,6 +60,17 @@ def test_shared_overrides_skip_the_keys_of_the_other_family():
     assert compare.applicable(shared, "per_step") == ["sampling.window_range=[0,3]", "sampling.group_size=4"]
 
 
+def test_a_diverged_run_is_marked_in_the_table():
+    compare = load_script("benchmarks/compare.py")
+    change = {"overall": {"difference": -0.5, "ci": [-0.55, -0.45]}}
+    row = {"preset": "shapes_awm", "seeds": 1, "reached": False, "diverged": 1, "iterations": 120.0, "nfe": 1.0,
+           "wall_s": 300.0, "overall": 0.1, "seed_std": 0.0, "change": change, "vs_best": change["overall"]}
+    results = [{"base": {"overall": 0.6}}]
+    assert "| shapes_awm (diverged) | 1 | 120 |" in compare.table(results, {"wall": [row]})
+    two = {**row, "seeds": 2}
+    assert "shapes_awm (diverged in 1 of 2 seeds)" in compare.table(results, {"wall": [two]})
+
+
 def test_budget_crossing_index():
     compare = load_script("benchmarks/compare.py")
     rows = [{"charts/nfe_total": v} for v in (100.0, 250.0, 400.0)]

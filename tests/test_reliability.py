@@ -83,3 +83,18 @@ def test_a_failing_reward_checkpoints_completed_iterations_first(local_ray, tiny
             trainer.train()
     latest = checkpoints.latest_checkpoint(tmp_path)
     assert latest is not None and checkpoints.read_state(latest)["iteration"] == 1
+
+
+def test_a_diverged_learner_reaches_the_driver_as_policy_diverged(local_ray):
+    """benchmarks/compare.py records a diverged run (learner.max_consecutive_skips non-finite steps) and goes
+    on to the next preset: that needs the learner's PolicyDiverged to reach the driver as that class through
+    Ray's task error, not only as a RayTaskError."""
+    from learner.worker import PolicyDiverged
+
+    @ray.remote
+    class Rank:
+        def train(self):
+            raise PolicyDiverged("iteration 7: the gradient norm was not finite")
+
+    with pytest.raises(PolicyDiverged, match="iteration 7"):
+        ray.get(Rank.remote().train.remote())

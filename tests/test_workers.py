@@ -13,7 +13,7 @@ import torch
 from learner.advantages import grpo_advantages
 from learner.config import LearnerConfig
 from learner.engine import free_port
-from learner.worker import LearnerWorker, TrainGroup
+from learner.worker import LearnerWorker, PolicyDiverged, TrainGroup
 from rollout.config import LoraSettings, ModelConfig, SamplingConfig
 from rollout.worker import GroupRequest, RolloutWorker, weights_digest
 
@@ -262,7 +262,7 @@ def test_non_finite_gradients_are_skipped_then_stop_the_run(workers, cfgs):
         assert all(np.array_equal(before[k], after[k]) for k in before)
         assert learner.train(_groups(rollout, iteration=21), iteration=21)["learner/skipped_steps"] == 0.0
         learner.train(diverged(22), iteration=22)
-        with pytest.raises(RuntimeError, match=r"iteration 23: the gradient norm was not finite .* 2 optimizer steps in a row"):
+        with pytest.raises(PolicyDiverged, match=r"iteration 23: the gradient norm was not finite .* 2 optimizer steps in a row"):
             learner.train(diverged(23), iteration=23)
         assert all(np.isfinite(v).all() for v in learner.export_weights().values())
     finally:
