@@ -31,6 +31,7 @@ learning rate keeps its own horizon (learner.lr_schedule_iterations), since `ite
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -141,6 +142,14 @@ def run_settings(limits: dict[str, float], args) -> dict:
     are the same (a changed budget or override runs it again)."""
     return {"limits": limits, "max_iterations": args.max_iterations, "eval_every": args.eval_every,
             "overrides": list(args.overrides)}
+
+
+def preset_settings(settings: dict, path: Path, cfg) -> dict:
+    """`settings` plus what one preset's run depends on: its file (an edited preset runs again) and its
+    decaying rate's horizon (constant rates have none)."""
+    own = {**settings, "preset_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    horizon = schedule_horizon(cfg)
+    return own if horizon is None else {**own, "lr_schedule_iterations": horizon}
 
 
 def finished_run(run_dir: Path, settings: dict) -> dict | None:
@@ -293,13 +302,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     limits = {"wall": 60 * args.minutes, "nfe": args.nfe}
     settings = run_settings(limits, args)  # the same for every run of this command
     try:
-        for preset, config in zip(args.presets, configs, strict=True):
+        for preset, path, config in zip(args.presets, paths, configs, strict=True):
             for seed in args.seeds:
                 run_dir = out / f"{preset}-seed{seed}"
-                # a decaying rate's horizon is part of what the run trained (constant rates have none, so
-                # their runs from before compare kept horizons are still the same runs)
-                horizon = schedule_horizon(config)
-                own = settings if horizon is None else {**settings, "lr_schedule_iterations": horizon}
+                own = preset_settings(settings, path, config)
                 if (done := finished_run(run_dir, own)) is not None:
                     print(f"[compare] {preset} seed {seed}: finished earlier, reusing {run_dir / RUN_RESULT}", flush=True)
                     results.append(done)

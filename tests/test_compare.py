@@ -71,6 +71,22 @@ def test_a_diverged_run_is_marked_in_the_table():
     assert "shapes_awm (diverged in 1 of 2 seeds)" in compare.table(results, {"wall": [two]})
 
 
+def test_an_edited_preset_or_another_horizon_is_not_the_same_run(tmp_path):
+    compare = load_script("benchmarks/compare.py")
+    source = compare.REPO_ROOT / "configs" / "shapes_nft.yaml"
+    preset = tmp_path / "shapes_nft.yaml"
+    preset.write_text(source.read_text())
+    cfg = compare.load_config(source)
+    settings = {"limits": {"wall": 600}}
+    first = compare.preset_settings(settings, preset, cfg)
+    assert first["lr_schedule_iterations"] == cfg.iterations  # a cosine: its horizon is part of the run
+    assert compare.preset_settings(settings, preset, cfg) == first
+    preset.write_text(source.read_text().replace("learning_rate: 5.0e-4", "learning_rate: 4.0e-4"))
+    assert compare.preset_settings(settings, preset, cfg) != first  # edited: run again
+    constant = cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"lr_schedule": "constant"})})
+    assert "lr_schedule_iterations" not in compare.preset_settings(settings, preset, constant)
+
+
 def test_budget_crossing_index():
     compare = load_script("benchmarks/compare.py")
     rows = [{"charts/nfe_total": v} for v in (100.0, 250.0, 400.0)]
