@@ -100,13 +100,10 @@ def evaluate_cmd(argv: list[str]) -> int:
     cfg = _load(args)
     weights = None
     if args.checkpoint:
-        ckpt = Path(args.checkpoint)
-        if not (ckpt / checkpoints.STATE_FILE).is_file():
-            ckpt = checkpoints.latest_checkpoint(ckpt) or ckpt
-        # The trainer evaluates the EMA weights when learner.ema_decay is set: so does this.
-        file = ckpt / ("ema.safetensors" if cfg.learner.ema_decay is not None else "trainable.safetensors")
-        if not file.is_file():
-            raise SystemExit(f"error: {args.checkpoint} holds no checkpoint (expected {file})")
+        try:
+            file = checkpoints.evaluation_weights_file(args.checkpoint, ema=cfg.learner.ema_decay is not None)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
         weights = load_file(str(file))
     name = "eval" if args.split == "test" else "eval_train"
     summary = evaluate_in_process(cfg, output_dir=args.output_dir, split=args.split, name=name, weights=weights).summary

@@ -86,6 +86,19 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def evaluation_weights_file(checkpoint: str | Path, ema: bool) -> Path:
+    """The file whose weights an evaluation of `checkpoint` (a checkpoint folder, or a run directory: its
+    newest) uses: the EMA's when learner.ema_decay is set (`ema`), as the Trainer evaluates, else the
+    trained weights (also for DiffusionNFT, whose EMA is the sampling policy, not the evaluated one)."""
+    ckpt = Path(checkpoint)
+    if not (ckpt / STATE_FILE).is_file():
+        ckpt = latest_checkpoint(ckpt) or ckpt
+    file = ckpt / ("ema.safetensors" if ema else "trainable.safetensors")
+    if not file.is_file():
+        raise ValueError(f"{checkpoint} holds no checkpoint (expected {file})")
+    return file
+
+
 def read_state(checkpoint: Path) -> dict:
     path = Path(checkpoint) / STATE_FILE
     try:
