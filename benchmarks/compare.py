@@ -161,7 +161,7 @@ def finished_run(run_dir: Path, settings: dict) -> dict | None:
         return None
     saved = json.loads(path.read_text())
     if saved.get("settings") != settings:
-        print(f"[compare] {run_dir} was run with other budgets or overrides: running it again", flush=True)
+        print(f"[compare] {run_dir} was run with other settings (budgets, overrides, preset file or rate horizon): running it again", flush=True)
         return None
     return saved["result"]
 
