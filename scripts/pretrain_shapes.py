@@ -561,12 +561,17 @@ def phase_card(out: Path, args) -> None:
     log(f"vae round-trip detector accuracy {vae_acc:.3f}; RL iteration {rl}")
     counts = param_counts(policy.pipe)
     counts["transformer"] = sum(p.numel() for n, p in policy.transformer.named_parameters() if "lora" not in n)
+    from benchmarks.order_reading import ORDER_TAGS, measure
+    from benchmarks.order_reading import table as order_table
     from cluster.config import load_config
 
-    eval_steps = load_config(None, [f"model.path={out}"]).sampling.eval_num_steps
+    cfg = load_config(None, [f"model.path={out}"])
+    order = measure(cfg, [r for r in records if r.get("tag") in ORDER_TAGS], ORDER_IMAGES_PER_PROMPT, None, args.seed)
     write_card(out, args, summary, current, previous, comparison, eval_s, vae_acc, rl, counts, policy.cfg.guidance_scale,
-               eval_steps)
+               cfg.sampling.eval_num_steps, order_table(order))
 
+
+ORDER_IMAGES_PER_PROMPT = 24  # benchmarks/order_reading.py's default: ~0.07 half-width per tag's accuracy
 
 # The first shipped model's card (42 test prompts x 4 images, 40-step ODE, one seed per prompt): kept
 # for comparison, as measured then.
@@ -575,7 +580,7 @@ V1_CARD = {"single_object": 0.500, "two_object": 0.250, "counting": 0.250, "colo
 
 
 def write_card(out, args, summary, current, previous, comparison, eval_s, vae_acc, rl, counts, guidance,
-               eval_steps) -> None:
+               eval_steps, order) -> None:
     s = current.summary
     fails = failure_table(current.rows)
 
@@ -677,6 +682,13 @@ the columns above say how: "unreadable" images hold a malformed, blurred or stra
 detector rejects; "readable but wrong" images are clean shapes in the wrong relation, count or colour
 binding (the choice failures RL is meant to fix). `failures.png` shows the first failed images of each tag,
 one row per tag in the order of the table; `samples.png` the first 8 images of 2 prompts per tag.
+
+Does it read word order? (`benchmarks/order_reading.py`: each test relation and colour-binding prompt's
+{ORDER_IMAGES_PER_PROMPT} images scored against the prompt and against the prompt with the two objects' roles swapped, paired.)
+A base that ignores the order scores the same against both: its prompt then selects no choice for RL to
+sharpen on these tags (README, Results: v3's differences were -0.030 and -0.026, and no RL run moved them).
+
+{order}
 
 One RL-like iteration (8 prompts x 8 images x 10 Flow-GRPO SDE steps with CFG, decode, then
 forward + backward through the LoRA policy on all 640 transitions and one AdamW step):
