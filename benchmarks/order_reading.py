@@ -3,6 +3,7 @@ against their role-swapped counterparts.
 
     python benchmarks/order_reading.py [--config configs/shapes_nft.yaml] [--checkpoint RUN_OR_CHECKPOINT]
                                        [--images-per-prompt 24] [--split test] [--output FILE.json]
+                                       [--against EARLIER.json]
 
 "a circle left of a square" and "a square left of a circle" use the same words; so do "a red circle and a
 blue square" and "a blue circle and a red square". Each image sampled for a prompt (the evaluation's
@@ -11,7 +12,8 @@ counterpart with the two objects' roles swapped. A policy that ignores the order
 for both, so both verdicts are equally likely: the difference is ~0. A policy that reads the order
 scores high against its prompt and ~0 against the counterpart. The difference, paired over the same
 images with its 95% interval, is how much the prompt's order steers the image; compare the base model
-(no --checkpoint) with a trained run to see whether RL taught it.
+(no --checkpoint) with a trained run to see whether RL taught it: `--against` the base's `--output` gives
+the paired change of the reading, image by image.
 """
 
 from __future__ import annotations
@@ -75,25 +77,52 @@ def summarize(own: np.ndarray, other: np.ndarray, prompt_index: np.ndarray, tags
             for tag in est["prompt"]}
 
 
-def measure(cfg, records: list[dict], images_per_prompt: int, weights: dict | None, seed: int = 0) -> dict:
+def sample_verdicts(cfg, records: list[dict], images_per_prompt: int, weights: dict | None,
+                    seed: int = 0) -> dict[str, list]:
     """Sample every record's images with the evaluation sampler (the base model, or `weights` loaded) and
-    summarize their order verdicts."""
+    score each against its prompt and the role-swapped one: per image its prompt, prompt index, tag and
+    the two verdicts (what --output keeps and --against pairs)."""
     from rollout.worker import RolloutWorker
 
     worker = RolloutWorker(cfg.model, cfg.sampling, torch_threads=2)  # a one-off measurement: both cores
     if weights is not None:
         worker.load_weights(weights, version=1)
-    own, other, prompt_index, tags = [], [], [], []
+    out: dict[str, list] = {"prompt": [], "prompt_index": [], "tag": [], "own": [], "swapped": []}
     for i, record in enumerate(records):
         images = worker.evaluate([record["prompt"]], [seeds_for(i, images_per_prompt, seed)])
-        a, b = order_verdicts(images, record)
-        own.append(a)
-        other.append(b)
-        prompt_index += [i] * len(a)
-        tags += [record["tag"]] * len(a)
-        print(f"[order] {i + 1}/{len(records)} {record['prompt']!r}: {a.mean():.2f} own, {b.mean():.2f} swapped",
-              flush=True)
-    return summarize(np.concatenate(own), np.concatenate(other), np.array(prompt_index), np.array(tags, dtype=object))
+        own, swapped = order_verdicts(images, record)
+        out["prompt"] += [record["prompt"]] * len(own)
+        out["prompt_index"] += [i] * len(own)
+        out["tag"] += [record["tag"]] * len(own)
+        out["own"] += own.tolist()
+        out["swapped"] += swapped.tolist()
+        print(f"[order] {i + 1}/{len(records)} {record['prompt']!r}: {own.mean():.2f} own, {swapped.mean():.2f} "
+              "swapped", flush=True)
+    return out
+
+
+def summary_of(verdicts: dict[str, list]) -> dict:
+    return summarize(np.asarray(verdicts["own"]), np.asarray(verdicts["swapped"]),
+                     np.asarray(verdicts["prompt_index"]), np.asarray(verdicts["tag"], dtype=object))
+
+
+def measure(cfg, records: list[dict], images_per_prompt: int, weights: dict | None, seed: int = 0) -> dict:
+    """`sample_verdicts`, summarized per tag."""
+    return summary_of(sample_verdicts(cfg, records, images_per_prompt, weights, seed))
+
+
+def paired_change(after: dict[str, list], before: dict[str, list]) -> dict:
+    """How much a policy's order reading (against-prompt minus against-swap) changed from another's,
+    paired image by image: both must have sampled the same prompts with the same seeds."""
+    from cluster.eval_stats import bootstrap
+
+    if after["prompt"] != before["prompt"]:
+        raise ValueError("--against: the two measurements sampled different prompts or numbers of images "
+                         "(use the same --split, --images-per-prompt and config prompts)")
+    reading = {name: np.asarray(v["own"]) - np.asarray(v["swapped"]) for name, v in (("after", after), ("before", before))}
+    est = bootstrap(reading["after"] - reading["before"], np.asarray(after["prompt_index"]),
+                    np.asarray(after["tag"], dtype=object))
+    return {tag: {"mean": e.value, "ci": [e.low, e.high]} for tag, e in est.items()}
 
 
 def table(summary: dict) -> str:
@@ -113,7 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", help="a run directory (its newest checkpoint) or a checkpoint folder; none: the base")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--images-per-prompt", type=int, default=24)
-    p.add_argument("--output", help="write the summary here as JSON")
+    p.add_argument("--output", help="write the summary and every image's verdicts here as JSON")
+    p.add_argument("--against", help="an earlier --output of another policy (same prompts and seeds): print the "
+                   "paired change of the order reading from it")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = p.parse_args(argv)
     from safetensors.torch import load_file
@@ -130,12 +161,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.checkpoint:
         file = checkpoints.evaluation_weights_file(args.checkpoint, ema=cfg.learner.ema_decay is not None)
         weights = load_file(str(file))
-    summary = measure(cfg, records, args.images_per_prompt, weights)
+    verdicts = sample_verdicts(cfg, records, args.images_per_prompt, weights)
+    summary = summary_of(verdicts)
     print(table(summary))
     if args.output:
         Path(args.output).write_text(json.dumps({"checkpoint": args.checkpoint, "split": args.split,
-                                                 "images_per_prompt": args.images_per_prompt, "tags": summary},
-                                                indent=2))
+                                                 "images_per_prompt": args.images_per_prompt, "tags": summary,
+                                                 "images": verdicts}))
+    if args.against:
+        change = paired_change(verdicts, json.loads(Path(args.against).read_text())["images"])
+        print(f"change of the order reading from {args.against} (paired, same images):")
+        print("\n".join(f"- {tag}: {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" for tag, d in change.items()))
+        summary = {**summary, "change": change}
     return summary
 
 

@@ -42,13 +42,20 @@ def test_only_two_object_order_prompts_have_a_counterpart():
 def test_the_base_and_a_missing_checkpoint(tiny_sd3_path, tmp_path):
     order = load_script("benchmarks/order_reading.py")
     out = tmp_path / "order.json"
-    argv = ["--images-per-prompt", "2", "--output", str(out), f"model.path={tiny_sd3_path}", "model.guidance_scale=2.0",
-            "sampling.eval_num_steps=2"]
+    model = [f"model.path={tiny_sd3_path}", "model.guidance_scale=2.0", "sampling.eval_num_steps=2"]
+    argv = ["--images-per-prompt", "2", "--output", str(out), *model]
     summary = order.main(argv)
     assert set(summary) == {"position", "color_attr", "overall"}
     for d in summary.values():
         assert d["difference"]["mean"] == pytest.approx(d["prompt"]["mean"] - d["swapped"]["mean"])
         assert d["difference"]["ci"][0] <= d["difference"]["mean"] <= d["difference"]["ci"][1]
-    assert json.loads(out.read_text())["tags"] == json.loads(json.dumps(summary))
+    saved = json.loads(out.read_text())
+    assert saved["tags"] == json.loads(json.dumps(summary))
+    assert len(saved["images"]["own"]) == 2 * len(set(saved["images"]["prompt"]))
+    # the same policy against itself: the same images, so the paired change is exactly zero
+    again = order.main(["--images-per-prompt", "2", "--against", str(out), *model])
+    assert all(d["mean"] == 0.0 and d["ci"] == [0.0, 0.0] for d in again["change"].values())
+    with pytest.raises(ValueError, match="different prompts or numbers of images"):
+        order.main(["--images-per-prompt", "1", "--against", str(out), *model])
     with pytest.raises(ValueError, match="holds no checkpoint"):
         order.main(["--checkpoint", str(tmp_path / "nothing"), *argv])
