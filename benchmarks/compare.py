@@ -68,20 +68,21 @@ def applicable(overrides: list[str], family: str) -> list[str]:
     return [o for o in overrides if o.split("=", 1)[0] not in keys]
 
 
-def run_one(preset: str, seed: int, limits: dict[str, float], args, run_dir: Path, base_file: Path | None) -> dict:
+def run_one(preset: str, seed: int, limits: dict[str, float], args, run_dir: Path, base_file: Path | None,
+            horizon: int | None) -> dict:
     """Train `preset` until both budgets are spent (training wall seconds and rollout NFE), evaluating
     at the iteration each budget is first crossed; the accuracy there is the preset's result at that
     budget. One run serves both budgets: a budget is crossed within one iteration of its limit.
     `base_file`: the base model's eval_base.json when an earlier run already made it (it does not
     depend on the preset's RL settings or seed: fixed eval seeds, same model). Each budget's entry
-    names the evaluation file it was read from (`eval_file`), for the paired comparisons."""
+    names the evaluation file it was read from (`eval_file`), for the paired comparisons. `horizon`: the
+    preset's decaying-rate horizon (`schedule_horizon`, None for a constant rate), kept over the cap."""
     from cluster.plots import eval_points, read_metrics
     from cluster.trainer import Trainer
     from learner.worker import PolicyDiverged
 
     path = REPO_ROOT / "configs" / f"{preset}.yaml"
     overrides = applicable(args.overrides, load_config(path).learner.family)
-    horizon = schedule_horizon(load_config(path, overrides))
     cfg = load_config(path, [
         f"seed={seed}", f"logging.output_dir={run_dir}", f"logging.eval_every={args.eval_every}",
         f"logging.eval_base={str(base_file is None).lower()}", "logging.tensorboard=false",
@@ -144,11 +145,10 @@ def run_settings(limits: dict[str, float], args) -> dict:
             "overrides": list(args.overrides)}
 
 
-def preset_settings(settings: dict, path: Path, cfg) -> dict:
+def preset_settings(settings: dict, path: Path, horizon: int | None) -> dict:
     """`settings` plus what one preset's run depends on: its file (an edited preset runs again) and its
-    decaying rate's horizon (constant rates have none)."""
+    decaying rate's horizon (`schedule_horizon`; constant rates have none)."""
     own = {**settings, "preset_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    horizon = schedule_horizon(cfg)
     return own if horizon is None else {**own, "lr_schedule_iterations": horizon}
 
 
@@ -305,14 +305,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for preset, path, config in zip(args.presets, paths, configs, strict=True):
             for seed in args.seeds:
                 run_dir = out / f"{preset}-seed{seed}"
-                own = preset_settings(settings, path, config)
+                horizon = schedule_horizon(config)  # the preset's own, with the overrides: the run's and the key's
+                own = preset_settings(settings, path, horizon)
                 if (done := finished_run(run_dir, own)) is not None:
                     print(f"[compare] {preset} seed {seed}: finished earlier, reusing {run_dir / RUN_RESULT}", flush=True)
                     results.append(done)
                 else:
                     print(f"[compare] {preset} seed {seed} until wall {limits['wall']:g} s and NFE {limits['nfe']:g}",
                           flush=True)
-                    results.append(run_one(preset, seed, limits, args, run_dir, base_file))
+                    results.append(run_one(preset, seed, limits, args, run_dir, base_file, horizon))
                     (run_dir / RUN_RESULT).write_text(json.dumps({"settings": own, "result": results[-1]}))
                 base_file = Path(results[-1]["base_file"])
                 print(f"[compare] {preset} seed {seed}: " + ", ".join(

@@ -72,9 +72,13 @@ def summarize(own: np.ndarray, other: np.ndarray, prompt_index: np.ndarray, tags
     from cluster.eval_stats import bootstrap
 
     parts = {"prompt": own, "swapped": other, "difference": own - other}
-    est = {name: bootstrap(values, prompt_index, tags) for name, values in parts.items()}
-    return {tag: {name: {"mean": e[tag].value, "ci": [e[tag].low, e[tag].high]} for name, e in est.items()}
-            for tag in est["prompt"]}
+    est = {name: _per_tag(bootstrap(values, prompt_index, tags)) for name, values in parts.items()}
+    return {tag: {name: e[tag] for name, e in est.items()} for tag in est["prompt"]}
+
+
+def _per_tag(estimates: dict) -> dict:
+    """cluster.eval_stats.bootstrap's Estimates as JSON: tag -> {mean, ci}."""
+    return {tag: {"mean": e.value, "ci": [e.low, e.high]} for tag, e in estimates.items()}
 
 
 def sample_verdicts(cfg, records: list[dict], images_per_prompt: int, weights: dict | None,
@@ -120,9 +124,8 @@ def paired_change(after: dict[str, list], before: dict[str, list]) -> dict:
         raise ValueError("--against: the two measurements sampled different prompts or numbers of images "
                          "(use the same --split, --images-per-prompt and config prompts)")
     reading = {name: np.asarray(v["own"]) - np.asarray(v["swapped"]) for name, v in (("after", after), ("before", before))}
-    est = bootstrap(reading["after"] - reading["before"], np.asarray(after["prompt_index"]),
-                    np.asarray(after["tag"], dtype=object))
-    return {tag: {"mean": e.value, "ci": [e.low, e.high]} for tag, e in est.items()}
+    return _per_tag(bootstrap(reading["after"] - reading["before"], np.asarray(after["prompt_index"]),
+                              np.asarray(after["tag"], dtype=object)))
 
 
 def table(summary: dict) -> str:
