@@ -67,6 +67,14 @@ class DataConfig(_Section):
         "per object pair on half of that pair's prompts whatever they say; side by side, the pushes toward either "
         "layout cancel and what is left depends on the relation word.",
     )
+    mirror_binding_prompts: bool = Field(
+        False,
+        description="With prompt_order 'tag_balanced': every turn that draws a colour-binding prompt ('a red circle "
+        "and a blue square') also draws the training prompt of the same two objects with the colours exchanged ('a "
+        "blue circle and a red square') into the same iteration, as mirror_position_prompts does for relations: a "
+        "policy that draws one binding per object pair whatever the prompt says is paid on one of the two and "
+        "penalised on the other.",
+    )
     eval_num_prompts: int | None = Field(None, ge=1, description="Evaluate on the first N test prompts (None: all).")
     eval_images_per_prompt: int = Field(
         1, ge=1, description="Images per test prompt at evaluation (when data.eval_images_per_tag is unset or the "
@@ -101,8 +109,9 @@ class DataConfig(_Section):
     def _check_tag_weights(self) -> DataConfig:
         if self.tag_weights and self.prompt_order != "tag_balanced":
             raise ValueError("data.tag_weights needs data.prompt_order='tag_balanced' (epochs have no tag turns)")
-        if self.mirror_position_prompts and self.prompt_order != "tag_balanced":
-            raise ValueError("data.mirror_position_prompts needs data.prompt_order='tag_balanced'")
+        for name in ("mirror_position_prompts", "mirror_binding_prompts"):
+            if getattr(self, name) and self.prompt_order != "tag_balanced":
+                raise ValueError(f"data.{name} needs data.prompt_order='tag_balanced'")
         for tag, weight in self.tag_weights.items():
             if weight < 1:
                 raise ValueError(f"data.tag_weights.{tag} must be >= 1 (got {weight})")

@@ -53,7 +53,7 @@ from learner.worker import TrainGroup
 from rewards.base import ScoreResult
 from rewards.combine import combine
 from rewards.pool import RewardBatch, RewardPools
-from rewards.prompts import layout_mirrors, load_prompts, prompt_tags
+from rewards.prompts import binding_mirrors, layout_mirrors, load_prompts, prompt_tags
 from rollout.seeding import derive_seed
 from rollout.worker import GroupRequest, GroupResult
 
@@ -159,13 +159,31 @@ def _tag_balanced_picker(tags: Sequence[str], seed: int, weights: Mapping[str, i
     return pick
 
 
+def prompt_mirrors(records: Sequence[dict], data) -> list[list[int]]:
+    """Each training record's mirrors under data.mirror_position_prompts (the opposite layout) and
+    data.mirror_binding_prompts (the colours exchanged); a record is one kind or neither, so the lists join."""
+    kinds = [("mirror_position_prompts", layout_mirrors,
+              "two objects with a relation, and the opposite layout in the file too"),
+             ("mirror_binding_prompts", binding_mirrors,
+              "two coloured objects, and the same two with the colours exchanged in the file too")]
+    mirrors: list[list[int]] = [[] for _ in records]
+    for name, find, what in kinds:
+        if getattr(data, name):
+            found = find(records)
+            if not any(found):
+                raise ValueError(f"data.{name} is set but no record of {data.train_prompts} has a mirror ({what})")
+            mirrors = [a + b for a, b in zip(mirrors, found, strict=True)]
+    return mirrors
+
+
 def mirrored_prompts_for_iteration(tags: Sequence[str], mirrors: Sequence[Sequence[int]], per_iteration: int,
                                    seed: int, iteration: int, weights: Mapping[str, int] | None = None) -> list[int]:
-    """tag_balanced_prompts_for_iteration where every turn that draws a prompt with layout mirrors
-    (rewards.prompts.layout_mirrors) also draws one of them (seeded), into the same iteration: "a circle
-    left of a square" is trained beside "a square left of a circle". A binary reward pays one fixed layout
-    per object pair on half of that pair's prompts whatever they say; trained side by side, the pushes
-    toward either layout cancel and what is left depends on the relation word (README, Results).
+    """tag_balanced_prompts_for_iteration where every turn that draws a prompt with mirrors
+    (`prompt_mirrors`: the opposite layout, the colours exchanged) also draws one of them (seeded), into the
+    same iteration: "a circle left of a square" is trained beside "a square left of a circle". A binary
+    reward pays one fixed layout (or binding) per object pair on half of that pair's prompts whatever they
+    say; trained side by side, the pushes toward either cancel and what is left depends on the words
+    (README, Results).
     A pure function of its arguments (`MirroredPromptOrder` is the same order, remembered between calls)."""
     return MirroredPromptOrder(tags, mirrors, per_iteration, seed, weights)(iteration)
 
@@ -180,7 +198,7 @@ class MirroredPromptOrder:
     def __init__(self, tags: Sequence[str], mirrors: Sequence[Sequence[int]], per_iteration: int, seed: int,
                  weights: Mapping[str, int] | None = None):
         if per_iteration < 2 or (per_iteration % 2 and all(mirrors)):
-            raise ValueError(f"data.mirror_position_prompts: {per_iteration} prompts per iteration cannot hold the "
+            raise ValueError(f"data.mirror_*_prompts: {per_iteration} prompts per iteration cannot hold the "
                              "prompt pairs (one prompt per iteration, or an odd number when every prompt has a mirror)")
         self.mirrors, self.per_iteration, self.seed = mirrors, per_iteration, seed
         self.pick = _tag_balanced_picker(tags, seed, weights)
@@ -290,11 +308,8 @@ class Trainer:
         self.tags = (prompt_tags(self.prompts, cfg.data.train_prompts, cfg.data.tag_weights)
                      if cfg.data.prompt_order == "tag_balanced" else None)
         self.mirrored = None
-        if cfg.data.mirror_position_prompts:
-            mirrors = layout_mirrors(self.prompts)
-            if not any(mirrors):
-                raise ValueError(f"data.mirror_position_prompts is set but no record of {cfg.data.train_prompts} has "
-                                 "a mirror (two objects with a relation, and the opposite layout in the file too)")
+        if cfg.data.mirror_position_prompts or cfg.data.mirror_binding_prompts:
+            mirrors = prompt_mirrors(self.prompts, cfg.data)
             self.mirrored = MirroredPromptOrder(self.tags, mirrors, cfg.prompts_per_iteration, cfg.seed,
                                                 cfg.data.tag_weights)
         self.iteration = 0  # iterations completed

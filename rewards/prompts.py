@@ -216,3 +216,32 @@ def layout_mirrors(records: Sequence[dict]) -> list[list[int]]:
         if key is not None:
             by_layout.setdefault(key, []).append(i)
     return [[] if key is None else by_layout.get((key[0], key[2], key[1]), []) for key in layouts]
+
+
+def _binding(record: dict) -> frozenset[tuple[str, str]] | None:
+    """The (class, colour) pairs of a two-object colour-binding record ("a red circle and a blue square"),
+    in either wording; None for records of one object, of one class twice, with a relation or uncoloured."""
+    include = record.get("include") or []
+    if len(include) != 2 or any(o.get("position") or not o.get("color") or o.get("count", 1) != 1 for o in include):
+        return None
+    (a, b) = include
+    if a["class"] == b["class"]:
+        return None
+    return frozenset({(a["class"], a["color"]), (b["class"], b["color"])})
+
+
+def binding_mirrors(records: Sequence[dict]) -> list[list[int]]:
+    """For each record, the records that ask for the same two objects with their colours exchanged ("a red
+    circle and a blue square" -> "a blue circle and a red square"); [] for records that bind no colours or
+    whose mirror the file lacks (data.mirror_binding_prompts)."""
+    by_binding: dict[frozenset[tuple[str, str]], list[int]] = {}
+    bindings = [_binding(r) for r in records]
+    for i, key in enumerate(bindings):
+        if key is not None:
+            by_binding.setdefault(key, []).append(i)
+
+    def exchanged(key: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
+        (a, colour_a), (b, colour_b) = sorted(key)
+        return frozenset({(a, colour_b), (b, colour_a)})
+
+    return [[] if key is None else by_binding.get(exchanged(key), []) for key in bindings]

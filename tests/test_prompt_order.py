@@ -12,11 +12,12 @@ from cluster.preflight import preflight
 from cluster.trainer import (
     MirroredPromptOrder,
     mirrored_prompts_for_iteration,
+    prompt_mirrors,
     prompts_for_iteration,
     tag_balanced_prompts_for_iteration,
     tag_turns,
 )
-from rewards.prompts import layout_mirrors, load_prompts, prompt_tags
+from rewards.prompts import binding_mirrors, layout_mirrors, load_prompts, prompt_tags
 from tests.tiny_models import FLOWGRPO
 
 TRAIN = REPO_ROOT / "assets" / "prompts" / "shapes_train.jsonl"
@@ -115,6 +116,42 @@ def test_layout_mirrors_are_the_same_objects_in_the_opposite_layout():
          "include": [{"class": "circle", "count": 1}, {"class": "square", "count": 1}]},
     ]
     assert layout_mirrors(records) == [[2], [2], [0, 1], [], [], []]
+
+
+def _binding(a: str, colour_a: str, b: str, colour_b: str) -> dict:
+    """GenEval's record for 'a photo of a {colour_a} {a} and a {colour_b} {b}'."""
+    return {"tag": "color_attr", "prompt": f"a {colour_a} {a} and a {colour_b} {b}",
+            "include": [{"class": a, "count": 1, "color": colour_a}, {"class": b, "count": 1, "color": colour_b}]}
+
+
+def test_binding_mirrors_are_the_same_objects_with_the_colours_exchanged():
+    records = [
+        _binding("circle", "red", "square", "blue"),
+        _binding("square", "blue", "circle", "red"),    # the same binding, other wording
+        _binding("circle", "blue", "square", "red"),    # the colours exchanged
+        _binding("circle", "red", "triangle", "blue"),  # its mirror is not in the file
+        _binding("circle", "red", "circle", "blue"),    # one class twice: exchanging changes nothing
+        {"tag": "colors", "prompt": "a red circle", "include": [{"class": "circle", "count": 1, "color": "red"}]},
+        _relation("circle", "left of", "square"),
+    ]
+    assert binding_mirrors(records) == [[2], [2], [0, 1], [], [], [], []]
+
+
+def test_prompt_mirrors_joins_the_kinds_the_config_asks_for_and_names_a_file_without_any():
+    records = load_prompts(TRAIN)
+    tags = prompt_tags(records, str(TRAIN))
+    both = prompt_mirrors(records, load_config(None, ["data.mirror_position_prompts=true",
+                                                      "data.mirror_binding_prompts=true"]).data)
+    assert {tags[i] for i, m in enumerate(both) if m} == {"position", "color_attr"}
+    assert sum(map(bool, both)) == sum(t in ("position", "color_attr") for t in tags)
+    only_binding = prompt_mirrors(records, load_config(None, ["data.mirror_position_prompts=false",
+                                                              "data.mirror_binding_prompts=true"]).data)
+    assert only_binding == binding_mirrors(records)
+    relations = [r for r in records if r["tag"] == "position"]
+    with pytest.raises(ValueError, match="data.mirror_binding_prompts is set but no record of .* has a mirror"):
+        prompt_mirrors(relations, load_config(None, ["data.mirror_binding_prompts=true"]).data)
+    with pytest.raises(ConfigError, match="data.mirror_binding_prompts needs data.prompt_order='tag_balanced'"):
+        load_config(FLOWGRPO, ["data.mirror_binding_prompts=true"])
 
 
 def test_mirrored_order_trains_each_relation_prompt_beside_a_mirror_and_stays_a_pure_function():
