@@ -28,7 +28,7 @@ from ray.exceptions import ObjectLostError, RayActorError
 
 from cluster import checkpoints
 from cluster.actors import learner_actors, rollout_actors
-from cluster.config import ExperimentConfig, resolve
+from cluster.config import DataConfig, ExperimentConfig, resolve
 from cluster.evaluation import (
     PICTURED,
     EvalPlan,
@@ -159,7 +159,7 @@ def _tag_balanced_picker(tags: Sequence[str], seed: int, weights: Mapping[str, i
     return pick
 
 
-def prompt_mirrors(records: Sequence[dict], data) -> list[list[int]]:
+def prompt_mirrors(records: Sequence[dict], data: DataConfig) -> list[list[int]]:
     """Each training record's mirrors under data.mirror_position_prompts (the opposite layout) and
     data.mirror_binding_prompts (the colours exchanged); a record is one kind or neither, so the lists join."""
     kinds = [("mirror_position_prompts", layout_mirrors,
