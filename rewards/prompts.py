@@ -14,7 +14,7 @@ every problem is a ValueError naming file:line and the field.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from pathlib import Path
 
 from rewards.geneval_rules import GENEVAL_TAGS, RELATIONS
@@ -210,12 +210,17 @@ def layout_mirrors(records: Sequence[dict]) -> list[list[int]]:
     """For each record, the records that ask for the same two objects in the opposite layout ("a circle
     left of a square" -> "a square left of a circle", "a circle right of a square"); [] for records that
     name no relation or whose mirror the file lacks (data.mirror_position_prompts)."""
-    by_layout: dict[tuple[str, str, str], list[int]] = {}
-    layouts = [_layout(r) for r in records]
-    for i, key in enumerate(layouts):
+    return _mirrors([_layout(r) for r in records], lambda key: (key[0], key[2], key[1]))
+
+
+def _mirrors(keys: Sequence[Hashable | None], mirror_of: Callable[[Hashable], Hashable]) -> list[list[int]]:
+    """For each record's key (None: the record has no mirror kind), the indices of the records whose key is
+    `mirror_of` it."""
+    by_key: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
         if key is not None:
-            by_layout.setdefault(key, []).append(i)
-    return [[] if key is None else by_layout.get((key[0], key[2], key[1]), []) for key in layouts]
+            by_key.setdefault(key, []).append(i)
+    return [[] if key is None else by_key.get(mirror_of(key), []) for key in keys]
 
 
 def _binding(record: dict) -> frozenset[tuple[str, str]] | None:
@@ -234,14 +239,8 @@ def binding_mirrors(records: Sequence[dict]) -> list[list[int]]:
     """For each record, the records that ask for the same two objects with their colours exchanged ("a red
     circle and a blue square" -> "a blue circle and a red square"); [] for records that bind no colours or
     whose mirror the file lacks (data.mirror_binding_prompts)."""
-    by_binding: dict[frozenset[tuple[str, str]], list[int]] = {}
-    bindings = [_binding(r) for r in records]
-    for i, key in enumerate(bindings):
-        if key is not None:
-            by_binding.setdefault(key, []).append(i)
-
     def exchanged(key: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
         (a, colour_a), (b, colour_b) = sorted(key)
         return frozenset({(a, colour_b), (b, colour_a)})
 
-    return [[] if key is None else by_binding.get(exchanged(key), []) for key in bindings]
+    return _mirrors([_binding(r) for r in records], exchanged)
