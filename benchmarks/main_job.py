@@ -1,7 +1,7 @@
 """The main job, measured: README's first command (the default preset) with periodic evaluations.
 
     python benchmarks/main_job.py [--config configs/shapes_nft.yaml] [--eval-every 5] [--target 0.90]
-                                  [--output outputs/main_job] [--write-readme] [key=value ...]
+                                  [--base-guidance 4.5] [--output outputs/main_job] [--write-readme] [key=value ...]
 
 It runs exactly what `python launch.py` runs (Trainer.run on local Ray: base evaluation, training, final
 evaluation, the paired comparison, curves.png, before_after.png, metrics.jsonl) and additionally
@@ -12,7 +12,9 @@ watch (the `shapes_quality` scorer, weight 0 in the default preset: scored, neve
 job's wall time (evaluations included, as a user waits for it) and training time to the first
 evaluation at or above `--target` and to the first whose paired gain over the base has a lower 95% end
 of at least `--min-gain`. `--write-readme` puts that report into README between its main-job markers and
-copies the two figures to docs/.
+copies the two figures to docs/. `--base-guidance W` also evaluates the base model sampled with CFG scale W
+(the same prompts and seeds) and pairs the final policy with it: a CFG-free run's gain over its own CFG-free
+base, and over the base as its card samples it.
 """
 
 from __future__ import annotations
@@ -85,6 +87,33 @@ def report(base: dict, final: dict, comparison: dict, train_comparison: dict | N
     return "\n".join(lines)
 
 
+def against_base_guidance(comparison: dict, guidance: float) -> str:
+    """The report's section pairing the final policy with the base sampled at CFG `guidance`."""
+    acc = comparison["differences"]["accuracy"]
+    lines = [f"Against the base model sampled with CFG {guidance:g} (same prompts and seeds, paired image by image):", "",
+             "| category | base, CFG " + f"{guidance:g}" + " | final | change [paired 95% CI] |", "|---|---|---|---|"]
+    for tag in [*(t for t in TAGS if t in acc), "overall"]:
+        d = acc[tag]
+        name = f"**{tag}**" if tag == "overall" else tag
+        lines.append(f"| {name} | {d['before']:.3f} | {d['after']:.3f} | "
+                     f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] |")
+    return "\n".join(lines)
+
+
+def base_at_guidance(cfg_path: str, overrides: list[str], out: Path, guidance: float) -> dict:
+    """Evaluate the base model (no trained weights) at CFG `guidance` into `out`, once, and pair the run's
+    final evaluation with it."""
+    from cluster.evaluation import compare_evaluations, evaluate_in_process
+
+    name = f"eval_base_cfg{guidance:g}"
+    if not (out / f"{name}.json").is_file():
+        cfg = load_config(cfg_path, [*overrides, f"model.guidance_scale={guidance}", "model.eval_guidance_scale=null"])
+        evaluate_in_process(cfg, output_dir=out, name=name)
+    comparison = compare_evaluations(out, out, name=name, name_after="eval")
+    (out / f"comparison_base_cfg{guidance:g}.json").write_text(json.dumps(comparison, indent=2))
+    return comparison
+
+
 def gain_points(out: Path, rows: list[dict], final_seconds: float) -> list[tuple[float, float]]:
     """(training seconds, lower 95% end of the paired gain over the base) of each test evaluation."""
     from cluster.evaluation import compare_evaluations
@@ -105,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--target", type=float, default=0.90)
     p.add_argument("--min-gain", type=float, default=0.10, help="the gain whose lower 95%% end the report times")
+    p.add_argument("--base-guidance", type=float, default=None, metavar="W",
+                   help="also pair the final policy with the base model sampled at CFG scale W")
     p.add_argument("--output", default="outputs/main_job")
     p.add_argument("--write-readme", action="store_true")
     p.add_argument("--report-only", action="store_true",
@@ -148,9 +179,13 @@ def main(argv: list[str] | None = None) -> dict:
     train_comparison = json.loads(train_file.read_text()) if train_file.is_file() else None
     text = report(base, final, comparison, train_comparison, points, gains, args.target, args.min_gain, len(rows),
                   job_s, cfg.sampling.eval_num_steps)
+    versus_guidance = None
+    if args.base_guidance is not None:
+        versus_guidance = base_at_guidance(args.config, args.overrides, out, args.base_guidance)
+        text += "\n\n" + against_base_guidance(versus_guidance, args.base_guidance)
     print(text, flush=True)
     result = {"command": command, "base": base, "final": final, "comparison": comparison,
-              "train_comparison": train_comparison, "points": points, "gain_points": gains,
+              "train_comparison": train_comparison, "versus_base_guidance": versus_guidance, "points": points, "gain_points": gains,
               "iterations": len(rows), "job_s": job_s, "time_to_target_s": first_reaching(points, args.target),
               "time_to_min_gain_s": first_reaching(gains, args.min_gain)}
     (out / "main_job.json").write_text(json.dumps(result, indent=2))

@@ -43,13 +43,15 @@ def test_report_lists_each_category_with_intervals_the_paired_gain_and_the_quali
     assert "| 0.980 | 0.900 | -0.080 [-0.100, -0.050] |" in text  # the watch shows a drop in cleanliness
     assert "to overall >= 0.90: not reached" in text and ">= +0.10: 1.0 min of training" in text
     assert "a real gain" in text
+    section = main_job.against_base_guidance(comparison, 4.5)
+    assert "sampled with CFG 4.5" in section and "| **overall** | 0.400 | 0.700 | +0.300 [+0.120, +0.450] |" in section
 
 
 @pytest.mark.system
 def test_main_job_smoke_writes_every_output(tiny_sd3_path, tmp_path):
     main_job = _module()
     argv = [
-        "--eval-every", "1", "--output", str(tmp_path),
+        "--eval-every", "1", "--output", str(tmp_path), "--base-guidance", "1",
         f"model.path={tiny_sd3_path}", "model.guidance_scale=2.0", "sampling.num_steps=3", "sampling.eval_num_steps=3",
         "sampling.group_size=4", "data.images_per_iteration=8", "data.eval_num_prompts=2", *SMALL_EVAL,
         "data.eval_images_per_tag=2", "data.eval_train_images_per_tag=1", "iterations=2", "logging.tensorboard=false",
@@ -64,6 +66,11 @@ def test_main_job_smoke_writes_every_output(tiny_sd3_path, tmp_path):
     saved = json.loads((tmp_path / "main_job.json").read_text())
     assert saved["final"]["overall"] == result["final"]["overall"]
     assert "shapes_quality" in saved["final"]["rewards"]  # the default preset's watch is evaluated
+    # --base-guidance: the base sampled CFG-free (the run used 2.0), paired with the final policy image by image
+    base_cfg1 = json.loads((tmp_path / "eval_base_cfg1.json").read_text())
+    assert base_cfg1["num_images"] == saved["base"]["num_images"]
+    versus = saved["versus_base_guidance"]["differences"]["accuracy"]["overall"]
+    assert (versus["before"], versus["after"]) == (base_cfg1["overall"], result["final"]["overall"])
     again = main_job.main(["--report-only", *argv])  # the report again, from the files alone
     assert (again["final"], again["points"], again["job_s"]) == (result["final"], result["points"], result["job_s"])
     assert not (tmp_path / "previous_runs").exists()  # nothing was trained, so nothing was archived
