@@ -81,7 +81,9 @@ def test_an_edited_preset_or_another_horizon_is_not_the_same_run(tmp_path):
     first = compare.preset_settings(settings, preset, compare.schedule_horizon(cfg))
     assert first["lr_schedule_iterations"] == cfg.iterations  # a cosine: its horizon is part of the run
     assert compare.preset_settings(settings, preset, compare.schedule_horizon(cfg)) == first
-    preset.write_text(source.read_text().replace("learning_rate: 5.0e-4", "learning_rate: 4.0e-4"))
+    edited = yaml.safe_load(source.read_text())
+    edited["learner"]["learning_rate"] /= 2
+    preset.write_text(yaml.safe_dump(edited))
     assert compare.preset_settings(settings, preset, compare.schedule_horizon(cfg)) != first  # edited: run again
     constant = cfg.model_copy(update={"learner": cfg.learner.model_copy(update={"lr_schedule": "constant"})})
     assert "lr_schedule_iterations" not in compare.preset_settings(settings, preset, compare.schedule_horizon(constant))
