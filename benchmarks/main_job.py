@@ -89,26 +89,21 @@ def report(base: dict, final: dict, comparison: dict, train_comparison: dict | N
 
 def against_base_guidance(comparison: dict, guidance: float) -> str:
     """The report's section pairing the final policy with the base sampled at CFG `guidance`."""
-    acc = comparison["differences"]["accuracy"]
-    lines = [f"Against the base model sampled with CFG {guidance:g} (same prompts and seeds, paired image by image):", "",
-             "| category | base, CFG " + f"{guidance:g}" + " | final | change [paired 95% CI] |", "|---|---|---|---|"]
-    for tag in [*(t for t in TAGS if t in acc), "overall"]:
-        d = acc[tag]
-        name = f"**{tag}**" if tag == "overall" else tag
-        lines.append(f"| {name} | {d['before']:.3f} | {d['after']:.3f} | "
-                     f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] |")
-    return "\n".join(lines)
+    from cluster.evaluation import comparison_table
+
+    return (f"Against the base model sampled with CFG {guidance:g} (same prompts and seeds, paired image by image):"
+            f"\n\n{comparison_table(comparison)}")
 
 
-def base_at_guidance(cfg_path: str, overrides: list[str], out: Path, guidance: float) -> dict:
-    """Evaluate the base model (no trained weights) at CFG `guidance` into `out`, once, and pair the run's
-    final evaluation with it."""
+def base_at_guidance(cfg, out: Path, guidance: float) -> dict:
+    """Evaluate the base model (no trained weights) of the run's config at CFG `guidance` into `out`, once,
+    and pair the run's final evaluation with it."""
     from cluster.evaluation import compare_evaluations, evaluate_in_process
 
     name = f"eval_base_cfg{guidance:g}"
     if not (out / f"{name}.json").is_file():
-        cfg = load_config(cfg_path, [*overrides, f"model.guidance_scale={guidance}", "model.eval_guidance_scale=null"])
-        evaluate_in_process(cfg, output_dir=out, name=name)
+        model = cfg.model.model_copy(update={"guidance_scale": guidance, "eval_guidance_scale": None})
+        evaluate_in_process(cfg.model_copy(update={"model": model}), output_dir=out, name=name)
     comparison = compare_evaluations(out, out, name=name, name_after="eval")
     (out / f"comparison_base_cfg{guidance:g}.json").write_text(json.dumps(comparison, indent=2))
     return comparison
@@ -181,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
                   job_s, cfg.sampling.eval_num_steps)
     versus_guidance = None
     if args.base_guidance is not None:
-        versus_guidance = base_at_guidance(args.config, args.overrides, out, args.base_guidance)
+        versus_guidance = base_at_guidance(cfg, out, args.base_guidance)
         text += "\n\n" + against_base_guidance(versus_guidance, args.base_guidance)
     print(text, flush=True)
     result = {"command": command, "base": base, "final": final, "comparison": comparison,
