@@ -86,6 +86,11 @@ def test_forward_process_shapes_presets_share_task_and_model_with_flowgrpo(name)
                                     if name == "shapes_nft" else {})
     # and trains each relation prompt beside its opposite layout (see the preset)
     assert cfg.data.mirror_position_prompts == (name == "shapes_nft")
+    if name == "shapes_nft":  # the held-back sampling policy that lets 480 iterations run (see the preset)
+        lc = cfg.learner
+        assert (lc.old_policy, lc.old_policy_decay_flat, lc.old_policy_decay_rate, lc.old_policy_decay_max) == (
+            "ema", 0, 3e-3, 0.9)
+        assert cfg.iterations == 480
 
 
 @pytest.mark.parametrize("name", FORWARD_SD35)
