@@ -41,10 +41,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from cluster.config import REPO_ROOT, load_config  # noqa: E402
 from cluster.trainer import in_process_scorers, iteration_advantages, resolve, score_in_process  # noqa: E402
 from learner.worker import LearnerWorker, build_micro_batches, flatten_transitions  # noqa: E402
+from models.policy import Policy  # noqa: E402
+from models.seeding import derive_seed  # noqa: E402
 from rewards.combine import combine  # noqa: E402
 from rewards.prompts import load_prompts  # noqa: E402
-from rollout.policy import Policy  # noqa: E402
-from rollout.seeding import derive_seed  # noqa: E402
 from rollout.worker import GroupRequest, RolloutWorker  # noqa: E402
 
 

@@ -91,7 +91,7 @@ def sample_to(case: str, folder: Path, out: Path) -> None:
 def _load_rollout(path: Path):
     import torch
 
-    from rollout.types import PromptEmbeds, Rollout, Transitions
+    from models.types import PromptEmbeds, Rollout, Transitions
 
     record = torch.load(path, weights_only=True)
     c = record.pop("conditioning")

@@ -28,9 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cluster.config import REPO_ROOT, load_config  # noqa: E402
 from cluster.trainer import in_process_scorers, resolve, score_in_process  # noqa: E402
+from models.seeding import derive_seed  # noqa: E402
 from rewards.combine import combine  # noqa: E402
 from rewards.prompts import load_prompts  # noqa: E402
-from rollout.seeding import derive_seed  # noqa: E402
 from rollout.worker import GroupRequest, RolloutWorker  # noqa: E402
 
 

@@ -45,8 +45,8 @@ def single_process(args) -> dict:
     from cluster.trainer import in_process_scorers, iteration_advantages, resolve, score_in_process
     from learner.engine import free_port
     from learner.worker import LearnerWorker
+    from models.seeding import derive_seed
     from rewards.prompts import load_prompts
-    from rollout.seeding import derive_seed
     from rollout.worker import GroupRequest, RolloutWorker
 
     torch.set_num_threads(1)

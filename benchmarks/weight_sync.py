@@ -67,7 +67,7 @@ def _measured(fn) -> tuple[float, int]:
 def _workers(case: str, models_dir: Path):
     from cluster.config import load_config
     from learner.worker import LearnerWorker
-    from rollout.policy import PRECISION_DTYPES, Policy
+    from models.policy import PRECISION_DTYPES, Policy
     from rollout.worker import RolloutWorker
 
     preset, family = CASES[case]
@@ -111,7 +111,7 @@ def child(case: str, models_dir: Path, repeats: int) -> dict:
     import ray
     import torch
 
-    from rollout.worker import weights_digest
+    from common.weight_buckets import weights_digest
 
     learner, rollout, cfg = _workers(case, models_dir)
     live = learner.policy.trainable_tensors()

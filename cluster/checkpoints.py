@@ -6,7 +6,7 @@ complete, so a crash mid-write never leaves a folder that looks complete.
         optimizer_rank<r>.{safetensors,json}   each learner rank's optimizer state (no pickle)
         trainer_state.json               iteration, policy version, seed, config (written last)
 
-Randomness needs no saved state: every draw is seeded from (seed, iteration, ...) (rollout/seeding.py),
+Randomness needs no saved state: every draw is seeded from (seed, iteration, ...) (models/seeding.py),
 and the prompts of iteration i are a pure function of (seed, i), so the data position is the iteration.
 On a multi-node cluster `logging.output_dir` must be storage that every learner node can write; the
 driver resolves it once and checks that every learner rank sees it (common/storage.py).

@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learner.config import LearnerConfig
+from models.config import ModelConfig, SamplingConfig
 from rewards.config import RewardsConfig
-from rollout.config import ModelConfig, SamplingConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The main job (README's first command): the algorithm that trains the embedded default best on 2 CPU

@@ -19,7 +19,7 @@ Each evaluation `<name>` writes:
 `compare_evaluations` pairs two evaluations with the same fingerprint and gives the difference per tag
 and overall with a paired bootstrap interval. The trainer (through its actors) and `launch.py eval`
 (in process) both evaluate through `evaluate` and `sample_sharded`: one path, the same numbers.
-Through actors the images stay in the object store (rollout/data_plane.py): each worker's share goes to
+Through actors the images stay in the object store (common/data_plane.py): each worker's share goes to
 the scorers by reference, and only the images the pictures show (`PICTURED`) come back to the driver;
 in process every image is at hand.
 """
@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cluster.eval_stats import Estimate, bootstrap, verdict, worst_case_halfwidths
+from models.seeding import derive_seed
 from rewards.base import ScoreResult
-from rollout.seeding import derive_seed
 
 if TYPE_CHECKING:
-    from rollout.data_plane import EvalShare
+    from common.data_plane import EvalShare
 
 # (prompts, seeds per prompt, image indices to bring back: the pictures') -> the images, in shares
 SampleFn = Callable[[list[str], list[list[int]], list[int]], "SampledImages"]
@@ -180,7 +180,7 @@ PICTURED = {"per_prompt": 8, "prompts_per_tag": 2}
 
 @dataclass
 class SampledImages:
-    """What a sampler returns: the workers' shares (rollout.data_plane.EvalShare: all their images, or
+    """What a sampler returns: the workers' shares (common.data_plane.EvalShare: all their images, or
     their ObjectRef, and the kept ones inline) and, per share, the plan's (prompt-major) index of each of
     its images, in share order."""
 
@@ -227,8 +227,8 @@ def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", nam
     """The trainer's evaluation without Ray: one in-process rollout worker (on a GPU when this process
     sees one) and the config's scorers, through the same plan, `sample_sharded` and `evaluate`
     (`launch.py eval`, the model card). `weights`: trainable weights to load first (a checkpoint's)."""
-    from cluster.trainer import in_process_scorers
-    from rollout.data_plane import EvalShare
+    from rewards.base import build_scorers
+    from common.data_plane import EvalShare
     from rollout.worker import RolloutWorker
 
     plan = plan_for(cfg, split)  # before loading anything: a plan too small for its targets fails here
@@ -237,7 +237,7 @@ def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", nam
                            rows_per_forward=c.rollout_rows_per_forward, images_per_decode=c.rollout_images_per_decode)
     if weights is not None:
         worker.load_weights(weights, version=0)
-    scorers = in_process_scorers(cfg)
+    scorers = build_scorers(cfg.rewards.scorers)
 
     def every_image(images: np.ndarray) -> EvalShare:  # in process all are at hand: keep them (failure grids)
         return EvalShare.of(images, range(len(images)))

@@ -6,14 +6,14 @@ safetensors headers (no weights are loaded, no Ray, no torch), in bytes; GB = 1e
 
 What each actor kind holds (read from the code, not assumed):
 - rollout actor (rollout/worker.py): the whole pipeline in `model.dtype` (transformer, text encoders,
-  VAE) plus LoRA adapters in the learner's precision; its prompt cache (rollout/policy.py `_PromptCache`,
+  VAE) plus LoRA adapters in the learner's precision; its prompt cache (models/policy.py `_PromptCache`,
   training and test prompts); the group's trajectory latents (fp32); the peak of one transformer call
   (`cluster.rollout_rows_per_forward` rows, inference) or one VAE decode (`cluster.rollout_images_per_decode`
   images), whichever is larger.
 - learner rank (learner/worker.py): the transformer only (Policy.from_config(transformer_only=True): no text
   encoders, no VAE), a frozen reference copy of a fully fine-tuned transformer when `learner.beta > 0`,
   DeepSpeed's optimizer state and gradients (ZeRO closed forms below), the prompt embeddings that come with
-  its share of the iteration's groups (rollout/data_plane.py; host memory) and the saved activations of one
+  its share of the iteration's groups (common/data_plane.py; host memory) and the saved activations of one
   micro-batch.
 - reward actor (rewards/): its scorer's weights (float32 unless the scorer's `dtype` option says otherwise)
   and the activations of one request.
@@ -32,7 +32,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rollout.config import PROMPT_CACHE_SIZE
+from models.config import PROMPT_CACHE_SIZE
+from models.families import family_of
 
 GB = 1e9
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -61,7 +62,7 @@ GPU_RUNTIME_BYTES = 1.5 * GB
 class PipelineSpec:
     """What the planner needs of a diffusers pipeline; read by `pipeline_spec` (configs, safetensors headers)."""
 
-    family: str  # 'sd3' | 'flux'
+    family: str  # model.family (models/families.py)
     transformer_params: int  # parameters and persistent buffers (SD3's position embedding)
     hidden: int  # attention heads x head dim
     layers: int  # transformer blocks (FLUX: double + single)
@@ -175,7 +176,7 @@ def prompt_embedding_bytes(spec: PipelineSpec, max_sequence_length: int, rows: i
 
 
 def prompt_cache_bytes(spec: PipelineSpec, max_sequence_length: int, prompts: int, dtype_bytes: int) -> float:
-    """min(prompts, PROMPT_CACHE_SIZE) cached embeddings (rollout/policy.py `_PromptCache`)."""
+    """min(prompts, PROMPT_CACHE_SIZE) cached embeddings (models/policy.py `_PromptCache`)."""
     return prompt_embedding_bytes(spec, max_sequence_length, min(prompts, PROMPT_CACHE_SIZE), dtype_bytes)
 
 
@@ -264,7 +265,7 @@ class ActorPlan:
 
 def _cfg_factor(cfg) -> int:
     """Rows per sample in a transformer call: SD3's CFG doubles the batch unless guidance is 1."""
-    return 2 if cfg.model.family == "sd3" and cfg.model.guidance_scale != 1.0 else 1
+    return family_of(cfg.model.family).rows_per_sample(cfg.model.guidance_scale)
 
 
 def rollout_rows_per_call(cfg) -> int:
@@ -358,10 +359,10 @@ def plan_learner(cfg, spec: PipelineSpec) -> tuple[list[Term], list[Term]]:
         terms.append(Term("EMA of the trainable weights (fp32)", 4.0 * trainable, ("learner.ema_decay",), host=True))
     if lc.family == "forward_process":
         terms.append(Term("sampling-policy weights (fp32)", 4.0 * trainable, (), host=True))
-    # A group's payload carries one row of its prompt's embeddings and, for SD3 (CFG), one of the negative
+    # A group's payload carries one row of its prompt's embeddings and, under true CFG, one of the negative
     # prompt's (Policy.conditioning); they stay on the host until a micro-batch moves its rows.
     groups = -(-cfg.prompts_per_iteration // ranks)
-    shipped = groups * (2 if m.family == "sd3" else 1)
+    shipped = groups * family_of(m.family).shipped_embedding_rows()
     terms.append(Term(f"prompt embeddings of {groups} groups ({shipped} rows, shipped with them)",
                       prompt_embedding_bytes(spec, m.max_sequence_length, shipped, dtype_bytes),
                       ("data.images_per_iteration", "cluster.num_learner_ranks"), host=True))
@@ -492,13 +493,13 @@ def pipeline_spec(folder: Path, family: str) -> PipelineSpec:
                 for name in ("text_encoder", "text_encoder_2", "text_encoder_3") if (folder / name).is_dir()}
     blocks = vconf["block_out_channels"]
     vae_scale = 2 ** (len(blocks) - 1)
-    flux = family == "flux"
+    entry = family_of(family)
     return PipelineSpec(
         family=family,
         transformer_params=count_params(shapes),
         hidden=tconf["num_attention_heads"] * tconf["attention_head_dim"],
         layers=tconf["num_layers"] + tconf.get("num_single_layers", 0),
-        pixels_per_token=vae_scale * (2 if flux else tconf["patch_size"]),
+        pixels_per_token=entry.pixels_per_token(vae_scale, tconf.get("patch_size", 1)),
         text_encoder_params=encoders,
         vae_params=count_params(safetensors_shapes(folder / "vae")),
         vae_fullres_channels=max(blocks[:2]),
@@ -506,7 +507,7 @@ def pipeline_spec(folder: Path, family: str) -> PipelineSpec:
         vae_scale=vae_scale,
         embed_dim=tconf["joint_attention_dim"],
         pooled_dim=tconf["pooled_projection_dim"],
-        clip_tokens=0 if flux else 77,
+        clip_tokens=entry.clip_tokens,
         linears=tuple((name[: -len(".weight")], s[1], s[0]) for name, s in shapes.items()
                       if name.endswith(".weight") and len(s) == 2),
     )

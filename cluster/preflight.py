@@ -202,7 +202,7 @@ def _hub_message(repo_id: str, filename: str) -> tuple[Status, str]:
 
 
 def _check_model(cfg: ExperimentConfig, report: PreflightReport) -> None:
-    from rollout.policy import ModelFolderError, check_pipeline_folder, resolve_model_path
+    from models.policy import ModelFolderError, check_pipeline_folder, resolve_model_path
 
     value = cfg.model.path
     try:
@@ -274,7 +274,7 @@ def _check_weights(report: PreflightReport, where: str, name: str, option: str, 
 def _model_spec(cfg: ExperimentConfig):
     """(PipelineSpec, where it comes from) for model.path, or (None, why not)."""
     from cluster import memory_plan
-    from rollout.policy import ModelFolderError, resolve_model_path
+    from models.policy import ModelFolderError, resolve_model_path
 
     try:
         location = resolve_model_path(cfg.model.path)
@@ -432,7 +432,7 @@ def check_resources(cfg: ExperimentConfig, report: PreflightReport, resources: d
 
 def sampling_grids(cfg: ExperimentConfig) -> dict[str, list[float]]:
     """The sigma grids of training rollouts and of evaluation (what the rollout workers build)."""
-    from rollout.schedule import sigma_schedule
+    from models.schedule import sigma_schedule
 
     sc = cfg.sampling
     return {

@@ -50,11 +50,11 @@ from common.actor_calls import call_when_available
 from common.storage import StorageError, remove_sentinel, resolve_output_dir, write_sentinel
 from learner.advantages import grpo_advantages, no_signal_mask
 from learner.worker import TrainGroup
-from rewards.base import ScoreResult
+from models.seeding import derive_seed
+from rewards.base import ScoreResult, build_scorers
 from rewards.combine import combine
 from rewards.pool import RewardBatch, RewardPools
 from rewards.prompts import binding_mirrors, layout_mirrors, load_prompts, prompt_tags
-from rollout.seeding import derive_seed
 from rollout.worker import GroupRequest, GroupResult
 
 MAX_ROLLOUT_RETRIES = 3  # per actor and iteration; matches the actors' max_restarts
@@ -93,11 +93,8 @@ class Scored:
 
 
 def in_process_scorers(cfg: ExperimentConfig) -> dict:
-    """The config's scorers built in this process, by name: for the benchmarks that run without Ray
-    (the trainer itself scores through reward actors)."""
-    from rewards.base import build_scorer
-
-    return {s.name: build_scorer(s.name, **s.scorer_options()) for s in cfg.rewards.scorers}
+    """The config's scorers built in this process (rewards.base.build_scorers)."""
+    return build_scorers(cfg.rewards.scorers)
 
 
 def reward_inputs(res: GroupResult) -> tuple:
@@ -428,7 +425,7 @@ class Trainer:
 
     def rollout(self, pending: PendingRollout) -> tuple[list[GroupResult], dict]:
         """Collect the groups, sending each one's images to the reward pools as soon as it is sampled
-        (scoring overlaps sampling). Results carry ObjectRefs of the bulk data (rollout/data_plane.py);
+        (scoring overlaps sampling). Results carry ObjectRefs of the bulk data (common/data_plane.py);
         the driver reads metadata only. A dead actor's groups are all resampled (same seeds) once Ray
         has restarted it: the objects it put died with it."""
         done: dict[int, tuple[GroupResult, dict]] = {}
@@ -642,7 +639,7 @@ class Trainer:
 
     def _sample(self, grid: str = "eval", gather: Callable = ray.get):
         """The evaluation sampler over this run's rollout actors (cluster.evaluation.sample_sharded): each
-        actor leaves its images in the object store and returns the kept ones (rollout/data_plane.py)."""
+        actor leaves its images in the object store and returns the kept ones (common/data_plane.py)."""
         def sample(prompts: list[str], seeds: list[list[int]], keep: list[int]) -> SampledImages:
             return sample_sharded(self.rollouts, prompts, seeds, keep,
                                   lambda a, p, s, k: a.evaluate_by_reference.remote(p, s, grid, k), gather)

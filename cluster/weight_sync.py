@@ -1,11 +1,11 @@
 """Versioned weight sync from learner rank 0 to every rollout actor, acknowledged with a digest.
 
 The weights travel in their own dtype, in buckets with per-bucket checksums that every receiver
-verifies before loading (rollout/weight_buckets.py). Two backends:
+verifies before loading (common/weight_buckets.py). Two backends:
 - `object_store`: rank 0 puts each packed bucket into Ray's object store as soon as it is packed (the
   driver only sees their ObjectRefs); every rollout actor reads the same objects in place, bucket by
   bucket. Cheap to set up, robust to restarts.
-- `collective`: a separate gloo/NCCL group (rollout/collective.py) with learner rank 0 as the source;
+- `collective`: a separate gloo/NCCL group (common/collective.py) with learner rank 0 as the source;
   buckets are broadcast straight from the engine's parameters, with no object-store export. A collective starts only when every member can join it: in async mode the
   rollout actors are still sampling the next iteration when the update ends, so the broadcast waits
   for those calls first (a learner waiting inside an NCCL broadcast for a long rollout trips NCCL's

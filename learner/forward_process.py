@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from rollout.data_plane import conditioning_of
-from rollout.schedule import sd3_sigmas
-from rollout.seeding import derive_seed
-from rollout.types import PromptEmbeds
+from common.data_plane import conditioning_of
+from models.schedule import sd3_sigmas
+from models.seeding import derive_seed
+from models.types import PromptEmbeds
 
 Draw = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 

@@ -20,9 +20,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.collective import SyncGroup
+from common.data_plane import conditioning_of, fetch_groups
 from common.memory import peak_memory_gb
 from common.offload import Offloader
 from common.storage import check_sentinel
+from common.weight_buckets import (
+    BUCKET_BYTES,
+    BucketSpec,
+    pack,
+    plan_for,
+    sync_digest,
+    to_packed,
+    weights_digest,
+)
 from learner.checkpoint import load_into_optimizer, load_optimizer_state, save_optimizer_state
 from learner.config import LearnerConfig
 from learner.engine import (
@@ -41,16 +52,12 @@ from learner.engine import (
 from learner.forward_process import ForwardProcessPlan
 from learner.losses import get_loss, pooled_mean_std
 from learner.zero3 import gathered, gathered_state_dict
-from rollout.collective import SyncGroup
-from rollout.config import ModelConfig, SamplingConfig
-from rollout.data_plane import conditioning_of, fetch_groups
-from rollout.devices import resolve_device
-from rollout.policy import PRECISION_DTYPES, Policy
-from rollout.sde import kl_to_reference, sde_step
-from rollout.seeding import derive_seed
-from rollout.types import PromptEmbeds, Rollout
-from rollout.weight_buckets import BUCKET_BYTES, BucketSpec, pack, plan_for, sync_digest, to_packed
-from rollout.worker import weights_digest
+from models.config import ModelConfig, SamplingConfig
+from models.devices import resolve_device
+from models.policy import PRECISION_DTYPES, Policy
+from models.sde import kl_to_reference, sde_step
+from models.seeding import derive_seed
+from models.types import PromptEmbeds, Rollout
 
 
 @dataclass
@@ -63,7 +70,7 @@ class TrainGroup:
     keep: torch.Tensor  # [num_samples] bool: samples to train on (False: e.g. a zero-std group)
     policy_version: int
     group_index: int = 0  # the group's index within its iteration: seeds the forward-process draws
-    bulk: Any = None  # ObjectRef of the rollout's tensors (rollout/data_plane.py), fetched by the rank; None: in `rollout`
+    bulk: Any = None  # ObjectRef of the rollout's tensors (common/data_plane.py), fetched by the rank; None: in `rollout`
 
 
 @dataclass
@@ -286,7 +293,7 @@ class LearnerWorker:
         )  # fmt: skip
         # The LoRA init is random: seed it so every rank, and every rerun of a config, starts alike.
         torch.manual_seed(derive_seed(self.seed, "init"))
-        # Only the transformer: prompts arrive encoded with their groups (rollout/data_plane.py), so the
+        # Only the transformer: prompts arrive encoded with their groups (common/data_plane.py), so the
         # text encoders (SD3.5's T5-XXL alone: 9.5 GB in bf16) and the VAE are never loaded here.
         self.policy = Policy.from_config(
             self.model_cfg, device=self.device, transformer_only=True,
@@ -370,7 +377,7 @@ class LearnerWorker:
                           zeros, one * 0.5, one * 0.25, torch.zeros(1), torch.zeros(1), weight=0.0)
 
     def receive(self, groups: list[TrainGroup]) -> list[int]:
-        """Fetch this rank's groups' rollout tensors from the object store (rollout/data_plane.py) for the
+        """Fetch this rank's groups' rollout tensors from the object store (common/data_plane.py) for the
         next `train(None, ...)`, before any rank enters a collective; returns the indices of groups whose
         tensors were lost (the driver resamples them and calls again)."""
         self._received, lost = fetch_groups(groups)
@@ -503,7 +510,7 @@ class LearnerWorker:
         return self.export_weights() if source is None else {k: v.copy() for k, v in source.items()}
 
     def _sampling_buckets(self, device: torch.device | str) -> Iterator[tuple[BucketSpec, torch.Tensor | None]]:
-        """The sampling weights bucket by bucket, in the policy's own dtypes (rollout/weight_buckets.py),
+        """The sampling weights bucket by bucket, in the policy's own dtypes (common/weight_buckets.py),
         packed on `device`. Every rank iterates: under ZeRO-3 each bucket's parameters are gathered (a
         collective every rank enters) and released before the next, and only rank 0 packs (the others
         get None), so no rank holds more than one bucket beyond its shard."""

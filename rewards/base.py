@@ -124,6 +124,12 @@ def build_scorer(name: str, **options) -> Scorer:
     return scorer_factory(name)(**options)
 
 
+def build_scorers(scorers) -> dict[str, Scorer]:
+    """Every configured scorer (rewards.scorers) built in this process, by name: for evaluation and the
+    benchmarks that run without Ray (the trainer scores through reward actors, rewards/pool.py)."""
+    return {s.name: build_scorer(s.name, **s.scorer_options()) for s in scorers}
+
+
 def validate_batch(
     images: np.ndarray, prompts: Sequence[str], metadata: Sequence[Mapping] | None
 ) -> list[Mapping]:

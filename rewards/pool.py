@@ -23,7 +23,7 @@ Guarantees:
   them; 'fail' raises NonFiniteRewardError naming the scorer and prompts.
 Images travel through Ray's object store only, never through a socket of our own: `submit` puts an
 array it is given, or passes on the ObjectRef of images a rollout actor already put
-(rollout/data_plane.py), so that the caller never holds the images.
+(common/data_plane.py), so that the caller never holds the images.
 """
 
 from __future__ import annotations

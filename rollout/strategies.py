@@ -3,8 +3,8 @@
 A strategy gets the policy's guided velocity for ONE prompt, v(x [N, ...], sigma [N]) -> [N, ...]
 (any N: every row is a latent of the same prompt; sigma is always a float32 [N] tensor, one noise level
 per row, so rows at different steps can share a call), a function drawing initial noise,
-init_noise(n, generator) -> [n, ...], the sigma schedule (rollout/schedule.py) and the iteration
-number, and returns a `Rollout` (rollout/types.py). All randomness comes from the one generator,
+init_noise(n, generator) -> [n, ...], the sigma schedule (models/schedule.py) and the iteration
+number, and returns a `Rollout` (models/types.py). All randomness comes from the one generator,
 drawn on the generator's device, so a seed gives the same rollout on any accelerator.
 
 Strategies are registered functions chosen by `SamplingConfig.strategy`; `sample_group` is the entry
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-from rollout.config import SamplingConfig
-from rollout.schedule import check_sigmas, compressed_tail, granular_grid
-from rollout.sde import dpm_solver_2m_step, ode_step, sde_step
-from rollout.seeding import derive_seed
-from rollout.types import Rollout, Transitions
+from models.config import SamplingConfig
+from models.schedule import check_sigmas, compressed_tail, granular_grid
+from models.sde import dpm_solver_2m_step, ode_step, sde_step
+from models.seeding import derive_seed
+from models.types import Rollout, Transitions
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 InitNoiseFn = Callable[[int, torch.Generator], torch.Tensor]

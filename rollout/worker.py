@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.collective import SyncGroup
+from common.data_plane import EvalShare, put_eval_share, put_group
 from common.memory import peak_memory_gb
 from common.offload import Offloader
-from rollout.collective import SyncGroup
-from rollout.config import ModelConfig, SamplingConfig
-from rollout.data_plane import EvalShare, put_eval_share, put_group
-from rollout.devices import resolve_device
-from rollout.policy import PRECISION_DTYPES, Policy
+from common.weight_buckets import load_packed, plan_for, sync_digest, unpack_into, weights_digest
+from models.config import ModelConfig, SamplingConfig
+from models.devices import resolve_device
+from models.policy import PRECISION_DTYPES, Policy
+from models.types import Rollout
 from rollout.strategies import eval_sample, sample_group
-from rollout.types import Rollout
-from rollout.weight_buckets import load_packed, plan_for, sync_digest, unpack_into
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class GroupResult:
     """A sampled group: the strategy's record, the decoded images, and the policy version that made them.
 
     In-process (`RolloutWorker.rollout`) it holds everything; by reference (`rollout_by_reference`,
-    rollout/data_plane.py) `images` and `bulk` are ObjectRefs and `rollout` keeps the metadata only."""
+    common/data_plane.py) `images` and `bulk` are ObjectRefs and `rollout` keeps the metadata only."""
 
     request: GroupRequest
     rollout: Rollout
@@ -59,20 +59,6 @@ class GroupResult:
         return int(self.rollout.reward_group.shape[0])
 
 
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """A content hash of a weight dict (names, shapes and values): equal digests = equal values.
-
-    Floating tensors are hashed as float32 (exact for bf16/fp16), so the learner's float32 export of
-    bf16 weights and a rollout actor's bf16 copy of them agree."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu()
-        t = (t.float() if t.is_floating_point() else t).contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 class RolloutWorker:
@@ -138,7 +124,7 @@ class RolloutWorker:
         return results
 
     def rollout_by_reference(self, request: GroupRequest) -> GroupResult:
-        """One group, its images and learner payload left in the object store (rollout/data_plane.py):
+        """One group, its images and learner payload left in the object store (common/data_plane.py):
         the driver calls this once per group, so each group's images reach the reward actors as soon as
         it is sampled."""
         return put_group(self.rollout([request])[0])
@@ -160,7 +146,7 @@ class RolloutWorker:
     def evaluate_by_reference(self, prompts: list[str], seeds: list[list[int]], grid: str = "eval",
                               keep: tuple[int, ...] = ()) -> EvalShare:
         """`evaluate`, its images left in the object store for the reward actors and the rows `keep`
-        (the driver's pictures) returned inline (rollout/data_plane.py)."""
+        (the driver's pictures) returned inline (common/data_plane.py)."""
         return put_eval_share(self.evaluate(prompts, seeds, grid), keep)
 
     # -- weights
@@ -186,7 +172,7 @@ class RolloutWorker:
         """Weight sync through the object store: verify and load the learner's packed buckets
         (LearnerWorker.export_sampling_buckets; ObjectRefs are fetched one at a time and read in place
         from the object store's shared memory) into the live trainable weights; returns an
-        acknowledgement with the version and the sync digest (rollout/weight_buckets.py)."""
+        acknowledgement with the version and the sync digest (common/weight_buckets.py)."""
         import ray
 
         self.reload()

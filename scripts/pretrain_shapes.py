@@ -10,7 +10,7 @@ Phases (each resumes from the work dir, so rerunning the same command continues 
    x_sigma = (1 - sigma) x0 + sigma eps, target v = eps - x0, sigma logit-normal then shifted by 3
    (the sampling schedule's shift), captions dropped to "" 10% of the time for CFG, EMA weights;
 4. export: the EMA pipeline with save_pretrained (fp32 safetensors) into --out;
-5. card: samples with a 40-step Euler ODE + CFG through rollout.policy, scored by the shapes
+5. card: samples with a 40-step Euler ODE + CFG through models.policy, scored by the shapes
    detector and the GenEval rules; MODEL_CARD.md and a sample grid PNG beside the model.
 
 Every random draw of step k comes from generators seeded with (seed, phase, k), so a resumed run
@@ -473,8 +473,8 @@ def vae_detector_accuracy(policy, records: list[dict], seed: int, n: int = 256) 
 def time_rl_iteration(policy, records: list[dict], seed: int) -> dict[str, float]:
     """One Flow-GRPO-like iteration: 8 prompts x 8 images x 10 SDE steps, then forward/backward on
     every transition (log-prob recomputed through the LoRA policy) and one AdamW step."""
-    from rollout.config import SamplingConfig
-    from rollout.schedule import sd3_sigmas
+    from models.config import SamplingConfig
+    from models.schedule import sd3_sigmas
     from rollout.strategies import recompute_log_probs, sample_group
 
     cfg = SamplingConfig()
@@ -537,9 +537,9 @@ def phase_card(out: Path, args) -> None:
     the previous model (--previous-model) on the same plan, and write MODEL_CARD.md, samples.png and
     failures.png beside the model."""
     from cluster.evaluation import PICTURED, compare_evaluations, image_grid, save_png
+    from models.config import ModelConfig
+    from models.policy import Policy
     from rewards.prompts import load_prompts
-    from rollout.config import ModelConfig
-    from rollout.policy import Policy
 
     work = Path(args.work_dir)
     summary = json.loads((work / "training_summary.json").read_text())

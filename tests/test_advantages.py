@@ -147,8 +147,8 @@ def test_iteration_drops_only_samples_without_signal_under_advantage_sum():
     but whose second varies is trained; a group constant under both is dropped (Flow-GRPO's filter)."""
     from cluster.config import load_config
     from cluster.trainer import Scored, iteration_advantages
+    from models.types import Rollout, Transitions
     from rewards.base import ScoreResult
-    from rollout.types import Rollout, Transitions
     from rollout.worker import GroupRequest, GroupResult
     from tests.tiny_models import FLOWGRPO
 

@@ -11,7 +11,7 @@ import torch
 from learner.config import LearnerConfig
 from learner.engine import free_port
 from learner.worker import LearnerWorker
-from rollout.config import LoraSettings, ModelConfig, SamplingConfig
+from models.config import LoraSettings, ModelConfig, SamplingConfig
 from rollout.worker import RolloutWorker, weights_digest
 from tests.test_workers import _groups
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rollout.config import LoraSettings, ModelConfig, SamplingConfig
+from models.config import LoraSettings, ModelConfig, SamplingConfig
 from rollout.worker import GroupRequest, RolloutWorker
 
 pytestmark = pytest.mark.component

@@ -14,12 +14,12 @@ import ray
 import torch
 
 from cluster.trainer import Trainer
+from common.collective import SyncGroup
+from common.weight_buckets import plan_for
 from learner.config import LearnerConfig
 from learner.engine import free_port
 from learner.worker import LearnerWorker
-from rollout.collective import SyncGroup
-from rollout.config import ModelConfig, SamplingConfig
-from rollout.weight_buckets import plan_for
+from models.config import ModelConfig, SamplingConfig
 from tests.test_system import _config, _digest
 
 pytestmark = pytest.mark.system

@@ -1,4 +1,4 @@
-"""The data plane (rollout/data_plane.py): rollout tensors travel by reference, each distinct latent
+"""The data plane (common/data_plane.py): rollout tensors travel by reference, each distinct latent
 once, only what the learner reads; the driver handles metadata; rewards stream as groups finish;
 evaluation images stay in the object store too, except the few that the pictures show."""
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from common.data_plane import LearnerPayload, distinct_rows, strip
+from models.config import SamplingConfig
 from rewards.base import ScoreResult
 from rewards.quality import ShapesQualityScorer
-from rollout.config import SamplingConfig
-from rollout.data_plane import LearnerPayload, distinct_rows, strip
 from tests.script_loader import load_script
 from tests.test_strategies import CASES, cfg_for, run
 from tests.test_system import _config

@@ -11,8 +11,8 @@ import pytest
 import torch
 from packaging.requirements import Requirement
 
-from rollout.config import ModelConfig
-from rollout.policy import load_pipeline
+from models.config import ModelConfig
+from models.policy import load_pipeline
 
 pytestmark = pytest.mark.unit
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11

@@ -1,4 +1,4 @@
-"""Device choice (rollout/devices.py), the actors' environment and the eval grid's scale: small pure
+"""Device choice (models/devices.py), the actors' environment and the eval grid's scale: small pure
 decisions the GPU path depends on, checked on CPU."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from cluster.actors import _env
 from cluster.config import load_config
 from cluster.evaluation import display_scale
-from rollout.devices import resolve_device, visible_index
+from models.devices import resolve_device, visible_index
 from tests.tiny_models import FLOWGRPO
 
 pytestmark = pytest.mark.unit

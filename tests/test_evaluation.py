@@ -23,10 +23,10 @@ from cluster.evaluation import (
     plan_for,
     sample_sharded,
 )
+from common.data_plane import EvalShare
 from rewards.base import build_scorer
 from rewards.prompts import load_prompts
 from rewards.shapes import all_records, mislabeled_caption, render, sample_scene
-from rollout.data_plane import EvalShare
 from tests.tiny_models import FLOWGRPO
 
 TEST_PROMPTS = load_prompts("assets/prompts/shapes_test.jsonl")

@@ -14,8 +14,8 @@ from learner.engine import free_port
 from learner.forward_process import old_policy_decay, training_draws
 from learner.losses import adaptive_x0_loss, awm_loss, fm_log_likelihood, nft_loss, nft_optimality
 from learner.worker import LearnerWorker, TrainGroup
-from rollout.config import LoraSettings, ModelConfig, SamplingConfig
-from rollout.schedule import sd3_sigmas
+from models.config import LoraSettings, ModelConfig, SamplingConfig
+from models.schedule import sd3_sigmas
 from rollout.strategies import sample_group
 from rollout.worker import GroupRequest, RolloutWorker
 from tests.tiny_models import FLOWGRPO

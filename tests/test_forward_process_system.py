@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from cluster.config import REPO_ROOT, load_config
 from cluster.trainer import Trainer
-from rollout.worker import weights_digest
+from common.weight_buckets import weights_digest
 from tests.tiny_models import SMALL_EVAL
 
 pytestmark = pytest.mark.system

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from learner.config import LearnerConfig
 from learner.engine import free_port
 from learner.worker import LearnerWorker
-from rollout.config import LoraSettings, ModelConfig, SamplingConfig
+from models.config import LoraSettings, ModelConfig, SamplingConfig
 
 pytestmark = pytest.mark.component
 

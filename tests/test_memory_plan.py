@@ -109,8 +109,8 @@ def test_activations_per_row_from_tokens_hidden_and_layers():
 
 def test_g2rpo_rows_per_call_match_the_strategy():
     """The planner's largest G2RPO velocity call equals what rollout/strategies.py actually batches."""
-    from rollout.config import SamplingConfig
-    from rollout.schedule import sigma_schedule
+    from models.config import SamplingConfig
+    from models.schedule import sigma_schedule
     from rollout.strategies import sample_group
 
     cfg = SamplingConfig(strategy="g2rpo", group_size=3, num_steps=8, g2rpo_steps=[0, 2, 3, 5],

@@ -13,7 +13,7 @@ import ray
 from safetensors.torch import load_file
 
 from cluster.trainer import Trainer, mean_over_ranks
-from rollout.worker import weights_digest
+from common.weight_buckets import weights_digest
 from tests.test_system import _config, _digest
 
 pytestmark = pytest.mark.system

@@ -12,7 +12,7 @@ from common.offload import Offloader
 from learner.config import LearnerConfig
 from learner.engine import free_port, optimizer_state_tensors
 from learner.worker import LearnerWorker
-from rollout.config import LoraSettings, ModelConfig, SamplingConfig
+from models.config import LoraSettings, ModelConfig, SamplingConfig
 from rollout.worker import RolloutWorker, weights_digest
 from tests.test_workers import _groups
 

@@ -1,4 +1,4 @@
-"""rollout.policy on real diffusers pipelines: the shipped tiny SD3 model and a tiny random FLUX.1."""
+"""models.policy on real diffusers pipelines: the shipped tiny SD3 model and a tiny random FLUX.1."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rollout.config import LoraSettings, ModelConfig, SamplingConfig
-from rollout.policy import ModelFolderError, Policy
+from models.config import LoraSettings, ModelConfig, SamplingConfig
+from models.policy import ModelFolderError, Policy
 from tests.test_strategies import run
 from tests.tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline
 
@@ -222,8 +222,8 @@ def _parameters(policy: Policy) -> int:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_transformer_only_policy_given_the_shipped_conditioning_has_the_same_velocity(sd3_path, dtype):
-    from rollout.data_plane import LearnerPayload, strip
-    from rollout.types import PromptEmbeds
+    from common.data_plane import LearnerPayload, strip
+    from models.types import PromptEmbeds
 
     cfg = {"resolution": 32, "guidance_scale": 2.0, "dtype": dtype}  # CFG: the negative travels too
     full, learner = _policy(sd3_path, **cfg), Policy.from_config(ModelConfig(path=sd3_path, **cfg), transformer_only=True)
@@ -235,7 +235,7 @@ def test_a_transformer_only_policy_given_the_shipped_conditioning_has_the_same_v
     assert learner.latent_shape(1) == full.latent_shape(1)  # the VAE's scale, read from its config alone
     _perturb_lora(full)
     learner.load_trainable(full.export_trainable())
-    # What a learner rank receives: each group's conditioning through a payload (rollout/data_plane.py).
+    # What a learner rank receives: each group's conditioning through a payload (common/data_plane.py).
     shipped = []
     for prompt in PROMPTS:
         record = replace(run(SamplingConfig(group_size=2, num_steps=2)), conditioning=full.conditioning(prompt))

@@ -10,7 +10,7 @@ import torch
 
 from cluster.config import REPO_ROOT, load_config
 from cluster.preflight import local_resources, preflight, resource_demand
-from rollout.policy import REQUIRED_COMPONENTS
+from models.families import family_of
 
 pytestmark = pytest.mark.unit
 
@@ -22,9 +22,9 @@ SHIPPED_MODEL = REPO_ROOT / "assets" / "models" / "shapes-sd3-tiny"
 
 def fake_pipeline_folder(folder: Path, family: str = "sd3", skip: str | None = None) -> Path:
     """The layout check_pipeline_folder reads (model_index.json, subfolders, weight files), no real weights."""
-    names = [n for n in REQUIRED_COMPONENTS[family] if n != skip]
+    names = [n for n in family_of(family).required_components if n != skip]
     index = {"_class_name": {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}[family]}
-    index.update({n: ["diffusers", "X"] for n in REQUIRED_COMPONENTS[family]})
+    index.update({n: ["diffusers", "X"] for n in family_of(family).required_components})
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_index.json").write_text(json.dumps(index))
     for name in names:

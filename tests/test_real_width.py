@@ -22,7 +22,7 @@ from learner.advantages import grpo_advantages
 from learner.config import LearnerConfig
 from learner.engine import free_port
 from learner.worker import LearnerWorker, TrainGroup
-from rollout.config import LoraSettings, ModelConfig, SamplingConfig
+from models.config import LoraSettings, ModelConfig, SamplingConfig
 from rollout.worker import GroupRequest, RolloutWorker
 
 pytestmark = pytest.mark.component

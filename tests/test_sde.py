@@ -1,4 +1,4 @@
-"""rollout/sde.py against closed forms, torch.distributions and diffusers' schedulers."""
+"""models/sde.py against closed forms, torch.distributions and diffusers' schedulers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rollout.sde import (
+from models.sde import (
     SDE_KINDS,
     dpm_solver_2m_step,
     gaussian_kl_equal_std,

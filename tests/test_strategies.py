@@ -1,4 +1,4 @@
-"""rollout/strategies.py and rollout/schedule.py with closed-form and tiny-network velocities, on CPU."""
+"""rollout/strategies.py and models/schedule.py with closed-form and tiny-network velocities, on CPU."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pydantic
 import pytest
 import torch
 
-from rollout.config import SamplingConfig
-from rollout.schedule import (
+from models.config import SamplingConfig
+from models.schedule import (
     check_sigmas,
     compressed_tail,
     granular_grid,
@@ -17,7 +17,7 @@ from rollout.schedule import (
     sd3_sigmas,
     sigma_schedule,
 )
-from rollout.sde import ode_step
+from models.sde import ode_step
 from rollout.strategies import (
     STRATEGIES,
     eval_sample,

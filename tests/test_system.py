@@ -12,7 +12,7 @@ import torch
 
 from cluster.config import load_config
 from cluster.trainer import Trainer
-from rollout.worker import weights_digest
+from common.weight_buckets import weights_digest
 from tests.tiny_models import FLOWGRPO, SMALL_EVAL
 
 pytestmark = pytest.mark.system

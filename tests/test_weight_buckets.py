@@ -1,4 +1,4 @@
-"""Weight sync in buckets (rollout/weight_buckets.py): the weights travel in their own dtype (bf16
+"""Weight sync in buckets (common/weight_buckets.py): the weights travel in their own dtype (bf16
 stays bf16 in the object store and on the wire), a corrupted or mismatched bucket is caught naming it,
 the collective backend exports nothing to the object store, and under ZeRO-3 every learner rank gathers
 one bucket at a time, so no rank holds more than a bucket beyond its shard."""
@@ -12,9 +12,8 @@ import pytest
 import ray
 import torch
 
-from learner.engine import free_port
-from rollout.collective import SyncGroup
-from rollout.weight_buckets import (
+from common.collective import SyncGroup
+from common.weight_buckets import (
     PackedBucket,
     WeightIntegrityError,
     checksum,
@@ -23,8 +22,9 @@ from rollout.weight_buckets import (
     plan_buckets,
     plan_for,
     unpack_into,
+    weights_digest,
 )
-from rollout.worker import weights_digest
+from learner.engine import free_port
 from tests.test_bf16 import _workers
 from tests.test_system import _config, _digest
 
@@ -141,7 +141,7 @@ def test_collective_sync_puts_no_weights_in_the_object_store(ray_with_store_obje
 def test_zero3_two_ranks_gather_bucket_by_bucket_and_actors_get_rank0s_weights(tiny_sd3_path):
     import torch.multiprocessing as mp
 
-    from rollout.config import LoraSettings, ModelConfig, SamplingConfig
+    from models.config import LoraSettings, ModelConfig, SamplingConfig
     from rollout.worker import RolloutWorker
     from tests.zero3_sync_rank import export_in_small_buckets
 

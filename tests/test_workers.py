@@ -14,7 +14,7 @@ from learner.advantages import grpo_advantages
 from learner.config import LearnerConfig
 from learner.engine import free_port
 from learner.worker import LearnerWorker, PolicyDiverged, TrainGroup
-from rollout.config import LoraSettings, ModelConfig, SamplingConfig
+from models.config import LoraSettings, ModelConfig, SamplingConfig
 from rollout.worker import GroupRequest, RolloutWorker, weights_digest
 
 pytestmark = pytest.mark.component

@@ -3,7 +3,7 @@
 `tiny_sd3_pipeline()` reuses scripts/build_tiny_sd3.py's builders (the shipped model's own code path)
 at toy sizes; `tiny_flux_pipeline()` builds FLUX.1's stack: CLIPTextModel + T5EncoderModel with
 offline tokenizers, FluxTransformer2DModel with a guidance embedding, and a 2x AutoencoderKL.
-Save either with `save_pretrained(folder)` and load it back through rollout.policy.
+Save either with `save_pretrained(folder)` and load it back through models.policy.
 """
 
 from __future__ import annotations

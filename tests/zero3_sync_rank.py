@@ -13,7 +13,7 @@ def export_in_small_buckets(rank: int, port: int, path: str, out: dict) -> None:
     import learner.worker as lw
     from learner.config import LearnerConfig
     from learner.worker import LearnerWorker
-    from rollout.config import LoraSettings, ModelConfig, SamplingConfig
+    from models.config import LoraSettings, ModelConfig, SamplingConfig
 
     ds_config = le.deepspeed_config
 

@@ -1,4 +1,4 @@
-"""The policy: one wrapper over diffusers SD3/SD3.5 and FLUX.1 pipelines.
+"""The policy: one wrapper over the diffusers pipelines of the family table (models/families.py).
 
 Sampling strategies and the learner never touch diffusers: they get a velocity function
 
@@ -6,7 +6,7 @@ Sampling strategies and the learner never touch diffusers: they get a velocity f
     v(x, sigma) -> float32 [B, C, h, w]      # x: latents [B, C, h, w], sigma: float or [B]
 
 in the project's time convention (sigma in [0, 1], sigma = 1 is noise, v = eps - x0; docs in
-rollout/sde.py). The wrapper hides each family's details: SD3's transformer takes timestep =
+models/sde.py). The wrapper hides each family's details: SD3's transformer takes timestep =
 sigma * 1000 and CFG is a second (unconditional) half of the batch; FLUX's takes timestep = sigma,
 works on packed 2x2 latents with position ids, and FLUX.1-dev's guidance is an embedding instead of
 CFG. FLUX latents are kept unpacked [B, C, h, w] outside, so every strategy is model-agnostic.
@@ -22,7 +22,7 @@ never a second fp32 copy.
 
 Learner ranks build it with `transformer_only=True`: no text encoders and no VAE (SD3.5's T5-XXL alone
 is 9.5 GB in bf16). They never encode a prompt: each group brings the embeddings its rollout actor
-sampled with, the negative prompt's included (`conditioning`, rollout/data_plane.py), and `velocity`
+sampled with, the negative prompt's included (`conditioning`, common/data_plane.py), and `velocity`
 takes the unconditional half from them, so both sides compute the same velocity bit for bit.
 
 The reference policy (KL term) is the same network with its LoRA adapters disabled: no second copy.
@@ -44,20 +44,14 @@ import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-from rollout.config import PROMPT_CACHE_SIZE, LoraSettings, ModelConfig
-from rollout.schedule import exponential_shift_sigmas, resolution_shift_mu, sigma_schedule
-from rollout.types import PromptEmbeds
+from models.config import PROMPT_CACHE_SIZE, LoraSettings, ModelConfig
+from models.families import family_of
+from models.schedule import exponential_shift_sigmas, resolution_shift_mu, sigma_schedule
+from models.types import PromptEmbeds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VelocityFn = Callable[[torch.Tensor, "float | torch.Tensor"], torch.Tensor]
 
-# Components a pipeline folder must hold per family; text_encoder_3/tokenizer_3 (T5) are optional
-# for SD3 (model_index.json may list them as null).
-REQUIRED_COMPONENTS = {
-    "sd3": ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
-    "flux": ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
-}
-PIPELINE_CLASSES = {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
 _WEIGHTS = ("*.safetensors", "*.bin")
 _MODEL_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 # What a transformer-only load (learner ranks) keeps of the pipeline's components: they train on the prompt
@@ -88,13 +82,13 @@ def resolve_model_path(path: str) -> str:
     raise ModelFolderError(
         f"model.path {path!r} is not a folder (looked in {Path.cwd()} and {REPO_ROOT}) and not a hub id "
         "('owner/name'). Expected a diffusers pipeline folder with model_index.json and the subfolders "
-        f"{', '.join(REQUIRED_COMPONENTS['sd3'])}."
+        f"{', '.join(family_of('sd3').required_components)}."
     )
 
 
 def check_pipeline_folder(folder: Path, family: str) -> None:
     """Fail early, naming what is missing, instead of deep inside from_pretrained."""
-    required = REQUIRED_COMPONENTS[family]
+    required = family_of(family).required_components
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise ModelFolderError(
@@ -103,7 +97,7 @@ def check_pipeline_folder(folder: Path, family: str) -> None:
             "pipeline.save_pretrained(folder))."
         )
     index = json.loads(index_file.read_text())
-    expected_class = PIPELINE_CLASSES[family]
+    expected_class = family_of(family).pipeline_class
     if index.get("_class_name") != expected_class:
         raise ModelFolderError(
             f"{folder} holds a {index.get('_class_name')}, but model.family={family!r} expects a "
@@ -127,12 +121,13 @@ def load_pipeline(cfg: ModelConfig, transformer_only: bool = False):
 
     `transformer_only`: the same call with the text encoders, tokenizers and VAE passed as None, so
     diffusers loads only the transformer and the scheduler (config), in `model.dtype`."""
-    from diffusers import AutoencoderKL, FluxPipeline, StableDiffusion3Pipeline
+    import diffusers
+    from diffusers import AutoencoderKL
 
     location = resolve_model_path(cfg.path)
     if Path(location).is_dir():
         check_pipeline_folder(Path(location), cfg.family)
-    cls = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}[cfg.family]
+    cls = getattr(diffusers, family_of(cfg.family).pipeline_class)
     try:
         index = cls.load_config(location)
         # Components saved as null (a T5-less SD3 has text_encoder_3 = None) must be passed explicitly.
@@ -145,7 +140,7 @@ def load_pipeline(cfg: ModelConfig, transformer_only: bool = False):
             pipe.vae_scale_factor = 2 ** (len(AutoencoderKL.load_config(location, subfolder="vae")["block_out_channels"]) - 1)
     except OSError as err:
         raise ModelFolderError(f"could not load {cls.__name__} from {location!r}: {err}") from err
-    t5 = pipe.text_encoder_2 if cfg.family == "flux" else pipe.text_encoder_3
+    t5 = getattr(pipe, family_of(cfg.family).t5_component, None)
     if cfg.max_sequence_length == 0 and t5 is not None:
         raise ValueError(
             f"model.max_sequence_length is 0 but {location} has a T5 text encoder; set it to the T5 length "
@@ -187,103 +182,6 @@ def _no_text_encoders(prompts: list[str]) -> PromptEmbeds:
     )
 
 
-# ----------------------------------------------------------------------------- model families
-
-
-class _SD3:
-    """SD3 / SD3.5: timestep = sigma * 1000, CLIP-L + CLIP-G (+ T5) embeddings, true CFG."""
-
-    uses_cfg = True
-
-    def __init__(self, pipe, cfg: ModelConfig):
-        self.pipe, self.cfg = pipe, cfg
-        self.vae_scale = pipe.vae_scale_factor
-        multiple = self.vae_scale * pipe.transformer.config.patch_size
-        if cfg.resolution % multiple:
-            raise ValueError(f"model.resolution={cfg.resolution} must be a multiple of {multiple} (VAE scale x patch size)")
-
-    def encode(self, prompts: list[str]) -> PromptEmbeds:
-        embeds, _, pooled, _ = self.pipe.encode_prompt(
-            prompt=prompts,
-            prompt_2=None,
-            prompt_3=None,
-            device=self.pipe.transformer.device,
-            do_classifier_free_guidance=False,
-            max_sequence_length=self.cfg.max_sequence_length,
-        )
-        return PromptEmbeds(embeds, pooled)
-
-    def latent_shape(self, batch: int) -> tuple[int, ...]:
-        side = self.cfg.resolution // self.vae_scale
-        return (batch, self.pipe.transformer.config.in_channels, side, side)
-
-    def image_seq_len(self) -> int:
-        return (self.cfg.resolution // (self.vae_scale * self.pipe.transformer.config.patch_size)) ** 2
-
-    def forward(self, transformer, x, sigma, cond: PromptEmbeds, guidance: float) -> torch.Tensor:
-        return transformer(
-            hidden_states=x,
-            timestep=sigma * 1000.0,
-            encoder_hidden_states=cond.embeds,
-            pooled_projections=cond.pooled,
-            return_dict=False,
-        )[0]
-
-
-class _Flux:
-    """FLUX.1: timestep = sigma, packed 2x2 latents with position ids, guidance as an embedding.
-
-    FLUX.1-dev is guidance-distilled: `model.guidance_scale` feeds its guidance embedding and no
-    unconditional pass runs (FLUX.1-schnell has no guidance embedding and ignores it).
-    """
-
-    uses_cfg = False
-
-    def __init__(self, pipe, cfg: ModelConfig):
-        self.pipe, self.cfg = pipe, cfg
-        self.vae_scale = pipe.vae_scale_factor
-        if cfg.resolution % (self.vae_scale * 2):
-            raise ValueError(f"model.resolution={cfg.resolution} must be a multiple of {self.vae_scale * 2} for FLUX")
-
-    def encode(self, prompts: list[str]) -> PromptEmbeds:
-        embeds, pooled, _ = self.pipe.encode_prompt(
-            prompt=prompts,
-            prompt_2=None,
-            device=self.pipe.transformer.device,
-            max_sequence_length=self.cfg.max_sequence_length,
-        )
-        return PromptEmbeds(embeds, pooled)
-
-    def latent_shape(self, batch: int) -> tuple[int, ...]:
-        side = 2 * (self.cfg.resolution // (self.vae_scale * 2))
-        return (batch, self.pipe.transformer.config.in_channels // 4, side, side)
-
-    def image_seq_len(self) -> int:
-        return (self.cfg.resolution // (self.vae_scale * 2)) ** 2  # packed 2x2 latent tokens
-
-    def forward(self, transformer, x, sigma, cond: PromptEmbeds, guidance: float) -> torch.Tensor:
-        b, c, h, w = x.shape
-        packed = self.pipe._pack_latents(x, b, c, h, w)
-        img_ids = self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype)
-        guidance_embed = None
-        if transformer.config.guidance_embeds:
-            guidance_embed = torch.full((b,), guidance, device=x.device, dtype=torch.float32)
-        out = transformer(
-            hidden_states=packed,
-            timestep=sigma,
-            guidance=guidance_embed,
-            pooled_projections=cond.pooled,
-            encoder_hidden_states=cond.embeds,
-            txt_ids=x.new_zeros(cond.embeds.shape[1], 3),  # FluxPipeline.encode_prompt's text_ids: zeros [L, 3]
-            img_ids=img_ids,
-            return_dict=False,
-        )[0]
-        return self.pipe._unpack_latents(out, h * self.vae_scale, w * self.vae_scale, self.vae_scale)
-
-
-_FAMILIES = {"sd3": _SD3, "flux": _Flux}
-
-
 # ----------------------------------------------------------------------------- the policy
 
 
@@ -315,7 +213,7 @@ class Policy:
             module = getattr(pipe, name, None)
             if module is not None:
                 module.requires_grad_(False).eval()
-        self.family = _FAMILIES[cfg.family](pipe, cfg)
+        self.family = family_of(cfg.family)(pipe, cfg)
         self._cache = _PromptCache(self.family.encode if pipe.text_encoder is not None else _no_text_encoders,
                                    prompt_cache_size)
         self._negative: PromptEmbeds | None = None
@@ -385,7 +283,7 @@ class Policy:
 
     def trainable_tensors(self) -> dict[str, torch.Tensor]:
         """The live tensors behind `export_trainable`'s names, not copies (weight sync reads and writes
-        them bucket by bucket, rollout/weight_buckets.py); ZeRO-3 partitioned parameters as they are."""
+        them bucket by bucket, common/weight_buckets.py); ZeRO-3 partitioned parameters as they are."""
         return self._trainable_names(self.transformer.state_dict(keep_vars=True))
 
     def _trainable_names(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

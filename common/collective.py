@@ -3,7 +3,7 @@ actor (ranks 1..N), gloo on CPU, NCCL on GPU.
 
 The group is built directly from a TCPStore (PrefixStore -> ProcessGroupGloo / ProcessGroupNCCL) and is
 never the default group, so it cannot interfere with the learner's data-parallel group. Weights are
-broadcast bucket by bucket (rollout/weight_buckets.py: both sides derive the same plan from the same
+broadcast bucket by bucket (common/weight_buckets.py: both sides derive the same plan from the same
 trainable-weight layout), each after a small header that lets the receivers verify it.
 """
 
@@ -14,7 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from rollout.weight_buckets import BucketSpec, WeightIntegrityError, checksum, plan_hash, verify
+from common.weight_buckets import BucketSpec, WeightIntegrityError, checksum, plan_hash, verify
 
 
 class SyncGroup:

@@ -9,7 +9,7 @@ it straight into its parameters, so neither side ever holds more than one bucket
 
 The checksum is not cryptographic: it guards against corruption and mismatched layouts in transit
 (bucket contents, sizes, and the names, shapes and dtypes of every tensor in it), at close to memory
-bandwidth. `rollout.worker.weights_digest` (sha256 over the whole model) stays for tests and debugging.
+bandwidth. `weights_digest` (sha256 over the whole model) stays for tests and debugging.
 """
 
 from __future__ import annotations
@@ -209,3 +209,17 @@ def load_packed(buckets: Iterable[PackedBucket], live: dict[str, torch.Tensor]) 
     if seen != set(live):
         raise WeightIntegrityError(f"weight sync: no bucket carried {sorted(set(live) - seen)[:5]}")
     return sync_digest(specs, sums)
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """A content hash of a weight dict (names, shapes and values): equal digests = equal values.
+
+    Floating tensors are hashed as float32 (exact for bf16/fp16), so the learner's float32 export of
+    bf16 weights and a rollout actor's bf16 copy of them agree."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu()
+        t = (t.float() if t.is_floating_point() else t).contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

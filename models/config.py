@@ -10,7 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# Prompts whose embeddings a policy keeps (rollout/policy.py, LRU); the memory planner counts them.
+from models.families import FAMILIES
+
+# Prompts whose embeddings a policy keeps (models/policy.py, LRU); the memory planner counts them.
 PROMPT_CACHE_SIZE = 1024
 
 
@@ -43,7 +45,10 @@ class ModelConfig(_Section):
         description="Local folder or hub id of a diffusers pipeline (SD3/SD3.5 or FLUX.1). Relative "
         "paths are resolved against the repository root.",
     )
-    family: Literal["sd3", "flux"] = Field("sd3", description="Pipeline family: 'sd3' (StableDiffusion3Pipeline) or 'flux' (FluxPipeline).")
+    family: str = Field(
+        "sd3", description="Pipeline family, by its entry in the family table (models/families.py): 'sd3' "
+        "(StableDiffusion3Pipeline) or 'flux' (FluxPipeline).",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype of the frozen parts; the SDE math always runs in float32."
     )
@@ -68,6 +73,12 @@ class ModelConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings.")
     gradient_checkpointing: bool = Field(False, description="Enable gradient checkpointing on the transformer.")
 
+    @model_validator(mode="after")
+    def _check_family(self) -> ModelConfig:
+        if self.family not in FAMILIES:
+            raise ValueError(f"model.family {self.family!r} is not registered; choose one of {sorted(FAMILIES)}")
+        return self
+
 
 SdeKind = Literal["flow_grpo", "dance", "cps"]
 StrategyName = Literal["flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo", "forward_process"]
@@ -81,7 +92,7 @@ class SamplingConfig(_Section):
     noise_level: float = Field(0.7, ge=0.0, description="SDE noise level: a for flow_grpo/cps, eta for dance.")
     log_prob_form: Literal["gaussian", "squared_error"] = Field(
         "gaussian",
-        description="Log-prob of a step (rollout/sde.py): 'gaussian' = the full Gaussian density; 'squared_error' = "
+        description="Log-prob of a step (models/sde.py): 'gaussian' = the full Gaussian density; 'squared_error' = "
         "-mean((x - mean)^2), the Flow-GRPO code's CPS log-prob with constants removed (its log-ratio is the "
         "Gaussian one times 2 std^2, so learner.clip_range must be set for it: 1e-5 in Flow-GRPO's CPS configs).",
     )
@@ -91,7 +102,7 @@ class SamplingConfig(_Section):
     shift: float = Field(3.0, gt=0, description="Timestep shift of the sigma schedule (SD3 uses 3).")
     sigma_schedule: Literal["linear", "scheduler"] = Field(
         "linear",
-        description="Sigma grid of training and evaluation sampling (rollout/schedule.py): 'linear' = "
+        description="Sigma grid of training and evaluation sampling (models/schedule.py): 'linear' = "
         "shift(linspace(1, 0, T + 1)), as DanceGRPO, MixGRPO and G2RPO build it; 'scheduler' = diffusers' "
         "FlowMatchEulerDiscreteScheduler.set_timesteps(T) grid, shift(linspace(1, shift(1e-3), T)) + [0], "
         "which Flow-GRPO samples on.",

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rollout.types import PromptEmbeds, Rollout, Transitions
+from models.types import PromptEmbeds, Rollout, Transitions
 
 # Strategies whose learner trains on the final samples (learner/forward_process.py), not on transitions.
 FINAL_SAMPLE_STRATEGIES = frozenset({"forward_process"})

@@ -11,7 +11,7 @@ when it concatenates groups.
   together; `image_sample_id` says which trained sample the image's advantage adds to (G2RPO:
   image (k, lambda, b) -> sample (k, b), so a sample's advantage sums over lambda).
 - `conditioning`: the prompt's text embeddings (and the negative prompt's, for CFG), attached by the
-  rollout worker: learner ranks load no text encoder and train with these (rollout/data_plane.py).
+  rollout worker: learner ranks load no text encoder and train with these (common/data_plane.py).
 - `nfe`: single-latent evaluations of the guided velocity (CFG counted once); `velocity_calls`:
   batched calls of the velocity function.
 """
@@ -87,7 +87,7 @@ class Rollout:
         default_factory=dict
     )  # per-image tags, e.g. g2rpo's k, lambda
     anchor_latents: torch.Tensor | None = None  # G2RPO's ODE anchor image: logged, never trained on
-    log_prob_form: str = "gaussian"  # rollout/sde.py LOG_PROB_FORMS: the learner recomputes with the same form
+    log_prob_form: str = "gaussian"  # models/sde.py LOG_PROB_FORMS: the learner recomputes with the same form
     conditioning: PromptEmbeds | None = None  # [1, L, D] the prompt's (with the negative's, CFG): the learner's text input
 
     @property
