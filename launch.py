@@ -79,7 +79,7 @@ def train(argv: list[str]) -> int:
 
     init_ray(cfg, args.address)
     out = Path(resolve_output_dir(cfg.logging.output_dir))  # the Trainer resolves it the same way
-    print(f"[flowray] {cfg.name}: {cfg.iterations} iterations of {cfg.sampling.strategy}, "
+    print(f"[flowray] {cfg.name}: {cfg.iterations} iterations of {cfg.algorithm.name}, "
           f"{cfg.prompts_per_iteration} prompts x {cfg.sampling.group_size} images, output {out}", flush=True)
     try:
         with Trainer(cfg, resume=args.resume) as trainer:

@@ -2,7 +2,7 @@
 forward-process DiffusionNFT and AWM), at equal wall-clock time and at equal rollout NFE, over several seeds.
 
     python benchmarks/compare.py [--minutes 10] [--nfe 200000] [--seeds 0 1 2] [--eval-every 5]
-                                 [--presets shapes_flowgrpo ...] [--output outputs/compare] [--write-readme]
+                                 [--presets shapes_flowgrpo ...] [--output outputs/compare] [--write-docs]
                                  [key=value ...]
 
 Every run trains one preset from the same base model on local Ray until both budgets are spent
@@ -16,9 +16,9 @@ is a paired change over the base model with its 95% interval, and presets are ra
 each one's paired difference from the best (same images). With several seeds the per-image verdicts
 are averaged over seeds first: the interval covers the evaluation's noise, and the table shows the
 spread between seeds beside it. Writes results.json (runs and rankings), a figure with accuracy
-against wall time and against NFE, and a Markdown table; `--write-readme` puts the table and the
-command into README's results section (between its markers), so the README numbers are never typed
-by hand.
+against wall time and against NFE, and a Markdown table; `--write-docs` (old name `--write-readme`) puts
+the table, the command and the figure into docs/results.md (between its markers, the figure beside it in
+docs/), so the published numbers are never typed by hand.
 
 Each finished run keeps its result in its folder (compare_run.json): run the same command again after an
 interruption and it reuses the finished runs, redoing only the one that was cut off.
@@ -58,14 +58,12 @@ def crossing(rows: list[dict], key: str, limit: float) -> int | None:
     return next((i for i, r in enumerate(rows) if r[key] >= limit), None)
 
 
-def applicable(overrides: list[str], family: str) -> list[str]:
-    """The shared `key=value` overrides that mean something for a preset of `family`: keys only the other
-    family has (cluster/config.py: PER_STEP_ONLY, FORWARD_PROCESS_ONLY) are left out, not errors."""
-    from cluster.config import FORWARD_PROCESS_ONLY, PER_STEP_ONLY
-
-    foreign = PER_STEP_ONLY if family == "forward_process" else FORWARD_PROCESS_ONLY
-    keys = {f"{section}.{k}" for section, ks in foreign.items() for k in ks}
-    return [o for o in overrides if o.split("=", 1)[0] not in keys]
+def applicable(overrides: list[str], algorithm) -> list[str]:
+    """The shared `key=value` overrides that mean something for a preset whose unit is `algorithm`: an
+    `algorithm.<key>` its unit has no field for (another algorithm's setting) is left out, not an error."""
+    fields = type(algorithm).model_fields
+    return [o for o in overrides
+            if not (o.startswith("algorithm.") and o.split("=", 1)[0].split(".")[1] not in fields)]
 
 
 def run_one(preset: str, seed: int, limits: dict[str, float], args, run_dir: Path, base_file: Path | None,
@@ -82,7 +80,7 @@ def run_one(preset: str, seed: int, limits: dict[str, float], args, run_dir: Pat
     from learner.worker import PolicyDiverged
 
     path = REPO_ROOT / "configs" / f"{preset}.yaml"
-    overrides = applicable(args.overrides, load_config(path).learner.family)
+    overrides = applicable(args.overrides, load_config(path).algorithm)
     cfg = load_config(path, [
         f"seed={seed}", f"logging.output_dir={run_dir}", f"logging.eval_every={args.eval_every}",
         f"logging.eval_base={str(base_file is None).lower()}", "logging.tensorboard=false",
@@ -146,9 +144,11 @@ def run_settings(limits: dict[str, float], args) -> dict:
 
 
 def preset_settings(settings: dict, path: Path, horizon: int | None) -> dict:
-    """`settings` plus what one preset's run depends on: its file (an edited preset runs again) and its
-    decaying rate's horizon (`schedule_horizon`; constant rates have none)."""
-    own = {**settings, "preset_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    """`settings` plus what one preset's run depends on: its validated config (a preset whose settings
+    changed runs again; one only reformatted or commented does not) and its decaying rate's horizon
+    (`schedule_horizon`; constant rates have none)."""
+    canonical = json.dumps(load_config(path).model_dump(mode="json"), sort_keys=True)
+    own = {**settings, "preset_config_sha256": hashlib.sha256(canonical.encode()).hexdigest()}
     return own if horizon is None else {**own, "lr_schedule_iterations": horizon}
 
 
@@ -270,11 +270,17 @@ def figure(results: list[dict], limits: dict[str, float], path: Path) -> None:
     plt.close(fig)
 
 
-def write_readme(markdown: str, command: str, figure_path: Path) -> None:
-    from readme_section import replace_between
+def write_docs(markdown: str, command: str, figure: Path, page: Path | None = None) -> Path:
+    """The table and its command into the compare block of `page` (default: docs/results.md), the figure
+    copied beside the page and linked relative to it. Returns the page."""
+    from readme_section import page_of, replace_between
 
-    rel = os.path.relpath(figure_path, REPO_ROOT)
-    replace_between(BEGIN, END, f"Generated by `{command}`.\n\n{markdown}\n\n![accuracy vs budget]({rel})\n")
+    page = page_of(BEGIN) if page is None else page
+    copy = page.parent / "compare.png"
+    copy.write_bytes(figure.read_bytes())
+    rel = os.path.relpath(copy, page.parent)
+    body = f"Generated by `{command}`.\n\n{markdown}\n\n![accuracy vs budget]({rel})\n"
+    return replace_between(BEGIN, END, body, page)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -286,7 +292,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--max-iterations", type=int, default=1000, help="hard cap per run")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--output", default="outputs/compare")
-    p.add_argument("--write-readme", action="store_true")
+    p.add_argument("--write-docs", "--write-readme", dest="write_docs", action="store_true",
+                   help="write the table, command and figure into docs/results.md (--write-readme: old name)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     import ray
@@ -296,7 +303,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from cluster.ray_init import cpu_demand, start_local_ray
 
     paths = [REPO_ROOT / "configs" / f"{p}.yaml" for p in args.presets]
-    configs = [load_config(path, applicable(args.overrides, load_config(path).learner.family)) for path in paths]
+    configs = [load_config(path, applicable(args.overrides, load_config(path).algorithm)) for path in paths]
     start_local_ray(max(map(cpu_demand, configs)), log_to_driver=False)
     results, base_file = [], None
     limits = {"wall": 60 * args.minutes, "nfe": args.nfe}
@@ -327,11 +334,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (out / "results.md").write_text(markdown + "\n")
     figure(results, limits, out / "compare.png")
     print(markdown)
-    if args.write_readme:
+    if args.write_docs:
         command = "python benchmarks/compare.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-        figure_copy = REPO_ROOT / "docs" / "compare.png"
-        figure_copy.write_bytes((out / "compare.png").read_bytes())
-        write_readme(markdown, command, figure_copy)
+        write_docs(markdown, command, out / "compare.png")
     return results
 
 

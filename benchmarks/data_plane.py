@@ -55,8 +55,8 @@ CASES = {
         "data.images_per_iteration=4"]) for px in (64, 128)},
     **{f"flux-{px}px": ("configs/flux_g2rpo_hps.yaml", "flux", [
         *REAL_WIDTH, "model.lora.enabled=true", "model.gradient_checkpointing=false", f"model.resolution={px}",
-        "sampling.group_size=2", "sampling.num_steps=3", "sampling.g2rpo_steps=[0,1]",
-        "sampling.g2rpo_granularities=[1,2]", "data.images_per_iteration=16"]) for px in (64, 128)},
+        "sampling.group_size=2", "sampling.num_steps=3", "algorithm.steps=[0,1]",
+        "algorithm.granularities=[1,2]", "data.images_per_iteration=16"]) for px in (64, 128)},
     "tiny-eval": ("configs/shapes_flowgrpo.yaml", None, []),  # the preset's own (powered) evaluation plan
 }  # fmt: skip
 EVALUATIONS = {"tiny-eval"}  # cases that measure one evaluation instead of training iterations
@@ -121,7 +121,7 @@ def measure(cfg, iterations: int) -> dict:
             trainer.train()
         store = store_created_bytes() - store0
     return {"images_per_iteration": cfg.data.images_per_iteration, "resolution": cfg.model.resolution,
-            "strategy": cfg.sampling.strategy, "driver_get_bytes": traffic.got / iterations,
+            "strategy": cfg.algorithm.name, "driver_get_bytes": traffic.got / iterations,
             "driver_put_bytes": traffic.put / iterations, "store_created_bytes": store / iterations}  # fmt: skip
 
 

@@ -38,9 +38,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cluster.config import REPO_ROOT, load_config  # noqa: E402
-from cluster.trainer import in_process_scorers, iteration_advantages, resolve, score_in_process  # noqa: E402
-from learner.worker import LearnerWorker, build_micro_batches, flatten_transitions  # noqa: E402
+from cluster.config import REPO_ROOT, load_config, resolve  # noqa: E402
+from cluster.stages import in_process_scorers, iteration_advantages, score_in_process  # noqa: E402
+from learner.per_step import build_micro_batches, flatten_transitions  # noqa: E402
+from learner.worker import LearnerWorker  # noqa: E402
 from models.policy import Policy  # noqa: E402
 from models.seeding import derive_seed  # noqa: E402
 from rewards.combine import combine  # noqa: E402
@@ -55,15 +56,17 @@ def mean_pairwise_cosine(grads: list[torch.Tensor]) -> tuple[float, float]:
     return float(np.mean(cos)), float(np.std(cos) / np.sqrt(len(grads)))
 
 
-def batch_gradient(learner: LearnerWorker, groups, noise_level: float, kind: str, form: str = "gaussian") -> torch.Tensor:
-    """Flattened gradient of the mean per-transition loss over every kept transition of `groups`."""
+def batch_gradient(learner: LearnerWorker, groups) -> torch.Tensor:
+    """Flattened gradient of the mean per-transition loss over every kept transition of `groups` (the
+    learner's per-step plan: the step the rollouts were sampled with, the algorithm's loss)."""
     policy = learner.policy
     for p in policy.trainable_parameters():
         p.grad = None
+    learner.plan.begin(groups, 0)
     rows = flatten_transitions(groups)
     mbs = build_micro_batches(groups, rows, learner.cfg.micro_batch_size)
     for mb in mbs:
-        loss, _ = learner._loss(mb, noise_level, kind, form)
+        loss, _ = learner.plan.loss(mb)
         (loss * len(mb) / len(rows)).backward()
     return torch.cat([p.grad.flatten() for p in policy.trainable_parameters()])
 
@@ -80,8 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.config, args.overrides)
     model = cfg.model.model_copy(update={"path": resolve(cfg.model.path)})
     torch.manual_seed(derive_seed(cfg.seed, "init"))
-    worker = RolloutWorker(model, cfg.sampling)
-    learner = LearnerWorker(model, cfg.sampling, cfg.learner, seed=cfg.seed, iterations=cfg.iterations)
+    worker = RolloutWorker(model, cfg.sampling, algorithm=cfg.algorithm)
+    learner = LearnerWorker(model, cfg.sampling, cfg.learner, algorithm=cfg.algorithm, seed=cfg.seed,
+                            iterations=cfg.iterations)
     learner.policy = Policy.from_config(model, transformer_only=True)  # as LearnerWorker.setup loads it
     learner.policy.load_trainable(worker.policy.export_trainable())
     learner.policy.transformer.train()
@@ -100,19 +104,18 @@ def main(argv: list[str] | None = None) -> dict:
                     for s in scored]
         groups, _ = iteration_advantages(scored, cfg)
         t1 = time.perf_counter()
-        r0 = groups[0].rollout
-        grads.append(batch_gradient(learner, groups, r0.noise_level, r0.sde_kind, r0.log_prob_form))
+        grads.append(batch_gradient(learner, groups))
         t2 = time.perf_counter()
         sample_s, grad_s = sample_s + t1 - t0, grad_s + t2 - t1
         print(f"[{b + 1}/{args.batches}] sampled+scored {t1 - t0:.1f} s, gradient {t2 - t1:.1f} s, "
               f"|g| {grads[-1].norm():.3e}", flush=True)
     cos, cos_err = mean_pairwise_cosine(grads)
     per_batch = (sample_s + grad_s) / args.batches
-    result = {"strategy": cfg.sampling.strategy, "noise_level": cfg.sampling.noise_level,
+    result = {"algorithm": cfg.algorithm.name, "noise_level": cfg.sampling.noise_level,
               "num_steps": cfg.sampling.num_steps, "cosine": cos, "cosine_err": cos_err, "seconds_per_batch": per_batch,
               "reward_mean": float(np.mean(rewards))}
     which = "fixed prompts" if args.same_prompts else "prompts"
-    print(f"{cfg.sampling.strategy} noise {cfg.sampling.noise_level} T {cfg.sampling.num_steps}: mean pairwise cosine "
+    print(f"{cfg.algorithm.name} noise {cfg.sampling.noise_level} T {cfg.sampling.num_steps}: mean pairwise cosine "
           f"{cos:.4f} +- {cos_err:.4f} over {args.batches} batches of {args.prompts_per_batch} {which}; "
           f"{per_batch:.1f} s per batch "
           f"(sampling {sample_s / args.batches:.1f}, gradient {grad_s / args.batches:.1f}); base reward "

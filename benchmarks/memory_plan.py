@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 COMMON = ["model.resolution=256", "model.max_sequence_length=16", "cluster.num_learner_ranks=1",
           "cluster.rollout_num_gpus=0", "cluster.learner_num_gpus=0"]  # CPU actors: the plan counts host memory
 SD35 = ["sampling.group_size=4", "sampling.num_steps=2", "data.images_per_iteration=4", "learner.micro_batch_size=4"]
-FLUX = ["sampling.group_size=2", "sampling.num_steps=3", "sampling.g2rpo_steps=[0,1]", "data.images_per_iteration=2",
+FLUX = ["sampling.group_size=2", "sampling.num_steps=3", "algorithm.steps=[0,1]", "data.images_per_iteration=2",
         "learner.micro_batch_size=2", "cluster.rollout_images_per_decode=4"]  # fmt: skip
 CASES = {
     "sd35_rollout": ("sd35", 4, "sd35_geneval", SD35, "rollout"),
@@ -66,7 +66,7 @@ def _config(case: str, folder: Path):
 def _rollout_worker(cfg):
     from rollout.worker import RolloutWorker
 
-    return RolloutWorker(cfg.model, cfg.sampling, device="cpu", torch_threads=1, precision=cfg.learner.precision,
+    return RolloutWorker(cfg.model, cfg.sampling, algorithm=cfg.algorithm, device="cpu", torch_threads=1, precision=cfg.learner.precision,
                          rows_per_forward=cfg.cluster.rollout_rows_per_forward,
                          images_per_decode=cfg.cluster.rollout_images_per_decode)
 
@@ -116,7 +116,7 @@ def child(case: str, folder: Path, sampled: Path | None) -> dict:
         work = lambda: worker.rollout([_request()])  # noqa: E731
         loaded = _proc_kib("VmRSS")
     else:
-        learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=0, torch_threads=1, iterations=cfg.iterations)
+        learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, algorithm=cfg.algorithm, seed=0, torch_threads=1, iterations=cfg.iterations)
         learner.setup("127.0.0.1", free_port())
         gc.collect()
         loaded = _proc_kib("VmRSS")

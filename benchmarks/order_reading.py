@@ -88,7 +88,7 @@ def sample_verdicts(cfg, records: list[dict], images_per_prompt: int, weights: d
     the two verdicts (what --output keeps and --against pairs)."""
     from rollout.worker import RolloutWorker
 
-    worker = RolloutWorker(cfg.model, cfg.sampling, torch_threads=2)  # a one-off measurement: both cores
+    worker = RolloutWorker(cfg.model, cfg.sampling, algorithm=cfg.algorithm, torch_threads=2)  # a one-off measurement: both cores
     if weights is not None:
         worker.load_weights(weights, version=1)
     out: dict[str, list] = {"prompt": [], "prompt_index": [], "tag": [], "own": [], "swapped": []}

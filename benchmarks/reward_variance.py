@@ -3,7 +3,7 @@
     python benchmarks/reward_variance.py [--config configs/shapes_flowgrpo.yaml] [--prompts 16]
                                          [--inits 4] [key=value ...]
 
-For each of `--prompts` training prompts (drawn with a fixed seed) the configured strategy samples
+For each of `--prompts` training prompts (drawn with a fixed seed) the configured algorithm's strategy samples
 `--inits` groups, each from ONE shared initial noise (`sampling.same_latent=true`), scored with the
 config's reward (its scorers, combined with their weights, as the trainer does). The mean within-group variance over the mean total variance is the share of the
 reward variance that the policy's own noise (the trained SDE steps) explains; the rest comes from the
@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cluster.config import REPO_ROOT, load_config  # noqa: E402
-from cluster.trainer import in_process_scorers, resolve, score_in_process  # noqa: E402
+from cluster.config import REPO_ROOT, load_config, resolve  # noqa: E402
+from cluster.stages import in_process_scorers, score_in_process  # noqa: E402
 from models.seeding import derive_seed  # noqa: E402
 from rewards.combine import combine  # noqa: E402
 from rewards.prompts import load_prompts  # noqa: E402
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     sampling = cfg.sampling.model_copy(update={"same_latent": True})
-    worker = RolloutWorker(cfg.model.model_copy(update={"path": resolve(cfg.model.path)}), sampling)
+    worker = RolloutWorker(cfg.model.model_copy(update={"path": resolve(cfg.model.path)}), sampling,
+                           algorithm=cfg.algorithm)
     records = load_prompts(resolve(cfg.data.train_prompts))
     scorers = in_process_scorers(cfg)
 
@@ -68,10 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
         rewards.append(np.stack(per_init))
         print(f"[{n}/{len(picks)}] {record['prompt']!r}: mean reward {rewards[-1].mean():.3f}", flush=True)
     within, total = variance_share(np.stack(rewards))
-    result = {"strategy": sampling.strategy, "noise_level": sampling.noise_level, "within": within,
+    result = {"algorithm": cfg.algorithm.name, "noise_level": sampling.noise_level, "within": within,
               "total": total, "sde_share": within / total if total > 0 else float("nan"),
               "seconds": time.perf_counter() - start}
-    print(f"{sampling.strategy} (noise level {sampling.noise_level}): mean within-group variance {within:.4f}, "
+    print(f"{cfg.algorithm.name} (noise level {sampling.noise_level}): mean within-group variance {within:.4f}, "
           f"mean total variance {total:.4f}; share from the SDE steps {result['sde_share']:.2f} "
           f"({args.prompts} prompts x {args.inits} initial noises x {sampling.group_size}; {result['seconds']:.0f} s)")
     return result

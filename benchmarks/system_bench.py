@@ -42,7 +42,8 @@ def _cfg(args, **extra):
 
 def single_process(args) -> dict:
     """The same iteration in one process, no Ray: the baseline for the overhead ratio."""
-    from cluster.trainer import in_process_scorers, iteration_advantages, resolve, score_in_process
+    from cluster.config import resolve
+    from cluster.stages import in_process_scorers, iteration_advantages, score_in_process
     from learner.engine import free_port
     from learner.worker import LearnerWorker
     from models.seeding import derive_seed
@@ -51,8 +52,9 @@ def single_process(args) -> dict:
 
     torch.set_num_threads(1)
     cfg = _cfg(args)
-    rollout = RolloutWorker(cfg.model, cfg.sampling, torch_threads=1)
-    learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, seed=cfg.seed, torch_threads=1, iterations=cfg.iterations)
+    rollout = RolloutWorker(cfg.model, cfg.sampling, algorithm=cfg.algorithm, torch_threads=1)
+    learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, algorithm=cfg.algorithm, seed=cfg.seed,
+                            torch_threads=1, iterations=cfg.iterations)
     learner.setup("127.0.0.1", free_port())
     rollout.load_buckets(learner.export_sampling_buckets()[0], 0)  # the sync the Ray system runs
     scorers = in_process_scorers(cfg)

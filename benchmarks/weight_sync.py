@@ -81,9 +81,9 @@ def _workers(case: str, models_dir: Path):
             build(models_dir, family)
         over = [f"model.path={folder}"]
     cfg = load_config(str(ROOT / preset), over)
-    learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, iterations=cfg.iterations)
+    learner = LearnerWorker(cfg.model, cfg.sampling, cfg.learner, algorithm=cfg.algorithm, iterations=cfg.iterations)
     learner.policy = Policy.from_config(cfg.model, trainable_dtype=PRECISION_DTYPES[cfg.learner.precision])
-    rollout = RolloutWorker(cfg.model, cfg.sampling, device="cpu", precision=cfg.learner.precision)
+    rollout = RolloutWorker(cfg.model, cfg.sampling, algorithm=cfg.algorithm, device="cpu", precision=cfg.learner.precision)
     return learner, rollout, cfg
 
 

@@ -62,7 +62,7 @@ def rollout_actors(cfg: ExperimentConfig, placement: Placement, max_restarts: in
                 runtime_env=_env(cfg),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(placement.group, placement.rollout_bundle(i)),
             ).remote(
-                cfg.model, cfg.sampling, name=f"rollout-{i}", device=device_for(c.rollout_num_gpus),
+                cfg.model, cfg.sampling, algorithm=cfg.algorithm, name=f"rollout-{i}", device=device_for(c.rollout_num_gpus),
                 torch_threads=c.torch_threads_per_actor, precision=cfg.learner.precision,
                 rows_per_forward=c.rollout_rows_per_forward, images_per_decode=c.rollout_images_per_decode,
             )  # fmt: skip
@@ -83,7 +83,7 @@ def learner_actors(cfg: ExperimentConfig, placement: Placement) -> list:
             runtime_env=_env(cfg),
             scheduling_strategy=PlacementGroupSchedulingStrategy(placement.group, placement.learner_bundle(r)),
         ).remote(
-            cfg.model, cfg.sampling, cfg.learner, rank=r, world_size=c.num_learner_ranks, seed=cfg.seed,
+            cfg.model, cfg.sampling, cfg.learner, algorithm=cfg.algorithm, rank=r, world_size=c.num_learner_ranks, seed=cfg.seed,
             device=device_for(c.learner_num_gpus), torch_threads=c.learner_torch_threads or c.torch_threads_per_actor,
             iterations=cfg.iterations,
         )  # fmt: skip

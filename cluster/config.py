@@ -7,12 +7,15 @@ global (`data.images_per_iteration`); sizes that only change speed name their sc
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from algorithms import ALGORITHMS
+from cluster.config_migration import migrate
 from learner.config import LearnerConfig
 from models.config import ModelConfig, SamplingConfig
 from rewards.config import RewardsConfig
@@ -208,6 +211,10 @@ class LoggingConfig(_Section):
     )
 
 
+# The `algorithm` section: one of the registered units, chosen by its `name` (the registry is the only list).
+AlgorithmSection = Annotated[Union[tuple(ALGORITHMS.values())], Field(discriminator="name")]  # noqa: UP007
+
+
 class ExperimentConfig(_Section):
     """One run of flowray: every section, plus the seed and the number of iterations."""
 
@@ -215,9 +222,14 @@ class ExperimentConfig(_Section):
     seed: int = Field(0, description="Global seed; every actor derives its own from it.")
     iterations: int = Field(100, ge=1, description="Training iterations (one rollout-reward-update-sync each).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="The sampling strategy.")
+    algorithm: AlgorithmSection = Field(
+        default_factory=ALGORITHMS["flow_grpo"],
+        description="The RL algorithm, by `name` (algorithms/: flow_grpo, flow_grpo_fast, dance_grpo, mix_grpo, "
+        "g2rpo, diffusion_nft, awm), with its own settings.",
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Group size, steps and the SDE step.")
     rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="Reward models and their servers.")
-    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="The GRPO update.")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="The update's shared settings and the optimiser.")
     data: DataConfig = Field(default_factory=DataConfig, description="Prompts and batch size.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Ray placement and resources.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Outputs and cadence.")
@@ -251,56 +263,12 @@ class ExperimentConfig(_Section):
             )
         if self.cluster.async_mode and self.cluster.max_staleness < 1:
             raise ValueError("cluster.max_staleness must be >= 1 when cluster.async_mode is true")
-        _check_family(self)
+        self.algorithm.check(self)
         return self
 
     @property
     def prompts_per_iteration(self) -> int:
         return self.data.images_per_iteration // self.sampling.group_size
-
-
-# Keys that only mean something for one family (learner.family); setting one for the other family is an
-# error naming it, not a silent no-op.
-PER_STEP_ONLY = {
-    "sampling": ("timestep_fraction", "window_size", "window_range", "window_stride", "window_every", "flash",
-                 "flash_compress_ratio", "g2rpo_steps", "g2rpo_granularities"),
-    "learner": ("kl_form", "recompute_old_log_probs"),
-}
-FORWARD_PROCESS_ONLY = {
-    "sampling": ("solver",),
-    "learner": ("train_timesteps", "nft_beta", "old_policy", "old_policy_decay_flat", "old_policy_decay_rate",
-                "old_policy_decay_max", "awm_weighting", "awm_ghuber_power"),
-}
-
-
-def _check_family(cfg: ExperimentConfig) -> None:
-    """The sampling strategy, the loss and the family-only keys must agree (learner/losses.py families)."""
-    family, strategy = cfg.learner.family, cfg.sampling.strategy
-    if (family == "forward_process") != (strategy == "forward_process"):
-        raise ValueError(
-            f"learner.loss {cfg.learner.loss!r} ({family.replace('_', '-')} family) does not fit sampling.strategy "
-            f"{strategy!r}: the forward-process losses (diffusion_nft, awm) train on final samples of the "
-            "'forward_process' strategy, per-step losses on the stored SDE transitions of the others"
-        )
-    foreign = PER_STEP_ONLY if family == "forward_process" else FORWARD_PROCESS_ONLY
-    for section, keys in foreign.items():
-        part = getattr(cfg, section)
-        for key in keys:
-            # Set to something other than its default: a dumped config (config.yaml, a checkpoint's) holds
-            # every key at its default and must load again.
-            if key in part.model_fields_set and getattr(part, key) != type(part).model_fields[key].get_default(
-                    call_default_factory=True):
-                raise ValueError(
-                    f"{section}.{key} does not apply to learner.loss {cfg.learner.loss!r} "
-                    f"({family.replace('_', '-')} family): remove it"
-                    + (" (forward-process losses train learner.train_timesteps re-noised timesteps of each final "
-                       "sample and have no per-step log-probs)" if family == "forward_process" else "")
-                )
-    if family == "forward_process" and cfg.learner.train_timesteps > cfg.sampling.num_steps:
-        raise ValueError(
-            f"learner.train_timesteps ({cfg.learner.train_timesteps}) exceeds sampling.num_steps "
-            f"({cfg.sampling.num_steps}): the timesteps are drawn without replacement from the sampling schedule"
-        )
 
 
 _PRECISION_MODEL_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -350,8 +318,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        parts = list(e["loc"])
+        if parts[:1] == ["algorithm"] and len(parts) > 1 and parts[1] in ALGORITHMS:
+            del parts[1]  # pydantic names the union member; the user wrote `algorithm.<key>`
+        loc = ".".join(str(p) for p in parts) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "union_tag_invalid" and parts == ["algorithm"]:
+            loc, msg = "algorithm.name", f"{e['ctx']['tag']!r} is not registered; choose one of {sorted(ALGORITHMS)}"
+        elif e["type"] == "union_tag_not_found" and parts == ["algorithm"]:
+            loc, msg = "algorithm.name", f"missing; choose one of {sorted(ALGORITHMS)}"
         got = f" (got {e['input']!r})" if e["type"] != "value_error" and not isinstance(e["input"], dict) else ""
         lines.append(f"  {loc}: {msg}{got}")
     return "\n".join(lines)
@@ -370,18 +345,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, list(overrides or []))
     try:
+        data, notice = migrate(data)
+    except ValueError as e:
+        raise ConfigError(f"invalid config ({path}): {e}") from None
+    if notice:
+        print(f"[flowray] {path}: {notice}", file=sys.stderr, flush=True)
+    try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, str(path))) from None
 
 
 def config_reference() -> str:
-    """A Markdown reference of every config field, generated from the schema (for README)."""
+    """A Markdown reference of every config field, generated from the schema (docs/config.md). The
+    `algorithm` section lists each registered unit's fields under `algorithm.<name>.` (written
+    `algorithm.<field>` in a preset whose `algorithm.name` is that unit)."""
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
+    def walk(model: type[BaseModel], prefix: str, skip: tuple[str, ...] = ()) -> None:
         for name, field in model.model_fields.items():
+            if name in skip:
+                continue
             ann = field.annotation
+            if prefix == "" and name == "algorithm":
+                rows.append(f"| `algorithm.name` | str | `{ExperimentConfig().algorithm.name!r}` | {field.description} |")
+                for unit_name, unit in sorted(ALGORITHMS.items()):
+                    first = " ".join((unit.__doc__ or "").split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+                    rows.append(f"| `algorithm.{unit_name}` | section | | {first}. |")
+                    walk(unit, f"algorithm.{unit_name}.", skip=("name",))
+                continue
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name}.")
                 continue

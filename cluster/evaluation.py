@@ -15,7 +15,9 @@ Each evaluation `<name>` writes:
   intervals (`cluster.eval_stats`): `ci` for this fixed prompt set (seed noise; the one sized to
   data.eval_max_halfwidth) and `ci_prompts` (prompts, then images); each scorer's mean reward with its
   interval, the plan's fingerprint and the per-image file's sha256 (so a truncated or swapped file is caught);
-- `<name>_grid.png`: a few images of a few prompts per tag.
+- `<name>_grid.png`: a few images of a few prompts per tag, captioned (cluster.plots): the prompt of each
+  row, each image's verdict, and a title with the accuracy.
+While it runs, an evaluation prints a few progress lines (images done, elapsed, ETA; cluster.metrics.Progress).
 `compare_evaluations` pairs two evaluations with the same fingerprint and gives the difference per tag
 and overall with a paired bootstrap interval. The trainer (through its actors) and `launch.py eval`
 (in process) both evaluate through `evaluate` and `sample_sharded`: one path, the same numbers.
@@ -38,6 +40,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cluster.eval_stats import Estimate, bootstrap, verdict, worst_case_halfwidths
+from cluster.metrics import Progress
+from cluster.plots import Caption, before_after_grid, captioned_grid, write_png
+from cluster.plots import display_scale as display_scale  # re-exported: callers import the grid's pieces here
+from cluster.plots import image_grid as image_grid
+from cluster.plots import save_png as save_png
 from models.seeding import derive_seed
 from rewards.base import ScoreResult
 
@@ -227,8 +234,8 @@ def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", nam
     """The trainer's evaluation without Ray: one in-process rollout worker (on a GPU when this process
     sees one) and the config's scorers, through the same plan, `sample_sharded` and `evaluate`
     (`launch.py eval`, the model card). `weights`: trainable weights to load first (a checkpoint's)."""
-    from rewards.base import build_scorers
     from common.data_plane import EvalShare
+    from rewards.base import build_scorers
     from rollout.worker import RolloutWorker
 
     plan = plan_for(cfg, split)  # before loading anything: a plan too small for its targets fails here
@@ -238,17 +245,24 @@ def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", nam
     if weights is not None:
         worker.load_weights(weights, version=0)
     scorers = build_scorers(cfg.rewards.scorers)
+    progress = eval_progress(name, plan)
 
-    def every_image(images: np.ndarray) -> EvalShare:  # in process all are at hand: keep them (failure grids)
-        return EvalShare.of(images, range(len(images)))
+    def every_image(w, prompts: list[str], seeds: list[list[int]]) -> EvalShare:
+        """All images, kept (in process all are at hand: failure grids), asked for a prompt at a time, as
+        the worker samples them anyway (the same images), to count them as they come."""
+        out = []
+        for prompt, prompt_seeds in zip(prompts, seeds, strict=True):
+            out.append(w.evaluate([prompt], [prompt_seeds]))
+            progress.update(sum(map(len, out)))
+        return EvalShare.of(np.concatenate(out), range(sum(map(len, out))))
 
     def sample(prompts: list[str], seeds: list[list[int]], keep: list[int]) -> SampledImages:
-        return sample_sharded([worker], prompts, seeds, keep, lambda w, p, s, _: every_image(w.evaluate(p, s)))
+        return sample_sharded([worker], prompts, seeds, keep, lambda w, p, s, _: every_image(w, p, s))
 
     def score(parts: list[tuple]) -> list[dict[str, ScoreResult]]:
         return [{n: scorer(*part) for n, scorer in scorers.items()} for part in parts]
 
-    return evaluate(plan, sample, score, output_dir=output_dir, name=name)
+    return evaluate(plan, sample, score, output_dir=output_dir, name=name, progress=progress)
 
 
 # ----------------------------------------------------------------------------- one evaluation
@@ -260,6 +274,7 @@ class Evaluation:
     kept: dict[int, np.ndarray]  # plan image index -> uint8 [H, W, 3]: every image in process, `PICTURED` through actors
     plan: EvalPlan
     rows: list[dict]  # what <name>_images.jsonl holds
+    name: str = "eval"
 
     def take(self, index: Sequence[int]) -> np.ndarray:
         """uint8 [len(index), H, W, 3]: the images of these plan indices."""
@@ -268,6 +283,26 @@ class Evaluation:
             raise KeyError(f"evaluation images {missing[:5]} are not at hand: an evaluation through actors brings "
                            f"back only the pictures' images (cluster.evaluation.PICTURED)")
         return np.stack([self.kept[i] for i in index])
+
+    def headline(self) -> str:
+        """`eval_base: accuracy 0.412 [0.385, 0.440]`, or the first scorer's mean reward without verdicts."""
+        if "overall" in self.summary:
+            lo, hi = self.summary["ci"]["overall"]
+            return f"{self.name}: accuracy {self.summary['overall']:.3f} [{lo:.3f}, {hi:.3f}]"
+        scorer, reward = next(iter(self.summary["rewards"].items()))
+        return f"{self.name}: mean {scorer} reward {reward['mean']:.3f}"
+
+    def captions(self, index: Sequence[int]) -> list[Caption]:
+        """Each image's prompt, tag, GenEval verdict and first scorer's reward, for the pictures."""
+        key, scorer = accuracy_key(self.rows), next(iter(self.summary["rewards"]), None)
+        return [Caption(r["prompt"], r["tag"], None if key is None or r.get(key) is None else bool(r[key]),
+                        r.get(scorer)) for r in (self.rows[i] for i in index)]
+
+    def picture(self, index: Sequence[int], columns: int) -> np.ndarray:
+        """uint8 [H, W, 3]: these images captioned, one prompt a row (<name>_grid.png, the probe's grid)."""
+        legend = "frame: GenEval verdict (green correct, red wrong)" if "overall" in self.summary else "under each: its reward"
+        title = f"{self.headline()} -- {self.plan.split} prompts, {len(index)} of {self.plan.num_images} images; {legend}"
+        return captioned_grid(self.take(index), self.captions(index), columns, title)
 
 
 def per_image_rows(plan: EvalPlan, scores: dict[str, ScoreResult]) -> list[dict]:
@@ -327,18 +362,31 @@ def summarize(plan: EvalPlan, rows: list[dict], scorer_names: Sequence[str]) -> 
     return out
 
 
+# Images/s of this process's last evaluation of each split: the next one's ETA while its images are on the workers
+_PACE: dict[str, float] = {}
+
+
+def eval_progress(name: str, plan: EvalPlan) -> Progress:
+    return Progress(f"eval {name!r}", plan.num_images, rate=_PACE.get(plan.split))
+
+
 def evaluate(plan: EvalPlan, sample: SampleFn, score: ScoreFn, *, output_dir: str | Path,
-             name: str = "eval", grid: bool = True) -> Evaluation:
-    """Sample and score the plan; write <name>_images.jsonl, <name>.json and <name>_grid.png."""
+             name: str = "eval", grid: bool = True, progress: Progress | None = None) -> Evaluation:
+    """Sample and score the plan; write <name>_images.jsonl, <name>.json and <name>_grid.png. `progress`: the
+    one the sampler counts images into (in process); else a new one, that learns the count at the end."""
+    progress = progress or eval_progress(name, plan)
     prompts = [r["prompt"] for r in plan.records]
-    sampled = sample(prompts, [list(s) for s in plan.seeds], plan.image_index(**PICTURED))
-    if sampled.num_images != plan.num_images:
-        raise ValueError(f"evaluate: sampler returned {sampled.num_images} images, expected {plan.num_images}")
-    rep_prompts = [r["prompt"] for r, s in zip(plan.records, plan.seeds, strict=True) for _ in s]
-    rep_meta = [dict(r) for r, s in zip(plan.records, plan.seeds, strict=True) for _ in s]
-    parts = [(share.images, [rep_prompts[i] for i in index], [rep_meta[i] for i in index])
-             for share, index in zip(sampled.shares, sampled.rows, strict=True)]
-    scores = in_plan_order(score(parts), sampled.rows)
+    with progress.heartbeat():
+        sampled = sample(prompts, [list(s) for s in plan.seeds], plan.image_index(**PICTURED))
+        if sampled.num_images != plan.num_images:
+            raise ValueError(f"evaluate: sampler returned {sampled.num_images} images, expected {plan.num_images}")
+        progress.update(plan.num_images)
+        rep_prompts = [r["prompt"] for r, s in zip(plan.records, plan.seeds, strict=True) for _ in s]
+        rep_meta = [dict(r) for r, s in zip(plan.records, plan.seeds, strict=True) for _ in s]
+        parts = [(share.images, [rep_prompts[i] for i in index], [rep_meta[i] for i in index])
+                 for share, index in zip(sampled.shares, sampled.rows, strict=True)]
+        scores = in_plan_order(score(parts), sampled.rows)
+    _PACE[plan.split] = progress.finish()
     rows = per_image_rows(plan, scores)
     summary = summarize(plan, rows, list(scores))
     out = Path(output_dir)
@@ -348,11 +396,20 @@ def evaluate(plan: EvalPlan, sample: SampleFn, score: ScoreFn, *, output_dir: st
     summary["images_file"] = f"{name}_images.jsonl"
     summary["images_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
-    evaluation = Evaluation(summary, sampled.kept(), plan, rows)
+    evaluation = Evaluation(summary, sampled.kept(), plan, rows, name)
     if grid:
-        images = evaluation.take(plan.image_index(**PICTURED))
-        save_png(image_grid(images, columns=8), out / f"{name}_grid.png", image_side=images.shape[1])
+        write_png(evaluation.picture(plan.image_index(**PICTURED), columns=PICTURED["per_prompt"]),
+                  out / f"{name}_grid.png")
     return evaluation
+
+
+def before_after_picture(base: Evaluation, final: Evaluation, out_png: str | Path) -> Path:
+    """before_after.png: per prompt (PICTURED's per tag), its first (<= 4) images by the base and the trained policy."""
+    per_prompt = min(4, *(len(seeds) for seeds in base.plan.seeds))
+    pick = base.plan.image_index(per_prompt=per_prompt, prompts_per_tag=PICTURED["prompts_per_tag"])
+    return before_after_grid(base.take(pick), final.take(pick), out_png, per_prompt=per_prompt,
+                             before_captions=base.captions(pick), after_captions=final.captions(pick),
+                             title=f"before -- {base.headline()}  |  after -- {final.headline()}")
 
 
 # ----------------------------------------------------------------------------- reading and comparing
@@ -443,35 +500,3 @@ def comparison_table(comparison: dict) -> str:
             lines.append(f"| {bold}{name}{bold} | {d['before']:.3f} | {d['after']:.3f} | "
                          f"{est.value:+.3f} [{est.low:+.3f}, {est.high:+.3f}] | {sign} |")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- pictures
-
-
-def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
-    """Tile [N, H, W, 3] images into one [rows*H, columns*W, 3] image (1 px grey gutters)."""
-    n, h, w, _ = images.shape
-    rows = -(-n // columns)
-    grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, 3), 128, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, columns)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = img
-    return grid
-
-
-def display_scale(image_side: int, target: int = 128, max_scale: int = 4) -> int:
-    """Nearest-neighbour upscaling for a grid of `image_side`-pixel images: the shapes world's 32 px
-    images are enlarged (x4) to be seen; 128 px and larger are left as they are (512 px x4 would make a
-    16k-pixel-wide PNG)."""
-    return max(1, min(max_scale, target // image_side))
-
-
-def save_png(array: np.ndarray, path: Path, image_side: int) -> None:
-    """Write a grid of `image_side`-pixel tiles, upscaled only when the tiles are tiny."""
-    from PIL import Image
-
-    img = Image.fromarray(array)
-    scale = display_scale(image_side)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)

@@ -185,17 +185,6 @@ def latent_bytes(spec: PipelineSpec, resolution: int) -> int:
     return 4 * spec.latent_channels * (resolution // spec.vae_scale) ** 2
 
 
-def g2rpo_max_rows(group_size: int, num_steps: int, steps: list[int], granularities: list[int]) -> int:
-    """Most latents in one G2RPO velocity call (rollout/strategies.py `g2rpo`): the anchor, the G branch
-    inputs when the call is a branch step, and G rows for every tail still running; a tail started at
-    step k with stride lambda takes ceil((T - k - 1) / lambda) ODE steps from call k + 1 on."""
-    most = 0
-    for c in range(num_steps):
-        running = sum(1 for k in steps for lam in granularities if k < c <= k + math.ceil((num_steps - k - 1) / lam))
-        most = max(most, 1 + (group_size if c in steps else 0) + group_size * running)
-    return most
-
-
 # ----------------------------------------------------------------------------- per actor kind
 
 
@@ -270,26 +259,18 @@ def _cfg_factor(cfg) -> int:
 
 def rollout_rows_per_call(cfg) -> int:
     """Rows of the largest transformer call a rollout actor makes (after cluster.rollout_rows_per_forward)."""
-    s = cfg.sampling
-    latents = (g2rpo_max_rows(s.group_size, s.num_steps, s.g2rpo_steps, s.g2rpo_granularities)
-               if s.strategy == "g2rpo" else s.group_size)
-    rows = latents * _cfg_factor(cfg)
+    rows = cfg.algorithm.rollout_latents_per_call(cfg.sampling) * _cfg_factor(cfg)
     return min(rows, cfg.cluster.rollout_rows_per_forward or rows)
 
 
 def learner_inputs_per_micro_batch(cfg) -> int:
-    """Distinct latents one learner forward takes (learner/worker.py `build_micro_batches`: one forward per
-    distinct input). G2RPO's G branches at x_k share their input, and a micro-batch of rows sorted by input
-    touches ceil(size / G) inputs, one more when it straddles; every other strategy's inputs are distinct."""
-    size, g = cfg.learner.micro_batch_size, cfg.sampling.group_size
-    if cfg.sampling.strategy != "g2rpo":
-        return size
-    return min(size, -(-size // g) + (1 if size % g else 0))
+    """Distinct latents one learner forward takes (one forward per distinct input; the algorithm says how
+    many a micro-batch of its rows touches)."""
+    return cfg.algorithm.learner_inputs_per_micro_batch(cfg.learner.micro_batch_size, cfg.sampling.group_size)
 
 
 def images_per_group(cfg) -> int:
-    s = cfg.sampling
-    return s.group_size * len(s.g2rpo_steps) * len(s.g2rpo_granularities) if s.strategy == "g2rpo" else s.group_size
+    return cfg.algorithm.images_per_group(cfg.sampling.group_size)
 
 
 def _weight_terms(spec: PipelineSpec, dtype_bytes: int) -> list[Term]:
@@ -353,12 +334,11 @@ def plan_learner(cfg, spec: PipelineSpec) -> tuple[list[Term], list[Term]]:
     bucket_keys = (*zero_keys, "learner.zero_bucket_elements")
     terms.append(Term("gradients", gradient_bytes(trainable, ranks, lc.zero_stage, lc.precision, lc.zero_bucket_elements),
                       bucket_keys, offloadable=True))
-    # float32 numpy copies of the trainable weights: the evaluation EMA (learner/worker.py EmaWeights) and the
-    # forward-process family's sampling policy (learner/forward_process.py keeps `old` even when 'current').
+    # float32 numpy copies of the trainable weights: the evaluation EMA (learner/worker.py EmaWeights), and
+    # what the algorithm keeps beside them (the forward-process family's sampling policy).
     if lc.ema_decay is not None:
         terms.append(Term("EMA of the trainable weights (fp32)", 4.0 * trainable, ("learner.ema_decay",), host=True))
-    if lc.family == "forward_process":
-        terms.append(Term("sampling-policy weights (fp32)", 4.0 * trainable, (), host=True))
+    terms += [Term(label, size, keys, host=True) for label, size, keys in cfg.algorithm.learner_host_terms(trainable)]
     # A group's payload carries one row of its prompt's embeddings and, under true CFG, one of the negative
     # prompt's (Policy.conditioning); they stay on the host until a micro-batch moves its rows.
     groups = -(-cfg.prompts_per_iteration // ranks)

@@ -1,11 +1,16 @@
 """Run metrics: metrics.jsonl (every key, every iteration), TensorBoard scalars, Ray dashboard gauges
-(ray.util.metrics, exported as ray_flowray_*), and one progress line per iteration in the terminal."""
+(ray.util.metrics, exported as ray_flowray_*), and the terminal's progress: a line every
+logging.log_every iterations with the pace and the ETA, and a few lines per evaluation (`Progress`)."""
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Namespaced metric key -> Ray gauge name shown on the dashboard / Prometheus endpoint.
@@ -44,6 +49,7 @@ class MetricsLogger:
 
             self.gauges = {key: Gauge(name, description=f"flowray {key}") for key, name in DASHBOARD_GAUGES.items()}
         self.start = time.time()
+        self.logged_at: deque[float] = deque(maxlen=11)  # the last `log` calls: the pace of 10 iterations
         self.wandb = _wandb_run(self.dir, wandb) if wandb else None
 
     def _writer(self):
@@ -76,6 +82,13 @@ class MetricsLogger:
         self.jsonl.write(json.dumps(record, default=_jsonable) + "\n")
         self.jsonl.flush()
         self.log_scalars(metrics, iteration)
+        self.logged_at.append(time.monotonic())
+
+    def seconds_per_iteration(self) -> float | None:
+        """Mean wall time of the recent iterations (up to 10; everything between two `log` calls: probes,
+        evaluations and checkpoints included, as an ETA must count them); None before two."""
+        t = self.logged_at
+        return (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else None
 
     def log_scalars(self, metrics: dict, step: int) -> None:
         """Finite scalars to TensorBoard, W&B and the dashboard gauges (not metrics.jsonl: `log` writes it)."""
@@ -138,8 +151,18 @@ def _jsonable(value):
     raise TypeError(f"cannot log a {type(value).__name__}")
 
 
-def progress_line(iteration: int, total: int, m: dict) -> str:
-    """`[it 3/60] reward 0.412±0.21 acc 0.38 kl 1.2e-03 clip 0.04 | 5.1 img/s | step 12.3s (roll 8.1 rew 0.2 upd 3.6 sync 0.1)`."""
+def duration(seconds: float) -> str:
+    """`42 s`, `3m 05s`, `2h 07m`: short enough for a progress line."""
+    s = max(0, round(seconds))
+    if s < 100:
+        return f"{s} s"
+    return f"{s // 60}m {s % 60:02d}s" if s < 3600 else f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def progress_line(iteration: int, total: int, m: dict, seconds_per_iteration: float | None = None) -> str:
+    """`[it 3/60] reward 0.412±0.21 acc 0.38 kl 1.2e-03 clip 0.04 | 5.1 img/s | step 12.3s (roll 8.1 rew 0.2
+    upd 3.6 sync 0.1) | 14.2 s/it, ETA 13m 40s`. `seconds_per_iteration`: the recent mean
+    (MetricsLogger.seconds_per_iteration); without it, this iteration's step time."""
 
     def f(key: str, fmt: str) -> str:
         v = m.get(key)
@@ -148,10 +171,80 @@ def progress_line(iteration: int, total: int, m: dict) -> str:
     skipped = m.get("learner/skipped_steps")
     # a skipped step is news (a non-finite gradient): say it on the line people watch
     warning = f" | SKIPPED {skipped:.0f} optimizer step(s): gradient not finite" if _finite(skipped) and skipped else ""
+    pace = seconds_per_iteration if _finite(seconds_per_iteration) else m.get("time/step")
+    eta = f" | {pace:.1f} s/it, ETA {duration(pace * (total - iteration))}" if _finite(pace) else ""
     return (
         f"[it {iteration}/{total}] reward {f('reward/mean', '.3f')}±{f('reward/std', '.2f')} "
         f"acc {f('reward/accuracy', '.2f')} kl {f('policy/kl', '.1e')} clip {f('policy/clipfrac', '.2f')} "
         f"| {f('charts/images_per_s', '.1f')} img/s | step {f('time/step', '.1f')}s "
         f"(roll {f('time/rollout', '.1f')} rew {f('time/reward', '.1f')} upd {f('time/update', '.1f')} "
-        f"sync {f('time/sync', '.2f')}){warning}"
+        f"sync {f('time/sync', '.2f')}){eta}{warning}"
     )
+
+
+class Progress:
+    """A few console lines for a job of `total` units (an evaluation's images): one at the start, one
+    when at least `every_s` seconds and `every_frac` of the expected duration have passed since the last
+    (a short log whatever the length), and one with the wall time at `finish`. `rate`: units per second
+    of an earlier such job, the ETA while the count is not known (the images are on the workers);
+    `clock`: injectable for tests."""
+
+    def __init__(self, label: str, total: int, *, unit: str = "images", rate: float | None = None,
+                 every_s: float = 10.0, every_frac: float = 0.25, clock: Callable[[], float] = time.monotonic):
+        self.label, self.total, self.unit, self.rate = label, total, unit, rate
+        self.every_s, self.every_frac, self.clock = every_s, every_frac, clock
+        self.start = self.last = clock()
+        self.done: int | None = None  # units known to be done; None: not counted yet
+        self.lock = threading.Lock()  # the heartbeat's thread and the counting one
+        eta = self.eta(self.start)
+        self.say(f"{total} {unit} to do" + (f", ETA ~{duration(eta)}" if eta is not None else ""))
+
+    def say(self, text: str) -> None:
+        print(f"[flowray] {self.label}: {text}", flush=True)
+
+    def eta(self, now: float) -> float | None:
+        elapsed = now - self.start
+        if self.done:
+            return (self.total - self.done) * elapsed / self.done
+        return max(0.0, self.total / self.rate - elapsed) if self.rate else None
+
+    def update(self, done: int | None = None) -> None:
+        """`done` units are done (None: no news, the heartbeat); prints a line when one is due."""
+        with self.lock:
+            self.done = self.done if done is None else done
+            now = self.clock()
+            eta = self.eta(now)
+            # a share of the expected duration; unknown: as long as all before (lines at 10, 20, 40 s...)
+            interval = self.last - self.start if eta is None else self.every_frac * (now - self.start + eta)
+            if now - self.last < max(self.every_s, interval):
+                return
+            self.last = now
+            # "~": an earlier job's pace, not this one's count
+            eta_text = "" if eta is None else f", ETA {'' if self.done else '~'}{duration(eta)}"
+            done = f"{self.total} {self.unit} under way" if self.done is None else \
+                f"{self.done}/{self.total} {self.unit} ({self.done / max(1, self.total):.0%})"
+            self.say(f"{done}, {duration(now - self.start)}{eta_text}")
+
+    def finish(self) -> float:
+        """Print the wall time; returns the rate (units per second), the next such job's ETA."""
+        seconds = max(self.clock() - self.start, 1e-9)
+        self.say(f"done, {self.total} {self.unit} in {duration(seconds)} ({self.total / seconds:.1f} {self.unit}/s)")
+        return self.total / seconds
+
+    @contextmanager
+    def heartbeat(self, every_s: float = 1.0) -> Iterator[Progress]:
+        """While inside, check every `every_s` seconds whether a line is due: a job whose count comes
+        back only at its end (an evaluation through actors) still says how long it has run."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every_s):
+                self.update()
+
+        thread = threading.Thread(target=beat, daemon=True, name=f"progress {self.label}")
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()

@@ -1,13 +1,17 @@
-"""Pictures of a run: the reward/accuracy curve from metrics.jsonl and a before/after image grid."""
+"""Pictures of a run: the reward/accuracy curve from metrics.jsonl, and image grids readable on their own:
+a title, the prompt of each row, a verdict mark on each image (GenEval's `correct`: a green frame and
+check, or a red frame and cross; the reward under the image where a scorer gives no verdict) and column
+headings. Plain arrays and captions in, pictures out: cluster.evaluation builds the captions."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from cluster.evaluation import image_grid, save_png
+from PIL import Image, ImageDraw, ImageFont
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -111,14 +115,189 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path, *, base: dict | N
     return out
 
 
+# ----------------------------------------------------------------------------- image grids
+
+
+def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """Tile [N, H, W, 3] images into one [rows*H, columns*W, 3] image (1 px grey gutters), uncaptioned."""
+    n, h, w, _ = images.shape
+    rows = -(-n // columns)
+    grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, 3), 128, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = img
+    return grid
+
+
+def display_scale(image_side: int, target: int = 128, max_scale: int = 4) -> int:
+    """Nearest-neighbour upscaling for a grid of `image_side`-pixel images: the shapes world's 32 px
+    images are enlarged (x4) to be seen; 128 px and larger are left as they are (512 px x4 would make a
+    16k-pixel-wide PNG)."""
+    return max(1, min(max_scale, target // image_side))
+
+
+def save_png(array: np.ndarray, path: Path, image_side: int) -> None:
+    """Write an uncaptioned grid of `image_side`-pixel tiles, upscaled only when the tiles are tiny."""
+    img = Image.fromarray(array)
+    scale = display_scale(image_side)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img.save(path)
+
+
+# ----------------------------------------------------------------------------- captioned grids
+
+GAP = 6  # px around tiles
+LABEL_WIDTH = 190  # px of the prompt column
+LINE = 16  # px per line of text
+MARK_COLORS = {True: (30, 150, 60), False: (210, 40, 40), None: (200, 200, 200)}
+
+
+@dataclass(frozen=True)
+class Caption:
+    """What a picture says of one image: its prompt and tag, GenEval's verdict (None: the scorers give
+    none) and its reward, written under the image when there is no verdict to show."""
+
+    prompt: str
+    tag: str = ""
+    correct: bool | None = None
+    reward: float | None = None
+
+    def note(self) -> str:
+        if self.correct is not None:
+            return ""
+        return "-" if self.reward is None else f"{self.reward:.3f}"
+
+
+def default_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's default font at 12 px (Pillow >= 10.1 with FreeType; its 10 px default packs words too tightly
+    to read), else its bitmap font."""
+    try:
+        return ImageFont.load_default(size=12)
+    except TypeError:  # Pillow 10.0: no sizes
+        return ImageFont.load_default()
+
+
+def fit_lines(text: str, width: int, max_lines: int, font=None) -> list[str]:
+    """`text` word-wrapped to `width` px in at most `max_lines` lines; what does not fit is cut with
+    '...', so a long prompt stays a legible label instead of running over the images."""
+    font = font or default_font()
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = [*lines[: max_lines - 1], lines[max_lines - 1] + "..."]
+    return [_cut(line, width, font) for line in lines]
+
+
+def _cut(text: str, width: int, font) -> str:
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _tile(image: np.ndarray, caption: Caption | None, scale: int) -> Image.Image:
+    """The image enlarged (nearest), framed in its verdict's colour with a check or cross in its corner."""
+    tile = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
+    correct = caption.correct if caption else None
+    border = max(3, tile.width // 40)
+    framed = Image.new("RGB", (tile.width + 2 * border, tile.height + 2 * border), MARK_COLORS[correct])
+    framed.paste(tile, (border, border))
+    if correct is not None:
+        draw, m = ImageDraw.Draw(framed), max(14, tile.width // 8)
+        draw.rectangle((0, 0, m, m), fill=MARK_COLORS[correct])
+        strokes = [[(3, m // 2), (m * 2 // 5, m - 3), (m - 3, 3)]] if correct else \
+            [[(3, 3), (m - 3, m - 3)], [(3, m - 3), (m - 3, 3)]]
+        for stroke in strokes:
+            draw.line(stroke, fill="white", width=max(2, m // 7))
+    return framed
+
+
+Row = tuple[Caption | None, Sequence[tuple[np.ndarray, Caption | None]]]
+
+
+def labelled_grid(rows: Sequence[Row], *, headings: Sequence[str], title: str,
+                  blocks: Sequence[str] = ()) -> np.ndarray:
+    """uint8 [H, W, 3]: a title, `blocks` (labels over equal spans of columns, a rule between them),
+    `headings` over the columns, then one row of framed tiles per (caption, tiles), the caption's
+    prompt and tag on its left. Images are enlarged as `display_scale` says, the text is not."""
+    font = default_font()
+    first = rows[0][1][0][0]
+    scale = display_scale(first.shape[0])
+    cell = _tile(first, None, scale).size
+    note = LINE if any(c and c.note() for _, tiles in rows for _, c in tiles) else 0
+    width = LABEL_WIDTH + len(headings) * (cell[0] + GAP) + GAP
+    title_lines = fit_lines(title, width - 2 * GAP, 2, font)
+    top = GAP + LINE * len(title_lines) + (LINE if blocks else 0) + LINE + GAP
+    row_h = cell[1] + note + GAP
+    canvas = Image.new("RGB", (width, top + len(rows) * row_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(title_lines):
+        draw.text((GAP, GAP + k * LINE), line, fill="black", font=font)
+
+    def x_of(column: int) -> int:
+        return LABEL_WIDTH + GAP + column * (cell[0] + GAP)
+
+    def centred(text: str, left: int, span: int, y: int) -> None:
+        text = _cut(text, span, font)
+        draw.text((left + (span - font.getlength(text)) / 2, y), text, fill="black", font=font)
+
+    span = len(headings) // max(1, len(blocks))
+    for b, label in enumerate(blocks):
+        centred(label, x_of(b * span), span * (cell[0] + GAP) - GAP, top - 2 * LINE - GAP)
+        if b:
+            draw.line([(x_of(b * span) - GAP // 2, top - 2 * LINE - GAP), (x_of(b * span) - GAP // 2, canvas.height)],
+                      fill="black", width=2)
+    for c, heading in enumerate(headings):
+        centred(heading, x_of(c), cell[0], top - LINE - GAP)
+    for r, (caption, tiles) in enumerate(rows):
+        y = top + r * row_h
+        if caption is not None:
+            lines = fit_lines(caption.prompt, LABEL_WIDTH - 2 * GAP, max(1, row_h // LINE - 2), font)
+            for k, line in enumerate(lines):
+                draw.text((GAP, y + k * LINE), line, fill="black", font=font)
+            draw.text((GAP, y + len(lines) * LINE), caption.tag, fill=(110, 110, 110), font=font)
+        for c, (image, tile_caption) in enumerate(tiles):
+            canvas.paste(_tile(image, tile_caption, scale), (x_of(c), y))
+            if tile_caption is not None and tile_caption.note():
+                centred(tile_caption.note(), x_of(c), cell[0], y + cell[1])
+    return np.asarray(canvas)
+
+
+def captioned_grid(images: np.ndarray, captions: Sequence[Caption], columns: int, title: str) -> np.ndarray:
+    """An evaluation's picture: one row per prompt (its consecutive images; more than `columns` go on
+    to the next row), "image j" (the prompt's j-th seed) over column j."""
+    rows: list[Row] = []
+    for i, caption in enumerate(captions):
+        if not rows or rows[-1][0].prompt != caption.prompt or len(rows[-1][1]) == columns:
+            rows.append((caption, []))
+        rows[-1][1].append((images[i], caption))
+    return labelled_grid(rows, headings=[f"image {j}" for j in range(columns)], title=title)
+
+
+def write_png(array: np.ndarray, path: str | Path) -> Path:
+    Image.fromarray(array).save(path)
+    return Path(path)
+
+
 def before_after_grid(before: np.ndarray, after: np.ndarray, out_png: str | Path, *, per_prompt: int,
-                      max_prompts: int = 12) -> Path:
-    """One row per prompt: its base-model images, then its trained-policy images (same seeds)."""
+                      max_prompts: int = 12, before_captions: Sequence[Caption] | None = None,
+                      after_captions: Sequence[Caption] | None = None,
+                      title: str = "before (base policy) and after (trained policy): the same prompts and seeds") -> Path:
+    """One row per prompt: its base-model images under "before (base)", then its trained-policy images
+    (same seeds) under "after (trained)"; with captions, the prompt on the left and each image's verdict."""
     n = min(max_prompts, len(before) // per_prompt)
-    rows = []
+    rows: list[Row] = []
     for i in range(n):
         sl = slice(i * per_prompt, (i + 1) * per_prompt)
-        rows.extend([*before[sl], *after[sl]])
-    out = Path(out_png)
-    save_png(image_grid(np.stack(rows), columns=2 * per_prompt), out, image_side=before.shape[1])
-    return out
+        caps_b = list(before_captions[sl]) if before_captions else [None] * per_prompt
+        caps_a = list(after_captions[sl]) if after_captions else [None] * per_prompt
+        rows.append((caps_b[0], [*zip(before[sl], caps_b, strict=True), *zip(after[sl], caps_a, strict=True)]))
+    headings = [f"image {j}" for j in range(per_prompt)] * 2
+    grid = labelled_grid(rows, headings=headings, title=title, blocks=("before (base)", "after (trained)"))
+    return write_png(grid, out_png)

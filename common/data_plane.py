@@ -34,9 +34,6 @@ import torch
 
 from models.types import PromptEmbeds, Rollout, Transitions
 
-# Strategies whose learner trains on the final samples (learner/forward_process.py), not on transitions.
-FINAL_SAMPLE_STRATEGIES = frozenset({"forward_process"})
-
 
 @dataclass
 class LatentChain:
@@ -100,7 +97,7 @@ class LearnerPayload:
 
     @staticmethod
     def of(rollout: Rollout) -> LearnerPayload:
-        final = rollout.final_latents if rollout.strategy in FINAL_SAMPLE_STRATEGIES else None
+        final = rollout.final_latents if rollout.learner_needs_final else None
         return LearnerPayload(LatentChain.of(rollout.transitions), final, rollout.conditioning)
 
     def restore(self, meta: Rollout) -> Rollout:

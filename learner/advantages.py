@@ -16,7 +16,7 @@ reported so the caller can drop them.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -161,11 +161,47 @@ def grpo_advantages(
     return total.clamp(-clip, clip)
 
 
+# ----------------------------------------------------------------------------- the estimator registry
+
+# An estimator maps the iteration's rewards (one [N] tensor per reward model, or {"combined": [N]}), each
+# image's reward group and sample id, the sample count and the reward weights to the samples' advantages
+# [num_samples], reading its settings from the learner config section (as verl's `register_adv_est`).
+AdvantageEstimator = Callable[..., torch.Tensor]
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+
+
+def register_adv_est(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
+    def wrap(fn: AdvantageEstimator) -> AdvantageEstimator:
+        if name in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_adv_est(name: str) -> AdvantageEstimator:
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"advantage estimator {name!r} is not registered; known: {sorted(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[name]
+
+
+@register_adv_est("grpo")
+def grpo_estimator(rewards: Mapping[str, torch.Tensor], reward_group: torch.Tensor, sample_id: torch.Tensor,
+                   num_samples: int, *, weights: Mapping[str, float], learner) -> torch.Tensor:
+    """`grpo_advantages` with the learner section's std mode and form, eps and clip: every algorithm of the
+    project so far (G2RPO's (k, lambda) groups and branch samples come from its strategy's record)."""
+    return grpo_advantages(rewards, reward_group, sample_id, num_samples, weights=weights, std_mode=learner.std_mode,
+                           clip=learner.adv_clip, eps=learner.adv_eps, std_form=learner.adv_std)
+
+
 def g2rpo_advantages(
     rewards: torch.Tensor, *, eps: float = 1e-8, clip: float = ADV_CLIP, std_form: StdForm = "unbiased"
 ) -> torch.Tensor:
-    """G2RPO multi-granularity advantages: rewards [K, L, G] (step k, granularity lambda, branch b) ->
-    [K, G], z-scored within each (k, lambda) group of G branches and summed over lambda (weight 1).
+    """G2RPO multi-granularity advantages in the paper's layout: rewards [K, L, G] (step k, granularity
+    lambda, branch b) -> [K, G], z-scored within each (k, lambda) group of G branches and summed over lambda
+    (weight 1). The registered "grpo" estimator computes the same from G2RPO's record (reward group
+    (k, lambda), sample (k, b)); tests/test_advantages.py checks the two agree.
     The defaults are G2RPO's (train_g2rpo_hps_clip.py: group_rewards.std(dim=0) + 1e-8)."""
     if rewards.ndim != 3:
         raise ValueError(f"rewards must be [K, L, G], got shape {tuple(rewards.shape)}")
@@ -176,14 +212,6 @@ def g2rpo_advantages(
         num_samples=k * g, eps=eps, clip=clip, std_form=std_form,
     )
     return adv.view(k, g)
-
-
-def weighted_reward_sum(rewards: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
-    """Flow-GRPO's multi-reward mode: one reward = sum_i w_i * r_i (then normalised as one)."""
-    missing = set(weights) ^ set(rewards)
-    if missing:
-        raise ValueError(f"reward models and weights disagree on {sorted(missing)}")
-    return sum(float(weights[name]) * _check_rewards(r, f"rewards[{name!r}]") for name, r in rewards.items()).float()
 
 
 class PerPromptStatTracker:

@@ -1,4 +1,6 @@
-"""Config section owned by learner/: the GRPO objective, the optimiser and the DeepSpeed engine."""
+"""Config section owned by learner/: the objective's shared settings (clip range, KL weight, advantage
+normalisation), the optimiser and the DeepSpeed engine. What belongs to one algorithm lives in its unit's
+section (algorithms/)."""
 
 from __future__ import annotations
 
@@ -12,15 +14,9 @@ class LearnerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    loss: str = Field(
-        "grpo_clip",
-        description="Policy loss, by registered name (learner/losses.py): 'grpo_clip' (per-step log-probs of the "
-        "GRPO family) or the forward-process losses 'diffusion_nft' and 'awm' (with sampling.strategy "
-        "'forward_process').",
-    )
     clip_range: float = Field(
-        1e-4, gt=0, description="PPO clip range eps on the ratio: per step (Flow-GRPO: 1e-4) or, for awm, of the "
-        "per-sample flow-matching likelihoods.",
+        1e-4, gt=0, description="PPO clip range eps on the ratio: per step (Flow-GRPO: 1e-4) or, for the awm "
+        "algorithm, of the per-sample flow-matching likelihoods.",
     )
     clip_range_high: float | None = Field(
         None,
@@ -31,11 +27,6 @@ class LearnerConfig(BaseModel):
     beta: float = Field(
         0.04, ge=0, description="KL coefficient to the reference (base) policy; 0 disables the KL. Forward-process "
         "losses use the velocity KL mean (v - v_ref)^2 (DiffusionNFT: 1e-4).",
-    )
-    kl_form: Literal["flow_grpo", "exact"] = Field(
-        "flow_grpo",
-        description="KL scale: 'flow_grpo' divides by 2 s^2 as the Flow-GRPO code does (its published beta was "
-        "tuned so); 'exact' divides by the step's variance 2 s^2 (-dt).",
     )
     std_mode: Literal["group", "global"] = Field(
         "group", description="Advantage std: per reward group, or over the whole batch (Flow-GRPO's global_std)."
@@ -105,11 +96,6 @@ class LearnerConfig(BaseModel):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Training precision of the trainable weights' compute (fp32 on CPU)."
     )
-    recompute_old_log_probs: bool = Field(
-        False,
-        description="The learner recomputes every transition's old log-prob under its current weights before its "
-        "first step, instead of trusting the sampler's (when learner/first_minibatch_ratio_* drift from 1, 0).",
-    )
     ema_decay: float | None = Field(
         None,
         gt=0,
@@ -121,51 +107,8 @@ class LearnerConfig(BaseModel):
         1, ge=1, description="The EMA is updated after optimizer steps t with (t + 1) % every == 0 (Flow-GRPO: 8)."
     )
 
-    train_timesteps: int = Field(
-        9, ge=1, description="Forward-process losses: K, the timesteps each final sample is re-noised at per "
-        "iteration, drawn without replacement from the sampling schedule (DiffusionNFT: int(10 * 0.99) = 9).",
-    )
-    nft_beta: float = Field(
-        1.0, gt=0, le=1, description="diffusion_nft: beta of the implicit policies v+ = (1 - beta) v_old + beta v, "
-        "v- = (1 + beta) v_old - beta v, in (0, 1] (the paper: 1, and 0.1 for OCR and multi-reward).",
-    )
-    old_policy: Literal["current", "ema"] = Field(
-        "current", description="Forward-process losses: the sampling ('old') policy. 'current': the weights at the "
-        "start of each iteration's update (on-policy); 'ema': an EMA of the trained weights kept on the learner and "
-        "synced to the rollout actors (DiffusionNFT), decay min(old_policy_decay_max, old_policy_decay_rate * "
-        "(step - old_policy_decay_flat)) after each iteration, 0 during the flat steps.",
-    )
-    old_policy_decay_flat: int = Field(0, ge=0, description="old_policy 'ema': optimizer steps with decay 0 (NVlabs decay_type 2: 75).")
-    old_policy_decay_rate: float = Field(
-        1e-3, ge=0, description="old_policy 'ema': decay growth per optimizer step (NVlabs decay_type 1: 0.001; 2: 0.0075)."
-    )
-    old_policy_decay_max: float = Field(
-        0.5, ge=0, lt=1, description="old_policy 'ema': the decay's ceiling (NVlabs decay_type 1: 0.5; 2: 0.999)."
-    )
-    awm_weighting: Literal["uniform", "t", "ghuber"] = Field(
-        "uniform", description="awm: time weighting of the flow-matching log-likelihood (Flow-Factory awm_weighting; "
-        "its SD3.5 example uses 'ghuber').",
-    )
-    awm_ghuber_power: float = Field(0.25, gt=0, le=1, description="awm: the power p of the 'ghuber' weighting.")
-
-    @property
-    def family(self) -> str:
-        """'per_step' or 'forward_process': what the registered loss trains on (learner/losses.py)."""
-        from learner.losses import LOSS_FAMILIES
-
-        return LOSS_FAMILIES[self.loss]
-
     @model_validator(mode="after")
     def _check(self) -> LearnerConfig:
-        from learner.losses import LOSSES
-
-        if self.loss not in LOSSES:
-            raise ValueError(f"learner.loss {self.loss!r} is not registered; choose one of {sorted(LOSSES)}")
-        if self.family == "forward_process" and self.zero_stage == 3:
-            raise ValueError(
-                "learner.zero_stage 3 is not supported with forward-process losses: the sampling policy's velocity "
-                "is evaluated by loading its weights into the (unpartitioned) trainable parameters; use 0-2"
-            )
         if self.precision != "fp32" and self.zero_stage == 0:
             # Gradients accumulate and reduce in fp32 (learner/engine.py); DeepSpeed offers that with
             # bf16/fp16 weights only through a ZeRO optimizer (stage 0 would step the bf16 weights

@@ -1,14 +1,14 @@
 """The learner side of the forward-process family (DiffusionNFT, AWM): re-noise final samples, train the
-velocity with a registered forward-process loss, and keep the sampling ("old") policy.
+velocity with the algorithm's loss (algorithms/forward_process.py), and keep the sampling ("old") policy.
 
-Each kept sample x0 of a group is trained at K = learner.train_timesteps sigmas drawn without replacement
+Each kept sample x0 of a group is trained at K = algorithm.train_timesteps sigmas drawn without replacement
 from the sampling schedule, each with fresh noise eps: x_t = (1 - s) x0 + s eps, target eps - x0 (NVlabs
 train_nft_sd3.py: a per-sample permutation of the schedule's timesteps, the first int(T * 0.99) trained).
 The draws are a pure function of (run seed, iteration, group index, sample id), so a resumed run or
 another split across learner ranks trains on exactly the same x_t.
 
 The sampling policy's velocity v_old(x_t) is evaluated on the learner by loading its weights into the
-trainable parameters under no_grad and restoring the trained ones bit for bit. learner.old_policy:
+trainable parameters under no_grad and restoring the trained ones bit for bit. algorithm.old_policy:
 - 'current': the weights at the start of the iteration's update (what sampled the rollout when it is
   on-policy); AWM's ratio is then exactly 1 at the first optimizer step.
 - 'ema': DiffusionNFT's EMA of the trained weights, updated after every iteration with NVlabs'
@@ -52,7 +52,7 @@ def training_draws(
     """K distinct sigmas of `schedule` and K noises [K, *shape] for one sample, seeded by
     (seed, iteration, group, sample) on a CPU generator (device-independent)."""
     if not 1 <= k <= schedule.numel():
-        raise ValueError(f"learner.train_timesteps ({k}) must lie in [1, {schedule.numel()}] (the sampling schedule)")
+        raise ValueError(f"algorithm.train_timesteps ({k}) must lie in [1, {schedule.numel()}] (the sampling schedule)")
     gen = torch.Generator().manual_seed(derive_seed(seed, "forward_process", iteration, group_index, sample_id))
     sigma = schedule[torch.randperm(schedule.numel(), generator=gen)[:k]].float()
     return sigma, torch.randn((k, *shape), generator=gen, dtype=torch.float32)
@@ -96,7 +96,7 @@ class ForwardProcessPlan:
     padding / loss, begin before and end after the iteration's optimizer steps)."""
 
     def __init__(self, worker):
-        self.worker, self.cfg = worker, worker.cfg
+        self.worker, self.cfg, self.algorithm = worker, worker.cfg, worker.algorithm
         self.schedule = sd3_sigmas(worker.sampling.num_steps, worker.sampling.shift)[:-1]
         self.old: dict[str, np.ndarray] | None = None  # the sampling policy's weights
         self.iteration = 0
@@ -107,25 +107,28 @@ class ForwardProcessPlan:
 
     def begin(self, groups, iteration: int) -> None:
         self.iteration = iteration
-        if self.cfg.old_policy == "current":
+        if not self.algorithm.sampling_policy_is_separate:  # 'current': on-policy at each iteration's start
             self.old = self.worker.export_weights()
 
     def end(self) -> None:
-        if self.cfg.old_policy == "ema":
-            c = self.cfg
+        if self.algorithm.sampling_policy_is_separate:
+            c = self.algorithm
             decay = old_policy_decay(self.worker.engine.global_steps, c.old_policy_decay_flat,
                                      c.old_policy_decay_rate, c.old_policy_decay_max)
             for name, value in self.worker.export_weights().items():
                 self.old[name] = (decay * self.old[name] + (1.0 - decay) * value).astype(value.dtype)
 
     def rows(self, groups) -> list[tuple[int, int, int]]:
-        return flatten_samples(groups, self.cfg.train_timesteps)
+        return flatten_samples(groups, self.algorithm.train_timesteps)
+
+    def prepare(self, groups, rows):
+        return groups
 
     def micro_batches(self, groups, rows) -> list[FlowMatchBatch]:
         def draw(g: int, s: int):
             x0 = groups[g].rollout.final_latents
             return training_draws(self.worker.seed, self.iteration, groups[g].group_index, s, self.schedule,
-                                  self.cfg.train_timesteps, tuple(x0.shape[1:]))
+                                  self.algorithm.train_timesteps, tuple(x0.shape[1:]))
 
         return build_flow_batches(groups, rows, self.cfg.micro_batch_size, draw)
 
@@ -147,7 +150,7 @@ class ForwardProcessPlan:
             v_old = self._old_velocity(x_t, sigma, cond)
             v_ref = policy.velocity(x_t, sigma, cond, reference=True) if self.cfg.beta > 0 else None
         v = policy.velocity(x_t, sigma, cond)
-        return self.worker.loss_fn(v, v_old, eps - x0, sigma, mb.advantages.to(dev), cfg=self.cfg, v_ref=v_ref)
+        return self.algorithm.loss(v, v_old, eps - x0, sigma, mb.advantages.to(dev), learner=self.cfg, v_ref=v_ref)
 
     def _old_velocity(self, x_t, sigma, cond) -> torch.Tensor:
         policy = self.worker.policy
@@ -161,11 +164,11 @@ class ForwardProcessPlan:
     def sampling_source(self) -> dict[str, np.ndarray] | None:
         """The weights the rollout actors sample with when they are not the trained ones: the EMA
         (old_policy 'ema', fp32 on the host; weight sync casts it to the weights' own dtype)."""
-        return self.old if self.cfg.old_policy == "ema" else None
+        return self.old if self.algorithm.sampling_policy_is_separate else None
 
     def state(self) -> dict[str, np.ndarray] | None:
         """What a checkpoint must keep to resume exactly: the EMA sampling policy."""
-        return self.old if self.cfg.old_policy == "ema" else None
+        return self.old if self.algorithm.sampling_policy_is_separate else None
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self.old = state

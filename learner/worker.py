@@ -13,15 +13,17 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from algorithms import ALGORITHMS, Algorithm
+from algorithms.losses import pooled_mean_std
 from common.collective import SyncGroup
-from common.data_plane import conditioning_of, fetch_groups
+from common.data_plane import fetch_groups
 from common.memory import peak_memory_gb
 from common.offload import Offloader
 from common.storage import check_sentinel
@@ -50,14 +52,13 @@ from learner.engine import (
     set_micro_batches,
 )
 from learner.forward_process import ForwardProcessPlan
-from learner.losses import get_loss, pooled_mean_std
+from learner.per_step import PerStepPlan
 from learner.zero3 import gathered, gathered_state_dict
 from models.config import ModelConfig, SamplingConfig
 from models.devices import resolve_device
 from models.policy import PRECISION_DTYPES, Policy
-from models.sde import kl_to_reference, sde_step
 from models.seeding import derive_seed
-from models.types import PromptEmbeds, Rollout
+from models.types import Rollout
 
 
 @dataclass
@@ -71,38 +72,6 @@ class TrainGroup:
     policy_version: int
     group_index: int = 0  # the group's index within its iteration: seeds the forward-process draws
     bulk: Any = None  # ObjectRef of the rollout's tensors (common/data_plane.py), fetched by the rank; None: in `rollout`
-
-
-@dataclass
-class MicroBatch:
-    """Transitions trained in one forward/backward; `inputs` holds each distinct x_t once."""
-
-    inputs: torch.Tensor  # [U, ...]
-    input_sigma: torch.Tensor  # [U]
-    cond: PromptEmbeds  # [U] rows: each input's prompt conditioning as its rollout actor shipped it
-    index: torch.Tensor  # [K] row of `inputs` per transition
-    next_latents: torch.Tensor  # [K, ...]
-    sigma: torch.Tensor  # [K]
-    sigma_next: torch.Tensor  # [K]
-    old_log_prob: torch.Tensor  # [K]
-    advantages: torch.Tensor  # [K]
-    weight: float = 1.0  # 0 for padding micro-batches
-    rows: list[tuple[int, int, int]] = field(default_factory=list)  # (group, sample, transition) per row
-
-    def __len__(self) -> int:
-        return self.index.shape[0]
-
-
-def flatten_transitions(groups: list[TrainGroup]) -> list[tuple[int, int, int]]:
-    """(group, sample_id, transition) triples of every kept transition, grouped by sample."""
-    rows = []
-    for gi, group in enumerate(groups):
-        t = group.rollout.transitions
-        for j in range(len(t)):
-            sid = int(t.sample_id[j])
-            if bool(group.keep[sid]):
-                rows.append((gi, sid, j))
-    return rows
 
 
 def split_minibatches(rows: list[tuple[int, int, int]], num_minibatches: int, generator: torch.Generator):
@@ -133,41 +102,6 @@ MINIBATCH_SPLITS = {
 }
 
 
-def build_micro_batches(groups: list[TrainGroup], rows: list[tuple[int, int, int]], size: int) -> list[MicroBatch]:
-    """Chunk transitions into micro-batches of at most `size`, sorted by shared input so that G2RPO's
-    G branches at step k need one forward of x_k."""
-    rows = sorted(rows, key=lambda r: (r[0], int(groups[r[0]].rollout.transitions.input_id[r[2]]), r[2]))
-    out = []
-    for start in range(0, len(rows), size):
-        chunk = rows[start : start + size]
-        keys: dict[tuple[int, int], int] = {}
-        index = []
-        for g, _, j in chunk:
-            input_id = int(groups[g].rollout.transitions.input_id[j])
-            index.append(keys.setdefault((g, input_id), len(keys)))
-        ts = [(groups[g].rollout.transitions, j) for g, _, j in chunk]
-        out.append(
-            MicroBatch(
-                inputs=torch.stack([groups[g].rollout.transitions.inputs[u] for g, u in keys]),
-                input_sigma=torch.stack([_sigma_of_input(groups[g].rollout, u) for g, u in keys]),
-                cond=conditioning_of(groups, [g for g, _ in keys]),
-                index=torch.tensor(index),
-                next_latents=torch.stack([t.next_latents[j] for t, j in ts]),
-                sigma=torch.stack([t.sigma[j] for t, j in ts]),
-                sigma_next=torch.stack([t.sigma_next[j] for t, j in ts]),
-                old_log_prob=torch.stack([t.log_prob[j] for t, j in ts]),
-                advantages=torch.stack([groups[g].advantages[s] for g, s, _ in chunk]).float(),
-                rows=chunk,
-            )
-        )
-    return out
-
-
-def _sigma_of_input(rollout: Rollout, input_id: int) -> torch.Tensor:
-    t = rollout.transitions
-    return t.sigma[(t.input_id == input_id).nonzero()[0, 0]]
-
-
 def ema_decay_at(step: int, decay: float) -> float:
     """Flow-GRPO's EMA decay at optimizer step t (flow_grpo/ema.py, get_current_decay): a warm-up
     min((1 + t) / (10 + t), decay), so the average does not drag the first evaluations back to the base."""
@@ -192,52 +126,9 @@ class EmaWeights:
             self.state[k] += (1.0 - keep) * v.astype(np.float32)
 
 
-class PerStepPlan:
-    """How a learner rank trains a per-step loss (grpo_clip): recomputed log-probs of the stored
-    transitions. The forward-process family's counterpart is learner/forward_process.py."""
-
-    def __init__(self, worker: LearnerWorker):
-        self.worker = worker
-
-    def setup(self) -> None:
-        pass
-
-    def begin(self, groups: list[TrainGroup], iteration: int) -> None:
-        s = self.worker.sampling
-        self.noise_level = groups[0].rollout.noise_level if groups else s.noise_level
-        self.kind = groups[0].rollout.sde_kind if groups else s.sde_kind
-        self.form = groups[0].rollout.log_prob_form if groups else s.log_prob_form
-
-    def end(self) -> None:
-        pass
-
-    def rows(self, groups: list[TrainGroup]) -> list[tuple[int, int, int]]:
-        return flatten_transitions(groups)
-
-    def micro_batches(self, groups: list[TrainGroup], rows: list[tuple[int, int, int]]) -> list[MicroBatch]:
-        return build_micro_batches(groups, rows, self.worker.cfg.micro_batch_size)
-
-    def padding(self, like: list[MicroBatch]) -> MicroBatch:
-        return self.worker._padding(like)
-
-    def loss(self, mb: MicroBatch):
-        return self.worker._loss(mb, self.noise_level, self.kind, self.form)
-
-    def recompute_old_log_probs(self, groups: list[TrainGroup], rows) -> list[TrainGroup]:
-        return self.worker._recompute_old_log_probs(groups, rows, self.noise_level, self.kind, self.form)
-
-    def sampling_source(self) -> None:
-        """The rollout actors sample with the trained weights themselves."""
-        return None
-
-    def state(self) -> None:
-        return None
-
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        raise ValueError("a per-step loss keeps no sampling-policy state")
-
-
-PLANS = {"per_step": PerStepPlan, "forward_process": ForwardProcessPlan}  # by learner.family
+# The learner side of each algorithm family, by the unit's `learner_plan`: how a rank builds and feeds its
+# micro-batches (learner/per_step.py, learner/forward_process.py).
+PLANS = {"per_step": PerStepPlan, "forward_process": ForwardProcessPlan}
 
 
 class PolicyDiverged(RuntimeError):
@@ -255,6 +146,7 @@ class LearnerWorker:
         sampling: SamplingConfig,
         learner: LearnerConfig,
         *,
+        algorithm: Algorithm | None = None,
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
@@ -268,13 +160,13 @@ class LearnerWorker:
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.iterations = iterations  # the run's length: learner.lr_schedule's horizon (needed unless constant)
         self.device = resolve_device(device, f"learner-{rank}")
-        self.loss_fn = get_loss(learner.loss)
         self.policy: Policy | None = None
         self.engine = None
         self.sync_group: SyncGroup | None = None
         self.sync_bucket_bytes = BUCKET_BYTES  # the rollout actors' must be equal (collective backend)
         self.ema: EmaWeights | None = None
-        self.plan = PLANS[learner.family](self)
+        self.algorithm = algorithm if algorithm is not None else ALGORITHMS["flow_grpo"]()
+        self.plan = PLANS[self.algorithm.learner_plan](self)
         self.version = 0
         self._consecutive_skips = 0  # optimizer steps skipped in a row for a non-finite gradient
         self._received: list[TrainGroup] = []  # groups `receive` fetched for the next `train`
@@ -313,50 +205,6 @@ class LearnerWorker:
 
     # -- the update
 
-    def _step(self, mb: MicroBatch, noise_level: float, kind: str, form: str, reference: bool = False):
-        """The SDE step of every transition under the current (or the reference) policy: one forward per
-        distinct input, log-probs (in the rollout's log_prob_form) of the stored x_next."""
-        dev = self.device
-        x_in = mb.inputs.to(dev)
-        v = self.policy.velocity(x_in, mb.input_sigma.to(dev), mb.cond, reference=reference)
-        index = mb.index.to(dev)
-        return sde_step(
-            v[index], x_in[index], mb.sigma.to(dev), mb.sigma_next.to(dev), noise_level=noise_level, kind=kind,
-            prev_sample=mb.next_latents.to(dev), log_prob_form=form,
-        )  # fmt: skip
-
-    def _loss(self, mb: MicroBatch, noise_level: float, kind: str, form: str):
-        dev = self.device
-        out = self._step(mb, noise_level, kind, form)
-        kl = None
-        if self.cfg.beta > 0:
-            with torch.no_grad():
-                ref = self._step(mb, noise_level, kind, form, reference=True)
-            kl = kl_to_reference(out, ref.mean, self.cfg.kl_form)
-        return self.loss_fn(
-            out.log_prob, mb.old_log_prob.to(dev), mb.advantages.to(dev),
-            clip_range=self.cfg.clip_range, kl=kl, beta=self.cfg.beta, sigma=mb.sigma,
-            clip_range_high=self.cfg.clip_range_high,
-        )  # fmt: skip
-
-    @torch.no_grad()
-    def _recompute_old_log_probs(self, groups: list[TrainGroup], rows, noise_level: float, kind: str, form: str):
-        """learner.recompute_old_log_probs: the current policy's log-probs of every transition, computed
-        by the learner before its first step, replace the sampler's (verl's recompute of old_log_prob;
-        for when sampler and learner numerics drift apart). Ranks run equally many forwards (ZeRO-3
-        gathers parameters in each)."""
-        fresh = [g.rollout.transitions.log_prob.clone() for g in groups]
-        mbs = build_micro_batches(groups, rows, self.cfg.micro_batch_size)
-        mbs += [self._padding(mbs)] * (self._agree_on_micro_batches(len(mbs)) - len(mbs))
-        for mb in mbs:
-            log_prob = self._step(mb, noise_level, kind, form).log_prob.float().cpu()
-            for (g, _, j), value in zip(mb.rows, log_prob, strict=False):  # padding has weight 0 and no rows
-                fresh[g][j] = value
-        return [
-            replace(g, rollout=replace(g.rollout, transitions=replace(g.rollout.transitions, log_prob=lp)))
-            for g, lp in zip(groups, fresh, strict=True)
-        ]
-
     def _agree_on_micro_batches(self, count: int) -> int:
         """The most micro-batches any rank has for this optimizer step (every rank runs that many)."""
         import torch.distributed as dist
@@ -364,17 +212,6 @@ class LearnerWorker:
         t = torch.tensor([count], dtype=torch.long, device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t.item())
-
-    def _padding(self, like: list[MicroBatch]) -> MicroBatch:
-        """A zero-weight micro-batch: a real forward/backward so ZeRO's hooks fire, contributing nothing."""
-        if like:
-            mb = like[0]
-            return MicroBatch(**{**mb.__dict__, "weight": 0.0, "rows": []})
-        shape = self.policy.latent_shape(1)
-        zeros = torch.zeros(shape)
-        one = torch.ones(1)
-        return MicroBatch(zeros, one * 0.5, self.policy.blank_conditioning(), torch.zeros(1, dtype=torch.long),
-                          zeros, one * 0.5, one * 0.25, torch.zeros(1), torch.zeros(1), weight=0.0)
 
     def receive(self, groups: list[TrainGroup]) -> list[int]:
         """Fetch this rank's groups' rollout tensors from the object store (common/data_plane.py) for the
@@ -399,8 +236,7 @@ class LearnerWorker:
         lr = scheduled_learning_rate(self.cfg, iteration, self.iterations)
         set_learning_rate(self.engine, lr)
         rows = self.plan.rows(groups)
-        if self.cfg.recompute_old_log_probs:
-            groups = self.plan.recompute_old_log_probs(groups, rows)
+        groups = self.plan.prepare(groups, rows)
         first: list[tuple[int, float, float]] = []  # (transitions, ratio mean, ratio std) of the first minibatch
         first_clipped = 0.0
         sums: dict[str, float] = defaultdict(float)
@@ -505,7 +341,7 @@ class LearnerWorker:
     def export_sampling_weights(self) -> dict[str, np.ndarray]:
         """The weights the rollout actors sample with, as numpy (tests and debugging; weight sync sends
         `_sampling_buckets`): the trained weights, or the forward-process family's EMA sampling policy
-        (learner.old_policy 'ema')."""
+        (algorithm.old_policy 'ema')."""
         source = self.plan.sampling_source()
         return self.export_weights() if source is None else {k: v.copy() for k, v in source.items()}
 
@@ -651,7 +487,7 @@ class LearnerWorker:
         if self.plan.state() is not None:
             old_file = path / "old_policy.safetensors"
             if not old_file.is_file():
-                raise FileNotFoundError(f"learner.old_policy is 'ema' but checkpoint {path} has no {old_file.name}")
+                raise FileNotFoundError(f"algorithm.old_policy is 'ema' but checkpoint {path} has no {old_file.name}")
             self.plan.load_state({k: v.numpy() for k, v in load_file(old_file).items()})
         state, extra = load_optimizer_state(path / f"optimizer_rank{self.rank}", live=self.engine.optimizer.state_dict())
         try:

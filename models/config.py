@@ -81,13 +81,12 @@ class ModelConfig(_Section):
 
 
 SdeKind = Literal["flow_grpo", "dance", "cps"]
-StrategyName = Literal["flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo", "forward_process"]
 
 
 class SamplingConfig(_Section):
-    """How rollouts are sampled: the strategy and its step schedule (rollout/strategies)."""
+    """How rollouts are sampled: group size, step schedule and the SDE step (the algorithm's strategy,
+    algorithms/, decides which steps are stochastic and trained)."""
 
-    strategy: StrategyName = Field("flow_grpo", description="Sampling strategy, by registered name.")
     sde_kind: SdeKind = Field("flow_grpo", description="SDE step: 'flow_grpo' (Eq. 9), 'dance' (constant eta) or 'cps'.")
     noise_level: float = Field(0.7, ge=0.0, description="SDE noise level: a for flow_grpo/cps, eta for dance.")
     log_prob_form: Literal["gaussian", "squared_error"] = Field(
@@ -107,111 +106,15 @@ class SamplingConfig(_Section):
         "FlowMatchEulerDiscreteScheduler.set_timesteps(T) grid, shift(linspace(1, shift(1e-3), T)) + [0], "
         "which Flow-GRPO samples on.",
     )
-    solver: Literal["ode", "dpm", "sde"] = Field(
-        "ode",
-        description="forward_process: the sampler of the final images: 'ode' (Euler), 'dpm' (DPM-Solver++(2M), "
-        "DiffusionNFT's default) or 'sde' (sampling.sde_kind at every step, for exploration).",
-    )
     shift_mode: Literal["static", "resolution"] = Field(
         "static",
         description="'static': the fixed `shift` (SD3.5, and the FLUX papers' scripts: --shift 3). 'resolution': "
         "FluxPipeline's shift, which grows with the image token count (mu from the model's scheduler config; "
         "`shift` is then unused).",
     )
-    timestep_fraction: float = Field(
-        1.0,
-        gt=0.0,
-        le=1.0,
-        description="flow_grpo: the first int(num_steps * fraction) steps are trained; dance_grpo: "
-        "int((num_steps - 1) * fraction) steps drawn at random per sample from the first num_steps - 1 "
-        "(DanceGRPO never trains the last step).",
-    )
     same_latent: bool | None = Field(
         None,
-        description="One initial noise shared by the whole group; null = the strategy's paper default "
-        "(flow_grpo, flow_grpo_fast: false; dance_grpo, mix_grpo: true). g2rpo always shares (one anchor).",
+        description="One initial noise shared by the whole group; null = the algorithm's paper default "
+        "(flow_grpo, flow_grpo_fast, the forward-process family: false; dance_grpo, mix_grpo: true). g2rpo "
+        "always shares (one anchor).",
     )
-    window_size: int = Field(2, ge=1, description="flow_grpo_fast / mix_grpo: SDE window size w (steps).")
-    window_range: tuple[int, int] = Field(
-        (0, 5),
-        description="flow_grpo_fast: the steps [lo, hi) the SDE window must lie in; its start is drawn uniformly "
-        "from [lo, hi - window_size] (Flow-GRPO's sde_window_range).",
-    )
-    window_stride: int = Field(1, ge=1, description="mix_grpo: window moves by this many steps (s).")
-    window_every: int = Field(25, ge=1, description="mix_grpo: the window moves every tau iterations.")
-    window_strategy: Literal["progressive", "random", "decay"] = Field(
-        "progressive",
-        description="mix_grpo: how the window moves (MixGRPO's sample_strategy): 'progressive' by the stride every "
-        "tau iterations; 'random' a uniform start in [0, T - 2 - w] each iteration; 'decay' progressive, staying "
-        "max(tau_min, int(tau (1 - p) + tau_min p)) iterations at position l, p = l / (T - 2).",
-    )
-    window_every_min: int | None = Field(
-        None, ge=1, description="mix_grpo decay: tau_min, the fewest iterations at a position; null = max(1, tau // 4)."
-    )
-    flash: bool = Field(False, description="mix_grpo: DPM-Solver++(2M) on a compressed grid after the window.")
-    flash_compress_ratio: float = Field(
-        0.4,
-        gt=0.0,
-        le=1.0,
-        description="mix_grpo flash: the n steps after the window are re-interpolated onto int(max((n + 1) * "
-        "ratio, 1)) points, at least one DPM-Solver++(2M) step (MixGRPO's dpm_post_compress_ratio).",
-    )
-    g2rpo_steps: list[int] = Field(
-        default_factory=lambda: [0, 1, 2, 3], description="g2rpo: M, the step indices that get one SDE branch step."
-    )
-    g2rpo_granularities: list[int] = Field(
-        default_factory=lambda: [1, 2], description="g2rpo: Lambda, ODE strides after the branch step."
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> SamplingConfig:
-        trainable = {"flow_grpo": self.num_steps, "dance_grpo": self.num_steps - 1}.get(self.strategy)
-        if trainable is not None and int(trainable * self.timestep_fraction) < 1:
-            raise ValueError(
-                f"sampling.timestep_fraction ({self.timestep_fraction}) trains int({trainable} * fraction) = 0 "
-                f"of the {trainable} trainable steps: raise it to at least 1 / {trainable}"
-            )
-        if self.strategy == "dance_grpo" and self.sde_kind != "dance":
-            raise ValueError(
-                f"sampling.sde_kind must be 'dance' for the dance_grpo strategy (got {self.sde_kind!r}); "
-                "DanceGRPO's SDE has a constant diffusion eta = sampling.noise_level (0.3 in the paper)"
-            )
-        if self.strategy == "g2rpo":
-            if not self.g2rpo_steps:
-                raise ValueError("sampling.g2rpo_steps (M) is empty: list at least one step index")
-            if len(set(self.g2rpo_steps)) != len(self.g2rpo_steps):
-                raise ValueError(f"sampling.g2rpo_steps (M) has repeated steps: {self.g2rpo_steps}")
-            if not self.g2rpo_granularities or min(self.g2rpo_granularities) < 1:
-                raise ValueError("sampling.g2rpo_granularities (Lambda) must be a non-empty list of strides >= 1")
-            if len(set(self.g2rpo_granularities)) != len(self.g2rpo_granularities):
-                raise ValueError(
-                    f"sampling.g2rpo_granularities (Lambda) has repeated strides: {self.g2rpo_granularities}"
-                )
-            if max(self.g2rpo_steps) >= self.num_steps - 1 or min(self.g2rpo_steps) < 0:
-                raise ValueError(
-                    f"sampling.g2rpo_steps must lie in [0, num_steps - 2] = [0, {self.num_steps - 2}]"
-                )
-        if self.strategy == "mix_grpo" and self.window_strategy == "random" and self.window_size > self.num_steps - 2:
-            raise ValueError(
-                f"sampling.window_size ({self.window_size}) must be <= num_steps - 2 = {self.num_steps - 2} for "
-                "window_strategy 'random' (MixGRPO draws the start from [0, T - 2 - w])"
-            )
-        if self.strategy == "flow_grpo_fast" and self.window_size > self.num_steps:
-            raise ValueError(
-                f"sampling.window_size ({self.window_size}) exceeds sampling.num_steps ({self.num_steps})"
-            )
-        if self.strategy == "mix_grpo" and self.window_size > self.num_steps - 1:
-            # MixGRPO never trains the final step to sigma = 0 (its ignore_last), so the window lives in
-            # steps [0, T - 1).
-            raise ValueError(
-                f"sampling.window_size ({self.window_size}) must be <= num_steps - 1 = {self.num_steps - 1} "
-                "for mix_grpo (the final step is never in the window)"
-            )
-        if self.strategy == "flow_grpo_fast":
-            lo, hi = self.window_range
-            if not (0 <= lo and lo + self.window_size <= hi <= self.num_steps):
-                raise ValueError(
-                    f"sampling.window_range {self.window_range} must hold the whole window of window_size "
-                    f"{self.window_size} steps: 0 <= lo, lo + window_size <= hi <= num_steps = {self.num_steps}"
-                )
-        return self

@@ -116,14 +116,16 @@ def gaussian_kl_equal_std(mean: torch.Tensor, mean_ref: torch.Tensor, std: torch
     return (((mean - mean_ref) ** 2) / (2 * std.expand_as(mean) ** 2)).flatten(1).mean(1)
 
 
+# The std that divides the KL, by form: 'exact' uses the step's std; 'flow_grpo' uses the diffusion
+# coefficient s without sqrt(-dt), as the Flow-GRPO code does (its published beta was tuned so).
+KL_SCALES = {"exact": lambda out: out.std, "flow_grpo": lambda out: out.diffusion}
+
+
 def kl_scale(out: SdeStepOutput, form: KlForm) -> torch.Tensor:
-    """The std that divides the KL: 'exact' uses the step's std; 'flow_grpo' uses the diffusion
-    coefficient s without sqrt(-dt), as the Flow-GRPO code does (its published beta was tuned so)."""
-    if form == "exact":
-        return out.std
-    if form == "flow_grpo":
-        return out.diffusion
-    raise ValueError(f"unknown KL form {form!r}; expected 'exact' or 'flow_grpo'")
+    """The std that divides the KL under `form` (`KL_SCALES`)."""
+    if form not in KL_SCALES:
+        raise ValueError(f"unknown KL form {form!r}; expected one of {sorted(KL_SCALES)}")
+    return KL_SCALES[form](out)
 
 
 def kl_to_reference(out: SdeStepOutput, mean_ref: torch.Tensor, form: KlForm = "flow_grpo") -> torch.Tensor:

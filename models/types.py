@@ -73,7 +73,7 @@ class Transitions:
 class Rollout:
     """Everything one prompt group's sampling produced."""
 
-    strategy: str
+    strategy: str  # the algorithm that sampled it (algorithm.name): for logs and records only
     transitions: Transitions
     final_latents: torch.Tensor  # [I, ...]
     reward_group: torch.Tensor  # [I] long: images normalised together
@@ -89,6 +89,8 @@ class Rollout:
     anchor_latents: torch.Tensor | None = None  # G2RPO's ODE anchor image: logged, never trained on
     log_prob_form: str = "gaussian"  # models/sde.py LOG_PROB_FORMS: the learner recomputes with the same form
     conditioning: PromptEmbeds | None = None  # [1, L, D] the prompt's (with the negative's, CFG): the learner's text input
+    # The learner trains on `final_latents` (the forward-process family), so the data plane ships them.
+    learner_needs_final: bool = False
 
     @property
     def num_reward_groups(self) -> int:

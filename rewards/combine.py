@@ -5,6 +5,9 @@
 - advantage_sum (DanceGRPO, MixGRPO, G2RPO): the learner needs the per-reward scores [R, B] and the
   weights [R]; it forms advantages per reward and sums w_i A_i.
 An image with a masked (NaN) score in any reward is invalid in the combined reward.
+
+`weighted_sum` is the one weighted reward sum of the project: the metrics, the reward pools' combined
+reward and the advantage stage's weighted_sum mode (cluster/stages.py) all call it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class CombinedRewards:
-    """names [R]; weights [R]; matrix [R, B] per-reward scores; reward [B] = weights @ matrix (NaN where
+    """names [R]; weights [R]; matrix [R, B] per-reward scores; reward [B] = sum_i w_i matrix[i] (NaN where
     any score is NaN); valid [B] = every reward finite for that image."""
 
     names: tuple[str, ...]
@@ -39,10 +42,20 @@ def score_matrix(scores: Mapping[str, np.ndarray], names: Sequence[str]) -> np.n
     return np.stack(rows)
 
 
+def _sum_rows(weights: Sequence[float], matrix: np.ndarray) -> np.ndarray:
+    """0 + w_0 r_0 + w_1 r_1 + ... in float64, term by term in reward order: no matrix product, whose
+    fused or reordered accumulation can differ in the last bit, so the sum is the same whoever computes it."""
+    total = 0
+    for w, row in zip(weights, matrix, strict=True):
+        total = total + float(w) * row
+    return np.asarray(total, dtype=np.float64)
+
+
 def weighted_sum(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
-    """sum_i w_i r_i per image; NaN stays NaN (a masked score masks the image)."""
+    """sum_i w_i r_i per image, in the order of `weights`; NaN stays NaN (a masked score masks the image).
+    Scores may be numpy arrays or CPU torch tensors (read as float64); the result is a float64 array."""
     names = list(weights)
-    return np.asarray([weights[n] for n in names], dtype=np.float64) @ score_matrix(scores, names)
+    return _sum_rows([weights[n] for n in names], score_matrix(scores, names))
 
 
 def combine(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> CombinedRewards:
@@ -50,4 +63,13 @@ def combine(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> C
     names = tuple(weights)
     matrix = score_matrix(scores, names)
     w = np.asarray([weights[n] for n in names], dtype=np.float64)
-    return CombinedRewards(names, w, matrix, w @ matrix, np.isfinite(matrix).all(axis=0))
+    return CombinedRewards(names, w, matrix, _sum_rows(w, matrix), np.isfinite(matrix).all(axis=0))
+
+
+# rewards.combination -> what the advantage estimator gets from several reward models: (scores by name,
+# weights) -> (rewards by name, weights). Flow-GRPO sums the rewards first and normalises the sum;
+# DanceGRPO, MixGRPO and G2RPO normalise each reward on its own and sum the weighted advantages.
+ADVANTAGE_INPUTS = {
+    "weighted_sum": lambda scores, weights: ({"combined": weighted_sum(scores, weights)}, {"combined": 1.0}),
+    "advantage_sum": lambda scores, weights: (dict(scores), dict(weights)),
+}

@@ -1,4 +1,4 @@
-"""The rollout worker: holds a copy of the policy and samples prompt groups with the configured strategy.
+"""The rollout worker: holds a copy of the policy and samples prompt groups with the algorithm's strategy.
 
 A plain class (cluster/actors.py wraps it as a Ray actor; tests run it in-process). Every group's
 randomness comes from a seed the driver derives from (run seed, iteration, group index), so a group
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from algorithms import ALGORITHMS, Algorithm
 from common.collective import SyncGroup
 from common.data_plane import EvalShare, put_eval_share, put_group
 from common.memory import peak_memory_gb
@@ -23,8 +24,8 @@ from common.weight_buckets import load_packed, plan_for, sync_digest, unpack_int
 from models.config import ModelConfig, SamplingConfig
 from models.devices import resolve_device
 from models.policy import PRECISION_DTYPES, Policy
+from models.sampling import eval_sample, sample_group
 from models.types import Rollout
-from rollout.strategies import eval_sample, sample_group
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class RolloutWorker:
         model: ModelConfig,
         sampling: SamplingConfig,
         *,
+        algorithm: Algorithm | None = None,
         name: str = "rollout-0",
         device: str = "auto",
         torch_threads: int | None = None,
@@ -79,10 +81,12 @@ class RolloutWorker:
         """`device`: 'auto' (a GPU when this process sees one: `launch.py eval`), 'cuda' or 'cpu' (rollout
         actors, by their reservation); `precision`: learner.precision, so that trainable weights have the
         learner's dtype;
-        `rows_per_forward`, `images_per_decode`: cluster.rollout_rows_per_forward / _images_per_decode."""
+        `rows_per_forward`, `images_per_decode`: cluster.rollout_rows_per_forward / _images_per_decode;
+        `algorithm`: the unit whose strategy samples the groups (None: Flow-GRPO's defaults)."""
         if torch_threads:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.name, self.sampling = name, sampling
+        self.algorithm = algorithm if algorithm is not None else ALGORITHMS["flow_grpo"]()
         self.policy = Policy.from_config(
             model, device=resolve_device(device, name), trainable_dtype=PRECISION_DTYPES[precision],
             rows_per_forward=rows_per_forward, images_per_decode=images_per_decode,
@@ -107,14 +111,14 @@ class RolloutWorker:
 
     @torch.no_grad()
     def rollout(self, requests: list[GroupRequest]) -> list[GroupResult]:
-        """Sample each requested group with the configured strategy; images decoded to uint8."""
+        """Sample each requested group with the algorithm's strategy; images decoded to uint8."""
         self.reload()
         results = []
         for req in requests:
             start = time.perf_counter()
             generator = torch.Generator().manual_seed(req.seed)
             record = sample_group(
-                self.sampling, self._velocity_for(req.prompt), self._init_noise, self.sigmas,
+                self.algorithm, self.sampling, self._velocity_for(req.prompt), self._init_noise, self.sigmas,
                 generator=generator, iteration=req.iteration,
             )  # fmt: skip
             record.conditioning = self.policy.conditioning(req.prompt)  # the learner's text input (no encoders there)

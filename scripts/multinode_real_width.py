@@ -29,7 +29,7 @@ SMALL = {  # what 2 cores can run; widths, heads and dtypes stay the published o
     "sd35": ["model.resolution=32", "model.max_sequence_length=8", "sampling.num_steps=2", "sampling.group_size=2",
              "data.images_per_iteration=4", "model.lora.rank=4", "model.lora.alpha=8", "learner.micro_batch_size=4"],
     "flux": ["model.resolution=32", "model.max_sequence_length=8", "sampling.num_steps=3", "sampling.group_size=2",
-             "data.images_per_iteration=4", "sampling.g2rpo_steps=[0,1]", "sampling.g2rpo_granularities=[1,2]",
+             "data.images_per_iteration=4", "algorithm.steps=[0,1]", "algorithm.granularities=[1,2]",
              "learner.micro_batch_size=4", "model.gradient_checkpointing=false"],
 }
 

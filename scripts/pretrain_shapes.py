@@ -473,9 +473,10 @@ def vae_detector_accuracy(policy, records: list[dict], seed: int, n: int = 256) 
 def time_rl_iteration(policy, records: list[dict], seed: int) -> dict[str, float]:
     """One Flow-GRPO-like iteration: 8 prompts x 8 images x 10 SDE steps, then forward/backward on
     every transition (log-prob recomputed through the LoRA policy) and one AdamW step."""
+    from algorithms import ALGORITHMS
     from models.config import SamplingConfig
+    from models.sampling import recompute_log_probs, sample_group
     from models.schedule import sd3_sigmas
-    from rollout.strategies import recompute_log_probs, sample_group
 
     cfg = SamplingConfig()
     sigmas = sd3_sigmas(cfg.num_steps, cfg.shift)
@@ -484,7 +485,8 @@ def time_rl_iteration(policy, records: list[dict], seed: int) -> dict[str, float
     prompts = [r["prompt"] for r in records[:8]]
     t0 = time.time()
     rollouts = [
-        sample_group(cfg, policy.velocity_fn(p), policy.initial_noise, sigmas, generator=gen) for p in prompts
+        sample_group(ALGORITHMS["flow_grpo"](), cfg, policy.velocity_fn(p), policy.initial_noise, sigmas, generator=gen)
+        for p in prompts
     ]
     for r in rollouts:
         policy.decode(r.final_latents)

@@ -12,9 +12,9 @@ from learner.advantages import (
     group_zscores,
     grpo_advantages,
     no_signal_mask,
-    weighted_reward_sum,
     zero_std_mask,
 )
+from rewards.combine import weighted_sum
 
 pytestmark = pytest.mark.unit
 
@@ -76,7 +76,7 @@ def test_advantage_sum_mode_sums_per_reward_advantages():
     ref = _loop_zscores(ra.tolist(), groups.tolist()) + 0.5 * _loop_zscores(rb.tolist(), groups.tolist())
     np.testing.assert_allclose(both.numpy(), ref, rtol=1e-5, atol=1e-5)
     # The weighted-sum mode normalises the combined reward instead, a different number.
-    combined = grpo_advantages(weighted_reward_sum({"a": ra, "b": rb}, {"a": 1.0, "b": 0.5}), groups, clip=100)
+    combined = grpo_advantages(torch.from_numpy(weighted_sum({"a": ra, "b": rb}, {"a": 1.0, "b": 0.5})), groups, clip=100)
     assert not torch.allclose(combined, both)
 
 
@@ -146,7 +146,7 @@ def test_iteration_drops_only_samples_without_signal_under_advantage_sum():
     """The trainer's zero-std mask uses every weighted reward model: a group whose first scorer is constant
     but whose second varies is trained; a group constant under both is dropped (Flow-GRPO's filter)."""
     from cluster.config import load_config
-    from cluster.trainer import Scored, iteration_advantages
+    from cluster.stages import Scored, iteration_advantages
     from models.types import Rollout, Transitions
     from rewards.base import ScoreResult
     from rollout.worker import GroupRequest, GroupResult

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from algorithms import ALGORITHMS
 from models.config import LoraSettings, ModelConfig, SamplingConfig
 from rollout.worker import GroupRequest, RolloutWorker
 
@@ -21,12 +22,12 @@ pytestmark = pytest.mark.component
 
 # G2RPO advances the anchor, the G branches at each k in M and all granular ODE tails in one batched call
 # per step: up to 16 rows here, 32 with CFG (193 in the FLUX preset).
-G2RPO = {"strategy": "g2rpo", "group_size": 3, "num_steps": 4, "g2rpo_steps": [0, 1, 2], "g2rpo_granularities": [1, 2]}
+G2RPO = ALGORITHMS["g2rpo"](steps=[0, 1, 2], granularities=[1, 2]), SamplingConfig(group_size=3, num_steps=4)
 
 
-def _rollout(path: str, sampling: dict, **chunks):
-    model = ModelConfig(path=path, guidance_scale=2.0, lora=LoraSettings(rank=4, alpha=8))
-    worker = RolloutWorker(model, SamplingConfig(**sampling), torch_threads=2, **chunks)
+def _rollout(path: str, case: tuple, **chunks):
+    (algorithm, sampling), model = case, ModelConfig(path=path, guidance_scale=2.0, lora=LoraSettings(rank=4, alpha=8))
+    worker = RolloutWorker(model, sampling, algorithm=algorithm, torch_threads=2, **chunks)
     calls = {"rows": [], "images": []}
     worker.policy.transformer.register_forward_pre_hook(
         lambda _m, _a, kw: calls["rows"].append(kw["hidden_states"].shape[0]), with_kwargs=True)

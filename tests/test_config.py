@@ -16,8 +16,8 @@ PRESETS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 
 
 def test_default_preset_loads():
-    cfg = load_config()  # the main job: DiffusionNFT (README, Results)
-    assert (cfg.sampling.strategy, cfg.learner.loss) == ("forward_process", "diffusion_nft")
+    cfg = load_config()  # the main job: DiffusionNFT (docs/results.md)
+    assert cfg.algorithm.name == "diffusion_nft"
     assert cfg.prompts_per_iteration * cfg.sampling.group_size == cfg.data.images_per_iteration
 
 
@@ -27,9 +27,11 @@ def test_every_preset_validates(preset):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(FLOWGRPO, ["learner.learning_rate=1e-5", "sampling.g2rpo_steps=[0,1]", "cluster.async_mode=true"])
+    # A whole section replaces the preset's (the flow_grpo preset's timestep_fraction is no g2rpo key).
+    cfg = load_config(FLOWGRPO, ["learner.learning_rate=1e-5", "algorithm={name: g2rpo, steps: [0, 1]}",
+                                 "cluster.async_mode=true"])
     assert cfg.learner.learning_rate == 1e-5
-    assert cfg.sampling.g2rpo_steps == [0, 1]
+    assert cfg.algorithm.steps == [0, 1]
     assert cfg.cluster.async_mode is True
 
 
@@ -42,7 +44,8 @@ def test_overrides_are_typed():
         ("sampling.group_size=1", "sampling.group_size"),
         ("sampling.group_size=7", "data.images_per_iteration (64) must be a multiple of sampling.group_size (7)"),
         ("learner.zero_stage=4", "learner.zero_stage"),
-        ("learner.loss=ppo", "learner.loss 'ppo' is not registered"),
+        ("algorithm.name=ppo", "algorithm.name: 'ppo' is not registered"),
+        ("algorithm.timestep_fraction=2", "algorithm.timestep_fraction"),
         ("sampling.noise_level=-0.1", "sampling.noise_level"),
         ("rewards.scorers=[{name: nope}]", "rewards.scorers.0.name"),
         ("cluster.async_mode=true", None),
@@ -59,8 +62,8 @@ def test_invalid_fields_are_named(override, named):
 
 
 def test_cross_field_errors_name_the_key():
-    with pytest.raises(ConfigError, match="sampling.g2rpo_steps must lie in"):
-        load_config(FLOWGRPO, ["sampling.strategy=g2rpo", "sampling.g2rpo_steps=[9]"])
+    with pytest.raises(ConfigError, match="algorithm.steps must lie in"):
+        load_config(FLOWGRPO, ["algorithm={name: g2rpo, steps: [9]}"])
     with pytest.raises(ConfigError, match="cluster.max_staleness must be >= 1"):
         load_config(FLOWGRPO, ["cluster.async_mode=true", "cluster.max_staleness=0"])
 
@@ -91,12 +94,13 @@ def test_overrides_address_list_items_by_index():
 
 def test_reference_documents_every_field():
     ref = config_reference()
-    assert "| `learner.clip_range` |" in ref and "| `sampling.g2rpo_granularities` |" in ref
+    assert "| `learner.clip_range` |" in ref and "| `algorithm.g2rpo.granularities` |" in ref
     for line in ref.splitlines()[2:]:
         assert not line.rstrip().endswith("|  |"), f"undocumented field: {line}"
 
 
-def test_readme_reference_is_current():
+def test_config_reference_page_is_current():
     gen = load_script("scripts/gen_config_reference.py")
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert gen.render(readme) == readme, "README config reference is stale: run scripts/gen_config_reference.py"
+    assert gen.PAGE == REPO_ROOT / "docs" / "config.md"
+    page = gen.PAGE.read_text()
+    assert gen.render(page) == page, "docs/config.md is stale: run scripts/gen_config_reference.py"

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from common.data_plane import LearnerPayload, distinct_rows, strip
-from models.config import SamplingConfig
 from rewards.base import ScoreResult
 from rewards.quality import ShapesQualityScorer
 from tests.script_loader import load_script
@@ -25,16 +24,16 @@ from tests.test_system import _config
 TRANSITION_FIELDS = ("inputs", "input_id", "next_latents", "sigma", "sigma_next", "log_prob", "sample_id", "step")
 
 
-@pytest.mark.parametrize("strategy,kw", [*CASES, ("forward_process", {})])
-def test_payload_restores_the_record_bit_for_bit(strategy, kw):
-    cfg = SamplingConfig(strategy=strategy, group_size=4, num_steps=6) if strategy == "forward_process" else cfg_for(strategy, **kw)
-    record = run(cfg)
+@pytest.mark.parametrize("algorithm,kw", [*CASES, ("diffusion_nft", {})])
+def test_payload_restores_the_record_bit_for_bit(algorithm, kw):
+    record = run(cfg_for(algorithm, **kw))
     payload = LearnerPayload.of(record)
     back = payload.restore(strip(record))
     for name in TRANSITION_FIELDS:
         assert torch.equal(getattr(back.transitions, name), getattr(record.transitions, name)), name
     # Only what the learner reads: final samples for the forward-process family, never per-step ones.
-    if strategy == "forward_process":
+    assert record.learner_needs_final is (algorithm == "diffusion_nft")
+    if algorithm == "diffusion_nft":
         assert torch.equal(back.final_latents, record.final_latents) and len(record.transitions) == 0
         back.validate()
     else:

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from algorithms import ALGORITHMS
+from algorithms.losses import adaptive_x0_loss, fm_log_likelihood, nft_loss, nft_optimality
 from cluster.config import ConfigError, load_config
 from learner.config import LearnerConfig
 from learner.engine import free_port
 from learner.forward_process import old_policy_decay, training_draws
-from learner.losses import adaptive_x0_loss, awm_loss, fm_log_likelihood, nft_loss, nft_optimality
 from learner.worker import LearnerWorker, TrainGroup
 from models.config import LoraSettings, ModelConfig, SamplingConfig
+from models.sampling import sample_group
 from models.schedule import sd3_sigmas
-from rollout.strategies import sample_group
 from rollout.worker import GroupRequest, RolloutWorker
 from tests.tiny_models import FLOWGRPO
 
@@ -81,16 +82,37 @@ def test_adaptive_x0_loss_is_the_x0_error_over_its_mean_absolute_value():
 @pytest.mark.unit
 def test_awm_ratio_is_one_on_policy_and_the_gradient_is_advantage_weighted_matching():
     v_old, target, sigma = _tensors(3)
-    cfg = LearnerConfig(loss="awm", clip_range=0.2, beta=0.0)
+    learner = LearnerConfig(clip_range=0.2, beta=0.0)
     advantages = torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=torch.float64)
     v = v_old.clone().requires_grad_(True)
-    loss, diag = awm_loss(v, v_old, target, sigma, advantages, cfg=cfg)
+    loss, diag = ALGORITHMS["awm"]().loss(v, v_old, target, sigma, advantages, learner=learner)
     assert diag["policy/ratio_mean"] == 1.0 and diag["policy/ratio_std"] == 0.0 and diag["policy/clipfrac"] == 0.0
     loss.backward()
     # at ratio 1: d/dv of -mean(A * exp(logp - logp_old)) = -mean(A * d logp / dv), logp = -mean (v - target)^2
     n = target[0].numel()
     expected = (advantages.view(-1, 1, 1, 1) * 2 * (v_old - target) / n) / SHAPE[0]
     torch.testing.assert_close(v.grad, expected)
+
+
+@pytest.mark.unit
+def test_the_forward_process_units_take_their_own_settings_and_the_learners_shared_ones():
+    """DiffusionNFT: nft_beta from the unit, adv_clip and the KL weight from the learner section; AWM: its
+    weighting from the unit, the clip range and KL weight from the learner section."""
+    v_old, target, sigma = _tensors(5)
+    v, v_ref = v_old + 0.01 * target, v_old - 0.02 * target
+    advantages = torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=torch.float64)
+    learner = LearnerConfig(clip_range=0.2, beta=0.5, adv_clip=2.0)
+    loss, _ = ALGORITHMS["diffusion_nft"](nft_beta=0.1).loss(v, v_old, target, sigma, advantages, learner=learner,
+                                                             v_ref=v_ref)
+    ref, _ = nft_loss(v, v_old, target, sigma, advantages, beta=0.1, adv_clip=2.0, v_ref=v_ref, kl_beta=0.5)
+    assert torch.equal(loss, ref)
+    awm = ALGORITHMS["awm"](weighting="ghuber", ghuber_power=0.5)
+    loss, diag = awm.loss(v, v_old, target, sigma, advantages, learner=learner, v_ref=v_ref)
+    ratio = torch.exp(fm_log_likelihood(v, target, sigma, "ghuber", 0.5) - fm_log_likelihood(v_old, target, sigma, "ghuber", 0.5))
+    kl = ((v - v_ref) ** 2).mean(dim=(1, 2, 3))
+    expected = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(0.8, 1.2)).mean() + 0.5 * kl.mean()
+    torch.testing.assert_close(loss, expected)
+    assert diag["policy/kl"] == pytest.approx(kl.mean().item())
 
 
 @pytest.mark.unit
@@ -119,7 +141,7 @@ def test_training_draws_are_seeded_per_seed_iteration_group_and_sample():
     assert a[0].unique().numel() == 4 and all(s in schedule for s in a[0])  # distinct schedule points
     for other in ((1, 3, 1, 2), (0, 4, 1, 2), (0, 3, 0, 2), (0, 3, 1, 3)):
         assert not torch.equal(a[1], training_draws(*other, schedule, 4, (2, 3))[1]), other
-    with pytest.raises(ValueError, match="learner.train_timesteps"):
+    with pytest.raises(ValueError, match="algorithm.train_timesteps"):
         training_draws(0, 0, 0, 0, schedule, 11, (2, 3))
 
 
@@ -129,13 +151,14 @@ def test_training_draws_are_seeded_per_seed_iteration_group_and_sample():
 @pytest.mark.unit
 @pytest.mark.parametrize("solver", ["ode", "dpm", "sde"])
 def test_forward_process_rollout_keeps_final_samples_only(solver):
-    cfg = SamplingConfig(strategy="forward_process", solver=solver, group_size=3, num_steps=5)
+    cfg = ALGORITHMS["diffusion_nft"](solver=solver), SamplingConfig(group_size=3, num_steps=5)
     sigmas = sd3_sigmas(5, 3.0)
     velocity = lambda x, s: -x  # noqa: E731
     noise = lambda n, g: torch.randn((n, 2, 4, 4), generator=g)  # noqa: E731
-    r = sample_group(cfg, velocity, noise, sigmas, generator=torch.Generator().manual_seed(0))
+    r = sample_group(*cfg, velocity, noise, sigmas, generator=torch.Generator().manual_seed(0))
     assert len(r.transitions) == 0 and r.final_latents.shape == (3, 2, 4, 4) and r.nfe == 15
-    again = sample_group(cfg, velocity, noise, sigmas, generator=torch.Generator().manual_seed(0))
+    assert r.learner_needs_final  # the data plane ships the final samples: the learner trains on them
+    again = sample_group(*cfg, velocity, noise, sigmas, generator=torch.Generator().manual_seed(0))
     assert torch.equal(r.final_latents, again.final_latents)
 
 
@@ -146,8 +169,8 @@ def test_forward_process_solvers_differ_and_sde_explores():
     noise = lambda n, g: torch.randn((n, 1, 2, 2), generator=g)  # noqa: E731
 
     def final(solver, seed=0):
-        cfg = SamplingConfig(strategy="forward_process", solver=solver, group_size=2, num_steps=6)
-        return sample_group(cfg, velocity, noise, sigmas, generator=torch.Generator().manual_seed(seed)).final_latents
+        cfg = ALGORITHMS["awm"](solver=solver), SamplingConfig(group_size=2, num_steps=6)
+        return sample_group(*cfg, velocity, noise, sigmas, generator=torch.Generator().manual_seed(seed)).final_latents
 
     ode, dpm, sde = final("ode"), final("dpm"), final("sde")
     assert not torch.allclose(ode, dpm) and not torch.allclose(ode, sde)
@@ -156,18 +179,26 @@ def test_forward_process_solvers_differ_and_sde_explores():
 # ----------------------------------------------------------------------------- config errors
 
 
+def _named(key: str) -> str:
+    """A pattern for an error naming `key`; pydantic names a unit's own field under the unit's tag
+    (algorithm.<name>.<field>), the units' checks and the layout migration as the key is written."""
+    section, field = key.split(".", 1)
+    return rf"{section}\.(\w+\.)?{field}" if section == "algorithm" else key.replace(".", r"\.")
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
     ("override", "key"),
     [
-        ("sampling.timestep_fraction=0.5", "sampling.timestep_fraction"),
-        ("sampling.window_size=3", "sampling.window_size"),
-        ("learner.kl_form=exact", "learner.kl_form"),
-        ("learner.train_timesteps=0", "learner.train_timesteps"),
-        ("learner.train_timesteps=11", "learner.train_timesteps"),
-        ("learner.nft_beta=1.5", "learner.nft_beta"),
-        ("learner.nft_beta=0", "learner.nft_beta"),
-        ("sampling.strategy=flow_grpo", "sampling.strategy"),
+        ("algorithm.timestep_fraction=0.5", "algorithm.timestep_fraction"),
+        ("algorithm.window_size=3", "algorithm.window_size"),
+        ("algorithm.kl_form=exact", "algorithm.kl_form"),
+        ("algorithm.train_timesteps=0", "algorithm.train_timesteps"),
+        ("algorithm.train_timesteps=11", "algorithm.train_timesteps"),
+        ("algorithm.nft_beta=1.5", "algorithm.nft_beta"),
+        ("algorithm.nft_beta=0", "algorithm.nft_beta"),
+        ("sampling.strategy=flow_grpo", "sampling.strategy"),  # the layout before the algorithm section
+        ("sampling.timestep_fraction=0.5", "algorithm.timestep_fraction"),  # ... named at its new place
         ("learner.zero_stage=3", "learner.zero_stage"),
     ],
 )
@@ -175,21 +206,26 @@ def test_forward_process_solvers_differ_and_sde_explores():
 def test_forward_process_presets_reject_per_step_options_naming_the_key(preset, override, key):
     from cluster.config import REPO_ROOT
 
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=_named(key)):
         load_config(REPO_ROOT / "configs" / f"{preset}.yaml", [override])
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("override", ["learner.nft_beta=0.5", "sampling.solver=dpm", "learner.old_policy=ema"])
+@pytest.mark.parametrize("override", ["algorithm.nft_beta=0.5", "algorithm.solver=dpm", "algorithm.old_policy=ema"])
 def test_per_step_presets_reject_forward_process_options(override):
-    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=_named(override.split("=")[0])):
         load_config(FLOWGRPO, [override])
 
 
 @pytest.mark.unit
-def test_per_step_loss_with_the_forward_process_strategy_is_an_error():
-    with pytest.raises(ConfigError, match=r"sampling\.strategy"):
-        load_config(FLOWGRPO, ["sampling.strategy=forward_process"])
+def test_an_old_layout_with_a_per_step_loss_and_the_forward_process_strategy_is_an_error(tmp_path):
+    """Before the algorithm section, sampling.strategy 'forward_process' went with the losses diffusion_nft and
+    awm only: with grpo_clip it names no algorithm."""
+    old = tmp_path / "old.yaml"
+    old.write_text("sampling: {strategy: forward_process}\nlearner: {loss: grpo_clip}\n")
+    with pytest.raises(ConfigError, match=r"sampling\.strategy 'forward_process' with learner\.loss 'grpo_clip' "
+                                          r"names no algorithm; set `algorithm\.name`"):
+        load_config(old)
 
 
 # ----------------------------------------------------------------------------- the learner worker (component)
@@ -201,13 +237,19 @@ PROMPTS = ["a photo of a red circle", "a photo of two blue squares"]
 @pytest.fixture(scope="module")
 def cfgs(tiny_sd3_path):
     model = ModelConfig(path=tiny_sd3_path, resolution=32, guidance_scale=1.0, lora=LoraSettings(rank=4, alpha=8))
-    sampling = SamplingConfig(strategy="forward_process", solver="ode", group_size=4, num_steps=4, eval_num_steps=6)
+    sampling = SamplingConfig(group_size=4, num_steps=4, eval_num_steps=6)
     return model, sampling
 
 
-def _learner(cfgs, **learner):
+def _rollout(cfgs) -> RolloutWorker:
+    """A rollout worker sampling the forward-process family's final samples (Euler ODE)."""
+    return RolloutWorker(*cfgs, algorithm=ALGORITHMS["diffusion_nft"](solver="ode"), torch_threads=2)
+
+
+def _learner(cfgs, algorithm, **learner):
     model, sampling = cfgs
-    worker = LearnerWorker(model, sampling, LearnerConfig(micro_batch_size=6, learning_rate=1e-2, **learner), seed=0)
+    worker = LearnerWorker(model, sampling, LearnerConfig(micro_batch_size=6, learning_rate=1e-2, **learner),
+                           algorithm=algorithm, seed=0)
     worker.setup("127.0.0.1", free_port())
     return worker
 
@@ -225,14 +267,13 @@ def _groups(rollout: RolloutWorker, iteration: int = 0) -> list[TrainGroup]:
 
 @pytest.mark.component
 def test_awm_first_step_is_on_policy_and_nft_keeps_an_ema_sampling_policy(cfgs, tmp_path):
-    rollout = RolloutWorker(*cfgs, torch_threads=2)
-    groups = _groups(rollout)
-    awm = _learner(cfgs, loss="awm", clip_range=0.2, beta=0.01, train_timesteps=3)
+    groups = _groups(_rollout(cfgs))
+    awm = _learner(cfgs, ALGORITHMS["awm"](train_timesteps=3), clip_range=0.2, beta=0.01)
     m = awm.train(groups, iteration=0)
     assert m["policy/ratio_mean"] == 1.0 and m["policy/clipfrac"] == 0.0 and m["learner/transitions"] == 24
     assert all(np.array_equal(awm.export_sampling_weights()[k], v) for k, v in awm.export_weights().items())
 
-    nft = _learner(cfgs, loss="diffusion_nft", old_policy="ema", old_policy_decay_rate=0.25, train_timesteps=2)
+    nft = _learner(cfgs, ALGORITHMS["diffusion_nft"](old_policy="ema", old_policy_decay_rate=0.25, train_timesteps=2))
     start = nft.export_weights()
     nft.train(groups, iteration=0)  # after 1 step decay 0.25: old = 0.25 * start + 0.75 * trained
     trained, old = nft.export_weights(), nft.export_sampling_weights()
@@ -249,17 +290,18 @@ def test_awm_first_step_is_on_policy_and_nft_keeps_an_ema_sampling_policy(cfgs, 
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
 def test_cfg_free_sampling_is_one_transformer_row_per_latent_for_every_strategy(cfgs, guidance):
     model, _ = cfgs
-    strategies = {
-        "flow_grpo": {}, "flow_grpo_fast": {"window_range": (0, 2)}, "dance_grpo": {"sde_kind": "dance"},
-        "mix_grpo": {}, "g2rpo": {"g2rpo_steps": [0, 1]}, "forward_process": {"solver": "dpm"},
+    algorithms = {  # name: (the unit's settings, the sampling it needs)
+        "flow_grpo": ({}, {}), "flow_grpo_fast": ({"window_range": (0, 2)}, {}), "dance_grpo": ({}, {"sde_kind": "dance"}),
+        "mix_grpo": ({}, {}), "g2rpo": ({"steps": [0, 1]}, {}), "diffusion_nft": ({"solver": "dpm"}, {}),
     }  # fmt: skip
     worker = RolloutWorker(model.model_copy(update={"guidance_scale": guidance}),
                            SamplingConfig(group_size=2, num_steps=4), torch_threads=2)
     rows = []
     worker.policy.transformer.register_forward_hook(lambda mod, args, kwargs, out: rows.append(
         kwargs["hidden_states"].shape[0]), with_kwargs=True)
-    for name, extra in strategies.items():
-        worker.sampling = SamplingConfig(strategy=name, group_size=2, num_steps=4, **extra)
+    for name, (settings, sampling) in algorithms.items():
+        worker.algorithm = ALGORITHMS[name](**settings)
+        worker.sampling = SamplingConfig(group_size=2, num_steps=4, **sampling)
         rows.clear()
         (res,) = worker.rollout([GroupRequest(0, PROMPTS[0], {}, seed=1, iteration=0)])
         # guidance 1 trains and samples CFG-free: no unconditional half, the model is the whole policy

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.system
 def _config(preset, tiny_sd3_path, out, **over):
     overrides = [
         f"model.path={tiny_sd3_path}", "model.guidance_scale=1.0", "model.lora.rank=4", "model.lora.alpha=8",
-        "sampling.group_size=4", "sampling.num_steps=3", "sampling.eval_num_steps=3", "learner.train_timesteps=2",
+        "sampling.group_size=4", "sampling.num_steps=3", "sampling.eval_num_steps=3", "algorithm.train_timesteps=2",
         "data.images_per_iteration=8", "data.eval_num_prompts=2", "data.eval_images_per_prompt=1", "iterations=2",
         "rewards.scorers=[{name: shapes_quality}]", "learner.learning_rate=1e-2", "learner.micro_batch_size=8",
         "cluster.num_learner_ranks=1", "cluster.num_rollout_actors=1", "cluster.learner_num_cpus=0.5",
@@ -42,7 +42,7 @@ def _digest(actor, method):
     ("preset", "over"),
     [
         ("shapes_nft", {"cluster.num_learner_ranks": 2, "learner.zero_stage": 2,
-                        "learner.old_policy_decay_rate": 0.25, "cluster.sync_backend": "collective"}),
+                        "algorithm.old_policy_decay_rate": 0.25, "cluster.sync_backend": "collective"}),
         ("shapes_awm", {"cluster.async_mode": "true", "iterations": 3}),
     ],
 )
@@ -75,7 +75,7 @@ def test_forward_process_resume_is_bit_identical(local_ray, tiny_sd3_path, tmp_p
         # The stopped run is the same 4-iteration run interrupted after 2 (its cosine learning rate has the
         # same horizon), not a 2-iteration run.
         cfg = _config("shapes_nft", tiny_sd3_path, out, iterations=4,
-                      **{"logging.checkpoint_every": 2, "learner.old_policy_decay_rate": 0.25})
+                      **{"logging.checkpoint_every": 2, "algorithm.old_policy_decay_rate": 0.25})
         with Trainer(cfg, resume=resume) as trainer:
             trainer.train(stop=stop)
 

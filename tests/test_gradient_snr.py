@@ -28,6 +28,6 @@ def test_mean_pairwise_cosine():
 def test_smoke_on_the_tiny_model(tiny_sd3_path, capsys):
     result = _module().main(["--batches", "2", "--prompts-per-batch", "2", f"model.path={tiny_sd3_path}",
                              "sampling.group_size=4", "sampling.num_steps=2", "data.images_per_iteration=8"])
-    assert result["strategy"] == "flow_grpo" and -1.0 <= result["cosine"] <= 1.0
+    assert result["algorithm"] == "flow_grpo" and -1.0 <= result["cosine"] <= 1.0
     assert math.isfinite(result["cosine_err"]) and result["seconds_per_batch"] > 0
     assert "mean pairwise cosine" in capsys.readouterr().out

@@ -94,7 +94,7 @@ def _stop_head(temp: Path) -> None:
 
 @pytest.mark.parametrize(
     "preset",
-    [["learner.train_timesteps=2"], ["--config", "configs/shapes_flowgrpo.yaml", "model.guidance_scale=1.0"]],
+    [["algorithm.train_timesteps=2"], ["--config", "configs/shapes_flowgrpo.yaml", "model.guidance_scale=1.0"]],
     ids=["default_diffusion_nft", "flow_grpo"],
 )
 def test_ray_job_submit_runs_launch_py(ray_head, tiny_sd3_path, tmp_path, preset):

@@ -1,11 +1,14 @@
-"""learner/losses.py: the clipped GRPO surrogate, its gradients and diagnostics."""
+"""algorithms/losses.py: the clipped GRPO surrogate, its gradients and diagnostics; the per-step units' loss."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from learner.losses import LOSSES, binned_means, get_loss, grpo_clip_loss
+from algorithms import ALGORITHMS
+from algorithms.losses import binned_means, grpo_clip_loss, pooled_mean_std
+from algorithms.per_step import PerStepAlgorithm
+from learner.config import LearnerConfig
 
 pytestmark = pytest.mark.unit
 
@@ -58,14 +61,30 @@ def test_binned_means_edges():
     assert out == {"x/sigma_0.0-0.2": 2.0, "x/sigma_0.2-0.4": 1.0}
 
 
-def test_registry_and_bad_input():
-    assert get_loss("grpo_clip") is LOSSES["grpo_clip"]
-    with pytest.raises(ValueError, match="unknown loss 'ppo'; registered"):
-        get_loss("ppo")
+def test_unknown_algorithm_and_bad_input():
+    from cluster.config import ConfigError, load_config
+    from tests.tiny_models import FLOWGRPO
+
+    with pytest.raises(ConfigError, match=r"algorithm.name: 'ppo' is not registered.*'awm'.*'flow_grpo'.*'g2rpo'"):
+        load_config(FLOWGRPO, ["algorithm.name=ppo"])
     with pytest.raises(ValueError, match="equal 1-D shapes"):
         grpo_clip_loss(torch.zeros(3), torch.zeros(2), torch.zeros(3))
     with pytest.raises(ValueError, match="non-finite"):
         grpo_clip_loss(torch.tensor([float("nan")]), torch.zeros(1), torch.zeros(1))
+
+
+@pytest.mark.parametrize("name", [n for n, cls in ALGORITHMS.items() if issubclass(cls, PerStepAlgorithm)])
+def test_per_step_units_loss_is_the_clipped_surrogate_with_the_learner_settings(name):
+    """Every per-step unit trains with grpo_clip_loss, its clip range (both sides) and KL weight taken from the
+    learner section."""
+    g = torch.Generator().manual_seed(1)
+    old = torch.randn(16, generator=g)
+    logp, adv, kl = old + 3e-3 * torch.randn(16, generator=g), torch.randn(16, generator=g), torch.rand(16, generator=g)
+    sigma = torch.rand(16, generator=g)
+    learner = LearnerConfig(clip_range=1e-3, clip_range_high=2e-3, beta=0.3)
+    loss, diag = ALGORITHMS[name]().loss(logp, old, adv, learner=learner, kl=kl, sigma=sigma)
+    ref, ref_diag = grpo_clip_loss(logp, old, adv, clip_range=1e-3, clip_range_high=2e-3, kl=kl, beta=0.3, sigma=sigma)
+    assert torch.equal(loss, ref) and diag == ref_diag
 
 
 def test_asymmetric_clip_range_clips_each_side_at_its_own_bound():
@@ -89,8 +108,6 @@ def test_asymmetric_clip_range_clips_each_side_at_its_own_bound():
 
 
 def test_pooled_mean_std_equals_the_statistics_of_the_union():
-    from learner.losses import pooled_mean_std
-
     gen = torch.Generator().manual_seed(0)
     parts = [torch.randn(n, generator=gen) * s + m for n, s, m in ((5, 1.0, 0.0), (3, 0.1, 2.0), (8, 2.0, -1.0))]
     mean, std = pooled_mean_std([(len(p), p.mean().item(), p.std(unbiased=False).item()) for p in parts])

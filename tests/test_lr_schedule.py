@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from algorithms import ALGORITHMS
 from learner.config import LearnerConfig
 from learner.engine import scheduled_learning_rate
-from rollout.worker import RolloutWorker
-from tests.test_forward_process import _groups, _learner, cfgs  # noqa: F401 (cfgs is a fixture)
+from tests.test_forward_process import _groups, _learner, _rollout, cfgs  # noqa: F401 (cfgs is a fixture)
 
 
 @pytest.mark.unit
@@ -38,8 +38,8 @@ def test_cosine_runs_from_the_peak_to_the_final_fraction():
 def test_the_optimizer_steps_with_the_scheduled_rate(cfgs, zero_stage):  # noqa: F811 (the imported fixture)
     """At the horizon with a final fraction of 0 the rate is 0 and the weights stay bit for bit; at
     iteration 0 they move. Without the schedule reaching the optimizer both would move."""
-    groups = _groups(RolloutWorker(*cfgs, torch_threads=2))
-    learner = _learner(cfgs, loss="diffusion_nft", train_timesteps=2, zero_stage=zero_stage,
+    groups = _groups(_rollout(cfgs))
+    learner = _learner(cfgs, ALGORITHMS["diffusion_nft"](train_timesteps=2), zero_stage=zero_stage,
                        lr_schedule="cosine", lr_final_fraction=0.0)
     learner.iterations = 4
     before = learner.export_weights()

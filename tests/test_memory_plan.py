@@ -108,22 +108,46 @@ def test_activations_per_row_from_tokens_hidden_and_layers():
 
 
 def test_g2rpo_rows_per_call_match_the_strategy():
-    """The planner's largest G2RPO velocity call equals what rollout/strategies.py actually batches."""
+    """The planner's largest G2RPO velocity call (the unit's `rollout_latents_per_call`) equals what the
+    unit's strategy actually batches."""
+    from algorithms import ALGORITHMS
+    from algorithms.g2rpo import g2rpo_max_rows
     from models.config import SamplingConfig
+    from models.sampling import sample_group
     from models.schedule import sigma_schedule
-    from rollout.strategies import sample_group
 
-    cfg = SamplingConfig(strategy="g2rpo", group_size=3, num_steps=8, g2rpo_steps=[0, 2, 3, 5],
-                         g2rpo_granularities=[1, 2, 3])
+    unit = ALGORITHMS["g2rpo"](steps=[0, 2, 3, 5], granularities=[1, 2, 3])
+    sampling = SamplingConfig(group_size=3, num_steps=8)
     rows = []
 
     def velocity(x, sigma):
         rows.append(x.shape[0])
         return torch.zeros_like(x)
 
-    sample_group(cfg, velocity, lambda n, generator: torch.randn(n, 1, 2, 2, generator=generator),
-                 sigma_schedule("linear", cfg.num_steps, 3.0), generator=torch.Generator().manual_seed(0), iteration=0)
-    assert mp.g2rpo_max_rows(3, 8, [0, 2, 3, 5], [1, 2, 3]) == max(rows)
+    sample_group(unit, sampling, velocity, lambda n, generator: torch.randn(n, 1, 2, 2, generator=generator),
+                 sigma_schedule("linear", sampling.num_steps, 3.0), generator=torch.Generator().manual_seed(0),
+                 iteration=0)
+    assert g2rpo_max_rows(3, 8, [0, 2, 3, 5], [1, 2, 3]) == unit.rollout_latents_per_call(sampling) == max(rows)
+
+
+def test_the_planner_asks_the_algorithm_for_its_rows_images_and_host_copies():
+    """G2RPO decodes G * |M| * |Lambda| images per group and its micro-batches share inputs; the forward-process
+    family keeps an fp32 host copy of the sampling policy on each learner rank; Flow-GRPO neither."""
+    from cluster.memory_plan import images_per_group, learner_inputs_per_micro_batch, rollout_rows_per_call
+
+    flow = load_config(REPO_ROOT / "configs" / "shapes_flowgrpo.yaml")
+    g2 = load_config(REPO_ROOT / "configs" / "shapes_g2rpo.yaml")
+    nft = load_config(REPO_ROOT / "configs" / "shapes_nft.yaml")
+    g, (m, lam) = g2.sampling.group_size, (len(g2.algorithm.steps), len(g2.algorithm.granularities))
+    assert images_per_group(flow) == flow.sampling.group_size and images_per_group(g2) == g * m * lam
+    assert learner_inputs_per_micro_batch(flow) == flow.learner.micro_batch_size
+    assert learner_inputs_per_micro_batch(g2) < g2.learner.micro_batch_size
+    assert rollout_rows_per_call(g2) > rollout_rows_per_call(flow)
+
+    def host(cfg):
+        return {t.label for t in mp.plan_learner(cfg, SPEC)[0] if t.host}
+
+    assert "sampling-policy weights (fp32)" in host(nft) - host(flow)
 
 
 def test_spec_of_the_shipped_model_counts_what_from_pretrained_loads():

@@ -12,7 +12,8 @@ import pytest
 import ray
 from safetensors.torch import load_file
 
-from cluster.trainer import Trainer, mean_over_ranks
+from cluster.stages import mean_over_ranks
+from cluster.trainer import Trainer
 from common.weight_buckets import weights_digest
 from tests.test_system import _config, _digest
 

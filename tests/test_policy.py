@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.config import LoraSettings, ModelConfig, SamplingConfig
+from models.config import LoraSettings, ModelConfig
 from models.policy import ModelFolderError, Policy
-from tests.test_strategies import run
+from tests.test_strategies import cfg_for, run
 from tests.tiny_models import tiny_flux_pipeline, tiny_sd3_pipeline
 
 pytestmark = pytest.mark.component
@@ -238,7 +238,7 @@ def test_a_transformer_only_policy_given_the_shipped_conditioning_has_the_same_v
     # What a learner rank receives: each group's conditioning through a payload (common/data_plane.py).
     shipped = []
     for prompt in PROMPTS:
-        record = replace(run(SamplingConfig(group_size=2, num_steps=2)), conditioning=full.conditioning(prompt))
+        record = replace(run(cfg_for("flow_grpo", group_size=2, num_steps=2)), conditioning=full.conditioning(prompt))
         shipped.append(LearnerPayload.of(record).restore(strip(record)).conditioning)
     assert shipped[0].embeds.dtype == full.dtype and shipped[0].negative is not None
     x, sigma = _inputs(full)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from algorithms.forward_process import ForwardProcessAlgorithm
 from cluster.config import load_config
 from rewards.ocr import ocr_target
 from rewards.prompts import load_prompts
@@ -22,13 +23,13 @@ make_text_prompts = load_script("scripts/make_text_prompts.py")
 SHAPES = ["shapes_flowgrpo", "shapes_flowgrpo_fast", "shapes_dancegrpo", "shapes_mixgrpo", "shapes_g2rpo"]
 SD35 = {"sd35_geneval": ("geneval", 0.04), "sd35_ocr": ("ocr", 0.04), "sd35_pickscore": ("pickscore", 0.01)}
 FORWARD_SHAPES = ["shapes_nft", "shapes_awm"]
-FORWARD_SD35 = {  # preset: (loss, scorer, nft_beta, old-policy decay (flat, rate, max), K, T)
+FORWARD_SD35 = {  # preset: (algorithm, scorer, nft_beta, old-policy decay (flat, rate, max), K, T)
     "sd35_nft_geneval": ("diffusion_nft", "geneval", 1.0, (0, 1e-3, 0.5), 9, 10),
     "sd35_nft_ocr": ("diffusion_nft", "ocr", 0.1, (75, 7.5e-3, 0.999), 9, 10),
     "sd35_nft_pickscore": ("diffusion_nft", "pickscore", 1.0, (0, 1e-3, 0.5), 9, 10),
     "sd35_awm_pickscore": ("awm", "pickscore", 1.0, (0, 1e-3, 0.5), 6, 14),
 }
-FLUX = {  # preset: (strategy, T, lr)
+FLUX = {  # preset: (algorithm, T, lr)
     "flux_dancegrpo_hps": ("dance_grpo", 16, 1e-5),
     "flux_mixgrpo_hps": ("mix_grpo", 25, 1e-5),
     "flux_g2rpo_hps": ("g2rpo", 16, 2e-6),
@@ -74,8 +75,9 @@ def test_forward_process_shapes_presets_share_task_and_model_with_flowgrpo(name)
     assert cfg.data.model_copy(update={"prompt_order": base.data.prompt_order, "tag_weights": {},
                                        "mirror_position_prompts": False}) == base.data
     assert cfg.seed == base.seed
-    assert (cfg.sampling.strategy, cfg.sampling.group_size, cfg.sampling.num_steps) == ("forward_process", 8, 10)
-    assert cfg.learner.family == "forward_process" and cfg.learner.beta == 0.0  # no reference forward (see the preset)
+    assert cfg.algorithm.name == {"shapes_nft": "diffusion_nft", "shapes_awm": "awm"}[name]
+    assert (cfg.sampling.group_size, cfg.sampling.num_steps) == (8, 10)
+    assert isinstance(cfg.algorithm, ForwardProcessAlgorithm) and cfg.learner.beta == 0.0  # no reference forward (see the preset)
     # both decay cosine to a tenth from 3e-4 (AWM diverged at 5e-4; DiffusionNFT's CFG-free run, see the presets)
     assert (cfg.learner.learning_rate, cfg.learner.optimizer_steps_per_iteration) == (3e-4, 2)
     assert (cfg.learner.lr_schedule, cfg.learner.lr_final_fraction) == ("cosine", 0.1)
@@ -87,50 +89,51 @@ def test_forward_process_shapes_presets_share_task_and_model_with_flowgrpo(name)
     # and trains each relation prompt beside its opposite layout (see the preset)
     assert cfg.data.mirror_position_prompts == (name == "shapes_nft")
     if name == "shapes_nft":  # the held-back sampling policy that lets 480 iterations run (see the preset)
-        lc = cfg.learner
-        assert (lc.old_policy, lc.old_policy_decay_flat, lc.old_policy_decay_rate, lc.old_policy_decay_max) == (
+        a = cfg.algorithm
+        assert (a.old_policy, a.old_policy_decay_flat, a.old_policy_decay_rate, a.old_policy_decay_max) == (
             "ema", 0, 3e-3, 0.9)
         assert cfg.iterations == 480
 
 
 @pytest.mark.parametrize("name", FORWARD_SD35)
 def test_sd35_forward_process_presets_carry_their_papers_settings(name):
-    loss, scorer, nft_beta, decay, k, steps = FORWARD_SD35[name]
+    algorithm, scorer, nft_beta, decay, k, steps = FORWARD_SD35[name]
     cfg = preset(name)
-    lc = cfg.learner
-    assert (lc.loss, cfg.rewards.scorers[0].name, lc.train_timesteps, cfg.sampling.num_steps) == (loss, scorer, k, steps)
-    assert cfg.model.guidance_scale == 1.0 and cfg.sampling.strategy == "forward_process"  # CFG-free
+    lc, a = cfg.learner, cfg.algorithm
+    assert (a.name, cfg.rewards.scorers[0].name, a.train_timesteps, cfg.sampling.num_steps) == (algorithm, scorer, k, steps)
+    assert cfg.model.guidance_scale == 1.0 and isinstance(a, ForwardProcessAlgorithm)  # CFG-free
     assert (lc.learning_rate, lc.beta, cfg.model.lora.rank, cfg.model.lora.alpha) == (3e-4, 1e-4, 32, 64)
-    if loss == "diffusion_nft":
-        assert (lc.nft_beta, lc.old_policy, cfg.sampling.solver, lc.adv_clip) == (nft_beta, "ema", "dpm", 5.0)
-        assert (lc.old_policy_decay_flat, lc.old_policy_decay_rate, lc.old_policy_decay_max) == decay
+    if algorithm == "diffusion_nft":
+        assert (a.nft_beta, a.old_policy, a.solver, lc.adv_clip) == (nft_beta, "ema", "dpm", 5.0)
+        assert (a.old_policy_decay_flat, a.old_policy_decay_rate, a.old_policy_decay_max) == decay
         assert cfg.data.images_per_iteration == 48 * 24 and lc.ema_decay == 0.9
     else:
-        assert (lc.awm_weighting, lc.awm_ghuber_power, lc.clip_range, lc.adv_clip) == ("ghuber", 0.25, 1.0, 1.0)
-        assert lc.old_policy == "current" and cfg.data.images_per_iteration == 48 * 16
+        assert (a.weighting, a.ghuber_power, lc.clip_range, lc.adv_clip) == ("ghuber", 0.25, 1.0, 1.0)
+        assert a.old_policy == "current" and cfg.data.images_per_iteration == 48 * 16
 
 
 def test_shapes_presets_carry_each_algorithms_sampling():
     dance, mix, g2 = preset("shapes_dancegrpo"), preset("shapes_mixgrpo"), preset("shapes_g2rpo")
-    assert (dance.sampling.sde_kind, dance.sampling.noise_level, dance.sampling.timestep_fraction) == ("dance", 0.3, 0.6)
+    assert (dance.sampling.sde_kind, dance.sampling.noise_level, dance.algorithm.timestep_fraction) == ("dance", 0.3, 0.6)
+    assert dance.algorithm.name == "dance_grpo"
     assert dance.sampling.same_latent and dance.rewards.combination == "advantage_sum" and dance.learner.beta == 0
-    assert (mix.sampling.strategy, mix.sampling.window_size, mix.sampling.window_stride) == ("mix_grpo", 2, 1)
-    assert (g2.sampling.g2rpo_steps, g2.sampling.g2rpo_granularities) == ([0, 1, 2, 3], [1, 2])
+    assert (mix.algorithm.name, mix.algorithm.window_size, mix.algorithm.window_stride) == ("mix_grpo", 2, 1)
+    assert (g2.algorithm.name, g2.algorithm.steps, g2.algorithm.granularities) == ("g2rpo", [0, 1, 2, 3], [1, 2])
     assert g2.rewards.combination == "advantage_sum" and g2.learner.beta == 0
     fast = preset("shapes_flowgrpo_fast")
-    assert (fast.sampling.strategy, fast.sampling.window_size, tuple(fast.sampling.window_range)) == ("flow_grpo_fast", 2, (0, 5))
+    assert (fast.algorithm.name, fast.algorithm.window_size, tuple(fast.algorithm.window_range)) == ("flow_grpo_fast", 2, (0, 5))
 
 
 @pytest.mark.parametrize("name", SD35)
 def test_sd35_presets_carry_flow_grpo_paper_settings(name):
     scorer, beta = SD35[name]
     cfg = preset(name)
-    m, s, lr = cfg.model, cfg.sampling, cfg.learner
+    m, s, lr, a = cfg.model, cfg.sampling, cfg.learner, cfg.algorithm
     assert (m.path, m.family, m.dtype, m.resolution, m.guidance_scale) == (
         "stabilityai/stable-diffusion-3.5-medium", "sd3", "bfloat16", 512, 4.5)
     assert (m.lora.enabled, m.lora.rank, m.lora.alpha) == (True, 32, 64)
-    assert (s.strategy, s.noise_level, s.group_size, s.num_steps, s.eval_num_steps) == ("flow_grpo", 0.7, 24, 10, 40)
-    assert (lr.beta, lr.learning_rate, lr.clip_range, lr.kl_form, lr.precision) == (beta, 3e-4, 1e-4, "flow_grpo", "bf16")
+    assert (a.name, s.noise_level, s.group_size, s.num_steps, s.eval_num_steps) == ("flow_grpo", 0.7, 24, 10, 40)
+    assert (lr.beta, lr.learning_rate, lr.clip_range, a.kl_form, lr.precision) == (beta, 3e-4, 1e-4, "flow_grpo", "bf16")
     assert cfg.data.images_per_iteration == 1152 and cfg.prompts_per_iteration == 48
     assert [sc.name for sc in cfg.rewards.scorers] == [scorer]
     assert cfg.cluster.rollout_num_gpus == cfg.cluster.learner_num_gpus == 1
@@ -151,20 +154,20 @@ def test_sd35_fast_preset_is_flow_grpos_maintained_fast_config():
     """config/grpo.py pickscore_sd3_fast_nocfg: guidance 1 everywhere, CPS, window 3 in (0, T // 2),
     noise 0.8, clip 1e-5 on the squared-error log-prob, beta 0, 18 images per prompt."""
     cfg = preset("sd35_pickscore_fast")
-    m, s, lr = cfg.model, cfg.sampling, cfg.learner
+    m, s, lr, a = cfg.model, cfg.sampling, cfg.learner, cfg.algorithm
     assert (m.guidance_scale, m.eval_guidance_scale) == (1.0, 1.0)
-    assert (s.strategy, s.sde_kind, s.log_prob_form, s.noise_level) == ("flow_grpo_fast", "cps", "squared_error", 0.8)
-    assert (s.window_size, tuple(s.window_range), s.group_size, s.num_steps) == (3, (0, 5), 18, 10)
+    assert (a.name, s.sde_kind, s.log_prob_form, s.noise_level) == ("flow_grpo_fast", "cps", "squared_error", 0.8)
+    assert (a.window_size, tuple(a.window_range), s.group_size, s.num_steps) == (3, (0, 5), 18, 10)
     assert (lr.clip_range, lr.beta) == (1e-5, 0.0)
     _assert_flow_grpo_code_settings(cfg)
 
 
 @pytest.mark.parametrize("name", FLUX)
 def test_flux_presets_carry_their_papers_settings(name):
-    strategy, steps, lr = FLUX[name]
+    algorithm, steps, lr = FLUX[name]
     cfg = preset(name)
     assert (cfg.model.family, cfg.model.path, cfg.model.lora.enabled) == ("flux", "black-forest-labs/FLUX.1-dev", False)
-    assert (cfg.sampling.strategy, cfg.sampling.num_steps, cfg.sampling.group_size) == (strategy, steps, 12)
+    assert (cfg.algorithm.name, cfg.sampling.num_steps, cfg.sampling.group_size) == (algorithm, steps, 12)
     assert cfg.learner.learning_rate == lr and cfg.learner.beta == 0
     assert [s.name for s in cfg.rewards.scorers] == ["pickscore", "clipscore"]
     assert cfg.rewards.combination == "advantage_sum"
@@ -172,9 +175,9 @@ def test_flux_presets_carry_their_papers_settings(name):
 
 def test_flux_algorithm_specifics():
     dance, mix, g2 = preset("flux_dancegrpo_hps"), preset("flux_mixgrpo_hps"), preset("flux_g2rpo_hps")
-    assert (dance.sampling.sde_kind, dance.sampling.noise_level, dance.sampling.timestep_fraction) == ("dance", 0.3, 0.6)
-    assert (mix.sampling.window_size, mix.sampling.window_every) == (4, 25)
-    assert (g2.sampling.g2rpo_steps, g2.sampling.g2rpo_granularities) == (list(range(8)), [1, 2])
+    assert (dance.sampling.sde_kind, dance.sampling.noise_level, dance.algorithm.timestep_fraction) == ("dance", 0.3, 0.6)
+    assert (mix.algorithm.window_size, mix.algorithm.window_every) == (4, 25)
+    assert (g2.algorithm.steps, g2.algorithm.granularities) == (list(range(8)), [1, 2])
     # One forward per shared x_k: a micro-batch holds the G branches (their get_pred(...).repeat(G)).
     assert (g2.learner.micro_batch_size, g2.learner.optimizer_step_per) == (12, "minibatch")
     for cfg in (dance, mix, g2):  # torch's unbiased std + 1e-8 in their train_*.py; the hand-built linear grid

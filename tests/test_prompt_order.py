@@ -9,7 +9,7 @@ import pytest
 
 from cluster.config import REPO_ROOT, ConfigError, load_config
 from cluster.preflight import preflight
-from cluster.trainer import (
+from rewards.prompt_order import (
     MirroredPromptOrder,
     mirrored_prompts_for_iteration,
     prompt_mirrors,

@@ -66,7 +66,7 @@ def test_mirrored_phrasings_are_one_scene():
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_every_held_out_scene_is_trained_under_another_phrasing(seed):
     # Holding out both phrasings of "a circle above a square" left training one layout per pair, and RL
-    # drove the held-out layout down (README, Results); the split must keep one phrasing in train.
+    # drove the held-out layout down (docs/results.md); the split must keep one phrasing in train.
     key = make_shapes_prompts.scene_key
     train, test = split(seed, 0.33, 50)
     trained = {key(r) for r in train}

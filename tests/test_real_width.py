@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from algorithms import ALGORITHMS
 from learner.advantages import grpo_advantages
 from learner.config import LearnerConfig
 from learner.engine import free_port
@@ -32,12 +33,14 @@ SD35_LORA_TARGETS = ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "a
 CASES = {
     "sd35": (
         {"family": "sd3", "guidance_scale": 4.5, "lora": LoraSettings(rank=4, alpha=8, target_modules=SD35_LORA_TARGETS)},
-        {"strategy": "flow_grpo", "group_size": 2, "num_steps": 2},
+        {"group_size": 2, "num_steps": 2},
+        {"name": "flow_grpo"},
         {"beta": 0.04},
     ),
     "flux": (
         {"family": "flux", "guidance_scale": 3.5, "lora": LoraSettings(enabled=False)},
-        {"strategy": "g2rpo", "group_size": 2, "num_steps": 3, "g2rpo_steps": [0, 1], "g2rpo_granularities": [1, 2]},
+        {"group_size": 2, "num_steps": 3},
+        {"name": "g2rpo", "steps": [0, 1], "granularities": [1, 2]},
         {"beta": 0.0},
     ),
 }
@@ -61,13 +64,13 @@ def test_one_bf16_iteration_at_published_widths(real_width, tmp_path, family):
         # A developer's busy machine may skip; CI's 24 GiB machine has the memory, so there it is a failure.
         (pytest.fail if os.environ.get("CI") else pytest.skip)(
             f"{family} at published width needs ~{NEEDS_GIB[family]:.0f} GiB free, {_available_gib():.1f} available")
-    model_kw, sampling_kw, learner_kw = CASES[family]
+    model_kw, sampling_kw, algorithm_kw, learner_kw = CASES[family]
     model = ModelConfig(path=real_width(family), dtype="bfloat16", resolution=32, max_sequence_length=8, **model_kw)
-    sampling = SamplingConfig(**sampling_kw)
+    sampling, algorithm = SamplingConfig(**sampling_kw), ALGORITHMS[algorithm_kw["name"]](**algorithm_kw)
     learner_cfg = LearnerConfig(precision="bf16", zero_stage=1, micro_batch_size=4, learning_rate=1e-5, **learner_kw)
-    learner = LearnerWorker(model, sampling, learner_cfg, seed=0)
+    learner = LearnerWorker(model, sampling, learner_cfg, algorithm=algorithm, seed=0)
     learner.setup("127.0.0.1", free_port())
-    rollout = RolloutWorker(model, sampling, torch_threads=2, precision="bf16", rows_per_forward=4)
+    rollout = RolloutWorker(model, sampling, algorithm=algorithm, torch_threads=2, precision="bf16", rows_per_forward=4)
     width = learner.policy.transformer.config.num_attention_heads * learner.policy.transformer.config.attention_head_dim
     assert width == {"sd35": 1536, "flux": 3072}[family]
     assert rollout.load_weights(learner.export_weights(), 0)["digest"] == learner.weights_digest()

@@ -26,5 +26,5 @@ def test_variance_share_separates_initial_noise_from_sde_noise():
 def test_smoke_on_the_tiny_model(tiny_sd3_path, capsys):
     result = _module().main(["--prompts", "2", "--inits", "2", f"model.path={tiny_sd3_path}",
                              "sampling.group_size=2", "sampling.num_steps=2"])
-    assert result["strategy"] == "flow_grpo" and 0.0 <= result["within"] <= result["total"] + 1e-12
+    assert result["algorithm"] == "flow_grpo" and 0.0 <= result["within"] <= result["total"] + 1e-12
     assert "share from the SDE steps" in capsys.readouterr().out

@@ -1,14 +1,37 @@
-"""rollout/strategies.py and models/schedule.py with closed-form and tiny-network velocities, on CPU."""
+"""The algorithm units' sampling strategies (algorithms/, through models/sampling.py) and models/schedule.py
+with closed-form and tiny-network velocities, on CPU."""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import pydantic
 import pytest
 import torch
 
+from algorithms import ALGORITHMS, register_algorithm
+from algorithms.g2rpo import g2rpo_nfe
+from algorithms.mix_grpo import (
+    mix_grpo_decay_window_start,
+    mix_grpo_flash_nfe,
+    mix_grpo_random_window_start,
+    mix_grpo_window_start,
+)
+from algorithms.per_step import PerStepAlgorithm
+from cluster.config import ExperimentConfig
 from models.config import SamplingConfig
+from models.sampling import (
+    Recorder,
+    all_rows,
+    eval_sample,
+    initial_noise,
+    integrate,
+    recompute_log_probs,
+    sample_group,
+    trajectory_nfe,
+    trajectory_rollout,
+)
 from models.schedule import (
     check_sigmas,
     compressed_tail,
@@ -18,19 +41,6 @@ from models.schedule import (
     sigma_schedule,
 )
 from models.sde import ode_step
-from rollout.strategies import (
-    STRATEGIES,
-    eval_sample,
-    g2rpo_nfe,
-    mix_grpo_decay_window_start,
-    mix_grpo_flash_nfe,
-    mix_grpo_random_window_start,
-    mix_grpo_window_start,
-    recompute_log_probs,
-    register_strategy,
-    sample_group,
-    trajectory_nfe,
-)
 
 pytestmark = pytest.mark.unit
 
@@ -67,7 +77,12 @@ def noise_fn(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randn((n, *LATENT), generator=generator)
 
 
-def cfg_for(strategy: str, **kw) -> SamplingConfig:
+SAMPLING_KEYS = set(SamplingConfig.model_fields)
+
+
+def cfg_for(name: str, **kw) -> tuple:
+    """(algorithm unit, sampling config) for `name` at its paper's sizes, `kw` overriding either section's
+    keys; validated as a whole experiment config, so the unit's cross-section checks run."""
     base = {
         "flow_grpo": {"num_steps": 10, "group_size": 24},
         "flow_grpo_fast": {"num_steps": 10, "group_size": 6, "window_size": 3, "window_range": (1, 5)},
@@ -82,17 +97,25 @@ def cfg_for(strategy: str, **kw) -> SamplingConfig:
         "g2rpo": {
             "num_steps": 16,
             "group_size": 12,
-            "g2rpo_steps": list(range(8)),
-            "g2rpo_granularities": [1, 2],
+            "steps": list(range(8)),
+            "granularities": [1, 2],
         },
-    }[strategy]
-    return SamplingConfig(strategy=strategy, **{**base, **kw})
+        "diffusion_nft": {"num_steps": 6, "group_size": 4, "train_timesteps": 3},
+    }[name]
+    merged = {**base, **kw}
+    sampling = {k: v for k, v in merged.items() if k in SAMPLING_KEYS}
+    algorithm = {"name": name, **{k: v for k, v in merged.items() if k not in SAMPLING_KEYS}}
+    images = 2 * max(1, sampling.get("group_size", 8))
+    cfg = ExperimentConfig.model_validate({"algorithm": algorithm, "sampling": sampling,
+                                           "data": {"images_per_iteration": images}})
+    return cfg.algorithm, cfg.sampling
 
 
-def run(cfg: SamplingConfig, v=None, seed: int = 0, iteration: int = 0):
-    sigmas = sd3_sigmas(cfg.num_steps, cfg.shift)
+def run(cfg: tuple, v=None, seed: int = 0, iteration: int = 0):
+    unit, sampling = cfg
+    sigmas = sd3_sigmas(sampling.num_steps, sampling.shift)
     gen = torch.Generator().manual_seed(seed)
-    return sample_group(cfg, v or gaussian_velocity(), noise_fn, sigmas, generator=gen, iteration=iteration)
+    return sample_group(unit, sampling, v or gaussian_velocity(), noise_fn, sigmas, generator=gen, iteration=iteration)
 
 
 CASES = [
@@ -104,7 +127,7 @@ CASES = [
     ("mix_grpo", {}),
     ("mix_grpo", {"flash": True}),
     ("g2rpo", {}),
-    ("g2rpo", {"sde_kind": "cps", "g2rpo_steps": [0, 3, 14]}),
+    ("g2rpo", {"sde_kind": "cps", "steps": [0, 3, 14]}),
 ]
 
 
@@ -145,7 +168,7 @@ def test_nfe_closed_forms_paper_configurations():
         ("dance_grpo", {}, 192, 16),
         ("mix_grpo", {}, 300, 25),
         ("g2rpo", {}, 1792, 16),
-        ("g2rpo", {"g2rpo_granularities": [1, 2, 3]}, 2188, 16),
+        ("g2rpo", {"granularities": [1, 2, 3]}, 2188, 16),
     ],
 )
 def test_measured_nfe_and_calls(strategy, kw, nfe, calls):
@@ -179,7 +202,7 @@ def test_granular_grid():
 
 def test_g2rpo_branches_share_the_anchor_and_differ_after():
     v = gaussian_velocity()
-    cfg = cfg_for("g2rpo", group_size=3, g2rpo_steps=[0, 2, 5], g2rpo_granularities=[1, 3])
+    cfg = cfg_for("g2rpo", group_size=3, steps=[0, 2, 5], granularities=[1, 3])
     r = run(cfg, v, seed=3)
     sigmas = sd3_sigmas(16)
     t = r.transitions
@@ -332,7 +355,7 @@ def test_dance_grpo_shared_noise_and_trained_subset():
 
     cfg = cfg_for("dance_grpo")
     gen = torch.Generator().manual_seed(0)
-    r = sample_group(cfg, gaussian_velocity(), counting_noise, sd3_sigmas(16), generator=gen)
+    r = sample_group(*cfg, gaussian_velocity(), counting_noise, sd3_sigmas(16), generator=gen)
     assert calls == [1]
     t = r.transitions
     # DanceGRPO's train_grpo_flux.py: timesteps[:, :-1] (T - 1 = 15 steps), randperm per sample, the first
@@ -358,7 +381,7 @@ def test_dance_grpo_image_is_the_last_steps_data_prediction():
         return v(x, sigma)
 
     sigmas = sd3_sigmas(16)
-    r = sample_group(cfg_for("dance_grpo"), recording, noise_fn, sigmas, generator=torch.Generator().manual_seed(0))
+    r = sample_group(*cfg_for("dance_grpo"), recording, noise_fn, sigmas, generator=torch.Generator().manual_seed(0))
     x_last, sigma_last = seen[-1]
     assert torch.all(sigma_last == sigmas[15]) and r.nfe == 16 * 12
     expected = x_last - sigma_last.view(-1, 1, 1, 1) * v(x_last, sigma_last)
@@ -478,9 +501,11 @@ def test_bad_schedule_arguments():
         sd3_sigmas(10, shift=0.0)
     cfg = cfg_for("flow_grpo")
     with pytest.raises(ValueError, match="sigmas must end at sigma=0"):
-        sample_group(cfg, gaussian_velocity(), noise_fn, sd3_sigmas(11)[:-1], generator=torch.Generator())
+        sample_group(*cfg, gaussian_velocity(), noise_fn, sd3_sigmas(11)[:-1], generator=torch.Generator())
     with pytest.raises(ValueError, match="num_steps"):
-        sample_group(cfg, gaussian_velocity(), noise_fn, sd3_sigmas(12), generator=torch.Generator())
+        sample_group(*cfg, gaussian_velocity(), noise_fn, sd3_sigmas(12), generator=torch.Generator())
+    with pytest.raises(ValueError, match="iteration"):
+        sample_group(*cfg, gaussian_velocity(), noise_fn, sd3_sigmas(10), generator=torch.Generator(), iteration=-1)
     with pytest.raises(ValueError, match="granularity"):
         granular_grid(sd3_sigmas(10), 2, 0)
     with pytest.raises(ValueError, match="k "):
@@ -488,28 +513,30 @@ def test_bad_schedule_arguments():
 
 
 @pytest.mark.parametrize(
-    "kw,field",
+    "name,kw,field",
     [
-        ({"strategy": "flow_grpo", "group_size": 1}, "group_size"),
-        ({"strategy": "g2rpo", "g2rpo_steps": []}, "g2rpo_steps"),
-        ({"strategy": "g2rpo", "g2rpo_granularities": []}, "g2rpo_granularities"),
-        ({"strategy": "g2rpo", "g2rpo_granularities": [0, 1]}, "g2rpo_granularities"),
-        ({"strategy": "g2rpo", "num_steps": 10, "g2rpo_steps": [9]}, "g2rpo_steps"),
-        ({"strategy": "g2rpo", "g2rpo_steps": [1, 1]}, "g2rpo_steps"),
-        ({"strategy": "mix_grpo", "num_steps": 10, "window_size": 10}, "window_size"),
-        (
-            {"strategy": "flow_grpo_fast", "num_steps": 10, "window_size": 3, "window_range": (2, 4)},
-            "window_range",
-        ),
-        ({"strategy": "flow_grpo_fast", "window_range": (3, 3)}, "window_range"),
-        ({"strategy": "dance_grpo", "sde_kind": "flow_grpo"}, "sde_kind"),
-        ({"strategy": "flow_grpo", "num_steps": 10, "timestep_fraction": 0.05}, "timestep_fraction"),
-        ({"strategy": "mix_grpo", "flash_compress_ratio": 0.0}, "flash_compress_ratio"),
+        ("flow_grpo", {"group_size": 1}, "sampling.group_size"),
+        ("g2rpo", {"steps": []}, "algorithm.steps"),
+        ("g2rpo", {"granularities": []}, "algorithm.granularities"),
+        ("g2rpo", {"granularities": [0, 1]}, "algorithm.granularities"),
+        ("g2rpo", {"num_steps": 10, "steps": [9]}, "algorithm.steps"),
+        ("g2rpo", {"steps": [1, 1]}, "algorithm.steps"),
+        ("mix_grpo", {"num_steps": 10, "window_size": 10}, "algorithm.window_size"),
+        ("flow_grpo_fast", {"num_steps": 10, "window_size": 3, "window_range": (2, 4)}, "algorithm.window_range"),
+        ("flow_grpo_fast", {"window_range": (3, 3)}, "algorithm.window_range"),
+        ("flow_grpo_fast", {"num_steps": 4, "window_size": 5, "window_range": (0, 4)}, "algorithm.window_size"),
+        ("dance_grpo", {"sde_kind": "flow_grpo"}, "sampling.sde_kind"),
+        ("flow_grpo", {"num_steps": 10, "timestep_fraction": 0.05}, "algorithm.timestep_fraction"),
+        ("dance_grpo", {"num_steps": 10, "timestep_fraction": 0.1}, "algorithm.timestep_fraction"),
+        # a field's own bound: pydantic names it under the unit's tag (algorithm.<name>.<field>)
+        ("mix_grpo", {"flash_compress_ratio": 0.0}, r"algorithm\.(mix_grpo\.)?flash_compress_ratio"),
     ],
 )
-def test_bad_config_names_the_field(kw, field):
+def test_bad_config_names_the_field(name, kw, field):
+    """A bad setting is an error naming its key, whether its own bound or a check against the other
+    sections (the unit's `check`, run when the whole experiment config validates)."""
     with pytest.raises(pydantic.ValidationError, match=field):
-        SamplingConfig(**kw)
+        cfg_for(name, **kw)
 
 
 @pytest.mark.parametrize(
@@ -528,14 +555,47 @@ def test_bad_window_arguments_name_the_parameter(args, name):
 
 
 def test_registry():
-    assert set(STRATEGIES) == {"flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo", "forward_process"}
+    assert set(ALGORITHMS) == {"flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo", "diffusion_nft", "awm"}
+
+    class Duplicate(ALGORITHMS["g2rpo"]):  # its `name` default is still 'g2rpo'
+        pass
+
     with pytest.raises(ValueError, match="already registered"):
-        register_strategy("g2rpo")(lambda *a: None)
+        register_algorithm(Duplicate)
+    assert ALGORITHMS["g2rpo"].__name__ == "G2RPO"  # the refused class did not replace it
+
+
+class _LastStepOnly(PerStepAlgorithm):
+    """A unit outside the registry (a test must not add to the global list): the SDE on the last step
+    only, trained, the rest Euler."""
+
+    name: Literal["last_step_only"] = "last_step_only"
+
+    def sample(self, sampling, velocity, init_noise, sigmas, generator, iteration):
+        g, num_steps = sampling.group_size, sigmas.numel() - 1
+        x = initial_noise(init_noise, g, self.same_latent(sampling), generator)
+        modes = ["ode"] * (num_steps - 1) + ["sde"]
+        recorder = Recorder()
+        final = integrate(velocity, x, sigmas, modes, all_rows(modes, range(num_steps), g), recorder, sampling,
+                          generator)
+        return trajectory_rollout(self.name, sampling, velocity, recorder, final)
+
+
+def test_a_unit_samples_through_sample_group_without_registering():
+    """sample_group takes any unit: its `sample` is the strategy, and the machinery counts NFE and
+    validates the record."""
+    unit, sampling = _LastStepOnly(), SamplingConfig(group_size=3, num_steps=5)
+    assert "last_step_only" not in ALGORITHMS
+    v = gaussian_velocity()
+    r = run((unit, sampling), v, seed=2)
+    assert r.strategy == "last_step_only" and r.transitions.step.tolist() == [4] * 3
+    assert (r.nfe, r.velocity_calls) == (trajectory_nfe(5, 3), 5)
+    assert torch.equal(recompute_log_probs(v, r), r.transitions.log_prob)
 
 
 def test_g2rpo_unsorted_steps_keep_the_mapping():
     v = gaussian_velocity()
-    r = run(cfg_for("g2rpo", group_size=2, g2rpo_steps=[5, 0], g2rpo_granularities=[2]), v)
+    r = run(cfg_for("g2rpo", group_size=2, steps=[5, 0], granularities=[2]), v)
     t = r.transitions
     assert torch.equal(t.step[t.sample_id < 2], torch.full((2,), 5))
     assert torch.equal(r.image_info["branch_step"][r.image_sample_id < 2], torch.full((2,), 5))

@@ -153,7 +153,7 @@ def test_ema_warms_up_and_updates_every_few_steps_as_flow_grpo():
 
 def test_evaluation_samples_with_its_own_guidance_scale(cfgs):
     """Flow-GRPO's sample.eval_guidance_scale: evaluation may guide differently from training."""
-    from rollout.strategies import eval_sample
+    from models.sampling import eval_sample
 
     model, sampling, _ = cfgs
     worker = RolloutWorker(model.model_copy(update={"eval_guidance_scale": 1.0}), sampling, torch_threads=2)
@@ -202,7 +202,8 @@ def test_one_optimizer_step_per_denoising_step(workers):
     """learner.optimizer_step_per='denoising_step' (G2RPO's earlier train_g2rpo_hps_clip.py: loss.backward()
     and optimizer.step() inside the loop over branch steps k): one step per sampling step, each over that
     step's transitions only."""
-    from learner.worker import flatten_transitions, split_by_step
+    from learner.per_step import flatten_transitions
+    from learner.worker import split_by_step
 
     rollout, learner = workers
     groups = _groups(rollout, iteration=9)
@@ -221,7 +222,7 @@ def test_one_optimizer_step_per_denoising_step(workers):
 def test_first_minibatch_health_and_recomputed_old_log_probs(workers, cfgs):
     """The sampler's log-probs drifted (simulated: noise on the stored old log-probs, as a GPU's sampler
     and learner numerics differ): the first minibatch's ratio statistics show it, and
-    learner.recompute_old_log_probs brings the ratio back to 1 before the first step."""
+    algorithm.recompute_old_log_probs brings the ratio back to 1 before the first step."""
     rollout, learner = workers
     learner.cfg = cfgs[2]
 
@@ -236,11 +237,14 @@ def test_first_minibatch_health_and_recomputed_old_log_probs(workers, cfgs):
 
     drifted = learner.train(drifted_groups(10), iteration=10)
     assert drifted["learner/first_minibatch_ratio_std"] > 5e-4 and drifted["learner/first_minibatch_clipfrac"] > 0.5
-    learner.cfg = cfgs[2].model_copy(update={"recompute_old_log_probs": True})
-    fixed = learner.train(drifted_groups(11), iteration=11)
+    assert learner.algorithm.name == "flow_grpo" and learner.plan.algorithm is learner.algorithm  # the default unit
+    learner.algorithm.recompute_old_log_probs = True
+    try:
+        fixed = learner.train(drifted_groups(11), iteration=11)
+    finally:
+        learner.algorithm.recompute_old_log_probs = False
     assert abs(fixed["learner/first_minibatch_ratio_mean"] - 1.0) < 1e-5
     assert fixed["learner/first_minibatch_ratio_std"] < 1e-5 and fixed["learner/first_minibatch_clipfrac"] == 0.0
-    learner.cfg = cfgs[2]
 
 
 def test_non_finite_gradients_are_skipped_then_stop_the_run(workers, cfgs):

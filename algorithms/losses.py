@@ -1,40 +1,18 @@
-"""Policy losses, with the diagnostics that say whether RL is healthy.
+"""The losses' math, with the diagnostics that say whether RL is healthy: pure tensor functions.
 
-Two families, registered by name and chosen by `learner.loss`:
-- 'per_step' (grpo_clip): per-transition tensors ([N] each: log-probs of stored SDE steps).
-- 'forward_process' (diffusion_nft, awm): velocities at re-noised final samples,
-  fn(v, v_old, target, sigma, advantages, *, cfg, v_ref) with v* [N, ...], sigma and advantages [N],
-  target = eps - x0 (learner/forward_process.py draws x_t and feeds them).
+The algorithm units (algorithms/) call these from their `loss`, one call signature per family:
+- per step (Flow-GRPO, DanceGRPO, MixGRPO, G2RPO): per-transition tensors ([N] each: log-probs of stored
+  SDE steps) into `grpo_clip_loss`;
+- forward process (DiffusionNFT, AWM): velocities at re-noised final samples, v* [N, ...], sigma and
+  advantages [N], target = eps - x0 (learner/forward_process.py draws x_t and feeds them).
 Every loss returns (scalar loss, diagnostics).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
-LOSSES: dict[str, LossFn] = {}
-LOSS_FAMILIES: dict[str, str] = {}  # loss name -> 'per_step' or 'forward_process' (what the learner feeds it)
-
-
-def register_loss(name: str, family: str = "per_step") -> Callable[[LossFn], LossFn]:
-    def wrap(fn: LossFn) -> LossFn:
-        if name in LOSSES:
-            raise ValueError(f"loss {name!r} is already registered")
-        LOSSES[name] = fn
-        LOSS_FAMILIES[name] = family
-        return fn
-
-    return wrap
-
-
-def get_loss(name: str) -> LossFn:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
-    return LOSSES[name]
 
 
 @dataclass(frozen=True)
@@ -67,7 +45,6 @@ def pooled_mean_std(parts: list[tuple[int, float, float]]) -> tuple[float, float
     return mean, max(second - mean * mean, 0.0) ** 0.5
 
 
-@register_loss("grpo_clip")
 def grpo_clip_loss(
     log_prob: torch.Tensor,
     old_log_prob: torch.Tensor,
@@ -224,23 +201,4 @@ def fm_log_likelihood(
         return -mse * s
     if weighting == "ghuber":
         return -((mse + 1e-10) ** power - 1e-10**power) * s / power
-    raise ValueError(f"learner.awm_weighting {weighting!r}: expected 'uniform', 't' or 'ghuber'")
-
-
-@register_loss("diffusion_nft", family="forward_process")
-def diffusion_nft_loss(v, v_old, target, sigma, advantages, *, cfg, v_ref=None):
-    """DiffusionNFT with learner.nft_beta, learner.adv_clip and the KL weight learner.beta."""
-    return nft_loss(v, v_old, target, sigma, advantages, beta=cfg.nft_beta, adv_clip=cfg.adv_clip,
-                    v_ref=v_ref, kl_beta=cfg.beta)
-
-
-@register_loss("awm", family="forward_process")
-def awm_loss(v, v_old, target, sigma, advantages, *, cfg, v_ref=None):
-    """Advantage Weighted Matching: the clipped surrogate of `grpo_clip` on the ratio
-    exp(log p_theta - log p_old) of `fm_log_likelihood`s at the same (x_t, sigma, eps), the old one under
-    the sampling policy, plus learner.beta * `velocity_kl` (Flow-Factory trainers/awm.py)."""
-    log_prob = fm_log_likelihood(v, target, sigma, cfg.awm_weighting, cfg.awm_ghuber_power)
-    old = fm_log_likelihood(v_old.detach(), target, sigma, cfg.awm_weighting, cfg.awm_ghuber_power)
-    kl = velocity_kl(v, v_ref).double() if v_ref is not None else None
-    return grpo_clip_loss(log_prob, old, advantages.double(), clip_range=cfg.clip_range, kl=kl, beta=cfg.beta,
-                          sigma=sigma)
+    raise ValueError(f"algorithm.weighting {weighting!r}: expected 'uniform', 't' or 'ghuber'")

@@ -1,0 +1,103 @@
+"""What an algorithm unit is, and the registry that lists them.
+
+An algorithm (Flow-GRPO, DanceGRPO, ..., DiffusionNFT, AWM) is one class: a pydantic config section (the
+`algorithm:` block of a preset, selected by its `name`) that also carries the algorithm's behaviour, as
+Ray RLlib's PPOConfig owns its defaults and its `validate()`. A unit owns:
+- its settings and their validation (`check` sees the whole experiment config for cross-section rules);
+- its sampling strategy (`sample`: one prompt group -> `Rollout`, models/sampling.py has the machinery);
+- its loss (`loss`, one call signature per family: algorithms/per_step.py, algorithms/forward_process.py);
+- its advantage estimator, by registered name (learner/advantages.py);
+- its row counts and memory terms for the planner (cluster/memory_plan.py asks, never tests a name).
+
+The registry is the only list of algorithms: the experiment config's `algorithm` field is the union of
+the registered classes, and nothing outside a unit compares an algorithm's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
+    """Register a unit under the default of its `name` field (a Literal of its own name)."""
+    name = cls.model_fields["name"].default
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} needs a `name: Literal['...'] = '...'` field")
+    if name in ALGORITHMS:
+        raise ValueError(f"algorithm {name!r} is already registered")
+    ALGORITHMS[name] = cls
+    return cls
+
+
+def algorithm_class(name: str) -> type[Algorithm]:
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm.name {name!r} is not registered; choose one of {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+class Algorithm(BaseModel):
+    """The base of every unit. Subclasses are the families' bases, then one class per algorithm."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str
+
+    # The learner's training plan for this family (learner/ PLANS: how micro-batches are built and fed).
+    learner_plan: ClassVar[str] = ""
+    # The advantage estimator, by its name in learner/advantages.py's registry.
+    advantage_estimator: ClassVar[str] = "grpo"
+    # sampling.same_latent null: whether a group shares one initial noise (the paper's default).
+    default_same_latent: ClassVar[bool] = False
+    # The keys of the config layout before the `algorithm` section (sampling.strategy / learner.loss) that
+    # became this unit's fields: old dotted key -> field (cluster/config_migration.py).
+    legacy_keys: ClassVar[dict[str, str]] = {}
+
+    # ---- configuration
+
+    def check(self, cfg: Any) -> None:
+        """Cross-section validation against the whole experiment config; raise ValueError naming the keys."""
+
+    @classmethod
+    def legacy_selector(cls) -> dict[str, str]:
+        """The old layout's `sampling.strategy` and `learner.loss` that named this algorithm."""
+        raise NotImplementedError
+
+    def same_latent(self, sampling) -> bool:
+        return self.default_same_latent if sampling.same_latent is None else bool(sampling.same_latent)
+
+    # ---- sampling
+
+    def sample(self, sampling, velocity, init_noise, sigmas, generator, iteration):
+        raise NotImplementedError
+
+    @property
+    def sampling_policy_is_separate(self) -> bool:
+        """True when rollouts sample with a policy other than the trained weights (DiffusionNFT's EMA):
+        evaluation then loads the trained weights and gives the sampling policy back after."""
+        return False
+
+    # ---- planner terms (cluster/memory_plan.py)
+
+    def images_per_group(self, group_size: int) -> int:
+        """Images one prompt group decodes and scores."""
+        return group_size
+
+    def rollout_latents_per_call(self, sampling) -> int:
+        """Latents of the largest transformer call while sampling one group."""
+        return sampling.group_size
+
+    def learner_inputs_per_micro_batch(self, micro_batch_size: int, group_size: int) -> int:
+        """Distinct latents one learner forward takes."""
+        return micro_batch_size
+
+    def learner_host_terms(self, trainable: int) -> list[tuple[str, float, tuple[str, ...]]]:
+        """Extra host memory of a learner rank: (label, bytes, config keys that change it)."""
+        return []
+
+
+LossFn = Callable[..., Any]
