@@ -94,7 +94,8 @@ def evaluate_cmd(argv: list[str]) -> int:
     from safetensors.torch import load_file
 
     from cluster import checkpoints
-    from cluster.evaluation import compare_evaluations, comparison_table, evaluate_in_process
+    from cluster.evaluation import compare_evaluations, comparison_table
+    from cluster.run_evaluation import evaluate_in_process
 
     args = _eval_parser().parse_args(argv)
     cfg = _load(args)

@@ -99,7 +99,8 @@ def against_base_guidance(comparison: dict, guidance: float) -> str:
 def base_at_guidance(cfg, out: Path, guidance: float) -> dict:
     """Evaluate the base model (no trained weights) of the run's config at CFG `guidance` into `out`, once,
     and pair the run's final evaluation with it."""
-    from cluster.evaluation import compare_evaluations, evaluate_in_process
+    from cluster.evaluation import compare_evaluations
+    from cluster.run_evaluation import evaluate_in_process
 
     name = f"eval_base_cfg{guidance:g}"
     if not (out / f"{name}.json").is_file():

@@ -136,11 +136,11 @@ def child(case: str, folder: Path, sampled: Path | None) -> dict:
 
 def estimate(case: str, folder: Path) -> dict:
     """The planner's resident and peak bytes for the process the case runs (one prompt + the negative)."""
-    from cluster import memory_plan
+    from cluster import memory_plan, model_specs
 
     cfg, kind = _config(case, folder), CASES[case][4]
-    spec = memory_plan.pipeline_spec(folder, cfg.model.family)
-    plans = memory_plan.plan_memory(cfg, spec, [memory_plan.RewardSpec(0)] * len(cfg.rewards.scorers),
+    spec = model_specs.pipeline_spec(folder, cfg.model.family)
+    plans = memory_plan.plan_memory(cfg, spec, [model_specs.RewardSpec(0)] * len(cfg.rewards.scorers),
                                     train_prompts=1, test_prompts=0)
     plan = next(p for p in plans if p.kind == {"rollout": "rollout actor", "learner": "learner rank"}[kind])
     moving = ("adam moments", "gradients")  # created by the work, not by loading (as the transients)

@@ -229,42 +229,6 @@ def in_plan_order(per_share: list[dict[str, ScoreResult]], rows: list[list[int]]
     return out
 
 
-def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", name: str = "eval",
-                        weights: dict | None = None) -> Evaluation:
-    """The trainer's evaluation without Ray: one in-process rollout worker (on a GPU when this process
-    sees one) and the config's scorers, through the same plan, `sample_sharded` and `evaluate`
-    (`launch.py eval`, the model card). `weights`: trainable weights to load first (a checkpoint's)."""
-    from common.data_plane import EvalShare
-    from rewards.base import build_scorers
-    from rollout.worker import RolloutWorker
-
-    plan = plan_for(cfg, split)  # before loading anything: a plan too small for its targets fails here
-    c = cfg.cluster
-    worker = RolloutWorker(cfg.model, cfg.sampling, name="eval", device="auto", precision=cfg.learner.precision,
-                           rows_per_forward=c.rollout_rows_per_forward, images_per_decode=c.rollout_images_per_decode)
-    if weights is not None:
-        worker.load_weights(weights, version=0)
-    scorers = build_scorers(cfg.rewards.scorers)
-    progress = eval_progress(name, plan)
-
-    def every_image(w, prompts: list[str], seeds: list[list[int]]) -> EvalShare:
-        """All images, kept (in process all are at hand: failure grids), asked for a prompt at a time, as
-        the worker samples them anyway (the same images), to count them as they come."""
-        out = []
-        for prompt, prompt_seeds in zip(prompts, seeds, strict=True):
-            out.append(w.evaluate([prompt], [prompt_seeds]))
-            progress.update(sum(map(len, out)))
-        return EvalShare.of(np.concatenate(out), range(sum(map(len, out))))
-
-    def sample(prompts: list[str], seeds: list[list[int]], keep: list[int]) -> SampledImages:
-        return sample_sharded([worker], prompts, seeds, keep, lambda w, p, s, _: every_image(w, p, s))
-
-    def score(parts: list[tuple]) -> list[dict[str, ScoreResult]]:
-        return [{n: scorer(*part) for n, scorer in scorers.items()} for part in parts]
-
-    return evaluate(plan, sample, score, output_dir=output_dir, name=name, progress=progress)
-
-
 # ----------------------------------------------------------------------------- one evaluation
 
 

@@ -25,13 +25,9 @@ numbers): treat the activation terms as +-25%, the weight and optimizer terms as
 
 from __future__ import annotations
 
-import json
-import math
-import struct
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
+from cluster.model_specs import PipelineSpec, RewardSpec, image_tokens, lora_params, text_tokens
 from models.config import PROMPT_CACHE_SIZE
 from models.families import family_of
 
@@ -53,54 +49,6 @@ DECODE_ELEMENTS_PER_PIXEL_CHANNEL = 4.0
 # Per GPU process: CUDA context, cuBLAS/cuDNN workspaces and allocator slack (an assumption, not measured
 # here: there is no GPU on the machine that calibrated the rest).
 GPU_RUNTIME_BYTES = 1.5 * GB
-
-
-# ----------------------------------------------------------------------------- model architecture
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """What the planner needs of a diffusers pipeline; read by `pipeline_spec` (configs, safetensors headers)."""
-
-    family: str  # model.family (models/families.py)
-    transformer_params: int  # parameters and persistent buffers (SD3's position embedding)
-    hidden: int  # attention heads x head dim
-    layers: int  # transformer blocks (FLUX: double + single)
-    pixels_per_token: int  # image pixels per token side: VAE scale x patch (FLUX: x the 2x2 packing)
-    text_encoder_params: dict[str, int]
-    vae_params: int
-    vae_fullres_channels: int  # widest decoder channel count at full image resolution
-    latent_channels: int
-    vae_scale: int
-    embed_dim: int  # prompt embedding width (joint_attention_dim)
-    pooled_dim: int
-    clip_tokens: int  # SD3: the 77 CLIP tokens ahead of the T5 ones; FLUX: 0
-    # (module name, in_features, out_features) of every 2-D transformer weight, for exact LoRA counts;
-    # empty for the published table, which approximates them.
-    linears: tuple[tuple[str, int, int], ...] = ()
-
-
-def image_tokens(spec: PipelineSpec, resolution: int) -> int:
-    """(resolution / (VAE scale x patch))^2."""
-    return (resolution // spec.pixels_per_token) ** 2
-
-
-def text_tokens(spec: PipelineSpec, max_sequence_length: int) -> int:
-    """SD3: 77 CLIP tokens + the T5 length; FLUX: the T5 length."""
-    return spec.clip_tokens + max_sequence_length
-
-
-def lora_params(spec: PipelineSpec, target_modules: Iterable[str], rank: int) -> int:
-    """r (in + out) per adapted Linear (peft matches a module whose name is, or ends with '.' + , a target).
-    Without the module list (a hub id not in the local cache): len(targets) x layers x r x 2 hidden."""
-    targets = list(target_modules)
-    if not spec.linears:
-        return len(targets) * spec.layers * rank * 2 * spec.hidden
-    return sum(
-        rank * (fan_in + fan_out)
-        for name, fan_in, fan_out in spec.linears
-        if any(name == t or name.endswith("." + t) for t in targets)
-    )
 
 
 # ----------------------------------------------------------------------------- closed forms
@@ -363,14 +311,6 @@ def plan_learner(cfg, spec: PipelineSpec) -> tuple[list[Term], list[Term]]:
     return terms, transients
 
 
-@dataclass(frozen=True)
-class RewardSpec:
-    """A scorer's weights and the live activation elements of one image in one block (tokens x width)."""
-
-    params: int
-    elements_per_image: int = 0
-
-
 def plan_reward(scorer, spec: RewardSpec, index: int) -> list[Term]:
     """A reward actor of `rewards.scorers[index]`: its weights and one request's live activations."""
     dtype_bytes = DTYPE_BYTES[scorer.options.get("dtype", "float32")]
@@ -440,103 +380,3 @@ def colocated_offload_plan(cfg, learner: list[Term], learner_transients: list[Te
         terms.append(Term("offloaded tensors of both sides (pinned host memory)", moved, host=True))
     return ActorPlan("learner rank + colocated rollout actors (offloading)", terms, gpu,
                      ("cluster.colocate_offload", "cluster.gpu_memory_gb"), phases)
-
-
-# ----------------------------------------------------------------------------- reading a model's spec
-
-
-def safetensors_shapes(folder: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape from the headers of every *.safetensors file in `folder` (8-byte little-endian
-    header length, then a JSON header: the format's definition); the tensor data is never read."""
-    shapes: dict[str, list[int]] = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with open(file, "rb") as f:
-            prefix = f.read(8)
-            try:
-                header = json.loads(f.read(struct.unpack("<Q", prefix)[0]))
-                shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
-            except (struct.error, ValueError, KeyError, TypeError, AttributeError) as err:
-                raise ValueError(f"{file} is not a safetensors file (its header does not read: {err})") from None
-    return shapes
-
-
-def count_params(shapes: dict[str, list[int]]) -> int:
-    return sum(math.prod(s) for s in shapes.values())
-
-
-def pipeline_spec(folder: Path, family: str) -> PipelineSpec:
-    """Read a diffusers pipeline folder: each component's config.json and safetensors headers."""
-    tconf = json.loads((folder / "transformer" / "config.json").read_text())
-    vconf = json.loads((folder / "vae" / "config.json").read_text())
-    shapes = safetensors_shapes(folder / "transformer")
-    encoders = {name: count_params(safetensors_shapes(folder / name))
-                for name in ("text_encoder", "text_encoder_2", "text_encoder_3") if (folder / name).is_dir()}
-    blocks = vconf["block_out_channels"]
-    vae_scale = 2 ** (len(blocks) - 1)
-    entry = family_of(family)
-    return PipelineSpec(
-        family=family,
-        transformer_params=count_params(shapes),
-        hidden=tconf["num_attention_heads"] * tconf["attention_head_dim"],
-        layers=tconf["num_layers"] + tconf.get("num_single_layers", 0),
-        pixels_per_token=entry.pixels_per_token(vae_scale, tconf.get("patch_size", 1)),
-        text_encoder_params=encoders,
-        vae_params=count_params(safetensors_shapes(folder / "vae")),
-        vae_fullres_channels=max(blocks[:2]),
-        latent_channels=vconf["latent_channels"],
-        vae_scale=vae_scale,
-        embed_dim=tconf["joint_attention_dim"],
-        pooled_dim=tconf["pooled_projection_dim"],
-        clip_tokens=entry.clip_tokens,
-        linears=tuple((name[: -len(".weight")], s[1], s[0]) for name, s in shapes.items()
-                      if name.endswith(".weight") and len(s) == 2),
-    )
-
-
-# The published pipelines the presets name, for a dry run without the weights at hand. Parameter counts
-# of diffusers/transformers models built on the meta device from each model's published config.json
-# (stabilityai/stable-diffusion-3.5-medium, black-forest-labs/FLUX.1-dev: transformer, text encoders with
-# vocabularies 49408 and 32128, VAE); SD3.5's includes its 384 x 384 x 1536 position-embedding buffer.
-_CLIP_L, _CLIP_G, _T5_XXL, _VAE = 123_650_304, 694_659_840, 4_762_310_656, 83_819_683
-PUBLISHED_PIPELINES = {
-    "stabilityai/stable-diffusion-3.5-medium": PipelineSpec(
-        "sd3", 2_243_171_520 + 384 * 384 * 1536, 1536, 24, 16,
-        {"text_encoder": _CLIP_L, "text_encoder_2": _CLIP_G, "text_encoder_3": _T5_XXL}, _VAE, 256, 16, 8, 4096, 2048, 77),
-    "black-forest-labs/FLUX.1-dev": PipelineSpec(
-        "flux", 11_901_408_320, 3072, 57, 16, {"text_encoder": 123_060_480, "text_encoder_2": _T5_XXL}, _VAE,
-        256, 16, 8, 4096, 768, 0),
-}
-# Default scorer weights (rewards/: the hub ids the scorers load without a `model` option): parameters
-# (meta-device count of the CLIP configs; Mask2Former Swin-S from its model card) and the live elements of
-# one image in one block (a 224 px ViT/14: 257 tokens x width; Swin-S: its first stage, (384 / 4)^2 x 96).
-PUBLISHED_REWARDS = {
-    "yuvalkirstain/PickScore_v1": RewardSpec(986_109_441, 257 * 1280),  # CLIP ViT-H/14
-    "openai/clip-vit-large-patch14": RewardSpec(427_616_513, 257 * 1024),  # CLIP ViT-L/14
-    "facebook/mask2former-swin-small-coco-instance": RewardSpec(69_000_000, 96 * 96 * 96),
-}
-
-
-def vision_elements(config: dict) -> int:
-    """Tokens x width of a CLIP-style vision tower's config.json (0 for other models)."""
-    vision = config.get("vision_config") or {}
-    if not {"image_size", "patch_size", "hidden_size"} <= vision.keys():
-        return 0
-    return ((vision["image_size"] // vision["patch_size"]) ** 2 + 1) * vision["hidden_size"]
-
-
-def reward_spec(weights: list[str]) -> RewardSpec | None:
-    """The sum over a scorer's weights (local folders by their safetensors headers, or published hub ids);
-    None when one is neither."""
-    total = RewardSpec(0, 0)
-    for value in weights:
-        folder = Path(value).expanduser()
-        if folder.is_dir():
-            config = folder / "config.json"
-            elements = vision_elements(json.loads(config.read_text())) if config.is_file() else 0
-            total = RewardSpec(total.params + count_params(safetensors_shapes(folder)), total.elements_per_image + elements)
-        elif value in PUBLISHED_REWARDS:
-            spec = PUBLISHED_REWARDS[value]
-            total = RewardSpec(total.params + spec.params, total.elements_per_image + spec.elements_per_image)
-        else:
-            return None
-    return total

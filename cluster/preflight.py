@@ -273,7 +273,7 @@ def _check_weights(report: PreflightReport, where: str, name: str, option: str, 
 
 def _model_spec(cfg: ExperimentConfig):
     """(PipelineSpec, where it comes from) for model.path, or (None, why not)."""
-    from cluster import memory_plan
+    from cluster import model_specs
     from models.policy import ModelFolderError, resolve_model_path
 
     try:
@@ -287,12 +287,12 @@ def _model_spec(cfg: ExperimentConfig):
         folder = Path(try_to_load_from_cache(location, "model_index.json")).parent
     if folder.is_dir():
         try:
-            return memory_plan.pipeline_spec(folder, cfg.model.family), f"the configs and safetensors headers in {folder}"
+            return model_specs.pipeline_spec(folder, cfg.model.family), f"the configs and safetensors headers in {folder}"
         except (OSError, KeyError, ValueError) as err:  # an incomplete cache snapshot, a config without a key
-            if location not in memory_plan.PUBLISHED_PIPELINES:
+            if location not in model_specs.PUBLISHED_PIPELINES:
                 return None, f"{folder} could not be read ({type(err).__name__}: {err})"
-    if location in memory_plan.PUBLISHED_PIPELINES:
-        return memory_plan.PUBLISHED_PIPELINES[location], f"the published architecture of {location}"
+    if location in model_specs.PUBLISHED_PIPELINES:
+        return model_specs.PUBLISHED_PIPELINES[location], f"the published architecture of {location}"
     return None, f"{location!r} is neither a local folder nor a hub id the planner knows"
 
 
@@ -315,21 +315,21 @@ def _prompt_count(path: str) -> int:
 
 def _check_memory(cfg: ExperimentConfig, report: PreflightReport) -> None:
     """The memory plan per actor kind against its GPU share (cluster/memory_plan.py)."""
-    from cluster import memory_plan
+    from cluster import memory_plan, model_specs
 
     if any(c.status == "error" for c in report.find("model.path")):
         return  # the model's own error says what is wrong with it
     spec, source = _model_spec(cfg)
     try:
         prompts = {key: _prompt_count(getattr(cfg.data, key)) for key in ("train_prompts", "test_prompts")}
-        rewards = [memory_plan.reward_spec(_scorer_weights(s)) for s in cfg.rewards.scorers]
+        rewards = [model_specs.reward_spec(_scorer_weights(s)) for s in cfg.rewards.scorers]
     except (OSError, ValueError, KeyError, TypeError):
         return  # the prompt files' and scorers' own errors are reported by their checks
     if spec is None:
         report.add("memory", "warn", f"no memory estimate: {source}")
         return
     unknown = [s.name for s, r in zip(cfg.rewards.scorers, rewards, strict=True) if r is None]
-    rewards = [r or memory_plan.RewardSpec(0) for r in rewards]
+    rewards = [r or model_specs.RewardSpec(0) for r in rewards]
     plans = memory_plan.plan_memory(cfg, spec, rewards, train_prompts=prompts["train_prompts"],
                                     test_prompts=prompts["test_prompts"])
     report.memory.append(f"memory plan (estimate; from {source}; GB = 1e9 bytes):")

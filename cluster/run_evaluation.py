@@ -1,13 +1,15 @@
-"""The driver's evaluations through its actors (cluster/trainer.py's `Trainer` takes these methods): the
-test and training-prompt evaluations and the training monitor's probe, sampled by the rollout actors and
-scored by the reward pools (cluster/evaluation.py does the planning, scoring and files), each run again
-whole when a rollout actor dies during it."""
+"""Evaluations of a run (cluster/evaluation.py does the planning, scoring and files):
+- through the driver's actors (cluster/trainer.py's `Trainer` takes the methods of `RunEvaluation`): the
+  test and training-prompt evaluations and the training monitor's probe, sampled by the rollout actors and
+  scored by the reward pools, each run again whole when a rollout actor dies during it;
+- in process (`evaluate_in_process`): the same evaluation without Ray, for `launch.py eval` and the model card."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import ray
 from ray.exceptions import ObjectLostError, RayActorError
 
@@ -15,6 +17,7 @@ from cluster.evaluation import (
     EvalPlan,
     Evaluation,
     SampledImages,
+    eval_progress,
     evaluate,
     plan_for,
     sample_sharded,
@@ -103,3 +106,40 @@ class RunEvaluation:
             pick = plan.image_index(per_prompt=4, prompts_per_tag=1)
             self.logger.log_image("probe/images", result.picture(pick, columns=4), step)
         return metrics
+
+
+def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", name: str = "eval",
+                        weights: dict | None = None) -> Evaluation:
+    """The trainer's evaluation without Ray: one in-process rollout worker (on a GPU when this process
+    sees one) and the config's scorers, through the same plan, `sample_sharded` and `evaluate`
+    (`launch.py eval`, the model card). `weights`: trainable weights to load first (a checkpoint's)."""
+    from common.data_plane import EvalShare
+    from rewards.base import build_scorers
+    from rollout.worker import RolloutWorker
+
+    plan = plan_for(cfg, split)  # before loading anything: a plan too small for its targets fails here
+    c = cfg.cluster
+    worker = RolloutWorker(cfg.model, cfg.sampling, algorithm=cfg.algorithm, name="eval", device="auto",
+                           precision=cfg.learner.precision, rows_per_forward=c.rollout_rows_per_forward,
+                           images_per_decode=c.rollout_images_per_decode)
+    if weights is not None:
+        worker.load_weights(weights, version=0)
+    scorers = build_scorers(cfg.rewards.scorers)
+    progress = eval_progress(name, plan)
+
+    def every_image(w, prompts: list[str], seeds: list[list[int]]) -> EvalShare:
+        """All images, kept (in process all are at hand: failure grids), asked for a prompt at a time, as
+        the worker samples them anyway (the same images), to count them as they come."""
+        out = []
+        for prompt, prompt_seeds in zip(prompts, seeds, strict=True):
+            out.append(w.evaluate([prompt], [prompt_seeds]))
+            progress.update(sum(map(len, out)))
+        return EvalShare.of(np.concatenate(out), range(sum(map(len, out))))
+
+    def sample(prompts: list[str], seeds: list[list[int]], keep: list[int]) -> SampledImages:
+        return sample_sharded([worker], prompts, seeds, keep, lambda w, p, s, _: every_image(w, p, s))
+
+    def score(parts: list[tuple]) -> list[dict[str, ScoreResult]]:
+        return [{n: scorer(*part) for n, scorer in scorers.items()} for part in parts]
+
+    return evaluate(plan, sample, score, output_dir=output_dir, name=name, progress=progress)

@@ -392,7 +392,7 @@ def evaluate_model(model: Path, output_dir: Path, overrides: list[str] = (), nam
     """The project's evaluation of a pipeline folder (cluster.evaluation: the default preset's plan,
     sampler and scorers, in process), so the card's numbers are the ones `launch.py eval` gives."""
     from cluster.config import load_config
-    from cluster.evaluation import evaluate_in_process
+    from cluster.run_evaluation import evaluate_in_process
 
     cfg = load_config(None, [f"model.path={model}", *overrides])
     return evaluate_in_process(cfg, output_dir=output_dir, name=name)

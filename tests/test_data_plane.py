@@ -134,7 +134,8 @@ def test_the_learner_ranks_take_their_own_thread_count(trainer):
 def test_evaluation_leaves_its_images_in_the_object_store_and_matches_in_process(trainer, tmp_path):
     import ray
 
-    from cluster.evaluation import PICTURED, evaluate_in_process
+    from cluster.evaluation import PICTURED
+    from cluster.run_evaluation import evaluate_in_process
     from rewards.pool import RewardPools
 
     traffic_of = load_script("benchmarks/data_plane.py").DriverTraffic

@@ -97,3 +97,15 @@ def test_a_block_is_written_between_its_markers_and_nowhere_else(tmp_path):
         blocks.replace_between(begin, end, "| new |", page)
     with pytest.raises(SystemExit, match="no page holds"):
         blocks.page_of("<!-- BEGIN NOTHING -->")
+
+
+def test_config_keys_named_in_readme_exist():
+    reference = (REPO_ROOT / "docs" / "config.md").read_text()
+    documented = set(re.findall(r"^\| `([^`]+)` \|", reference, flags=re.M))
+    sections = {key.split(".")[0] for key in documented if "." in key}
+    named = re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)+)(?:=[^`]*)?`", README.read_text())
+    for key in (k for k in named if k.split(".")[0] in sections):
+        key = re.split(r"\.\d+(?:\.|$)", key)[0]  # rewards.scorers.0.options.reward: the list's own key
+        per_algorithm = key.startswith("algorithm.") and any(
+            d.startswith("algorithm.") and d.endswith("." + key.removeprefix("algorithm.")) for d in documented)
+        assert key in documented or per_algorithm, f"README names {key}, which docs/config.md does not list"

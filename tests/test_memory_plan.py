@@ -11,12 +11,13 @@ import torch
 
 import launch
 from cluster import memory_plan as mp
+from cluster import model_specs as ms
 from cluster.config import REPO_ROOT, load_config
 
 pytestmark = pytest.mark.unit
 
 P = 1_000_000  # trainable parameters in the closed forms below
-SPEC = mp.PipelineSpec(
+SPEC = ms.PipelineSpec(
     family="sd3", transformer_params=10 * P, hidden=64, layers=4, pixels_per_token=16, text_encoder_params={"te": P},
     vae_params=P, vae_fullres_channels=32, latent_channels=16, vae_scale=8, embed_dim=64, pooled_dim=32,
     clip_tokens=77, linears=(("blocks.0.attn.to_q", 64, 64), ("blocks.0.attn.to_k", 64, 128), ("blocks.0.ff.net.2", 256, 64)),
@@ -65,9 +66,9 @@ def test_the_bucket_size_reaches_deepspeed_and_the_plan():
 
 def test_lora_counts_rank_times_fan_in_plus_fan_out_of_matching_linears():
     # peft matches a target by the module name's last components: to_q and to_k, not ff.net.2.
-    assert mp.lora_params(SPEC, ["to_q", "to_k"], rank=4) == 4 * (64 + 64) + 4 * (64 + 128)
-    assert mp.lora_params(SPEC, ["attn.to_q"], rank=4) == 4 * 128
-    assert mp.lora_params(dataclasses.replace(SPEC, linears=()), ["to_q", "to_k"], rank=4) == 2 * 4 * 4 * 2 * 64
+    assert ms.lora_params(SPEC, ["to_q", "to_k"], rank=4) == 4 * (64 + 64) + 4 * (64 + 128)
+    assert ms.lora_params(SPEC, ["attn.to_q"], rank=4) == 4 * 128
+    assert ms.lora_params(dataclasses.replace(SPEC, linears=()), ["to_q", "to_k"], rank=4) == 2 * 4 * 4 * 2 * 64
 
 
 def _cfg(*overrides):
@@ -77,7 +78,7 @@ def _cfg(*overrides):
 def test_full_fine_tuning_holds_optimizer_state_for_the_whole_transformer_lora_for_its_adapters():
     lora = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3"), SPEC)[0]}
     full = {t.label: t.bytes for t in mp.plan_learner(_cfg("learner.zero_stage=3", "model.lora.enabled=false"), SPEC)[0]}
-    adapters = mp.lora_params(SPEC, _cfg().model.lora.target_modules, _cfg().model.lora.rank)
+    adapters = ms.lora_params(SPEC, _cfg().model.lora.target_modules, _cfg().model.lora.rank)
     assert lora["adam moments (fp32)"] == pytest.approx(8 * adapters / 4)
     assert full["adam moments (fp32)"] == pytest.approx(8 * SPEC.transformer_params / 4)
     assert full["master weights (fp32)"] == pytest.approx(4 * SPEC.transformer_params / 4)
@@ -99,7 +100,7 @@ def test_a_learner_rank_holds_the_transformer_and_its_groups_prompt_embeddings_o
 
 
 def test_activations_per_row_from_tokens_hidden_and_layers():
-    tokens = mp.image_tokens(SPEC, 512) + mp.text_tokens(SPEC, 128)
+    tokens = ms.image_tokens(SPEC, 512) + ms.text_tokens(SPEC, 128)
     assert tokens == (512 // 16) ** 2 + 77 + 128
     k, per = mp.TRAIN_ELEMENTS_PER_TOKEN_HIDDEN, tokens * SPEC.hidden * 2
     assert mp.train_activation_bytes(SPEC, tokens, 3, 2, checkpointing=False) == pytest.approx(3 * SPEC.layers * k * per)
@@ -154,7 +155,7 @@ def test_spec_of_the_shipped_model_counts_what_from_pretrained_loads():
     from diffusers import SD3Transformer2DModel
 
     folder = REPO_ROOT / "assets" / "models" / "shapes-sd3-tiny"
-    spec = mp.pipeline_spec(folder, "sd3")
+    spec = ms.pipeline_spec(folder, "sd3")
     transformer = SD3Transformer2DModel.from_pretrained(folder / "transformer")
     tensors = list(transformer.parameters()) + [b for _, b in transformer.named_buffers() if b is not None]
     assert spec.transformer_params == sum(t.numel() for t in tensors)
@@ -191,7 +192,7 @@ def test_colocated_offload_counts_one_side_at_a_time(rollout_actors):
     cfg = {name: _cfg(*common, *over) for name, over in [
         ("separate", []), ("colocated", ["cluster.colocate=true"]),
         ("offload", ["cluster.colocate=true", "cluster.colocate_offload=true"])]}
-    rewards = [mp.RewardSpec(P)] * len(cfg["separate"].rewards.scorers)
+    rewards = [ms.RewardSpec(P)] * len(cfg["separate"].rewards.scorers)
     plans = {name: mp.plan_memory(c, SPEC, rewards, train_prompts=2, test_prompts=2) for name, c in cfg.items()}
     alone = {p.kind: p for p in plans["separate"]}
     learner, rollout = alone["learner rank"], alone["rollout actor"]

@@ -77,7 +77,7 @@ def test_first_update_is_on_policy_then_weights_move_and_sync(workers):
 
 
 def test_a_learner_rank_loads_only_the_transformer(workers, cfgs):
-    from cluster.memory_plan import count_params, safetensors_shapes
+    from cluster.model_specs import count_params, safetensors_shapes
 
     rollout, learner = workers
     # The rollout actor holds the whole pipeline; the learner rank the transformer (+ its LoRA adapters)
