@@ -186,7 +186,7 @@ def main() -> None:
                    help="where the real-width pipelines are built (once) and loaded from")
     p.add_argument("--json", type=Path, help="add the measurements to this file (cases already in it are kept)")
     p.add_argument("--table", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="print two --json files side by side")
-    p.add_argument("--readme", action="store_true", help="with --table: write it into README's Benchmarks block")
+    p.add_argument("--readme", action="store_true", help="with --table: write it into docs/benchmarks.md's data-plane block")
     args = p.parse_args()
     if args.table:
         text = table(*(json.loads(f.read_text()) for f in args.table))

@@ -8,7 +8,7 @@ schedule existed: their rate was the config's constant) and prints one row per r
 summed step size at the end, the loss's `--window`-iteration mean at the start and at the end, the first
 iteration whose trailing mean passes `--threshold` (the onset; DiffusionNFT's loss starts at ~6.2 on the
 shapes preset) with the summed step size there, and the gradient norm's window means at both ends.
-README (Results, the main job) reports these numbers.
+docs/results.md (the main job) reports these numbers.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from rewards.config import RewardsConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The main job (README's first command): the algorithm that trains the embedded default best on 2 CPU
-# cores (README, Results). The Flow-GRPO family's presets are configs/shapes_{flowgrpo,...}.yaml.
+# cores (docs/results.md). The Flow-GRPO family's presets are configs/shapes_{flowgrpo,...}.yaml.
 DEFAULT_PRESET = REPO_ROOT / "configs" / "shapes_nft.yaml"
 
 

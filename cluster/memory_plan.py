@@ -19,7 +19,7 @@ What each actor kind holds (read from the code, not assumed):
   and the activations of one request.
 
 Activations are an estimate: tokens x hidden x layers x a per-element factor. The factors were measured on
-CPU against peak RSS of the real-width, reduced-depth models (benchmarks/memory_plan.py; README has the
+CPU against peak RSS of the real-width, reduced-depth models (benchmarks/memory_plan.py; docs/benchmarks.md has the
 numbers): treat the activation terms as +-25%, the weight and optimizer terms as exact up to allocator slack.
 """
 

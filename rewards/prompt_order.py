@@ -105,7 +105,7 @@ def mirrored_prompts_for_iteration(tags: Sequence[str], mirrors: Sequence[Sequen
     same iteration: "a circle left of a square" is trained beside "a square left of a circle". A binary
     reward pays one fixed layout (or binding) per object pair on half of that pair's prompts whatever they
     say; trained side by side, the pushes toward either cancel and what is left depends on the words
-    (README, Results).
+    (docs/results.md).
     A pure function of its arguments (`MirroredPromptOrder` is the same order, remembered between calls)."""
     return MirroredPromptOrder(tags, mirrors, per_iteration, seed, weights)(iteration)
 

@@ -9,7 +9,7 @@ The split holds out phrasings, never a whole scene that has another phrasing: "a
 and "a square below a circle" ask for one image, so at most one of them is held out (likewise "a red
 circle and a blue square" / "a blue square and a red circle"). Holding out both left the policy a
 training set that showed each object pair one way up only; RL learned the pair's layout from the
-prompts and test position fell 0.39 -> 0.28 while training position rose (README, Results). Flow-GRPO's
+prompts and test position fell 0.39 -> 0.28 while training position rose (docs/results.md). Flow-GRPO's
 GenEval training prompts come from the same generator as the test prompts, so its scenes overlap too.
 
     python -m scripts.make_shapes_prompts [--seed 0] [--test-fraction 0.33] [--out-dir assets/prompts]

@@ -688,7 +688,7 @@ one row per tag in the order of the table; `samples.png` the first 8 images of 2
 Does it read word order? (`benchmarks/order_reading.py`: each test relation and colour-binding prompt's
 {ORDER_IMAGES_PER_PROMPT} images scored against the prompt and against the prompt with the two objects' roles swapped, paired.)
 A base that ignores the order scores the same against both: its prompt then selects no choice for RL to
-sharpen on these tags (README, Results: v3's differences were -0.030 and -0.026, and no RL run moved them).
+sharpen on these tags (docs/results.md: v3's differences were -0.030 and -0.026, and no RL run moved them).
 
 {order}
 
