@@ -15,7 +15,6 @@ the registered classes, and nothing outside a unit compares an algorithm's name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -34,10 +33,24 @@ def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
     return cls
 
 
+# The algorithm of a config that names none, and of a worker built without one (tests, benchmarks).
+DEFAULT_ALGORITHM = "flow_grpo"
+
+
+def unregistered(name: str) -> str:
+    """The error text for an algorithm name the registry does not hold."""
+    return f"{name!r} is not registered; choose one of {sorted(ALGORITHMS)}"
+
+
 def algorithm_class(name: str) -> type[Algorithm]:
     if name not in ALGORITHMS:
-        raise ValueError(f"algorithm.name {name!r} is not registered; choose one of {sorted(ALGORITHMS)}")
+        raise ValueError(f"algorithm.name {unregistered(name)}")
     return ALGORITHMS[name]
+
+
+def default_algorithm() -> Algorithm:
+    """`DEFAULT_ALGORITHM` with its defaults."""
+    return ALGORITHMS[DEFAULT_ALGORITHM]()
 
 
 class Algorithm(BaseModel):
@@ -99,5 +112,3 @@ class Algorithm(BaseModel):
         """Extra host memory of a learner rank: (label, bytes, config keys that change it)."""
         return []
 
-
-LossFn = Callable[..., Any]

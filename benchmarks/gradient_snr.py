@@ -39,11 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cluster.config import REPO_ROOT, load_config, resolve  # noqa: E402
-from cluster.stages import in_process_scorers, iteration_advantages, score_in_process  # noqa: E402
+from cluster.stages import iteration_advantages, score_in_process  # noqa: E402
 from learner.per_step import build_micro_batches, flatten_transitions  # noqa: E402
 from learner.worker import LearnerWorker  # noqa: E402
 from models.policy import Policy  # noqa: E402
 from models.seeding import derive_seed  # noqa: E402
+from rewards.base import build_scorers  # noqa: E402
 from rewards.combine import combine  # noqa: E402
 from rewards.prompts import load_prompts  # noqa: E402
 from rollout.worker import GroupRequest, RolloutWorker  # noqa: E402
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     learner.policy.load_trainable(worker.policy.export_trainable())
     learner.policy.transformer.train()
     records = load_prompts(resolve(cfg.data.train_prompts))
-    scorers = in_process_scorers(cfg)
+    scorers = build_scorers(cfg.rewards.scorers)
     rng = np.random.default_rng(cfg.seed)
     grads, rewards, sample_s, grad_s = [], [], 0.0, 0.0
     fixed = rng.choice(len(records), args.prompts_per_batch, replace=False)

@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cluster.config import REPO_ROOT, load_config, resolve  # noqa: E402
-from cluster.stages import in_process_scorers, score_in_process  # noqa: E402
+from cluster.stages import score_in_process  # noqa: E402
 from models.seeding import derive_seed  # noqa: E402
+from rewards.base import build_scorers  # noqa: E402
 from rewards.combine import combine  # noqa: E402
 from rewards.prompts import load_prompts  # noqa: E402
 from rollout.worker import GroupRequest, RolloutWorker  # noqa: E402
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     worker = RolloutWorker(cfg.model.model_copy(update={"path": resolve(cfg.model.path)}), sampling,
                            algorithm=cfg.algorithm)
     records = load_prompts(resolve(cfg.data.train_prompts))
-    scorers = in_process_scorers(cfg)
+    scorers = build_scorers(cfg.rewards.scorers)
 
     def reward(result) -> np.ndarray:
         (scored,) = score_in_process([result], scorers)

@@ -43,10 +43,11 @@ def _cfg(args, **extra):
 def single_process(args) -> dict:
     """The same iteration in one process, no Ray: the baseline for the overhead ratio."""
     from cluster.config import resolve
-    from cluster.stages import in_process_scorers, iteration_advantages, score_in_process
+    from cluster.stages import iteration_advantages, score_in_process
     from learner.engine import free_port
     from learner.worker import LearnerWorker
     from models.seeding import derive_seed
+    from rewards.base import build_scorers
     from rewards.prompts import load_prompts
     from rollout.worker import GroupRequest, RolloutWorker
 
@@ -57,7 +58,7 @@ def single_process(args) -> dict:
                             torch_threads=1, iterations=cfg.iterations)
     learner.setup("127.0.0.1", free_port())
     rollout.load_buckets(learner.export_sampling_buckets()[0], 0)  # the sync the Ray system runs
-    scorers = in_process_scorers(cfg)
+    scorers = build_scorers(cfg.rewards.scorers)
     prompts = load_prompts(resolve(cfg.data.train_prompts))
     times, roll_s, upd_s, images, transitions = [], [], [], 0, 0
     for it in range(args.iterations):

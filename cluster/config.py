@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from algorithms import ALGORITHMS
+from algorithms import ALGORITHMS, default_algorithm, unregistered
 from cluster.config_migration import migrate
 from learner.config import LearnerConfig
 from models.config import ModelConfig, SamplingConfig
@@ -223,7 +223,7 @@ class ExperimentConfig(_Section):
     iterations: int = Field(100, ge=1, description="Training iterations (one rollout-reward-update-sync each).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model.")
     algorithm: AlgorithmSection = Field(
-        default_factory=ALGORITHMS["flow_grpo"],
+        default_factory=default_algorithm,
         description="The RL algorithm, by `name` (algorithms/: flow_grpo, flow_grpo_fast, dance_grpo, mix_grpo, "
         "g2rpo, diffusion_nft, awm), with its own settings.",
     )
@@ -324,7 +324,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in parts) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "union_tag_invalid" and parts == ["algorithm"]:
-            loc, msg = "algorithm.name", f"{e['ctx']['tag']!r} is not registered; choose one of {sorted(ALGORITHMS)}"
+            loc, msg = "algorithm.name", unregistered(e["ctx"]["tag"])
         elif e["type"] == "union_tag_not_found" and parts == ["algorithm"]:
             loc, msg = "algorithm.name", f"missing; choose one of {sorted(ALGORITHMS)}"
         got = f" (got {e['input']!r})" if e["type"] != "value_error" and not isinstance(e["input"], dict) else ""

@@ -20,10 +20,10 @@ from algorithms import ALGORITHMS
 OLD_SELECTOR_DEFAULTS = {"sampling.strategy": "flow_grpo", "learner.loss": "grpo_clip"}
 
 
-def _get(data: dict, dotted: str) -> tuple[bool, Any]:
+def _has(data: dict, dotted: str) -> bool:
     section, key = dotted.split(".", 1)
     part = data.get(section)
-    return (True, part[key]) if isinstance(part, dict) and key in part else (False, None)
+    return isinstance(part, dict) and key in part
 
 
 def _pop(data: dict, dotted: str) -> Any:
@@ -50,8 +50,8 @@ def migrate(data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """`data` in the current layout, and a notice when it was in the old one (None otherwise).
     Raises ValueError naming the key when an old key cannot be placed."""
     owners = _all_legacy_keys()
-    selectors = [k for k in OLD_SELECTOR_DEFAULTS if _get(data, k)[0]]
-    present = [k for k in owners if _get(data, k)[0]]
+    selectors = [k for k in OLD_SELECTOR_DEFAULTS if _has(data, k)]
+    present = [k for k in owners if _has(data, k)]
     if "algorithm" in data:
         for key in selectors + present:
             new = f"algorithm.{owners[key][0].legacy_keys[key]}" if key in owners else "algorithm.name"
@@ -60,15 +60,14 @@ def migrate(data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     if not selectors and not present:
         return data, None
     data = copy.deepcopy(data)
-    old = {k: _get(data, k)[1] if _get(data, k)[0] else v for k, v in OLD_SELECTOR_DEFAULTS.items()}
+    old = dict(OLD_SELECTOR_DEFAULTS)
+    old.update({key: _pop(data, key) for key in selectors})
     chosen = [cls for cls in ALGORITHMS.values() if cls.legacy_selector() == old]
     if len(chosen) != 1:
         raise ValueError(f"sampling.strategy {old['sampling.strategy']!r} with learner.loss {old['learner.loss']!r} "
                          f"names no algorithm; set `algorithm.name` to one of {sorted(ALGORITHMS)}")
     cls = chosen[0]
     section: dict[str, Any] = {"name": cls.model_fields["name"].default}
-    for key in selectors:
-        _pop(data, key)
     for key in present:
         value = _pop(data, key)
         if key in cls.legacy_keys:

@@ -14,7 +14,7 @@ from cluster.config import ExperimentConfig
 from cluster.metrics import reward_by_tag
 from learner.advantages import get_adv_est, no_signal_mask
 from learner.worker import TrainGroup
-from rewards.base import ScoreResult, build_scorers
+from rewards.base import ScoreResult
 from rewards.combine import ADVANTAGE_INPUTS, combine
 from rewards.pool import RewardBatch
 from rollout.worker import GroupResult
@@ -28,11 +28,6 @@ class Scored:
     scores: dict  # scorer -> ScoreResult
 
 
-def in_process_scorers(cfg: ExperimentConfig) -> dict:
-    """The config's scorers built in this process (rewards.base.build_scorers)."""
-    return build_scorers(cfg.rewards.scorers)
-
-
 def reward_inputs(res: GroupResult) -> tuple:
     """(images, prompts, metadata) of a sampled group, as scorers and the reward pools take them."""
     n = res.num_images
@@ -40,7 +35,7 @@ def reward_inputs(res: GroupResult) -> tuple:
 
 
 def score_in_process(results: Sequence[GroupResult], scorers: dict) -> list[Scored]:
-    """Score each sampled group with `in_process_scorers`."""
+    """Score each sampled group in this process with `scorers` (rewards.base.build_scorers)."""
     return [Scored(r, {name: scorer(*reward_inputs(r)) for name, scorer in scorers.items()}) for r in results]
 
 

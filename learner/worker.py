@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms import ALGORITHMS, Algorithm
+from algorithms import Algorithm, default_algorithm
 from algorithms.losses import pooled_mean_std
 from common.collective import SyncGroup
 from common.data_plane import fetch_groups
@@ -165,7 +165,7 @@ class LearnerWorker:
         self.sync_group: SyncGroup | None = None
         self.sync_bucket_bytes = BUCKET_BYTES  # the rollout actors' must be equal (collective backend)
         self.ema: EmaWeights | None = None
-        self.algorithm = algorithm if algorithm is not None else ALGORITHMS["flow_grpo"]()
+        self.algorithm = algorithm if algorithm is not None else default_algorithm()
         self.plan = PLANS[self.algorithm.learner_plan](self)
         self.version = 0
         self._consecutive_skips = 0  # optimizer steps skipped in a row for a non-finite gradient

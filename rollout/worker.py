@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms import ALGORITHMS, Algorithm
+from algorithms import Algorithm, default_algorithm
 from common.collective import SyncGroup
 from common.data_plane import EvalShare, put_eval_share, put_group
 from common.memory import peak_memory_gb
@@ -86,7 +86,7 @@ class RolloutWorker:
         if torch_threads:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.name, self.sampling = name, sampling
-        self.algorithm = algorithm if algorithm is not None else ALGORITHMS["flow_grpo"]()
+        self.algorithm = algorithm if algorithm is not None else default_algorithm()
         self.policy = Policy.from_config(
             model, device=resolve_device(device, name), trainable_dtype=PRECISION_DTYPES[precision],
             rows_per_forward=rows_per_forward, images_per_decode=images_per_decode,

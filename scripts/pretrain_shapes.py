@@ -473,7 +473,7 @@ def vae_detector_accuracy(policy, records: list[dict], seed: int, n: int = 256) 
 def time_rl_iteration(policy, records: list[dict], seed: int) -> dict[str, float]:
     """One Flow-GRPO-like iteration: 8 prompts x 8 images x 10 SDE steps, then forward/backward on
     every transition (log-prob recomputed through the LoRA policy) and one AdamW step."""
-    from algorithms import ALGORITHMS
+    from algorithms import default_algorithm
     from models.config import SamplingConfig
     from models.sampling import recompute_log_probs, sample_group
     from models.schedule import sd3_sigmas
@@ -485,7 +485,7 @@ def time_rl_iteration(policy, records: list[dict], seed: int) -> dict[str, float
     prompts = [r["prompt"] for r in records[:8]]
     t0 = time.time()
     rollouts = [
-        sample_group(ALGORITHMS["flow_grpo"](), cfg, policy.velocity_fn(p), policy.initial_noise, sigmas, generator=gen)
+        sample_group(default_algorithm(), cfg, policy.velocity_fn(p), policy.initial_noise, sigmas, generator=gen)
         for p in prompts
     ]
     for r in rollouts:
