@@ -127,6 +127,14 @@ class ClusterConfig(_Section):
     address: str | None = Field(
         None, description="Ray address; None starts a local single-node Ray (or uses RAY_ADDRESS if set)."
     )
+    layout: Literal["split", "hybrid"] = Field(
+        "split",
+        description="'split': rollout actors and learner ranks are separate actors (own bundles, or shared ones with "
+        "cluster.colocate), weights synced from learner rank 0 after every update. 'hybrid': one worker per learner "
+        "rank holds the policy once, samples with the live weights and trains them (flow_grpo's layout: every GPU "
+        "samples and trains, the sync is a no-op); cluster.num_rollout_actors must equal cluster.num_learner_ranks, "
+        "and the worker takes the learner_* resources (rollout_num_gpus/_num_cpus and sync_backend are split-only).",
+    )
     num_rollout_actors: int = Field(1, ge=1, description="Rollout actors (each holds a copy of the policy).")
     rollout_num_gpus: float = Field(0.0, ge=0, description="GPUs per rollout actor.")
     rollout_num_cpus: float = Field(1.0, gt=0, description="CPUs per rollout actor.")
@@ -261,6 +269,8 @@ class ExperimentConfig(_Section):
                 f"learner.zero_stage < 3 (got colocate={c.colocate}, async_mode={c.async_mode}, "
                 f"zero_stage={self.learner.zero_stage})"
             )
+        if c.layout == "hybrid":
+            _check_hybrid(c, self.learner.zero_stage)
         if self.cluster.async_mode and self.cluster.max_staleness < 1:
             raise ValueError("cluster.max_staleness must be >= 1 when cluster.async_mode is true")
         self.algorithm.check(self)
@@ -272,6 +282,34 @@ class ExperimentConfig(_Section):
 
 
 _PRECISION_MODEL_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _check_hybrid(c: ClusterConfig, zero_stage: int) -> None:
+    """What cluster.layout='hybrid' cannot combine with, each with the reason and the fix."""
+    if c.num_rollout_actors != c.num_learner_ranks:
+        raise ValueError(
+            f"cluster.layout=hybrid: every learner rank samples, so cluster.num_rollout_actors "
+            f"({c.num_rollout_actors}) must equal cluster.num_learner_ranks ({c.num_learner_ranks})"
+        )
+    if c.rollout_num_gpus:
+        raise ValueError(
+            f"cluster.layout=hybrid: the worker that samples is the learner rank, reserved learner_num_gpus; "
+            f"set cluster.rollout_num_gpus=0 (got {c.rollout_num_gpus}) or use cluster.layout=split"
+        )
+    if c.colocate or c.colocate_offload or c.async_mode:
+        raise ValueError(
+            "cluster.layout=hybrid already shares each GPU between sampling and training, one after the other: "
+            "cluster.colocate, cluster.colocate_offload and cluster.async_mode are for cluster.layout=split "
+            f"(got colocate={c.colocate}, colocate_offload={c.colocate_offload}, async_mode={c.async_mode})"
+        )
+    if zero_stage == 3:
+        # A ZeRO-3 rank holds 1/N of every weight; sampling would gather each layer for every one of the
+        # ~num_steps x rows forwards, an all-gather per layer per step that costs more than the sampling.
+        raise ValueError(
+            "cluster.layout=hybrid samples with the engine's own parameters, which learner.zero_stage=3 partitions "
+            "across the ranks (each would gather every layer for every sampling step): use learner.zero_stage <= 2 "
+            "with hybrid, or cluster.layout=split for ZeRO-3"
+        )
 
 
 class ConfigError(ValueError):

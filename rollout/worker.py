@@ -77,21 +77,26 @@ class RolloutWorker:
         precision: str = "fp32",
         rows_per_forward: int | None = None,
         images_per_decode: int | None = None,
+        policy: Policy | None = None,
     ):
         """`device`: 'auto' (a GPU when this process sees one: `launch.py eval`), 'cuda' or 'cpu' (rollout
         actors, by their reservation); `precision`: learner.precision, so that trainable weights have the
         learner's dtype;
         `rows_per_forward`, `images_per_decode`: cluster.rollout_rows_per_forward / _images_per_decode;
-        `algorithm`: the unit whose strategy samples the groups (None: Flow-GRPO's defaults)."""
+        `algorithm`: the unit whose strategy samples the groups (None: Flow-GRPO's defaults);
+        `policy`: sample with this policy instead of loading one (cluster.layout 'hybrid': the learner
+        rank's own, cluster/hybrid.py; `device`, `precision` and the two sizes are then its own)."""
         if torch_threads:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.name, self.sampling = name, sampling
         self.algorithm = algorithm if algorithm is not None else default_algorithm()
-        self.policy = Policy.from_config(
-            model, device=resolve_device(device, name), trainable_dtype=PRECISION_DTYPES[precision],
-            rows_per_forward=rows_per_forward, images_per_decode=images_per_decode,
-        )  # fmt: skip
-        self.policy.transformer.eval()
+        if policy is None:
+            policy = Policy.from_config(
+                model, device=resolve_device(device, name), trainable_dtype=PRECISION_DTYPES[precision],
+                rows_per_forward=rows_per_forward, images_per_decode=images_per_decode,
+            )  # fmt: skip
+            policy.transformer.eval()
+        self.policy = policy
         self.version = 0
         self.sync_group: SyncGroup | None = None
         grid = sampling.sigma_schedule
