@@ -8,13 +8,13 @@ breaks the collective group, so the driver stops with a message naming it and `-
 
 from __future__ import annotations
 
-import os
-
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.config import ExperimentConfig
+from cluster.hybrid import HybridWorker
 from cluster.placement import Placement
+from common.runtime_env import actor_env
 from learner.worker import LearnerWorker
 from rollout.worker import RolloutWorker
 
@@ -24,26 +24,9 @@ def device_for(num_gpus: float) -> str:
     return "cuda" if num_gpus > 0 else "cpu"
 
 
-# Passed on from the driver when set: a gated model (FLUX.1-dev) downloads in every actor, and under
-# `ray job submit` actors inherit the environment of `ray start`, not the submitting shell's.
-_FORWARDED = ("HF_TOKEN", "HF_ENDPOINT")
-
-
 def _env(cfg: ExperimentConfig) -> dict:
-    """Actor environment: thread counts set on purpose (Ray's default is 1), the hub mode and
-    credentials passed on."""
-    return {
-        "env_vars": {
-            **{k: os.environ[k] for k in _FORWARDED if os.environ.get(k)},
-            "OMP_NUM_THREADS": str(cfg.cluster.torch_threads_per_actor),
-            "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
-            # Loading bars from every actor would drown the per-iteration progress lines.
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-            "DIFFUSERS_VERBOSITY": "error",
-            "TRANSFORMERS_VERBOSITY": "error",
-        }
-    }
+    """Actor environment (common/runtime_env.py): the driver's hub settings passed on, the thread count set."""
+    return actor_env(cfg.cluster.torch_threads_per_actor)
 
 
 def rollout_actors(cfg: ExperimentConfig, placement: Placement, max_restarts: int = 3) -> list:
@@ -89,3 +72,27 @@ def learner_actors(cfg: ExperimentConfig, placement: Placement) -> list:
         )  # fmt: skip
         for r in range(c.num_learner_ranks)
     ]
+
+
+def hybrid_actors(cfg: ExperimentConfig, placement: Placement) -> list:
+    """cluster.layout 'hybrid': one worker per learner rank (cluster/hybrid.py), in the learner ranks'
+    bundles with their resources; like a learner rank it does not restart."""
+    c = cfg.cluster
+    cls = ray.remote(HybridWorker)
+    return [
+        cls.options(
+            name=f"hybrid-{r}",
+            num_cpus=c.learner_num_cpus,
+            num_gpus=c.learner_num_gpus,
+            max_restarts=0,
+            runtime_env=_env(cfg),
+            scheduling_strategy=PlacementGroupSchedulingStrategy(placement.group, placement.learner_bundle(r)),
+        ).remote(
+            cfg.model, cfg.sampling, cfg.learner, algorithm=cfg.algorithm, rank=r, world_size=c.num_learner_ranks, seed=cfg.seed,
+            device=device_for(c.learner_num_gpus), torch_threads=c.learner_torch_threads or c.torch_threads_per_actor,
+            iterations=cfg.iterations, rows_per_forward=c.rollout_rows_per_forward,
+            images_per_decode=c.rollout_images_per_decode,
+        )  # fmt: skip
+        for r in range(c.num_learner_ranks)
+    ]
+

@@ -1,7 +1,8 @@
 """Placement groups: one bundle per rollout actor and per learner rank.
 
 Separate placement gives each rollout actor and learner rank its own bundle; `colocate` puts rollout
-actor i into learner rank i's bundle (their resources add up, so they share a GPU node slot). The
+actor i into learner rank i's bundle (their resources add up, so they share a GPU node slot);
+cluster.layout 'hybrid' has no rollout bundles (its learner ranks sample, cluster/hybrid.py). The
 strategy (PACK / SPREAD / STRICT_*) is Ray's. Reward actors are placed by their pools (rewards/pool.py)
 with their own resources, outside this group, so reward servers can live on other nodes.
 """
@@ -33,13 +34,16 @@ class Placement:
         remove_placement_group(self.group)
 
 
-def bundles(c: ClusterConfig) -> list[dict[str, float]]:
-    """Resource bundles: learner ranks first, then rollout actors (or both in one bundle if colocated)."""
+def bundles(c: ClusterConfig, rollout_bundles: bool = True) -> list[dict[str, float]]:
+    """Resource bundles: learner ranks first, then rollout actors (or both in one bundle if colocated);
+    `rollout_bundles` False: the learner ranks' only (the layout's rollout actors are its learner ranks)."""
 
     def spec(cpus: float, gpus: float) -> dict[str, float]:
         return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
 
     learner = [spec(c.learner_num_cpus, c.learner_num_gpus) for _ in range(c.num_learner_ranks)]
+    if not rollout_bundles:
+        return learner
     if c.colocate:
         per = -(-c.num_rollout_actors // c.num_learner_ranks)  # rollout actors sharing one learner bundle
         r = spec(c.rollout_num_cpus, c.rollout_num_gpus)
@@ -47,14 +51,15 @@ def bundles(c: ClusterConfig) -> list[dict[str, float]]:
     return learner + [spec(c.rollout_num_cpus, c.rollout_num_gpus) for _ in range(c.num_rollout_actors)]
 
 
-def create_placement(c: ClusterConfig, timeout_s: float = 120.0) -> Placement:
+def create_placement(c: ClusterConfig, rollout_bundles: bool = True, timeout_s: float = 120.0) -> Placement:
     """Reserve the bundles; fail with the demand and what the cluster has if they cannot be placed."""
-    pg = placement_group(bundles(c), strategy=c.placement_strategy, name="flowray")
+    specs = bundles(c, rollout_bundles)
+    pg = placement_group(specs, strategy=c.placement_strategy, name="flowray")
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
         remove_placement_group(pg)
         raise RuntimeError(
-            f"could not place {bundles(c)} ({c.placement_strategy}) within {timeout_s:.0f} s; the cluster has "
+            f"could not place {specs} ({c.placement_strategy}) within {timeout_s:.0f} s; the cluster has "
             f"{ray.cluster_resources()}: lower cluster.*_num_cpus/_num_gpus or the actor counts"
         )
     return Placement(pg, c.num_learner_ranks, c.num_rollout_actors, c.colocate)

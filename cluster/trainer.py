@@ -30,17 +30,15 @@ import yaml
 from ray.exceptions import ObjectLostError, RayActorError
 
 from cluster import checkpoints
-from cluster.actors import learner_actors, rollout_actors
 from cluster.config import ExperimentConfig, resolve
 from cluster.evaluation import Evaluation, before_after_picture, compare_evaluations, comparison_table
+from cluster.layouts import LAYOUTS
 from cluster.metrics import MetricsLogger, progress_line
-from cluster.placement import create_placement
 from cluster.plots import plot_curves
 from cluster.ray_init import require_fit
 from cluster.run_evaluation import RunEvaluation
 from cluster.scheduling import MAX_ROLLOUT_RETRIES, PendingRollout, Schedule, schedule_for, timed
 from cluster.stages import Scored, iteration_advantages, mean_over_ranks, reward_inputs, reward_metrics
-from cluster.weight_sync import WeightSync
 from common.storage import StorageError, remove_sentinel, resolve_output_dir, write_sentinel
 from learner.worker import TrainGroup
 from models.seeding import derive_seed
@@ -71,6 +69,7 @@ class Trainer(RunEvaluation):
         self.version = 0  # policy version held by the learner
         self.logger: MetricsLogger | None = None
         self.schedule: Schedule | None = None  # cluster/scheduling.py, chosen at setup once the actors exist
+        self.layout = LAYOUTS[cfg.cluster.layout]  # cluster/layouts.py: placement, actors and weight sync
 
     # ------------------------------------------------------------------ setup / teardown
 
@@ -82,17 +81,16 @@ class Trainer(RunEvaluation):
             print(f"[flowray] {out} held an earlier run: moved it to {archived}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
-        self.placement = create_placement(c)
-        self.learners = learner_actors(self.cfg, self.placement)
+        self.placement = self.layout.place(self.cfg)
+        self.learners = self.layout.learners(self.cfg, self.placement)
         master = ray.get(self.learners[0].rendezvous.remote())
         ray.get([learner.setup.remote(*master) for learner in self.learners])
         self._check_storage()
-        self.rollouts = rollout_actors(self.cfg, self.placement)
+        self.rollouts = self.layout.rollouts(self.cfg, self.placement, self.learners)
         self.schedule = schedule_for(c, lambda iteration: self.submit_rollout(iteration), self.learners,
                                      self.rollouts)
         self.rewards = RewardPools(self.cfg.rewards)
-        self.sync_weights = WeightSync(c.sync_backend, self.learners, self.rollouts,
-                                       gather_on_all_ranks=self.cfg.learner.zero_stage == 3)
+        self.sync_weights = self.layout.weight_sync(self.cfg, self.learners, self.rollouts)
         lc = self.cfg.logging
         wandb = {"project": lc.wandb_project, "mode": lc.wandb_mode, "name": self.cfg.name,
                  "config": self.cfg.model_dump(mode="json")} if lc.wandb else None
@@ -149,8 +147,8 @@ class Trainer(RunEvaluation):
             self.logger.close()
         if hasattr(self, "rewards"):
             self.rewards.shutdown()
-        for actor in getattr(self, "rollouts", []) + getattr(self, "learners", []):
-            ray.kill(actor, no_restart=True)
+        for actor in {id(a): a for a in getattr(self, "rollouts", []) + getattr(self, "learners", [])}.values():
+            ray.kill(actor, no_restart=True)  # once each: a hybrid worker is both
         if hasattr(self, "placement"):
             self.placement.remove()
 
@@ -188,7 +186,11 @@ class Trainer(RunEvaluation):
             a, req = pending.calls.pop(ready[0])
             try:
                 res = ray.get(ready[0])
-            except RayActorError:
+            except RayActorError as err:
+                if not self.layout.rollouts_restart:  # hybrid: the actor was a learner rank too
+                    raise LearnerRankError(f"hybrid-{a} died while sampling: the data-parallel "
+                                           "group cannot continue. Restart with --resume to continue from the last "
+                                           "complete checkpoint") from err
                 retries[a] += 1
                 if retries[a] > MAX_ROLLOUT_RETRIES:
                     raise

@@ -42,18 +42,25 @@ class WeightSyncError(RuntimeError):
 
 
 class WeightSync:
-    def __init__(self, backend: str, learners: list, rollout_actors: list, *, gather_on_all_ranks: bool = False):
+    def __init__(
+        self, backend: str, learners: list, rollout_actors: list, *, gather_on_all_ranks: bool = False
+    ):
         if backend not in ("object_store", "collective"):
             raise ValueError(f"cluster.sync_backend {backend!r}: expected 'object_store' or 'collective'")
         self.backend, self.learner0, self.actors = backend, learners[0], rollout_actors
         self.gatherers = learners[1:] if gather_on_all_ranks else []  # ranks that only take part in gathers
-        self.latest: tuple[list, str] | None = None  # (bucket refs, digest) of the current version, once exported
+        self.latest: tuple[list, str] | None = (
+            None  # (bucket refs, digest) of the current version, once exported
+        )
         self.latest_version: int | None = None  # None: nothing synced yet
         self._group_ready = False
         self._member_pids: list[int] = []  # the rollout actors' processes when the group was built
 
     def _pids(self) -> list[int]:
-        return [call_when_available(lambda a=a: a.pid.remote(), "a rollout actor's process id") for a in self.actors]
+        return [
+            call_when_available(lambda a=a: a.pid.remote(), "a rollout actor's process id")
+            for a in self.actors
+        ]
 
     def _build_group(self) -> None:
         """(Re)build the broadcast group; members that belonged to an older one close it first."""
@@ -86,8 +93,12 @@ class WeightSync:
                 try:
                     acks.append(ray.get(call))
                 except RayActorError:  # died before acknowledging: Ray restarts it; give it the weights again
-                    acks.append(call_when_available(lambda a=actor: a.load_buckets.remote(refs, version),
-                                                    "weight sync to a restarted rollout actor"))
+                    acks.append(
+                        call_when_available(
+                            lambda a=actor: a.load_buckets.remote(refs, version),
+                            "weight sync to a restarted rollout actor",
+                        )
+                    )
         else:
             if busy:
                 ray.wait(list(busy), num_returns=len(busy))
@@ -114,6 +125,38 @@ class WeightSync:
             if self.latest is None:
                 self.latest = self._export()
             refs, version = self.latest[0], self.latest_version
-            call_when_available(lambda: actor.load_buckets.remote(refs, version), "weights for a rollout actor")
+            call_when_available(
+                lambda: actor.load_buckets.remote(refs, version), "weights for a rollout actor"
+            )
         if restarted:
             self._group_ready = False
+
+
+class InPlaceSync:
+    """cluster.layout 'hybrid': every worker samples with the weights it trains (cluster/hybrid.py), so a
+    sync moves nothing; it asks each worker for the digest of the weights it now samples with and
+    checks that every rank holds the same bits (data-parallel ranks that drifted apart would train on
+    samples their neighbours never drew)."""
+
+    backend = "in_place"
+
+    def __init__(self, workers: list):
+        self.actors = workers
+        self.latest_version: int | None = None
+
+    def sync(self, version: int, busy: Sequence[ray.ObjectRef] = ()) -> SyncReport:
+        start = time.perf_counter()
+        self.latest_version = version
+        acks = ray.get([w.sampling_digest.remote(version) for w in self.actors])
+        digest = acks[0]["digest"]
+        bad = [a["actor"] for a in acks if a["version"] != version or a["digest"] != digest]
+        if bad:
+            raise WeightSyncError(
+                f"version {version}: {bad} sample with other weights than {acks[0]['actor']} "
+                "(the data-parallel ranks drifted apart)"
+            )
+        return SyncReport(version, time.perf_counter() - start, digest)
+
+    def resend(self, actor, restarted: bool = True) -> None:
+        """The training weights back in place after an evaluation with others (a worker never restarts)."""
+        ray.get(actor.restore_sampling_weights.remote())

@@ -7,8 +7,10 @@ train_nft_sd3.py: a per-sample permutation of the schedule's timesteps, the firs
 The draws are a pure function of (run seed, iteration, group index, sample id), so a resumed run or
 another split across learner ranks trains on exactly the same x_t.
 
-The sampling policy's velocity v_old(x_t) is evaluated on the learner by loading its weights into the
-trainable parameters under no_grad and restoring the trained ones bit for bit. algorithm.old_policy:
+The sampling policy's velocity v_old(x_t) is evaluated on the learner by copying its weights into the
+trainable parameters in place under no_grad and copying the trained ones back bit for bit (`swapped_in`):
+both copies live on the rank's device, so a micro-batch costs two device copies of the trainable weights,
+not a round trip through the host. algorithm.old_policy:
 - 'current': the weights at the start of the iteration's update (what sampled the rollout when it is
   on-policy); AWM's ratio is then exactly 1 at the first optimizer step.
 - 'ema': DiffusionNFT's EMA of the trained weights, updated after every iteration with NVlabs'
@@ -17,7 +19,8 @@ trainable parameters under no_grad and restoring the trained ones bit for bit. a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -64,6 +67,41 @@ def old_policy_decay(step: int, flat: int, rate: float, ceiling: float) -> float
     return 0.0 if step < flat else min(rate * (step - flat), ceiling)
 
 
+def held_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the sampling policy is kept in: bf16 weights average in fp32 (an EMA in bf16 would lose
+    every update below its 8-bit mantissa), others in their own."""
+    return torch.float32 if dtype == torch.bfloat16 else dtype
+
+
+def snapshot(live: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A private copy of the live trainable weights, on their device, in `held_dtype`."""
+    return {n: t.detach().to(held_dtype(t.dtype), copy=True) for n, t in live.items()}
+
+
+def ema_step(old: dict[str, torch.Tensor], live: dict[str, torch.Tensor], decay: float) -> None:
+    """old <- decay * old + (1 - decay) * live, element by element in old's dtype (two products and a sum,
+    never fused, so it rounds as NumPy does)."""
+    with torch.no_grad():
+        for name, value in live.items():
+            old[name] = decay * old[name] + (1.0 - decay) * value.detach().to(old[name].dtype)
+
+
+@contextmanager
+def swapped_in(live: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Run the block with `weights` copied into the live tensors (cast to their dtype, as a load does);
+    the live values are copied back bit for bit afterwards, also when the block raises."""
+    with torch.no_grad():
+        kept = {n: t.detach().clone() for n, t in live.items()}
+        for n, t in live.items():
+            t.copy_(weights[n])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, t in live.items():
+                t.copy_(kept[n])
+
+
 def flatten_samples(groups, k: int) -> list[tuple[int, int, int]]:
     """(group, sample_id, timestep j) triples of every kept sample, j in [0, K)."""
     return [(gi, s, j) for gi, g in enumerate(groups) for s in range(g.rollout.num_samples) if bool(g.keep[s])
@@ -98,25 +136,24 @@ class ForwardProcessPlan:
     def __init__(self, worker):
         self.worker, self.cfg, self.algorithm = worker, worker.cfg, worker.algorithm
         self.schedule = sd3_sigmas(worker.sampling.num_steps, worker.sampling.shift)[:-1]
-        self.old: dict[str, np.ndarray] | None = None  # the sampling policy's weights
+        self.old: dict[str, torch.Tensor] | None = None  # the sampling policy's weights, on the rank's device
         self.iteration = 0
 
     def setup(self) -> None:
         """At the start both policies are the initial weights."""
-        self.old = self.worker.export_weights()
+        self.old = snapshot(self.worker.policy.trainable_tensors())
 
     def begin(self, groups, iteration: int) -> None:
         self.iteration = iteration
         if not self.algorithm.sampling_policy_is_separate:  # 'current': on-policy at each iteration's start
-            self.old = self.worker.export_weights()
+            self.old = snapshot(self.worker.policy.trainable_tensors())
 
     def end(self) -> None:
         if self.algorithm.sampling_policy_is_separate:
             c = self.algorithm
             decay = old_policy_decay(self.worker.engine.global_steps, c.old_policy_decay_flat,
                                      c.old_policy_decay_rate, c.old_policy_decay_max)
-            for name, value in self.worker.export_weights().items():
-                self.old[name] = (decay * self.old[name] + (1.0 - decay) * value).astype(value.dtype)
+            ema_step(self.old, self.worker.policy.trainable_tensors(), decay)
 
     def rows(self, groups) -> list[tuple[int, int, int]]:
         return flatten_samples(groups, self.algorithm.train_timesteps)
@@ -154,21 +191,20 @@ class ForwardProcessPlan:
 
     def _old_velocity(self, x_t, sigma, cond) -> torch.Tensor:
         policy = self.worker.policy
-        trained = policy.export_trainable()
-        policy.load_trainable({k: torch.from_numpy(v) for k, v in self.old.items()})
-        try:
+        with swapped_in(policy.trainable_tensors(), self.old):
             return policy.velocity(x_t, sigma, cond)
-        finally:
-            policy.load_trainable(trained)
 
-    def sampling_source(self) -> dict[str, np.ndarray] | None:
+    def sampling_source(self) -> dict[str, torch.Tensor] | None:
         """The weights the rollout actors sample with when they are not the trained ones: the EMA
-        (old_policy 'ema', fp32 on the host; weight sync casts it to the weights' own dtype)."""
+        (old_policy 'ema', on the device in `held_dtype`; weight sync casts it to the weights' own dtype)."""
         return self.old if self.algorithm.sampling_policy_is_separate else None
 
     def state(self) -> dict[str, np.ndarray] | None:
-        """What a checkpoint must keep to resume exactly: the EMA sampling policy."""
-        return self.old if self.algorithm.sampling_policy_is_separate else None
+        """What a checkpoint must keep to resume exactly: the EMA sampling policy (as host arrays)."""
+        if not self.algorithm.sampling_policy_is_separate:
+            return None
+        return {k: v.detach().cpu().numpy() for k, v in self.old.items()}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        self.old = state
+        live = self.worker.policy.trainable_tensors()
+        self.old = {k: torch.from_numpy(np.array(v, copy=True)).to(live[k].device) for k, v in state.items()}

@@ -185,12 +185,7 @@ class LearnerWorker:
         )  # fmt: skip
         # The LoRA init is random: seed it so every rank, and every rerun of a config, starts alike.
         torch.manual_seed(derive_seed(self.seed, "init"))
-        # Only the transformer: prompts arrive encoded with their groups (common/data_plane.py), so the
-        # text encoders (SD3.5's T5-XXL alone: 9.5 GB in bf16) and the VAE are never loaded here.
-        self.policy = Policy.from_config(
-            self.model_cfg, device=self.device, transformer_only=True,
-            trainable_dtype=PRECISION_DTYPES[self.cfg.precision], reference_copy=self.cfg.beta > 0,
-        )  # fmt: skip
+        self.policy = self.load_policy()
         self.policy.transformer.train()
         self.engine = build_engine(
             self.policy.transformer, self.policy.trainable_parameters(), self.cfg, self.world_size
@@ -202,6 +197,15 @@ class LearnerWorker:
         )
         self.plan.setup()
         return f"learner-{self.rank}"
+
+    def load_policy(self) -> Policy:
+        """Only the transformer: prompts arrive encoded with their groups (common/data_plane.py), so the
+        text encoders (SD3.5's T5-XXL alone: 9.5 GB in bf16) and the VAE are never loaded here (a hybrid
+        worker, cluster/hybrid.py, loads the whole pipeline)."""
+        return Policy.from_config(
+            self.model_cfg, device=self.device, transformer_only=True,
+            trainable_dtype=PRECISION_DTYPES[self.cfg.precision], reference_copy=self.cfg.beta > 0,
+        )  # fmt: skip
 
     # -- the update
 
@@ -343,7 +347,7 @@ class LearnerWorker:
         `_sampling_buckets`): the trained weights, or the forward-process family's EMA sampling policy
         (algorithm.old_policy 'ema')."""
         source = self.plan.sampling_source()
-        return self.export_weights() if source is None else {k: v.copy() for k, v in source.items()}
+        return self.export_weights() if source is None else {k: v.detach().cpu().numpy().copy() for k, v in source.items()}
 
     def _sampling_buckets(self, device: torch.device | str) -> Iterator[tuple[BucketSpec, torch.Tensor | None]]:
         """The sampling weights bucket by bucket, in the policy's own dtypes (common/weight_buckets.py),
@@ -351,10 +355,10 @@ class LearnerWorker:
         collective every rank enters) and released before the next, and only rank 0 packs (the others
         get None), so no rank holds more than one bucket beyond its shard."""
         live = self.policy.trainable_tensors()
-        host = self.plan.sampling_source()  # an EMA sampling policy kept on the host (rank 0), or None
+        held = self.plan.sampling_source()  # an EMA sampling policy held beside the trained weights, or None
         for spec in plan_for(live, self.sync_bucket_bytes):
-            if host is not None:
-                flat = pack(spec, {n: torch.from_numpy(host[n]) for n in spec.names}, device) if self.rank == 0 else None
+            if held is not None:
+                flat = pack(spec, held, device) if self.rank == 0 else None
             else:
                 with gathered([live[n] for n in spec.names]) if self.cfg.zero_stage == 3 else nullcontext():
                     flat = pack(spec, live, device) if self.rank == 0 else None

@@ -306,3 +306,39 @@ def test_cfg_free_sampling_is_one_transformer_row_per_latent_for_every_strategy(
         (res,) = worker.rollout([GroupRequest(0, PROMPTS[0], {}, seed=1, iteration=0)])
         # guidance 1 trains and samples CFG-free: no unconditional half, the model is the whole policy
         assert sum(rows) == res.rollout.nfe * (1 if guidance == 1.0 else 2), name
+
+
+def test_the_sampling_policy_ema_on_the_device_rounds_as_the_host_numpy_ema_did():
+    """The EMA moved from host NumPy to device tensors (issue 32): same bits, for bf16 and fp32 weights."""
+    from learner.forward_process import ema_step, snapshot
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32):
+        live = {"a": torch.randn(257, generator=gen).to(dtype), "b": torch.randn(3, 5, generator=gen).to(dtype)}
+        old = snapshot(live)
+        host = {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy().copy() for k, v in live.items()}
+        for decay in (0.0, 0.3, 0.999):
+            for v in live.values():
+                v.add_(torch.randn(v.shape, generator=gen).to(dtype))
+            ema_step(old, live, decay)
+            for name, v in live.items():  # the code this replaced, verbatim
+                value = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+                host[name] = (decay * host[name] + (1.0 - decay) * value).astype(value.dtype)
+            for name in live:
+                assert np.array_equal(old[name].numpy(), host[name]), (dtype, decay, name)
+
+
+def test_swapped_in_runs_the_block_with_the_other_weights_and_restores_the_live_ones_bit_for_bit():
+    from learner.forward_process import swapped_in
+
+    live = {"w": torch.randn(64).to(torch.bfloat16), "v": torch.randn(8)}
+    before = {k: t.clone() for k, t in live.items()}
+    other = {"w": torch.randn(64), "v": torch.randn(8)}
+    seen = {}
+    with pytest.raises(RuntimeError, match="inside"):
+        with swapped_in(live, other):
+            seen = {k: t.clone() for k, t in live.items()}
+            raise RuntimeError("inside")
+    assert torch.equal(seen["w"], other["w"].to(torch.bfloat16)) and torch.equal(seen["v"], other["v"])
+    for k in live:
+        assert torch.equal(live[k], before[k])
