@@ -1,4 +1,4 @@
-"""System benchmark: component throughput, weight-sync time per backend, Ray overhead, async speedup.
+"""System benchmark: component throughput, weight-sync time per backend, Ray overhead, async speedup, hybrid.
 
     python benchmarks/system_bench.py [--config PATH] [--iterations 4] [key=value ...]
 
@@ -8,7 +8,9 @@ Measured side by side in one run, on whatever machine runs it (numbers are print
      weight copy) vs the Ray system in sync mode (1 rollout actor, 1 learner rank, 1 reward actor):
      overhead ratio = single-process time / Ray time per iteration (goal >= 0.9);
   3. Ray async vs sync time per iteration (goal >= 1.5x with 1 rollout + 1 learner actor);
-  4. weight sync seconds per backend (object store, collective).
+  4. weight sync seconds per backend (object store, collective);
+  5. the hybrid layout (cluster/hybrid.py: one worker samples with its live weights and trains them) vs the
+     single process: goal within 5% (hybrid / single process <= 1.05).
 The first iteration of every mode is warm-up and excluded.
 """
 
@@ -34,7 +36,9 @@ from cluster.config import load_config  # noqa: E402
 
 def _cfg(args, **extra):
     overrides = [
+        # One thread per worker everywhere (a preset's learner_torch_threads would favour the modes that use it).
         "cluster.num_rollout_actors=1", "cluster.num_learner_ranks=1", "cluster.torch_threads_per_actor=1",
+        "cluster.learner_torch_threads=null",
         "logging.tensorboard=false", f"iterations={args.iterations}", *args.overrides,
     ]  # fmt: skip
     return load_config(args.config, overrides + [f"{k}={v}" for k, v in extra.items()])
@@ -86,7 +90,7 @@ def single_process(args) -> dict:
     }
 
 
-def ray_system(args, *, async_mode: bool, backend: str = "object_store") -> dict:
+def ray_system(args, *, async_mode: bool, backend: str = "object_store", layout: str = "split") -> dict:
     import ray
 
     from cluster.ray_init import cpu_demand, start_local_ray
@@ -94,7 +98,7 @@ def ray_system(args, *, async_mode: bool, backend: str = "object_store") -> dict
 
     out = tempfile.mkdtemp(prefix="flowray-bench-")
     cfg = _cfg(args, **{"cluster.async_mode": str(async_mode).lower(), "cluster.sync_backend": backend,
-                        "logging.output_dir": out, "logging.checkpoint_every": 10**6})
+                        "cluster.layout": layout, "logging.output_dir": out, "logging.checkpoint_every": 10**6})
     start_local_ray(cpu_demand(cfg), log_to_driver=False)
     try:
         with Trainer(cfg) as trainer:
@@ -126,16 +130,21 @@ def main() -> None:
     print(f"[bench] ray async: {asyn}", flush=True)
     coll = ray_system(args, async_mode=False, backend="collective")
     print(f"[bench] ray sync, collective weight sync: {coll}", flush=True)
+    hybrid = ray_system(args, async_mode=False, layout="hybrid")
+    print(f"[bench] ray hybrid: {hybrid}", flush=True)
     rows = [
         ("rollout images/s (in-process)", f"{single['rollout_images_per_s']:.1f}"),
         ("learner transitions/s (in-process)", f"{single['learner_transitions_per_s']:.1f}"),
         ("s/iteration single process", f"{single['seconds_per_iteration']:.2f}"),
         ("s/iteration Ray sync", f"{sync['seconds_per_iteration']:.2f}"),
         ("s/iteration Ray async", f"{asyn['seconds_per_iteration']:.2f}"),
+        ("s/iteration Ray hybrid", f"{hybrid['seconds_per_iteration']:.2f}"),
         ("overhead ratio (single / Ray sync; goal >= 0.9)", f"{single['seconds_per_iteration'] / sync['seconds_per_iteration']:.2f}"),
         ("async speedup (sync / async; goal >= 1.5)", f"{sync['seconds_per_iteration'] / asyn['seconds_per_iteration']:.2f}"),
+        ("hybrid / single process (goal <= 1.05)", f"{hybrid['seconds_per_iteration'] / single['seconds_per_iteration']:.2f}"),
         ("weight sync s, object store", f"{sync['sync_seconds']:.3f}"),
         ("weight sync s, collective (gloo/NCCL)", f"{coll['sync_seconds']:.3f}"),
+        ("weight sync s, hybrid (in place: digest check only)", f"{hybrid['sync_seconds']:.3f}"),
         ("async staleness (max)", f"{asyn['staleness_max']:.0f}"),
     ]
     width = max(len(r[0]) for r in rows)

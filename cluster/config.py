@@ -121,13 +121,18 @@ class DataConfig(_Section):
         return self
 
 
+# cluster.layout -> whether its rollout actors are processes of their own, with their own resources
+# (cluster/layouts.py; in 'hybrid' the learner ranks sample).
+SEPARATE_ROLLOUT_ACTORS = {"split": True, "hybrid": False}
+
+
 class ClusterConfig(_Section):
     """Where the actors run. Counts and resources here change speed, never the algorithm."""
 
     address: str | None = Field(
         None, description="Ray address; None starts a local single-node Ray (or uses RAY_ADDRESS if set)."
     )
-    layout: Literal["split", "hybrid"] = Field(
+    layout: Literal[tuple(SEPARATE_ROLLOUT_ACTORS)] = Field(
         "split",
         description="'split': rollout actors and learner ranks are separate actors (own bundles, or shared ones with "
         "cluster.colocate), weights synced from learner rank 0 after every update. 'hybrid': one worker per learner "
@@ -182,6 +187,12 @@ class ClusterConfig(_Section):
         "127.0.0.1", description="Ray dashboard bind address for a local Ray (loopback by default; the dashboard runs code)."
     )
     include_dashboard: bool = Field(True, description="Start the Ray dashboard with a local Ray.")
+
+    @property
+    def rollout_processes(self) -> int:
+        """Rollout actors that are processes of their own, reserving rollout_num_cpus/_gpus each (0 where
+        the layout's learner ranks sample)."""
+        return self.num_rollout_actors if SEPARATE_ROLLOUT_ACTORS[self.layout] else 0
 
 
 class LoggingConfig(_Section):

@@ -7,7 +7,8 @@
   - Hybrid: one worker per learner rank samples with its live weights and trains them (cluster/hybrid.py);
     the sync moves nothing and checks that every rank samples with the same bits (`InPlaceSync`). A
     worker is a learner rank, so it does not restart: losing one stops the run, `--resume` continues.
-The driver (cluster/trainer.py) asks its layout for the placement, the actors and the weight sync.
+The driver (cluster/trainer.py) asks its layout for the actors and the weight sync; the placement's bundles
+follow `cluster.rollout_processes` (cluster/placement.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import ClassVar
 
 from cluster.actors import hybrid_actors, learner_actors, rollout_actors
 from cluster.config import ExperimentConfig
-from cluster.placement import Placement, create_placement
+from cluster.placement import Placement
 from cluster.weight_sync import InPlaceSync, WeightSync
 
 
@@ -24,10 +25,6 @@ class Split:
     rollouts_restart: ClassVar[bool] = (
         True  # a dead rollout actor is restarted by Ray and its groups resampled
     )
-
-    @staticmethod
-    def place(cfg: ExperimentConfig) -> Placement:
-        return create_placement(cfg.cluster)
 
     @staticmethod
     def learners(cfg: ExperimentConfig, placement: Placement) -> list:
@@ -47,10 +44,6 @@ class Split:
 
 class Hybrid:
     rollouts_restart: ClassVar[bool] = False  # the rollout actors are the learner ranks
-
-    @staticmethod
-    def place(cfg: ExperimentConfig) -> Placement:
-        return create_placement(cfg.cluster, rollout_bundles=False)
 
     @staticmethod
     def learners(cfg: ExperimentConfig, placement: Placement) -> list:

@@ -34,15 +34,15 @@ class Placement:
         remove_placement_group(self.group)
 
 
-def bundles(c: ClusterConfig, rollout_bundles: bool = True) -> list[dict[str, float]]:
+def bundles(c: ClusterConfig) -> list[dict[str, float]]:
     """Resource bundles: learner ranks first, then rollout actors (or both in one bundle if colocated);
-    `rollout_bundles` False: the learner ranks' only (the layout's rollout actors are its learner ranks)."""
+    the learner ranks' only where they are the rollout actors too (cluster.layout 'hybrid')."""
 
     def spec(cpus: float, gpus: float) -> dict[str, float]:
         return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
 
     learner = [spec(c.learner_num_cpus, c.learner_num_gpus) for _ in range(c.num_learner_ranks)]
-    if not rollout_bundles:
+    if not c.rollout_processes:
         return learner
     if c.colocate:
         per = -(-c.num_rollout_actors // c.num_learner_ranks)  # rollout actors sharing one learner bundle
@@ -51,9 +51,9 @@ def bundles(c: ClusterConfig, rollout_bundles: bool = True) -> list[dict[str, fl
     return learner + [spec(c.rollout_num_cpus, c.rollout_num_gpus) for _ in range(c.num_rollout_actors)]
 
 
-def create_placement(c: ClusterConfig, rollout_bundles: bool = True, timeout_s: float = 120.0) -> Placement:
+def create_placement(c: ClusterConfig, timeout_s: float = 120.0) -> Placement:
     """Reserve the bundles; fail with the demand and what the cluster has if they cannot be placed."""
-    specs = bundles(c, rollout_bundles)
+    specs = bundles(c)
     pg = placement_group(specs, strategy=c.placement_strategy, name="flowray")
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:

@@ -7,7 +7,10 @@ downloaded, no actor starts. It checks that
 - `model.path` is a complete local diffusers folder, or a hub id (reported as a download);
 - every scorer accepts its options, and its weights are an existing local folder or a hub id;
 - the CPUs and GPUs that the rollout actors, learner ranks and reward actors reserve fit the cluster
-  (Ray's `cluster_resources()` when connected, else this machine);
+  (Ray's `cluster_resources()` when connected, else this machine), and no two members of a collective
+  weight-sync group can land on one GPU (NCCL refuses them);
+- when connected to Ray, that every other node which can host those actors finds the weights they load
+  (`check_nodes`: a small task pinned to each node, run with the actors' environment);
 - each actor kind's estimated memory (cluster/memory_plan.py, from configs and safetensors headers) fits
   its GPU share of `cluster.gpu_memory_gb`; the breakdown is printed as `memory ...` lines.
 Each check is ok, warn or error; `report.ok` is False on any error, and every message names the
@@ -192,16 +195,27 @@ def _hub_cached(repo_id: str, filename: str) -> bool:
         return False
 
 
-def _hub_message(repo_id: str, filename: str) -> tuple[Status, str]:
+def _hub_message(repo_id: str, filename: str, node: bool = False) -> tuple[Status, str]:
+    """Whether a hub id is in the Hugging Face cache. node=True: the check runs on a node that will load
+    it (`check_nodes`), where a cache miss is that node's own download (warn) or, offline, a load that
+    fails (error); the message names the cache folder looked in."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     if _hub_cached(repo_id, filename):
         return "ok", f"hub id {repo_id!r}, found in the local Hugging Face cache"
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if node:
+        from huggingface_hub import constants
+
+        where = f"hub id {repo_id!r} is not in this node's Hugging Face cache {constants.HF_HUB_CACHE}"
+        if offline:
+            return "error", f"{where} and HF_HUB_OFFLINE is set: loading will fail here"
+        return "warn", f"{where}: every actor here downloads it (set HF_HOME or HF_HUB_CACHE to a shared cache)"
+    if offline:
         return "warn", (f"hub id {repo_id!r} will download on first load, but HF_HUB_OFFLINE is set and it is "
                         "not in the local cache: loading will fail until it is downloaded")
     return "ok", f"hub id {repo_id!r}: will download on first load (not in the local Hugging Face cache)"
 
 
-def _check_model(cfg: ExperimentConfig, report: PreflightReport) -> None:
+def _check_model(cfg: ExperimentConfig, report: PreflightReport, node: bool = False) -> None:
     from models.policy import ModelFolderError, check_pipeline_folder, resolve_model_path
 
     value = cfg.model.path
@@ -221,38 +235,46 @@ def _check_model(cfg: ExperimentConfig, report: PreflightReport) -> None:
     if Path(location).exists():
         report.add("model.path", "error", f"{location} is a file; expected a diffusers pipeline folder or a hub id")
         return
-    report.add("model.path", *_hub_message(location, "model_index.json"))
+    report.add("model.path", *_hub_message(location, "model_index.json", node))
 
 
 def _check_scorers(cfg: ExperimentConfig, report: PreflightReport) -> None:
-    from rewards.base import check_scorer_options, scorer_factory
+    from rewards.base import check_scorer_options
 
     for i, scorer in enumerate(cfg.rewards.scorers):
         key = f"rewards.scorers[{i}]"
         try:
             options = scorer.scorer_options()
             check_scorer_options(scorer.name, options)
-            parameters = inspect.signature(scorer_factory(scorer.name)).parameters
+            weights = _scorer_weight_options(scorer, options)
         except (TypeError, KeyError, ImportError) as err:
             report.add(f"{key}.options", "error", f"scorer {scorer.name!r}: {err}")
             continue
         report.add(f"{key}.options", "ok", f"scorer {scorer.name!r} accepts {sorted(options) or 'no options'}")
-        for option in WEIGHT_OPTIONS:
-            if option not in parameters:
-                continue
-            value = options.get(option, parameters[option].default)
-            if not isinstance(value, str) or not value:
-                continue
-            if option in scorer.options:
-                where = f"{key}.options.{option}"
-            elif option in ("model", "detector") and scorer.model is not None:
-                where = f"{key}.model"
-            else:
-                where = f"{key}.{option} (default)"
-            _check_weights(report, where, scorer.name, option, value)
+        for option, value in weights:
+            _check_weights(report, _weight_key(key, scorer, option), scorer.name, option, value)
 
 
-def _check_weights(report: PreflightReport, where: str, name: str, option: str, value: str) -> None:
+def _scorer_weight_options(scorer, options: dict) -> list[tuple[str, str]]:
+    """(option, value) of each constructor option of a scorer that names weights, set or defaulted."""
+    from rewards.base import scorer_factory
+
+    parameters = inspect.signature(scorer_factory(scorer.name)).parameters
+    values = [(option, options.get(option, parameters[option].default)) for option in WEIGHT_OPTIONS
+              if option in parameters]
+    return [(option, value) for option, value in values if isinstance(value, str) and value]
+
+
+def _weight_key(key: str, scorer, option: str) -> str:
+    """The config key that sets a scorer's weight option (or says it is the constructor's default)."""
+    if option in scorer.options:
+        return f"{key}.options.{option}"
+    if option in ("model", "detector") and scorer.model is not None:
+        return f"{key}.model"
+    return f"{key}.{option} (default)"
+
+
+def _check_weights(report: PreflightReport, where: str, name: str, option: str, value: str, node: bool = False) -> None:
     if _looks_local(value):
         path = resolve_path(value)
         if not path.is_dir():
@@ -264,7 +286,7 @@ def _check_weights(report: PreflightReport, where: str, name: str, option: str, 
         else:
             report.add(where, "ok", f"scorer {name!r} {option}: local folder {path}")
         return
-    status, message = _hub_message(value, "config.json" if "processor" not in option else "preprocessor_config.json")
+    status, message = _hub_message(value, "config.json" if "processor" not in option else "preprocessor_config.json", node)
     report.add(where, status, f"scorer {name!r} {option}: {message}")
 
 
@@ -357,7 +379,7 @@ def resource_demand(cfg: ExperimentConfig) -> dict[str, dict[str, float]]:
     """
     c = cfg.cluster
     rollout_copies = c.num_learner_ranks * math.ceil(c.num_rollout_actors / c.num_learner_ranks) if c.colocate \
-        else c.num_rollout_actors
+        else c.rollout_processes
     demand = {
         "rollout": {"CPU": rollout_copies * c.rollout_num_cpus, "GPU": rollout_copies * c.rollout_num_gpus},
         "learner": {"CPU": c.num_learner_ranks * c.learner_num_cpus, "GPU": c.num_learner_ranks * c.learner_num_gpus},
@@ -409,7 +431,9 @@ def detect_resources() -> tuple[dict[str, float], str]:
 
 def check_resources(cfg: ExperimentConfig, report: PreflightReport, resources: dict, local: bool) -> None:
     """Add a cluster.cpus and a cluster.gpus check: the run's demand against `resources` (a local Ray
-    short of CPUs is only a warning: cluster/ray_init.py sizes it to fit)."""
+    short of CPUs is only a warning: cluster/ray_init.py sizes it to fit), and the sync group's GPU
+    sharing (`check_sync_gpus`). The trainer calls this at start-up (cluster/ray_init.py `require_fit`)."""
+    check_sync_gpus(cfg, report)
     demand = resource_demand(cfg)
     for resource in ("CPU", "GPU"):
         need = sum(part[resource] for part in demand.values())
@@ -425,6 +449,135 @@ def check_resources(cfg: ExperimentConfig, report: PreflightReport, resources: d
         else:
             report.add(key, "error", f"needs {need:g} {resource}(s) ({detail}) but {report.resources_source} has "
                        f"{have:g}: lower these counts or per-actor {resource}s, or add {resource}s")
+
+
+def check_sync_gpus(cfg: ExperimentConfig, report: PreflightReport) -> None:
+    """An error when cluster.sync_backend=collective can put two members of the weight-sync group on one
+    GPU. On CUDA the group is a ProcessGroupNCCL (common/collective.py), and NCCL refuses two ranks on one
+    device ("Duplicate GPU detected"). Ray packs fractional GPU shares onto one GPU, and cluster.colocate
+    puts rollout actors in the learner ranks' bundles to share theirs. cluster.layout=hybrid has no sync
+    group."""
+    c = cfg.cluster
+    if c.layout != "split" or c.sync_backend != "collective" or not (c.rollout_num_gpus > 0 and c.learner_num_gpus > 0):
+        return
+    reasons = [f"cluster.{key}={getattr(c, key):g} is a fraction of a GPU, which Ray may pack with other shares "
+               "onto one GPU" for key in ("rollout_num_gpus", "learner_num_gpus") if getattr(c, key) < 1]
+    if c.colocate:
+        reasons.append("cluster.colocate=true puts rollout actors in the learner ranks' bundles to share their GPUs")
+    if not reasons:
+        report.add("cluster.sync_backend", "ok", "collective weight sync: every member of the group has its own GPU")
+        return
+    report.add("cluster.sync_backend", "error", "cluster.sync_backend=collective broadcasts weights over NCCL, which "
+               "refuses two ranks on one GPU ('Duplicate GPU detected'), and a learner rank and a rollout actor can "
+               f"land on one GPU here: {'; '.join(reasons)}. Set cluster.sync_backend=object_store, or give "
+               "cluster.rollout_num_gpus and cluster.learner_num_gpus whole GPUs with cluster.colocate=false")
+
+
+# ----------------------------------------------------------------------------- the nodes that load weights
+
+
+def _node_checks(cfg: ExperimentConfig, scorers: list[int], model: bool) -> list[Check]:
+    """On one node, in the actors' environment: whether model.path (model=True) and the weights of the
+    scorers with these indices are where their actors will look for them."""
+    report = PreflightReport()
+    if model:
+        _check_model(cfg, report, node=True)
+    for i in scorers:
+        scorer, key = cfg.rewards.scorers[i], f"rewards.scorers[{i}]"
+        try:
+            weights = _scorer_weight_options(scorer, scorer.scorer_options())
+        except (TypeError, KeyError, ImportError):
+            continue  # the driver's own check names the error
+        for option, value in weights:
+            _check_weights(report, _weight_key(key, scorer, option), scorer.name, option, value, node=True)
+    return report.checks
+
+
+def _fits(node: dict, cpus: float, gpus: float) -> bool:
+    have = node["Resources"]
+    return have.get("CPU", 0.0) >= cpus - 1e-9 and have.get("GPU", 0.0) >= gpus - 1e-9
+
+
+def hosting_nodes(cfg: ExperimentConfig, placement=None) -> dict[str, dict]:
+    """Node id -> {'address', 'model' (True: a learner rank or rollout actor there loads model.path),
+    'scorers' (indices of the scorers whose reward actors can run there)} for every live node that will or
+    can host an actor of the run. With `placement` (cluster/placement.py), the policy's nodes are those of
+    its bundles; else every node with the resources of one learner rank or rollout actor. Reward actors are
+    placed by their pools, outside the group: every node with one actor's resources can host one."""
+    import ray
+
+    c = cfg.cluster
+    alive = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+    if placement is not None:
+        from ray.util import placement_group_table
+
+        policy = set(placement_group_table(placement.group)["bundles_to_node_id"].values())
+    else:
+        kinds = [(c.learner_num_cpus, c.learner_num_gpus)]
+        if c.rollout_processes:
+            kinds.append((c.rollout_num_cpus, c.rollout_num_gpus))
+        policy = {i for i, n in alive.items() if any(_fits(n, *kind) for kind in kinds)}
+    hosts = {}
+    for node_id, node in alive.items():
+        scorers = [i for i, s in enumerate(cfg.rewards.scorers) if _fits(node, s.num_cpus_per_actor, s.num_gpus_per_actor)]
+        if node_id in policy or scorers:
+            hosts[node_id] = {"address": node["NodeManagerAddress"], "model": node_id in policy, "scorers": scorers}
+    return hosts
+
+
+def check_nodes(cfg: ExperimentConfig, placement=None, *, skip_driver_node: bool = False,
+                timeout_s: float = 120.0) -> PreflightReport:
+    """Check, on every node that will load weights (`hosting_nodes`), what `_check_model` and the scorers'
+    weight checks check on the driver: a Ray task pinned to each node (NodeAffinitySchedulingStrategy), with
+    the environment the actors get (common/runtime_env.py), so a cache folder or local model folder missing
+    on one node is an error naming the node and the path, before any actor loads. The driver's own node is
+    checked in this process (its actors get the driver's hub settings), or skipped (`skip_driver_node`,
+    when the caller has checked it already): a single-node cluster starts no task."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from common.runtime_env import actor_env
+
+    report = PreflightReport(resources_source="the connected Ray cluster")
+    hosts = hosting_nodes(cfg, placement)
+    driver = ray.get_runtime_context().get_node_id()
+    findings: dict[str, list[Check]] = {}
+    pending = {}
+    task = ray.remote(num_cpus=0, max_retries=0)(_node_checks)
+    for node_id, host in hosts.items():
+        if node_id == driver:
+            if not skip_driver_node:
+                findings[node_id] = _node_checks(cfg, host["scorers"], host["model"])
+            continue
+        ref = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                           runtime_env=actor_env(1)).remote(cfg, host["scorers"], host["model"])
+        pending[ref] = node_id
+    ready, late = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s) if pending else ([], [])
+    for ref in ready:
+        try:
+            findings[pending[ref]] = ray.get(ref)
+        except Exception as err:  # noqa: BLE001 - a node that cannot run the check is reported, not fatal
+            report.add("cluster.nodes", "warn", f"{_node_name(hosts, pending[ref])}: the weights check failed "
+                       f"({type(err).__name__}: {err})")
+    for ref in late:
+        ray.cancel(ref, force=True)
+        report.add("cluster.nodes", "warn", f"{_node_name(hosts, pending[ref])}: the weights check did not "
+                   f"answer within {timeout_s:g} s")
+    for node_id, checks in findings.items():
+        for check in checks:
+            if check.status != "ok":
+                report.add(check.key, check.status, f"on {_node_name(hosts, node_id)}: {check.message}")
+    if findings and not report.checks:
+        report.add("cluster.nodes", "ok", f"the weights were found on every node that loads them ({len(findings)} "
+                   f"checked: {', '.join(_node_name(hosts, n) for n in findings)})")
+    return report
+
+
+def _node_name(hosts: dict[str, dict], node_id: str) -> str:
+    host = hosts[node_id]
+    roles = (["learner ranks and rollout actors"] if host["model"] else []) + \
+        [f"reward actors of rewards.scorers[{i}]" for i in host["scorers"]]
+    return f"node {host['address']} ({node_id[:8]}, can host {', '.join(roles)})"
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -446,6 +599,7 @@ def preflight(cfg: ExperimentConfig, *, cluster_resources: dict | None = None) -
 
     cluster_resources: Ray-style totals ({'CPU': n, 'GPU': m}); None reads the connected Ray
     cluster, else this machine (where a CPU shortfall is only a warning: a local Ray is sized to fit).
+    Connected to Ray (and no totals given), the other nodes that load weights are checked too (`check_nodes`).
     """
     local = cluster_resources is None and not _ray_connected()
     if cluster_resources is None:
@@ -458,6 +612,8 @@ def preflight(cfg: ExperimentConfig, *, cluster_resources: dict | None = None) -
     for step in steps:
         step(cfg, report)
     check_resources(cfg, report, cluster_resources, local)
+    if source == "the connected Ray cluster":
+        report.checks += check_nodes(cfg, skip_driver_node=True).checks
     return report
 
 

@@ -34,7 +34,9 @@ from cluster.config import ExperimentConfig, resolve
 from cluster.evaluation import Evaluation, before_after_picture, compare_evaluations, comparison_table
 from cluster.layouts import LAYOUTS
 from cluster.metrics import MetricsLogger, progress_line
+from cluster.placement import create_placement
 from cluster.plots import plot_curves
+from cluster.preflight import check_nodes
 from cluster.ray_init import require_fit
 from cluster.run_evaluation import RunEvaluation
 from cluster.scheduling import MAX_ROLLOUT_RETRIES, PendingRollout, Schedule, schedule_for, timed
@@ -69,7 +71,7 @@ class Trainer(RunEvaluation):
         self.version = 0  # policy version held by the learner
         self.logger: MetricsLogger | None = None
         self.schedule: Schedule | None = None  # cluster/scheduling.py, chosen at setup once the actors exist
-        self.layout = LAYOUTS[cfg.cluster.layout]  # cluster/layouts.py: placement, actors and weight sync
+        self.layout = LAYOUTS[cfg.cluster.layout]  # cluster/layouts.py: the actors and the weight sync
 
     # ------------------------------------------------------------------ setup / teardown
 
@@ -81,7 +83,8 @@ class Trainer(RunEvaluation):
             print(f"[flowray] {out} held an earlier run: moved it to {archived}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
-        self.placement = self.layout.place(self.cfg)
+        self.placement = create_placement(c)
+        self._check_nodes()
         self.learners = self.layout.learners(self.cfg, self.placement)
         master = ray.get(self.learners[0].rendezvous.remote())
         ray.get([learner.setup.remote(*master) for learner in self.learners])
@@ -100,6 +103,15 @@ class Trainer(RunEvaluation):
         # Rollout actors initialise their own LoRA adapters; the first sync gives them the learner's.
         self.sync()
         self._hold("rollout")
+
+    def _check_nodes(self) -> None:
+        """Every other node of the placement finds the model and scorer weights it will load (its own hub
+        cache; cluster/preflight.py `check_nodes`), before any actor starts loading them."""
+        nodes = check_nodes(self.cfg, self.placement, skip_driver_node=True)  # launch.py checked this one
+        for c in nodes.warnings:
+            print(f"[flowray] WARNING {c.key}: {c.message}", flush=True)
+        if not nodes.ok:
+            raise RuntimeError("; ".join(f"{c.key}: {c.message}" for c in nodes.errors))
 
     def _check_storage(self) -> None:
         """Every learner rank must see the storage path the driver writes (a shared filesystem on a

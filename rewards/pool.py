@@ -8,7 +8,8 @@ images as soon as they are sampled (`submit` returns a handle at once) and gathe
     batch = pools.gather(handle)                          # RewardBatch: per-scorer results + combination
 
 Guarantees:
-- Actors are named `reward-<scorer>-<i>` and restart (Ray's max_restarts) when they die.
+- Actors are named `reward-<scorer>-<i>` and restart (Ray's max_restarts) when they die; they start with the
+  driver's Hugging Face settings (common/runtime_env.py), so a scorer finds the cache the driver uses.
 - A request lost to an actor death is resubmitted exactly once, under the same request id, to the
   same actor handle, after that actor answers a ping again (a call made while Ray is still restarting
   it fails at once with ActorUnavailableError; such a call is not a second loss and is retried once the
@@ -39,6 +40,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from common.actor_calls import ActorNotBackError, call_when_available
+from common.runtime_env import actor_env
 from rewards.base import Scorer, ScoreResult, validate_batch, validate_metadata
 from rewards.combine import CombinedRewards, combine
 from rewards.config import RewardsConfig, ScorerConfig
@@ -133,6 +135,7 @@ class ScorerPool:
         self._done: dict[str, ScoreResponse] = {}
         remote_worker = ray.remote(RewardWorker)
         options = config.scorer_options() if factory is None else {}
+        threads = max(1, int(config.num_cpus_per_actor))  # as the scorer's own pools (rewards/config.py)
         self.actors = []
         for i in range(config.actors):
             self.actors.append(remote_worker.options(
@@ -141,6 +144,7 @@ class ScorerPool:
                 num_gpus=config.num_gpus_per_actor,
                 max_restarts=config.max_restarts,
                 max_task_retries=0,  # the pool resubmits itself, once, so it knows what was lost
+                runtime_env=actor_env(threads),
             ).remote(self.scorer, options, factory))
             self._queues.append(deque())
         try:

@@ -6,8 +6,8 @@ memory and the first minibatch's ratio statistics (on-policy ratios should be ~1
         --output-dir DIR [--gpu] [key=value ...]
 
 Rewards are replaced by `shapes_quality` (it needs no downloaded weights), resolution and group size
-are reduced, and with --gpu every actor shares one GPU. scripts/device_check.sh runs it for the
-SD3.5 and FLUX presets on the real-width reduced-depth folders.
+are reduced, and with --gpu every actor shares one GPU (weights synced through the object store).
+scripts/device_check.sh runs it for the SD3.5 and FLUX presets on the real-width reduced-depth folders.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def check_overrides(model_path: str, output_dir: str, gpu: bool) -> list[str]:
     """The overrides that turn a preset into one small iteration on one machine (one GPU with --gpu)."""
-    share = (["cluster.rollout_num_gpus=0.4", "cluster.learner_num_gpus=0.4"] if gpu
-             else ["cluster.rollout_num_gpus=0", "cluster.learner_num_gpus=0"])
+    # One GPU for both sides: the weights go through the object store, since NCCL (the presets' collective
+    # sync) refuses two ranks on one GPU and preflight refuses that configuration.
+    share = (["cluster.rollout_num_gpus=0.4", "cluster.learner_num_gpus=0.4", "cluster.sync_backend=object_store"]
+             if gpu else ["cluster.rollout_num_gpus=0", "cluster.learner_num_gpus=0"])
     return [
         f"model.path={model_path}", "iterations=1", "data.images_per_iteration=8", "sampling.group_size=4",
         "data.train_prompts=assets/prompts/shapes_train.jsonl", "data.test_prompts=assets/prompts/shapes_test.jsonl",

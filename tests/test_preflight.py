@@ -174,3 +174,79 @@ def test_dry_run_prints_the_training_and_evaluation_grids(preset, grid, capsys):
         else:  # DanceGRPO train_grpo_flux.py: sd3_time_shift(3, linspace(1, 0, T + 1))
             expected = [3 * t / (1 + 2 * t) for t in torch.linspace(1, 0, steps + 1, dtype=torch.float64).tolist()]
         assert printed == pytest.approx(expected, abs=6e-5)
+
+
+SD35 = REPO_ROOT / "configs" / "sd35_geneval.yaml"  # split, whole GPUs, sync_backend: collective
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["cluster.rollout_num_gpus=0.5"], ["cluster.rollout_num_gpus=0.5"]),
+    (["cluster.learner_num_gpus=0.4"], ["cluster.learner_num_gpus=0.4"]),
+    (["cluster.colocate=true", "cluster.num_rollout_actors=6"], ["cluster.colocate=true"]),
+], ids=["rollout_fraction", "learner_fraction", "colocate"])
+def test_collective_sync_where_two_ranks_can_share_a_gpu_is_refused_naming_the_keys(overrides, named):
+    """NCCL refuses two ranks on one GPU ('Duplicate GPU detected'), so a collective sync group whose
+    members Ray may place on one GPU is an error, also where the trainer starts (require_fit)."""
+    report = preflight(load(SD35, *overrides), cluster_resources=AMPLE)
+    (error,) = report.find("cluster.sync_backend")  # (a 0.4 GPU share may also not hold its memory plan)
+    assert error.status == "error"
+    for key in ("cluster.sync_backend=collective", "Duplicate GPU", "cluster.sync_backend=object_store",
+                "cluster.rollout_num_gpus", "cluster.learner_num_gpus", "cluster.colocate=false", *named):
+        assert key in error.message, key
+
+
+def test_collective_sync_with_whole_gpus_and_the_hybrid_layout_pass():
+    whole = preflight(load(SD35), cluster_resources=AMPLE)
+    assert whole.ok and whole.find("cluster.sync_backend")[0].status == "ok"
+    # hybrid has no sync group: a fractional learner share is fine there, whatever sync_backend says
+    hybrid = preflight(load(SD35, "cluster.layout=hybrid", "cluster.num_rollout_actors=6", "cluster.rollout_num_gpus=0",
+                            "cluster.learner_num_gpus=0.5", "cluster.gpu_memory_gb=141"), cluster_resources=AMPLE)
+    assert hybrid.ok, hybrid.summary()
+    assert not hybrid.find("cluster.sync_backend")
+    # object_store on a shared GPU is fine
+    assert preflight(load(SD35, "cluster.rollout_num_gpus=0.5", "cluster.sync_backend=object_store"),
+                     cluster_resources=AMPLE).ok
+
+
+def test_dry_run_and_start_up_refuse_the_shared_gpu_and_device_check_avoids_it(capsys, monkeypatch):
+    """`launch.py --dry-run` prints the refusal and fails; the trainer's start-up check (require_fit) raises
+    it; scripts/device_check.py's one-GPU overrides sync through the object store, so they pass."""
+    import launch
+    from cluster.ray_init import InsufficientResources, require_fit
+    from tests.script_loader import load_script
+
+    rc = launch.main(["--config", str(SD35), "--dry-run", "--assume-resources", json.dumps(AMPLE),
+                      "cluster.rollout_num_gpus=0.4", "cluster.learner_num_gpus=0.4"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "[ERROR] cluster.sync_backend: cluster.sync_backend=collective" in out
+
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: AMPLE)  # require_fit reads the connected cluster's totals
+    with pytest.raises(InsufficientResources, match="cluster.sync_backend=collective"):
+        require_fit(load(SD35, "cluster.colocate=true", "cluster.num_rollout_actors=6"))
+
+    overrides = load_script("scripts/device_check.py").check_overrides("assets/models/shapes-sd3-tiny", "out", gpu=True)
+    report = preflight(load(REPO_ROOT / "configs" / "sd35_pickscore.yaml", *overrides), cluster_resources=AMPLE)
+    assert not report.find("cluster.sync_backend"), report.summary()
+
+
+def test_the_per_node_check_errs_offline_and_names_the_cache_it_looked_in(monkeypatch, tmp_path):
+    """What `check_nodes` runs on each node (tests/test_runtime_env.py runs it on two): a hub id missing from
+    that node's cache is an error offline (its actors cannot load it), a warning online (they download it
+    again), for model.path and for each scorer's weights, and a missing local folder is an error."""
+    from huggingface_hub import constants
+
+    from cluster.preflight import _node_checks
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    cfg = load(REPO_ROOT / "configs" / "sd35_pickscore.yaml")
+    for offline, status in (("1", "error"), ("0", "warn")):
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+        checks = {c.key: c for c in _node_checks(cfg, [0], model=True)}
+        assert {"model.path", "rewards.scorers[0].model (default)"} <= set(checks)
+        for check in checks.values():
+            assert check.status == status and str(tmp_path / "empty-cache") in check.message, check
+    assert not _node_checks(cfg, [0], model=False)[0].key.startswith("model.path")
+    (missing,) = _node_checks(load(SHAPES[0], f"model.path={tmp_path / 'nope'}"), [], model=True)
+    assert missing.status == "error" and "nope" in missing.message
