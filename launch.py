@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,12 +65,20 @@ def train(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     cfg = _load(args)
     if args.dry_run:
-
         from cluster.preflight import preflight
 
         resources = json.loads(args.assume_resources) if args.assume_resources else None
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        if address and resources is None:  # check against that cluster: its resources and every node's caches
+            import ray
+
+            ray.init(address=address, log_to_driver=False)
         report = preflight(cfg, cluster_resources=resources)
         print(report.summary())
+        # What each GPU does in one iteration, beside the memory plan (cluster/cost_model.py).
+        from cluster.cost_model import dry_run_lines
+
+        print("\n".join(dry_run_lines(cfg)))
         return 0 if report.ok else 1
     import ray
 

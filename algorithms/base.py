@@ -108,7 +108,18 @@ class Algorithm(BaseModel):
         """Distinct latents one learner forward takes."""
         return micro_batch_size
 
-    def learner_host_terms(self, trainable: int) -> list[tuple[str, float, tuple[str, ...]]]:
-        """Extra host memory of a learner rank: (label, bytes, config keys that change it)."""
+    def learner_device_terms(self, trainable: int) -> list[tuple[str, float, tuple[str, ...]]]:
+        """Extra device memory of a learner rank: (label, bytes, config keys that change it)."""
         return []
+
+    # ---- cost terms (cluster/cost_model.py)
+
+    def learner_items(self, record) -> int:
+        """Inputs one sampled group gives the learner (each trained once per inner epoch)."""
+        raise NotImplementedError
+
+    def learner_frozen_forwards(self, learner) -> tuple[str, ...]:
+        """The forwards without gradients the learner runs beside each trained one (the reference policy, the
+        old policy, ...), by name."""
+        return ("reference",) if learner.beta > 0 else ()
 

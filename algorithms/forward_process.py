@@ -76,9 +76,16 @@ class ForwardProcessAlgorithm(Algorithm):
     def sampling_policy_is_separate(self) -> bool:
         return self.old_policy == "ema"
 
-    def learner_host_terms(self, trainable: int) -> list[tuple[str, float, tuple[str, ...]]]:
-        # learner/forward_process.py keeps a float32 host copy of the sampling policy, even when 'current'.
+    def learner_device_terms(self, trainable: int) -> list[tuple[str, float, tuple[str, ...]]]:
+        # learner/forward_process.py keeps the sampling policy beside the trained weights on the device (fp32
+        # for bf16 weights, `held_dtype`), even when 'current'.
         return [("sampling-policy weights (fp32)", 4.0 * trainable, ())]
+
+    def learner_items(self, record) -> int:
+        return record.num_samples * self.train_timesteps  # each kept sample re-noised at K sigmas
+
+    def learner_frozen_forwards(self, learner) -> tuple[str, ...]:
+        return ("old policy", *super().learner_frozen_forwards(learner))
 
     def sample(self, sampling, velocity, init_noise, sigmas, generator, iteration):
         """G independent trajectories with `solver`, keeping only the final latents (x0)."""

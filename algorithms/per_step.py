@@ -42,6 +42,12 @@ class PerStepAlgorithm(Algorithm):
         """How the layout before the `algorithm` section named a per-step algorithm: its strategy."""
         return {"sampling.strategy": cls.model_fields["name"].default, "learner.loss": "grpo_clip"}
 
+    def learner_items(self, record) -> int:
+        return len(record.transitions)  # every trained transition's log-prob is recomputed
+
+    def learner_frozen_forwards(self, learner) -> tuple[str, ...]:
+        return super().learner_frozen_forwards(learner) + (("old log-probs",) if self.recompute_old_log_probs else ())
+
     def loss(self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, *, learner,
              kl: torch.Tensor | None = None, sigma: torch.Tensor | None = None):
         """The clipped surrogate with learner.clip_range (and clip_range_high) plus learner.beta * KL."""

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 SMALL = [  # one rollout actor, one learner rank, one reward actor; no evaluations or probes
     "cluster.num_rollout_actors=1", "cluster.num_learner_ranks=1", "cluster.rollout_num_cpus=0.5",
     "cluster.learner_num_cpus=0.5", "cluster.rollout_num_gpus=0", "cluster.learner_num_gpus=0",
-    "cluster.torch_threads_per_actor=1", "cluster.sync_backend=object_store",
+    "cluster.layout=split", "cluster.torch_threads_per_actor=1", "cluster.sync_backend=object_store",
     "rewards.scorers=[{name: shapes_quality, num_cpus_per_actor: 0.5}]", "logging.tensorboard=false",
     "logging.checkpoint_every=0", "logging.probe_every=0", "data.eval_train_images_per_tag=0",
 ]  # fmt: skip

@@ -33,8 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # case -> (family, transformer layers, preset, overrides, process kind). SD3.5: LoRA + CFG, Flow-GRPO, 4 layers
 # so that the learner's activations are a large part; FLUX: full fine-tuning (1 double + 1 single block: ~13 GB
 # of fp32 optimizer state already), G2RPO's batched rows, gradient checkpointing as the FLUX presets.
-COMMON = ["model.resolution=256", "model.max_sequence_length=16", "cluster.num_learner_ranks=1",
-          "cluster.rollout_num_gpus=0", "cluster.learner_num_gpus=0"]  # CPU actors: the plan counts host memory
+# CPU actors: the plan counts host memory. The split layout (the presets are hybrid): each case measures one
+# actor kind in its own process, a rollout actor or a learner rank.
+COMMON = ["model.resolution=256", "model.max_sequence_length=16", "cluster.layout=split", "cluster.num_learner_ranks=1",
+          "cluster.num_rollout_actors=1", "cluster.rollout_num_gpus=0", "cluster.learner_num_gpus=0"]
 SD35 = ["sampling.group_size=4", "sampling.num_steps=2", "data.images_per_iteration=4", "learner.micro_batch_size=4"]
 FLUX = ["sampling.group_size=2", "sampling.num_steps=3", "algorithm.steps=[0,1]", "data.images_per_iteration=2",
         "learner.micro_batch_size=2", "cluster.rollout_images_per_decode=4"]  # fmt: skip

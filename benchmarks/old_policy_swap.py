@@ -59,8 +59,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(args.config, [f"iterations={args.iterations}", *args.overrides])
-    if cfg.algorithm.learner_plan != "forward_process":
-        raise SystemExit(f"{args.config}: algorithm {cfg.algorithm.name!r} has no old-policy velocity (a per-step one)")
+    if "old policy" not in cfg.algorithm.learner_frozen_forwards(cfg.learner):
+        raise SystemExit(f"{args.config}: algorithm {cfg.algorithm.name!r} forwards no old policy on the learner")
     rollout = RolloutWorker(cfg.model, cfg.sampling, algorithm=cfg.algorithm, torch_threads=1)
     prompts = load_prompts(resolve(cfg.data.train_prompts))
     reqs = [GroupRequest(g, prompts[g]["prompt"], prompts[g], derive_seed(cfg.seed, "group", 0, g), 0)

@@ -15,6 +15,9 @@ What each actor kind holds (read from the code, not assumed):
   DeepSpeed's optimizer state and gradients (ZeRO closed forms below), the prompt embeddings that come with
   its share of the iteration's groups (common/data_plane.py; host memory) and the saved activations of one
   micro-batch.
+- hybrid worker (cluster.layout=hybrid: a learner rank that samples with its live weights): the learner rank's
+  terms, the text encoders and VAE, the prompt cache, its groups' trajectory latents, and the larger of the
+  sampling and the training transients (they run one after the other); `plan_hybrid`.
 - reward actor (rewards/): its scorer's weights (float32 unless the scorer's `dtype` option says otherwise)
   and the activations of one request.
 
@@ -241,25 +244,36 @@ def plan_rollout(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], lis
     if m.lora.enabled:
         terms.append(Term("LoRA adapters", weights_bytes(_trainable(cfg, spec), PRECISION_BYTES[cfg.learner.precision]),
                           ("model.lora.rank",), offloadable=True))
-    terms.append(Term(f"prompt cache ({min(prompts, PROMPT_CACHE_SIZE)} prompts)",
-                      prompt_cache_bytes(spec, m.max_sequence_length, prompts, dtype_bytes)))
-    steps = cfg.sampling.num_steps
-    terms.append(Term("trajectory latents (fp32)", latent_bytes(spec, m.resolution) * images_per_group(cfg) * (steps + 1)))
+    return terms + _sampler_state(cfg, spec, prompts, groups=1), _sampler_transients(cfg, spec)
+
+
+def _sampler_state(cfg, spec: PipelineSpec, prompts: int, groups: int) -> list[Term]:
+    """What a sampler keeps besides its weights: the prompt cache and the trajectory latents of `groups`
+    groups (a rollout actor ships each group as it finishes; a hybrid worker keeps its groups until its update)."""
+    m = cfg.model
+    kept = f"{groups} groups' trajectory latents (fp32, kept until the update)" if groups > 1 else "trajectory latents (fp32)"
+    return [Term(f"prompt cache ({min(prompts, PROMPT_CACHE_SIZE)} prompts)",
+                 prompt_cache_bytes(spec, m.max_sequence_length, prompts, DTYPE_BYTES[m.dtype])),
+            Term(kept, groups * latent_bytes(spec, m.resolution) * images_per_group(cfg) * (cfg.sampling.num_steps + 1))]
+
+
+def _sampler_transients(cfg, spec: PipelineSpec) -> list[Term]:
+    """The largest transformer call while sampling, and one VAE decode chunk (never at once)."""
+    m, dtype_bytes = cfg.model, DTYPE_BYTES[cfg.model.dtype]
     tokens = image_tokens(spec, m.resolution) + text_tokens(spec, m.max_sequence_length)
     rows = rollout_rows_per_call(cfg)
     chunk = min(images_per_group(cfg), cfg.cluster.rollout_images_per_decode or images_per_group(cfg))
-    transients = [
+    return [
         Term(f"transformer call ({rows} rows x {tokens} tokens, inference)",
              inference_activation_bytes(spec, tokens, rows, dtype_bytes), ("cluster.rollout_rows_per_forward",)),
         Term(f"VAE decode ({chunk} images at {m.resolution} px)", decode_bytes(spec, m.resolution, chunk, dtype_bytes),
              ("cluster.rollout_images_per_decode",)),
     ]
-    return terms, transients
 
 
 def plan_learner(cfg, spec: PipelineSpec) -> tuple[list[Term], list[Term]]:
     """A learner rank's resident terms and its transients (the backward's activations, the optimizer
-    step: never at once)."""
+    step: never at once), with the algorithm's own device copies (`learner_device_terms`)."""
     m, lc, ranks = cfg.model, cfg.learner, cfg.cluster.num_learner_ranks
     dtype_bytes = DTYPE_BYTES[m.dtype]
     # The transformer's weights only: prompts come encoded with the groups. LearnerWorker.offload keeps only
@@ -286,7 +300,7 @@ def plan_learner(cfg, spec: PipelineSpec) -> tuple[list[Term], list[Term]]:
     # what the algorithm keeps beside them (the forward-process family's sampling policy).
     if lc.ema_decay is not None:
         terms.append(Term("EMA of the trainable weights (fp32)", 4.0 * trainable, ("learner.ema_decay",), host=True))
-    terms += [Term(label, size, keys, host=True) for label, size, keys in cfg.algorithm.learner_host_terms(trainable)]
+    terms += [Term(label, size, keys) for label, size, keys in cfg.algorithm.learner_device_terms(trainable)]
     # A group's payload carries one row of its prompt's embeddings and, under true CFG, one of the negative
     # prompt's (Policy.conditioning); they stay on the host until a micro-batch moves its rows.
     groups = -(-cfg.prompts_per_iteration // ranks)
@@ -311,6 +325,23 @@ def plan_learner(cfg, spec: PipelineSpec) -> tuple[list[Term], list[Term]]:
     return terms, transients
 
 
+def plan_hybrid(cfg, spec: PipelineSpec, prompts: int) -> tuple[list[Term], list[Term]]:
+    """A hybrid worker (cluster.layout=hybrid): a learner rank that also samples with its live weights. Its
+    terms are the learner rank's (the transformer once, inside the DeepSpeed engine; LoRA adapters, the
+    reference copy, optimizer state, gradients) plus what only the sampler holds: the text encoders and the
+    VAE, the prompt cache and the trajectory latents of its groups (kept until its update). The algorithm's
+    extra copy (the forward-process family's fp32 sampling policy) lives on the device, where sampling
+    swaps it in. Sampling and training run one after the other, so the transients of both are one list:
+    only the largest counts."""
+    learner, learner_transients = plan_learner(cfg, spec)
+    dtype_bytes = DTYPE_BYTES[cfg.model.dtype]
+    groups = -(-cfg.prompts_per_iteration // cfg.cluster.num_learner_ranks)
+    sampler = _weight_terms(spec, dtype_bytes)[1:] + _sampler_state(cfg, spec, prompts, groups)
+    sampling = [replace(t, label=f"sampling: {t.label}") for t in _sampler_transients(cfg, spec)]
+    training = [replace(t, label=f"training: {t.label}") for t in learner_transients]
+    return learner + sampler, sampling + training
+
+
 def plan_reward(scorer, spec: RewardSpec, index: int) -> list[Term]:
     """A reward actor of `rewards.scorers[index]`: its weights and one request's live activations."""
     dtype_bytes = DTYPE_BYTES[scorer.options.get("dtype", "float32")]
@@ -324,7 +355,9 @@ def plan_memory(cfg, spec: PipelineSpec, reward_specs: list[RewardSpec], *, trai
                 test_prompts: int) -> list[ActorPlan]:
     """One ActorPlan per actor kind: 'rollout actor', 'learner rank', 'reward actor <name>'. A GPU actor's
     budget is its GPU share x cluster.gpu_memory_gb less the CUDA runtime; colocated rollout actors share
-    their learner rank's bundle, so that bundle's plan holds both."""
+    their learner rank's bundle, so that bundle's plan holds both. cluster.layout=hybrid plans one 'hybrid
+    worker' per learner rank instead (`plan_hybrid`) within learner_num_gpus; its reward actors take the
+    rest of the same GPUs, each checked against its own share."""
     c, gpu = cfg.cluster, cfg.cluster.gpu_memory_gb * GB
     rollout, transients = plan_rollout(cfg, spec, train_prompts + test_prompts + 1)
     learner, learner_transients = plan_learner(cfg, spec)
@@ -333,7 +366,11 @@ def plan_memory(cfg, spec: PipelineSpec, reward_specs: list[RewardSpec], *, trai
         return gpus * gpu - GPU_RUNTIME_BYTES if gpus > 0 else None
 
     plans = []
-    if c.colocate_offload:
+    if not c.rollout_processes:  # cluster.layout=hybrid: the learner ranks sample
+        terms, transients = plan_hybrid(cfg, spec, train_prompts + test_prompts + 1)
+        plans.append(ActorPlan("hybrid worker", terms, budget(c.learner_num_gpus),
+                               ("cluster.learner_num_gpus", "cluster.gpu_memory_gb"), transients))
+    elif c.colocate_offload:
         plans.append(colocated_offload_plan(cfg, learner, learner_transients, rollout, transients, budget))
     elif c.colocate:
         per = -(-c.num_rollout_actors // c.num_learner_ranks)

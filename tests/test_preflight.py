@@ -93,10 +93,10 @@ def test_wrong_family_and_non_hub_string_are_errors(tmp_path):
 
 
 def test_too_few_gpus_is_an_error_naming_the_fields():
-    cfg = load(REPO_ROOT / "configs" / "sd35_geneval.yaml")
+    cfg = load(SD35, *SPLIT)
     report = preflight(cfg, cluster_resources={"CPU": 1024.0, "GPU": 8.0})
     (error,) = report.errors
-    assert error.key == "cluster.gpus" and "needs 14.5" in error.message and "has 8" in error.message
+    assert error.key == "cluster.gpus" and "needs 15" in error.message and "has 8" in error.message
     for field in ("cluster.rollout_num_gpus", "cluster.learner_num_gpus", "rewards.scorers[0].num_gpus_per_actor"):
         assert field in error.message
 
@@ -176,7 +176,10 @@ def test_dry_run_prints_the_training_and_evaluation_grids(preset, grid, capsys):
         assert printed == pytest.approx(expected, abs=6e-5)
 
 
-SD35 = REPO_ROOT / "configs" / "sd35_geneval.yaml"  # split, whole GPUs, sync_backend: collective
+SD35 = REPO_ROOT / "configs" / "sd35_geneval.yaml"  # hybrid; SPLIT turns it into the split layout below
+# The split layout the SD3.5 presets had before hybrid: 8 rollout + 6 learner GPUs, whole, collective sync.
+SPLIT = ("cluster.layout=split", "cluster.num_rollout_actors=8", "cluster.rollout_num_gpus=1",
+         "cluster.num_learner_ranks=6", "cluster.learner_num_gpus=1", "cluster.sync_backend=collective")
 
 
 @pytest.mark.parametrize("overrides,named", [
@@ -187,7 +190,7 @@ SD35 = REPO_ROOT / "configs" / "sd35_geneval.yaml"  # split, whole GPUs, sync_ba
 def test_collective_sync_where_two_ranks_can_share_a_gpu_is_refused_naming_the_keys(overrides, named):
     """NCCL refuses two ranks on one GPU ('Duplicate GPU detected'), so a collective sync group whose
     members Ray may place on one GPU is an error, also where the trainer starts (require_fit)."""
-    report = preflight(load(SD35, *overrides), cluster_resources=AMPLE)
+    report = preflight(load(SD35, *SPLIT, *overrides), cluster_resources=AMPLE)
     (error,) = report.find("cluster.sync_backend")  # (a 0.4 GPU share may also not hold its memory plan)
     assert error.status == "error"
     for key in ("cluster.sync_backend=collective", "Duplicate GPU", "cluster.sync_backend=object_store",
@@ -196,15 +199,15 @@ def test_collective_sync_where_two_ranks_can_share_a_gpu_is_refused_naming_the_k
 
 
 def test_collective_sync_with_whole_gpus_and_the_hybrid_layout_pass():
-    whole = preflight(load(SD35), cluster_resources=AMPLE)
+    whole = preflight(load(SD35, *SPLIT), cluster_resources=AMPLE)
     assert whole.ok and whole.find("cluster.sync_backend")[0].status == "ok"
     # hybrid has no sync group: a fractional learner share is fine there, whatever sync_backend says
-    hybrid = preflight(load(SD35, "cluster.layout=hybrid", "cluster.num_rollout_actors=6", "cluster.rollout_num_gpus=0",
-                            "cluster.learner_num_gpus=0.5", "cluster.gpu_memory_gb=141"), cluster_resources=AMPLE)
+    hybrid = preflight(load(SD35, "cluster.sync_backend=collective", "cluster.learner_num_gpus=0.5",
+                            "cluster.gpu_memory_gb=141"), cluster_resources=AMPLE)
     assert hybrid.ok, hybrid.summary()
     assert not hybrid.find("cluster.sync_backend")
     # object_store on a shared GPU is fine
-    assert preflight(load(SD35, "cluster.rollout_num_gpus=0.5", "cluster.sync_backend=object_store"),
+    assert preflight(load(SD35, *SPLIT, "cluster.rollout_num_gpus=0.5", "cluster.sync_backend=object_store"),
                      cluster_resources=AMPLE).ok
 
 
@@ -215,7 +218,7 @@ def test_dry_run_and_start_up_refuse_the_shared_gpu_and_device_check_avoids_it(c
     from cluster.ray_init import InsufficientResources, require_fit
     from tests.script_loader import load_script
 
-    rc = launch.main(["--config", str(SD35), "--dry-run", "--assume-resources", json.dumps(AMPLE),
+    rc = launch.main(["--config", str(SD35), "--dry-run", "--assume-resources", json.dumps(AMPLE), *SPLIT,
                       "cluster.rollout_num_gpus=0.4", "cluster.learner_num_gpus=0.4"])
     out = capsys.readouterr().out
     assert rc == 1 and "[ERROR] cluster.sync_backend: cluster.sync_backend=collective" in out
@@ -224,7 +227,7 @@ def test_dry_run_and_start_up_refuse_the_shared_gpu_and_device_check_avoids_it(c
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: AMPLE)  # require_fit reads the connected cluster's totals
     with pytest.raises(InsufficientResources, match="cluster.sync_backend=collective"):
-        require_fit(load(SD35, "cluster.colocate=true", "cluster.num_rollout_actors=6"))
+        require_fit(load(SD35, *SPLIT, "cluster.colocate=true", "cluster.num_rollout_actors=6"))
 
     overrides = load_script("scripts/device_check.py").check_overrides("assets/models/shapes-sd3-tiny", "out", gpu=True)
     report = preflight(load(REPO_ROOT / "configs" / "sd35_pickscore.yaml", *overrides), cluster_resources=AMPLE)

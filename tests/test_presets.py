@@ -136,8 +136,6 @@ def test_sd35_presets_carry_flow_grpo_paper_settings(name):
     assert (lr.beta, lr.learning_rate, lr.clip_range, a.kl_form, lr.precision) == (beta, 3e-4, 1e-4, "flow_grpo", "bf16")
     assert cfg.data.images_per_iteration == 1152 and cfg.prompts_per_iteration == 48
     assert [sc.name for sc in cfg.rewards.scorers] == [scorer]
-    assert cfg.cluster.rollout_num_gpus == cfg.cluster.learner_num_gpus == 1
-    assert cfg.cluster.num_rollout_actors > 1 and cfg.cluster.num_learner_ranks > 1
     _assert_flow_grpo_code_settings(cfg)
 
 
@@ -182,6 +180,45 @@ def test_flux_algorithm_specifics():
     assert (g2.learner.micro_batch_size, g2.learner.optimizer_step_per) == (12, "minibatch")
     for cfg in (dance, mix, g2):  # torch's unbiased std + 1e-8 in their train_*.py; the hand-built linear grid
         assert (cfg.learner.adv_std, cfg.learner.adv_eps, cfg.sampling.sigma_schedule) == ("unbiased", 1e-8, "linear")
+
+
+GPU_PRESETS = sorted(p.stem for p in PRESETS if p.stem.startswith(("sd35_", "flux_")))
+NODE = {"CPU": 192.0, "GPU": 8.0}  # one 8-GPU node (192 vCPUs, as AWS p5.48xlarge)
+
+
+@pytest.mark.parametrize("name", GPU_PRESETS)
+def test_gpu_presets_are_hybrid_on_one_8_gpu_node(name):
+    """Every SD3.5 and FLUX preset: cluster.layout hybrid, one worker per GPU (a share over a half, so Ray never
+    puts two on one GPU), and the reward actors fill exactly the rest of the 8 GPUs, none taking more than
+    the sliver a worker leaves (so Ray must place one per sliver)."""
+    from cluster.preflight import resource_demand
+
+    c = preset(name).cluster
+    assert (c.layout, c.num_learner_ranks, c.num_rollout_actors, c.rollout_num_gpus) == ("hybrid", 8, 8, 0)
+    assert 0.5 < c.learner_num_gpus <= 1
+    rewards = [s for s in preset(name).rewards.scorers if s.num_gpus_per_actor > 0]
+    assert all(s.num_gpus_per_actor <= 1 - c.learner_num_gpus + 1e-9 for s in rewards)
+    assert sum(s.actors * s.num_gpus_per_actor for s in rewards) == pytest.approx(8 * (1 - c.learner_num_gpus))
+    demand = resource_demand(preset(name))
+    assert sum(part["GPU"] for part in demand.values()) == pytest.approx(8)
+    assert sum(part["CPU"] for part in demand.values()) <= NODE["CPU"]
+
+
+@pytest.mark.parametrize("name", [p.stem for p in PRESETS])
+def test_every_preset_passes_its_dry_run(name, capsys):
+    """`launch.py --dry-run`: the GPU presets on one 8-GPU node (memory plan within 80 GB GPUs, the cost model's
+    table printed), the shapes presets on a 2-core laptop."""
+    import json
+
+    import launch
+
+    resources = NODE if name in GPU_PRESETS else {"CPU": 2.0, "GPU": 0.0}
+    rc = launch.main(["--config", str(ROOT / "configs" / f"{name}.yaml"), "--dry-run",
+                      "--assume-resources", json.dumps(resources)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    if name in GPU_PRESETS:
+        assert "memory hybrid worker:" in out and "cost hybrid: 8 workers" in out
 
 
 # ----------------------------------------------------------------------------- shipped prompt sets
