@@ -5,14 +5,21 @@ The algorithm units (algorithms/) call these from their `loss`, one call signatu
   SDE steps) into `grpo_clip_loss`;
 - forward process (DiffusionNFT, AWM): velocities at re-noised final samples, v* [N, ...], sigma and
   advantages [N], target = eps - x0 (learner/forward_process.py draws x_t and feeds them).
-Every loss returns (scalar loss, diagnostics).
+Every loss returns (scalar loss, `Diagnostics`). The diagnostics stay device tensors until read: reading
+one on the host makes the host wait for an accelerator's queue, so the learner keeps its micro-batches'
+diagnostics as tensors and reads them once per iteration (`DiagnosticSums`), and the input checks that
+read values run where that is free (models/sde.py `value_checks_on`).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from models.sde import value_checks_on
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,8 @@ class SigmaBins:
 
 
 def binned_means(values: torch.Tensor, sigma: torch.Tensor, prefix: str, bins: SigmaBins = SigmaBins()) -> dict[str, float]:
-    """Mean of `values` per sigma bin; empty bins are left out (not reported as 0)."""
+    """Mean of `values` per sigma bin; empty bins are left out (not reported as 0). Reads the values:
+    `Diagnostics` calls it on the host copies when the diagnostics are read."""
     idx = torch.bucketize(sigma.float(), torch.tensor(bins.edges[1:-1]), right=True)
     out = {}
     for i, key in enumerate(bins.keys(prefix)):
@@ -34,6 +42,88 @@ def binned_means(values: torch.Tensor, sigma: torch.Tensor, prefix: str, bins: S
         if sel.any():
             out[key] = values[sel].float().mean().item()
     return out
+
+
+def to_host(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """CPU copies of `tensors` (detached, same shapes and dtypes), those on an accelerator in one transfer:
+    flattened into one float64 buffer, which holds every float dtype's values and ints below 2^53 exactly."""
+    out = [t.detach() for t in tensors]
+    remote = [i for i, t in enumerate(out) if t.device.type != "cpu"]
+    if remote:
+        flat = torch.cat([out[i].reshape(-1).to(torch.float64) for i in remote]).cpu()
+        for i, part in zip(remote, flat.split([out[i].numel() for i in remote]), strict=True):
+            out[i] = part.view(out[i].shape).to(out[i].dtype)
+    return out
+
+
+class Diagnostics(Mapping[str, float]):
+    """A loss's diagnostics as a mapping name -> float whose values stay tensors until first read.
+
+    `scalars`: name -> detached 0-dim tensor; `binned`: prefix -> (values [N], sigma [N]), reported as the
+    mean per sigma bin (`binned_means`, '<prefix>/sigma_<lo>-<hi>'). Reading a key, iterating or `read_all`
+    moves everything unread to the host at once; `scalars` and `binned` can be inspected without reading.
+    """
+
+    def __init__(self) -> None:
+        self.scalars: dict[str, torch.Tensor] = {}
+        self.binned: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._values: dict[str, float] | None = None
+
+    def scalar(self, name: str, value: torch.Tensor) -> None:
+        self.scalars[name] = value.detach()
+
+    def bin(self, prefix: str, values: torch.Tensor, sigma: torch.Tensor) -> None:
+        self.binned[prefix] = (values.detach(), sigma.detach())
+
+    @staticmethod
+    def read_all(diags: Sequence[Diagnostics]) -> None:
+        """Read every unread one of `diags` to the host in one transfer (`to_host`)."""
+        unread = [d for d in diags if d._values is None]
+        tensors = []
+        for d in unread:
+            tensors += [*d.scalars.values(), *(t for pair in d.binned.values() for t in pair)]
+        host = iter(to_host(tensors))
+        for d in unread:
+            values = {name: next(host).item() for name in d.scalars}
+            for prefix in d.binned:
+                values.update(binned_means(next(host), next(host), prefix))
+            d._values = values
+
+    def _read(self) -> dict[str, float]:
+        if self._values is None:
+            Diagnostics.read_all([self])
+        return self._values
+
+    def __getitem__(self, name: str) -> float:
+        return self._read()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+
+class DiagnosticSums:
+    """Row-weighted means of an iteration's micro-batch diagnostics: kept as tensors as they come, read to
+    the host once (`means`), then averaged as sum(value * rows) / sum(rows) per name over the micro-batches
+    that report it (an empty sigma bin does not count)."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[Diagnostics, float]] = []
+
+    def add(self, diag: Diagnostics, rows: float) -> None:
+        self.parts.append((diag, rows))
+
+    def means(self) -> dict[str, float]:
+        Diagnostics.read_all([d for d, _ in self.parts])
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, float] = defaultdict(float)
+        for diag, rows in self.parts:
+            for name, value in diag.items():
+                sums[name] += value * rows
+                counts[name] += rows
+        return {name: sums[name] / counts[name] for name in sums}
 
 
 def pooled_mean_std(parts: list[tuple[int, float, float]]) -> tuple[float, float]:
@@ -55,7 +145,7 @@ def grpo_clip_loss(
     beta: float = 0.0,
     sigma: torch.Tensor | None = None,
     clip_range_high: float | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, Diagnostics]:
     """Clipped surrogate of Flow-GRPO (paper Eq. 8) per transition:
     max(-A r, -A clip(r, 1 - eps, 1 + eps_high)), r = exp(logp - logp_old), averaged, plus beta * mean KL.
     eps_high = `clip_range_high`, or eps when None (the symmetric range of the papers' code).
@@ -68,7 +158,7 @@ def grpo_clip_loss(
             f"log_prob, old_log_prob and advantages must be equal 1-D shapes, got {tuple(log_prob.shape)}, "
             f"{tuple(old_log_prob.shape)}, {tuple(advantages.shape)}"
         )
-    if not torch.isfinite(log_prob).all():
+    if value_checks_on(log_prob) and not torch.isfinite(log_prob).all():
         raise ValueError("log_prob has NaN or inf: the policy produced a non-finite velocity")
     high = clip_range if clip_range_high is None else clip_range_high
     log_ratio = log_prob - old_log_prob.detach()
@@ -79,30 +169,28 @@ def grpo_clip_loss(
     per_transition = torch.maximum(unclipped, clipped)
     policy_loss = per_transition.mean()
     loss = policy_loss
+    diag = Diagnostics()
     with torch.no_grad():
-        diag = {
-            "policy/loss": policy_loss.item(),
-            # 0.5 E[(log r)^2]: the estimator Flow-GRPO logs; ~KL(old || new) for small steps.
-            "policy/approx_kl": (0.5 * log_ratio.pow(2).mean()).item(),
-            "policy/clipfrac": ((ratio > 1.0 + high) | (ratio < 1.0 - clip_range)).float().mean().item(),
-            "policy/clipfrac_high": (ratio > 1.0 + high).float().mean().item(),
-            "policy/clipfrac_low": (ratio < 1.0 - clip_range).float().mean().item(),
-            "policy/ratio_mean": ratio.mean().item(),
-            "policy/ratio_std": ratio.std(unbiased=False).item(),
-            "policy/advantage_abs_mean": adv.abs().mean().item(),
-        }
+        diag.scalar("policy/loss", policy_loss)
+        # 0.5 E[(log r)^2]: the estimator Flow-GRPO logs; ~KL(old || new) for small steps.
+        diag.scalar("policy/approx_kl", 0.5 * log_ratio.pow(2).mean())
+        diag.scalar("policy/clipfrac", ((ratio > 1.0 + high) | (ratio < 1.0 - clip_range)).float().mean())
+        diag.scalar("policy/clipfrac_high", (ratio > 1.0 + high).float().mean())
+        diag.scalar("policy/clipfrac_low", (ratio < 1.0 - clip_range).float().mean())
+        diag.scalar("policy/ratio_mean", ratio.mean())
+        diag.scalar("policy/ratio_std", ratio.std(unbiased=False))
+        diag.scalar("policy/advantage_abs_mean", adv.abs().mean())
     if kl is not None:
         if kl.shape != log_prob.shape:
             raise ValueError(f"kl shape {tuple(kl.shape)} differs from log_prob shape {tuple(log_prob.shape)}")
         kl_mean = kl.mean()
         loss = loss + beta * kl_mean
-        diag["policy/kl"] = kl_mean.item()
-    diag["policy/total_loss"] = loss.item()
+        diag.scalar("policy/kl", kl_mean)
+    diag.scalar("policy/total_loss", loss)
     if sigma is not None:
-        with torch.no_grad():
-            diag.update(binned_means(per_transition, sigma, "policy/loss"))
-            if kl is not None:
-                diag.update(binned_means(kl, sigma, "policy/kl"))
+        diag.bin("policy/loss", per_transition, sigma)
+        if kl is not None:
+            diag.bin("policy/kl", kl, sigma)
     return loss, diag
 
 
@@ -150,7 +238,7 @@ def nft_loss(
     adv_clip: float,
     v_ref: torch.Tensor | None = None,
     kl_beta: float = 0.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, Diagnostics]:
     """DiffusionNFT (arXiv 2509.16117, Eq. 8 with the code's adaptive weighting): implicit velocities
     v+ = (1 - beta) v_old + beta v and v- = (1 + beta) v_old - beta v; per sample
     (r L(v+) + (1 - r) L(v-)) / beta * adv_clip with L = `adaptive_x0_loss`, r = `nft_optimality`;
@@ -159,7 +247,7 @@ def nft_loss(
     if not (v.shape == v_old.shape == target.shape) or not (sigma.shape == advantages.shape == (v.shape[0],)):
         raise ValueError(f"nft_loss: shapes v {tuple(v.shape)}, v_old {tuple(v_old.shape)}, target "
                          f"{tuple(target.shape)}, sigma {tuple(sigma.shape)}, advantages {tuple(advantages.shape)}")
-    if not torch.isfinite(v).all():
+    if value_checks_on(v) and not torch.isfinite(v).all():
         raise ValueError("velocity has NaN or inf: the policy produced a non-finite velocity")
     v_old = v_old.detach()
     r = nft_optimality(advantages.detach().to(v.dtype), adv_clip)
@@ -167,23 +255,22 @@ def nft_loss(
     negative = adaptive_x0_loss((1.0 + beta) * v_old - beta * v, target, sigma)
     per_sample = (r * positive + (1.0 - r) * negative) / beta * adv_clip
     loss = policy_loss = per_sample.mean()
+    diag = Diagnostics()
     with torch.no_grad():
-        diag = {
-            "policy/loss": policy_loss.item(),
-            "policy/nft_r_mean": r.mean().item(),
-            "policy/nft_positive_loss": positive.mean().item(),
-            "policy/nft_negative_loss": negative.mean().item(),
-            # how far the trained policy has moved from the sampling one (NVlabs logs `old_deviate`)
-            "policy/old_deviation": _per_sample_mean((v - v_old) ** 2).mean().item(),
-            "policy/advantage_abs_mean": advantages.abs().mean().item(),
-        }
-        diag.update(binned_means(per_sample, sigma, "policy/loss"))
+        diag.scalar("policy/loss", policy_loss)
+        diag.scalar("policy/nft_r_mean", r.mean())
+        diag.scalar("policy/nft_positive_loss", positive.mean())
+        diag.scalar("policy/nft_negative_loss", negative.mean())
+        # how far the trained policy has moved from the sampling one (NVlabs logs `old_deviate`)
+        diag.scalar("policy/old_deviation", _per_sample_mean((v - v_old) ** 2).mean())
+        diag.scalar("policy/advantage_abs_mean", advantages.abs().mean())
+        diag.bin("policy/loss", per_sample, sigma)
     if v_ref is not None:
         kl = velocity_kl(v, v_ref)
         loss = loss + kl_beta * kl.mean()
-        diag["policy/kl"] = kl.mean().item()
-        diag.update(binned_means(kl.detach(), sigma, "policy/kl"))
-    diag["policy/total_loss"] = loss.item()
+        diag.scalar("policy/kl", kl.mean())
+        diag.bin("policy/kl", kl, sigma)
+    diag.scalar("policy/total_loss", loss)
     return loss, diag
 
 

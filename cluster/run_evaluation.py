@@ -114,6 +114,7 @@ def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", nam
     sees one) and the config's scorers, through the same plan, `sample_sharded` and `evaluate`
     (`launch.py eval`, the model card). `weights`: trainable weights to load first (a checkpoint's)."""
     from common.data_plane import EvalShare
+    from models.sampling import eval_batches
     from rewards.base import build_scorers
     from rollout.worker import RolloutWorker
 
@@ -128,11 +129,11 @@ def evaluate_in_process(cfg, *, output_dir: str | Path, split: str = "test", nam
     progress = eval_progress(name, plan)
 
     def every_image(w, prompts: list[str], seeds: list[list[int]]) -> EvalShare:
-        """All images, kept (in process all are at hand: failure grids), asked for a prompt at a time, as
-        the worker samples them anyway (the same images), to count them as they come."""
+        """All images, kept (in process all are at hand: failure grids), asked for in the batches the worker
+        samples together anyway (the same images), to count them as they come."""
         out = []
-        for prompt, prompt_seeds in zip(prompts, seeds, strict=True):
-            out.append(w.evaluate([prompt], [prompt_seeds]))
+        for batch in eval_batches([len(s) for s in seeds], cfg.algorithm.rollout_latents_per_call(cfg.sampling)):
+            out.append(w.evaluate([prompts[i] for i in batch], [seeds[i] for i in batch]))
             progress.update(sum(map(len, out)))
         return EvalShare.of(np.concatenate(out), range(sum(map(len, out))))
 

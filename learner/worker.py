@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from algorithms import Algorithm, default_algorithm
-from algorithms.losses import pooled_mean_std
+from algorithms.losses import Diagnostics, DiagnosticSums, pooled_mean_std
 from common.collective import SyncGroup
 from common.data_plane import fetch_groups
 from common.memory import peak_memory_gb
@@ -241,9 +241,11 @@ class LearnerWorker:
         set_learning_rate(self.engine, lr)
         rows = self.plan.rows(groups)
         groups = self.plan.prepare(groups, rows)
-        first: list[tuple[int, float, float]] = []  # (transitions, ratio mean, ratio std) of the first minibatch
-        first_clipped = 0.0
-        sums: dict[str, float] = defaultdict(float)
+        # The loss's diagnostics stay device tensors until the iteration ends: reading one per micro-batch
+        # would make the host wait for the device before every backward (algorithms/losses.py).
+        diagnostics = DiagnosticSums()
+        first: list[tuple[int, Diagnostics]] = []  # (transitions, diagnostics) of the first minibatch
+        sums: dict[str, float] = defaultdict(float)  # the optimizer's (host numbers already)
         counts: dict[str, float] = defaultdict(float)
         steps = skipped = 0
         staleness = [self.version - g.policy_version for g in groups]
@@ -265,12 +267,9 @@ class LearnerWorker:
                             sums["learner/grad_norm"] += outcome.grad_norm
                             counts["learner/grad_norm"] += 1
                     if mb.weight:
-                        for k, v in diag.items():
-                            sums[k] += v * len(mb)
-                            counts[k] += len(mb)
-                        if steps == 0 and "policy/ratio_mean" in diag:
-                            first.append((len(mb), diag["policy/ratio_mean"], diag["policy/ratio_std"]))
-                            first_clipped += diag["policy/clipfrac"] * len(mb)
+                        diagnostics.add(diag, len(mb))
+                        if steps == 0 and "policy/ratio_mean" in diag.scalars:
+                            first.append((len(mb), diag))
                 steps += 1
                 if self.ema is not None:
                     self.ema.update(self.export_weights(), self.engine.global_steps)
@@ -278,12 +277,15 @@ class LearnerWorker:
         if steps:
             self.version += 1
         metrics = {k: sums[k] / counts[k] for k in sums}
+        metrics.update(diagnostics.means())  # the iteration's one read of them (`first`'s included)
         if first:
             # Before the first optimizer step the policy is the sampler's: ratio mean 1, std 0 and nothing
             # clipped, up to numerics (flow_grpo's FAQ asks users to check exactly this).
-            mean, std = pooled_mean_std(first)
+            ratios = [(n, d["policy/ratio_mean"], d["policy/ratio_std"]) for n, d in first]
+            mean, std = pooled_mean_std(ratios)
             metrics["learner/first_minibatch_ratio_mean"], metrics["learner/first_minibatch_ratio_std"] = mean, std
-            metrics["learner/first_minibatch_clipfrac"] = first_clipped / sum(n for n, _, _ in first)
+            clipped = sum(d["policy/clipfrac"] * n for n, d in first)
+            metrics["learner/first_minibatch_clipfrac"] = clipped / sum(n for n, _ in first)
         if self.cfg.zero_stage != 3:  # ZeRO-3 ranks hold only partitions of the weights
             # The trained weights' size (LoRA: the adapters'): a policy that random-walks grows like the
             # square root of its steps, one that learns something grows with them.

@@ -57,7 +57,10 @@ class CountingVelocity:
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        if isinstance(sigma, torch.Tensor):
+            sigma = sigma.to(x.device, torch.float32)
+        else:  # filled on the device: a copy of a host number to an accelerator would wait for its queue
+            sigma = torch.full((), float(sigma), dtype=torch.float32, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
         v = self.velocity_fn(x, sigma)
@@ -69,10 +72,12 @@ class CountingVelocity:
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    # Drawn on the generator's device (CPU in practice) so the stream is device-independent.
-    return torch.randn(x.shape, generator=generator, device=generator.device, dtype=torch.float32).to(
-        x.device
-    )
+    # Drawn on the generator's device (CPU in practice) so the stream is device-independent; sent to a GPU
+    # from pinned memory, so the copy queues behind the step instead of waiting for it.
+    noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    if noise.device.type == "cpu" and x.device.type == "cuda":
+        noise = noise.pin_memory()
+    return noise.to(x.device, non_blocking=True)
 
 
 def initial_noise(init_noise: InitNoiseFn, n: int, shared: bool, generator: torch.Generator) -> torch.Tensor:
@@ -145,10 +150,14 @@ def integrate(
     Step i is modes[i]: 'ode' (Euler), 'sde' (the configured SDE step) or 'dpm' (DPM-Solver++(2M),
     second order from the previous step's data prediction). record[i] lists the rows (= sample ids)
     whose step-i transition is trained; only 'sde' steps may be recorded.
+
+    The grid (checked by the caller) is read to Python floats once, so the steps check their sigmas on
+    the host and nothing in the loop waits for an accelerator (models/sde.py).
     """
+    sigmas = grid.tolist()
     x0_prev = sigma_prev = None
     for i, mode in enumerate(modes):
-        s, s_next = grid[i].item(), grid[i + 1].item()
+        s, s_next = sigmas[i], sigmas[i + 1]
         v = velocity(x, s)
         if mode == "sde":
             out = sde_step(
@@ -163,7 +172,9 @@ def integrate(
             )
             rows = record.get(i, [])
             if rows:
-                recorder.add(x[rows], out.prev_sample[rows], s, s_next, out.log_prob[rows], rows, i)
+                # every row: no index (a list index is copied to the device, which waits for its queue)
+                pick = slice(None) if rows == list(range(x.shape[0])) else rows
+                recorder.add(x[pick], out.prev_sample[pick], s, s_next, out.log_prob[pick], rows, i)
             x_next = out.prev_sample
         elif mode == "dpm":
             x_next, _ = dpm_solver_2m_step(v, x, s, s_next, prev_x0=x0_prev, sigma_prev=sigma_prev)
@@ -211,10 +222,9 @@ def all_rows(modes: Sequence[str], steps: range, g: int) -> dict[int, list[int]]
 
 def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Deterministic Euler ODE sampler (the evaluation sampler, T_eval steps): noise -> data."""
-    sigmas = check_sigmas(sigmas, "sigmas", ends_at_zero=True)
+    sigmas = check_sigmas(sigmas, "sigmas", ends_at_zero=True).tolist()  # checked once; floats in the loop
     velocity, x = CountingVelocity(velocity_fn), noise.float()
-    for i in range(sigmas.numel() - 1):
-        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         x = ode_step(velocity(x, s), x, s, s_next)
     return x
 
@@ -222,13 +232,28 @@ def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Ten
 def eval_sample(
     velocity_fn: VelocityFn, init_noise: InitNoiseFn, sigmas: torch.Tensor, *, seeds: Sequence[int]
 ) -> torch.Tensor:
-    """Evaluation images for one prompt: one Euler ODE sample per seed, image i starting from the noise
-    of `seeds[i]` on a fresh CPU generator, so an image depends on its own seed only (not on how many
-    images are sampled with it): evaluations of two checkpoints pair image by image."""
+    """Evaluation images: one Euler ODE sample per seed, image i starting from the noise of `seeds[i]` on a
+    fresh CPU generator, so an image's noise depends on its own seed only (not on how many images, or which
+    prompts, are sampled beside it): evaluations of two checkpoints pair image by image. `velocity_fn`
+    conditions row by row: one prompt's rows, or several prompts' side by side (RolloutWorker.evaluate)."""
     if not seeds:
         raise ValueError("eval_sample needs at least one seed")
     noise = torch.cat([init_noise(1, torch.Generator().manual_seed(int(s))) for s in seeds])
     return euler_sample(velocity_fn, noise, sigmas)
+
+
+def eval_batches(images_per_prompt: Sequence[int], max_latents: int) -> list[range]:
+    """Consecutive prompts sampled together (RolloutWorker.evaluate), at most `max_latents` latents per
+    batch; a prompt with more images than that is a batch of its own."""
+    if any(n < 1 for n in images_per_prompt):
+        raise ValueError(f"every evaluated prompt needs a seed, got image counts {list(images_per_prompt)}")
+    batches, start, latents = [], 0, 0
+    for i, n in enumerate(images_per_prompt):
+        if i > start and latents + n > max_latents:
+            batches.append(range(start, i))
+            start, latents = i, 0
+        latents += n
+    return [*batches, range(start, len(images_per_prompt))] if images_per_prompt else []
 
 
 def trajectory_nfe(num_steps: int, group_size: int) -> int:

@@ -8,11 +8,19 @@ so dt = sigma_next - sigma < 0. Two identities are used throughout:
     eps_hat = x + (1 - sigma) * v      (the noise prediction; the score is -eps_hat / sigma)
 
 Every function takes sigma and sigma_next explicitly (floats or [B] tensors): no hidden step counter.
+
+Input checks run on the host without waiting for an accelerator: checks of shapes and of sigmas given as
+Python numbers always run; a check that reads a tensor's values (NaN or inf in the velocity or the sample,
+the range and order of [B] sigma tensors, a zero std) would make the host wait for the device at every step,
+so it runs on CPU tensors (where reading costs no sync) and, on an accelerator, only with
+FLOWRAY_DEBUG_CHECKS=1 (`value_checks_on`; FLOWRAY_DEBUG_CHECKS=0 skips them on the CPU too). The samplers
+pass Python sigmas from a grid checked once (models/sampling.py), so every sigma check runs there for free.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,22 +51,48 @@ class SdeStepOutput:
 
 # ----------------------------------------------------------------------------- input checks
 
+DEBUG_CHECKS_ENV = "FLOWRAY_DEBUG_CHECKS"
 
-def _as_batch_sigma(sigma: float | torch.Tensor, sample: torch.Tensor, name: str) -> torch.Tensor:
-    """sigma as a float32 tensor of shape [B, 1, ..., 1] that broadcasts over `sample`."""
+
+def value_checks_on(t: torch.Tensor) -> bool:
+    """Whether a check may read `t`'s values: with FLOWRAY_DEBUG_CHECKS unset, only on the CPU, where reading
+    costs no device sync; FLOWRAY_DEBUG_CHECKS=1 on every device (each check then stalls an accelerator's
+    queue once), 0 on none."""
+    flag = os.environ.get(DEBUG_CHECKS_ENV, "")
+    if flag not in ("", "0", "1"):
+        raise ValueError(f"{DEBUG_CHECKS_ENV} must be 1 (check on every device), 0 or unset, got {flag!r}")
+    return flag == "1" or (flag == "" and t.device.type == "cpu")
+
+
+def _as_batch_sigma(
+    sigma: float | torch.Tensor, sample: torch.Tensor, name: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """sigma as a float32 tensor of shape [B, 1, ..., 1] that broadcasts over `sample`, and its values as a
+    CPU tensor [B] for the checks (None where reading them would sync the device: `value_checks_on`).
+
+    A Python number is checked on the host and filled on the device (no host-to-device copy)."""
     batch, ndim = sample.shape[0], sample.ndim
-    s = torch.as_tensor(sigma, dtype=torch.float32, device=sample.device)
+    if isinstance(sigma, torch.Tensor):
+        host = sigma.detach().to("cpu", torch.float32) if value_checks_on(sigma) else None
+        s = sigma.to(sample.device, torch.float32)
+    else:
+        host = torch.as_tensor(sigma, dtype=torch.float32)
+        if host.ndim == 0:
+            s = torch.full((), float(sigma), dtype=torch.float32, device=sample.device)
+        else:
+            s = host.to(sample.device)
     if s.ndim == 0:
         s = s.expand(batch)
+        host = None if host is None else host.expand(batch)
     if s.shape != (batch,):
         raise ValueError(f"{name} must be a float or a [B] tensor with B={batch}, got shape {tuple(s.shape)}")
-    if not torch.all((s >= 0) & (s <= 1)):
-        raise ValueError(f"{name} must lie in [0, 1] (sigma=1 is noise, 0 is data), got {s.tolist()}")
-    return s.view(batch, *([1] * (ndim - 1)))
+    if host is not None and not torch.all((host >= 0) & (host <= 1)):
+        raise ValueError(f"{name} must lie in [0, 1] (sigma=1 is noise, 0 is data), got {host.tolist()}")
+    return s.view(batch, *([1] * (ndim - 1))), host
 
 
-def _check_step(sigma: torch.Tensor, sigma_next: torch.Tensor) -> None:
-    if not torch.all(sigma_next < sigma):
+def _check_step(sigma: torch.Tensor | None, sigma_next: torch.Tensor | None) -> None:
+    if sigma is not None and sigma_next is not None and not torch.all(sigma_next < sigma):
         raise ValueError(
             f"sigma_next must be < sigma (steps go from noise to data), got sigma={sigma.flatten().tolist()} "
             f"sigma_next={sigma_next.flatten().tolist()}"
@@ -66,22 +100,23 @@ def _check_step(sigma: torch.Tensor, sigma_next: torch.Tensor) -> None:
 
 
 def _check_finite(t: torch.Tensor, name: str) -> torch.Tensor:
-    if not torch.isfinite(t).all():
+    if value_checks_on(t) and not torch.isfinite(t).all():
         bad = (~torch.isfinite(t)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"{name} has NaN or inf values (batch rows {bad})")
     return t
 
 
 def _prepare(velocity, sample, sigma, sigma_next):
-    """Validate the step inputs and lift them to float32 (the SDE math never runs in bf16/fp16)."""
+    """Validate the step inputs and lift them to float32 (the SDE math never runs in bf16/fp16); returns
+    v, x, sigma and sigma_next on the device, and the two sigmas on the host (None: not read)."""
     v = _check_finite(velocity.float(), "velocity")
     x = _check_finite(sample.float(), "sample")
     if v.shape != x.shape:
         raise ValueError(f"velocity shape {tuple(v.shape)} differs from sample shape {tuple(x.shape)}")
-    s = _as_batch_sigma(sigma, x, "sigma")
-    s_next = _as_batch_sigma(sigma_next, x, "sigma_next")
-    _check_step(s, s_next)
-    return v, x, s, s_next
+    s, s_host = _as_batch_sigma(sigma, x, "sigma")
+    s_next, s_next_host = _as_batch_sigma(sigma_next, x, "sigma_next")
+    _check_step(s_host, s_next_host)
+    return v, x, s, s_next, (s_host, s_next_host)
 
 
 # ----------------------------------------------------------------------------- Gaussian helpers
@@ -173,6 +208,15 @@ def _cps_mean_std(v, x, sigma, sigma_next, a):
 _MEAN_STD = {"flow_grpo": _flow_grpo_mean_std, "dance": _dance_mean_std, "cps": _cps_mean_std}
 
 
+def _has_zero_std(kind: str, sigma: torch.Tensor | None, sigma_next: torch.Tensor | None, a: float) -> bool:
+    """Whether a row's step std is 0, from the same formula on the host sigmas [B] (False when not read)."""
+    if sigma is None or sigma_next is None:
+        return False
+    zeros = torch.zeros(sigma.shape[0], 1)
+    _, std, _ = _MEAN_STD[kind](zeros, zeros, sigma.view(-1, 1), sigma_next.view(-1, 1), a)
+    return not torch.all(std > 0)
+
+
 # ----------------------------------------------------------------------------- public steps
 
 
@@ -201,14 +245,14 @@ def sde_step(
         raise ValueError(f"unknown log_prob_form {log_prob_form!r}; expected one of {sorted(LOG_PROB_FORMS)}")
     if noise_level < 0 or not math.isfinite(noise_level):
         raise ValueError(f"noise_level must be a finite number >= 0, got {noise_level}")
-    v, x, s, s_next = _prepare(velocity, sample, sigma, sigma_next)
+    v, x, s, s_next, host_sigmas = _prepare(velocity, sample, sigma, sigma_next)
     mean, std, diffusion = _MEAN_STD[kind](v, x, s, s_next, noise_level)
     if noise_level == 0:
         # A zero-noise SDE is the deterministic step; it has no density to evaluate.
         if prev_sample is not None:
             raise ValueError("noise_level=0 gives a deterministic step: there is no log-prob to evaluate")
         return SdeStepOutput(mean, torch.zeros(x.shape[0], device=x.device), mean, std, diffusion)
-    if not torch.all(std > 0):
+    if _has_zero_std(kind, *host_sigmas, noise_level):
         raise ValueError(
             f"the {kind} step has zero std (sigma_next=0 for cps): use ode_step for a deterministic final step"
         )
@@ -233,7 +277,7 @@ def ode_step(
     sigma_next: float | torch.Tensor,
 ) -> torch.Tensor:
     """Euler step of the probability-flow ODE: x_next = x + (sigma_next - sigma) * v."""
-    v, x, s, s_next = _prepare(velocity, sample, sigma, sigma_next)
+    v, x, s, s_next, _ = _prepare(velocity, sample, sigma, sigma_next)
     return x + (s_next - s) * v
 
 
@@ -255,7 +299,7 @@ def dpm_solver_2m_step(
     diffusers' `lower_order_final` does; a previous step from sigma = 1 also falls back to first order.
     Return x0_hat and pass it as `prev_x0` to the next call.
     """
-    v, x, s, s_next = _prepare(velocity, sample, sigma, sigma_next)
+    v, x, s, s_next, (s_host, _) = _prepare(velocity, sample, sigma, sigma_next)
     x0 = x - s * v
     alpha, alpha_next = 1.0 - s, 1.0 - s_next
     final = s_next <= 0
@@ -265,8 +309,8 @@ def dpm_solver_2m_step(
     if prev_x0 is not None:
         if sigma_prev is None:
             raise ValueError("dpm_solver_2m_step: prev_x0 given without sigma_prev")
-        s_prev = _as_batch_sigma(sigma_prev, x, "sigma_prev")
-        if not torch.all(s_prev > s):
+        s_prev, s_prev_host = _as_batch_sigma(sigma_prev, x, "sigma_prev")
+        if s_prev_host is not None and s_host is not None and not torch.all(s_prev_host > s_host):
             raise ValueError("sigma_prev must be > sigma (the previous step came from higher noise)")
         second = (~final) & (s_prev < 1.0) & (s < 1.0)
 

@@ -42,7 +42,9 @@ def decode_instances(class_logits, mask_logits, labels: Sequence[str], max_per_i
     """mmdet's Mask2Former instance post-processing for one image.
 
     class_logits [Q, C + 1] (last = no object); mask_logits [Q, h, w] already resized to the image
-    (H, W). Returns detections sorted by score, those at or below `min_score` dropped.
+    (H, W). Returns detections sorted by score, those at or below `min_score` or with an empty mask dropped.
+    The kept detections' scores, labels and masks reach the host together, not one detection at a time
+    (each read of a GPU tensor waits for the device).
     """
     import torch
 
@@ -55,15 +57,14 @@ def decode_instances(class_logits, mask_logits, labels: Sequence[str], max_per_i
     masks = mask_prob > 0.5
     mask_score = (mask_prob * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
     det_scores = top_scores * mask_score
+    order = torch.argsort(det_scores, descending=True)
+    kept = order[(det_scores[order] > min_score) & masks[order].flatten(1).any(1)]
+    scores, label_ids = torch.stack([det_scores[kept].double(), label[kept].double()]).cpu().tolist()
     detections = []
-    for i in torch.argsort(det_scores, descending=True).tolist():
-        score = float(det_scores[i])
-        if score <= min_score or not bool(masks[i].any()):
-            continue
-        mask = masks[i].cpu().numpy()
+    for score, label_id, mask in zip(scores, label_ids, masks[kept].cpu().numpy(), strict=True):
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         box = (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
-        name = labels[int(label[i])]
+        name = labels[int(label_id)]
         detections.append(Detection(COCO_TO_GENEVAL.get(name, name), box, score, None, mask))
     return detections
 
@@ -164,10 +165,9 @@ class GenevalScorer:
         with torch.no_grad():
             emb = embedding(self.clip.get_image_features(pixel_values=pixels)).float()
         emb = emb / emb.norm(dim=-1, keepdim=True)
-        colors = []
-        for d, e in zip(detections, emb, strict=True):
-            colors.append(COLORS[int((e @ self._color_classifier(d.label)).argmax())])
-        return colors
+        classifiers = [self._color_classifier(d.label) for d in detections]
+        best = torch.stack([(e @ c).argmax() for e, c in zip(emb, classifiers, strict=True)])
+        return [COLORS[i] for i in best.tolist()]  # one read for every detection
 
     def judge(self, image: np.ndarray, detections: Sequence[Detection], record: Mapping):
         """Colour the detections a colour clause may read, then apply GenEval's rules."""

@@ -24,8 +24,8 @@ from common.weight_buckets import load_packed, plan_for, sync_digest, unpack_int
 from models.config import ModelConfig, SamplingConfig
 from models.devices import resolve_device
 from models.policy import PRECISION_DTYPES, Policy
-from models.sampling import eval_sample, sample_group
-from models.types import Rollout
+from models.sampling import eval_batches, eval_sample, sample_group
+from models.types import PromptEmbeds, Rollout
 
 
 @dataclass(frozen=True)
@@ -142,14 +142,26 @@ class RolloutWorker:
     def evaluate(self, prompts: list[str], seeds: list[list[int]], grid: str = "eval") -> np.ndarray:
         """Deterministic ODE images, one per seed of each prompt (cluster.evaluation fixes the seeds):
         [sum of len(seeds[i]), H, W, 3], prompt-major. `grid` 'eval' uses the T_eval grid; 'train' the
-        sampling grid (the training monitor's cheap probe)."""
+        sampling grid (the training monitor's cheap probe).
+
+        Consecutive prompts share every forward, up to as many latents as the largest call of a rollout
+        (algorithm.rollout_latents_per_call: the call the memory planner checks; Policy.rows_per_forward
+        still splits it), each image from its own seed's noise (`eval_sample`); each prompt's images are
+        decoded on their own, as a rollout decodes its group."""
         self.reload()
         sigmas = {"eval": self.eval_sigmas, "train": self.sigmas}[grid]
-        out = []
         guidance = self.eval_guidance if grid == "eval" else None  # the probe samples as the rollouts do
-        for prompt, prompt_seeds in zip(prompts, seeds, strict=True):
-            latents = eval_sample(self._velocity_for(prompt, guidance), self._init_noise, sigmas, seeds=prompt_seeds)
-            out.append(self.policy.decode(latents).numpy())
+        counts = [len(prompt_seeds) for _, prompt_seeds in zip(prompts, seeds, strict=True)]
+        out = []
+        for batch in eval_batches(counts, self.algorithm.rollout_latents_per_call(self.sampling)):
+            cond = PromptEmbeds.cat([self.policy.encode([prompts[i]]).expand(counts[i]) for i in batch])
+
+            def velocity(x, sigma, cond=cond):
+                return self.policy.velocity(x, sigma, cond, guidance)
+
+            batch_seeds = [s for i in batch for s in seeds[i]]
+            latents = eval_sample(velocity, self._init_noise, sigmas, seeds=batch_seeds)
+            out += [self.policy.decode(part).numpy() for part in latents.split([counts[i] for i in batch])]
         return np.concatenate(out)
 
     def evaluate_by_reference(self, prompts: list[str], seeds: list[list[int]], grid: str = "eval",

@@ -218,3 +218,38 @@ def test_unpairable_or_damaged_evaluations_are_refused_naming_the_file(tmp_path)
         load_evaluation(tmp_path / "a")
     with pytest.raises(EvaluationFileError, match="no evaluation summary"):
         load_evaluation(tmp_path / "missing")
+
+
+@pytest.mark.component
+def test_batched_evaluation_keeps_each_images_noise(tiny_sd3_path, monkeypatch):
+    """RolloutWorker.evaluate samples consecutive prompts in one forward (up to the latents of the rollout's
+    largest call, here group_size 4), each image from its own seed's noise: the same initial noise per seed
+    as one prompt per call, and the same images up to the float rounding of another batch size."""
+    import torch
+
+    from models.config import LoraSettings, ModelConfig, SamplingConfig
+    from rollout.worker import RolloutWorker
+
+    model = ModelConfig(path=tiny_sd3_path, resolution=32, guidance_scale=2.0, lora=LoraSettings(rank=4))
+    sampling = SamplingConfig(group_size=4, num_steps=4, eval_num_steps=3)
+    worker = RolloutWorker(model, sampling, torch_threads=2)
+    prompts = ["a photo of a red circle", "a photo of two blue squares", "a green triangle", "a yellow star"]
+    seeds = [[11, 12], [13], [14, 15, 16], [17]]  # batches of at most 4 latents: prompts (0, 1) and (2, 3)
+    first_steps = []  # the latents of every velocity call at the grid's first sigma: the initial noise
+    velocity = worker.policy.velocity
+
+    def recording(x, sigma, cond, *args, **kwargs):
+        if sigma[0].item() == worker.eval_sigmas[0].item():
+            first_steps.append(x.clone())
+        return velocity(x, sigma, cond, *args, **kwargs)
+
+    monkeypatch.setattr(worker.policy, "velocity", recording)
+    single = np.concatenate([worker.evaluate([p], [s]) for p, s in zip(prompts, seeds, strict=True)])
+    single_noise, single_calls = torch.cat(first_steps), len(first_steps)
+    first_steps.clear()
+    batched = worker.evaluate(prompts, seeds)
+    assert single_calls == 4 and len(first_steps) == 2
+    per_seed = torch.cat([worker._init_noise(1, torch.Generator().manual_seed(s)) for s in sum(seeds, [])])
+    assert torch.equal(torch.cat(first_steps), single_noise) and torch.equal(single_noise, per_seed)
+    assert batched.shape == single.shape == (7, 32, 32, 3)
+    assert np.abs(batched.astype(np.int16) - single).max() <= 1

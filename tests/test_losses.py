@@ -56,6 +56,21 @@ def test_kl_term_and_sigma_bins():
     assert "policy/kl/sigma_0.6-0.8" not in diag  # empty bins are not reported as zero
 
 
+def test_diagnostics_stay_tensors_until_read_and_the_finite_check_is_a_value_check(monkeypatch):
+    """The diagnostics are device tensors read on the host when asked (tests/test_host_syncs.py: never in
+    the learner's micro-batch loop); the NaN check reads the log-probs, so it runs where that is free."""
+    logp, sigma = torch.tensor([0.1, -0.2, 0.05]), torch.tensor([0.1, 0.5, 0.55])
+    loss, diag = grpo_clip_loss(logp, torch.zeros(3), torch.ones(3), clip_range=0.15, sigma=sigma)
+    assert all(isinstance(t, torch.Tensor) and t.ndim == 0 for t in diag.scalars.values())
+    assert diag["policy/clipfrac"] == pytest.approx(1 / 3) and isinstance(diag["policy/loss"], float)
+    ratios = torch.exp(torch.tensor([-0.2, 0.05]))  # sigma 0.5 and 0.55; max(-A r, -A clip(r)) = -r for both
+    assert diag["policy/loss/sigma_0.4-0.6"] == pytest.approx(-ratios.mean().item())
+    assert dict(diag)["policy/total_loss"] == loss.item()
+    monkeypatch.setenv("FLOWRAY_DEBUG_CHECKS", "0")  # as on an accelerator: not read
+    nan_loss, _ = grpo_clip_loss(torch.tensor([float("nan")]), torch.zeros(1), torch.zeros(1))
+    assert torch.isnan(nan_loss)
+
+
 def test_binned_means_edges():
     out = binned_means(torch.tensor([1.0, 2.0]), torch.tensor([0.2, 0.19999]), "x")
     assert out == {"x/sigma_0.0-0.2": 2.0, "x/sigma_0.2-0.4": 1.0}

@@ -302,3 +302,29 @@ def test_squared_error_log_prob_is_flow_grpos_cps_log_prob():
                                rtol=1e-3, atol=1e-6)  # fmt: skip
     with pytest.raises(ValueError, match="log_prob_form"):
         sde_step(v, x, sigma, sigma_prev, noise_level=a, kind="cps", prev_sample=prev, log_prob_form="mse")
+
+
+def test_value_checks_read_cpu_tensors_and_host_numbers_always_and_device_values_only_when_asked(monkeypatch):
+    """Checks of Python sigmas always run (on the host, for free); checks that read tensor values run on
+    CPU tensors, and with FLOWRAY_DEBUG_CHECKS=0 (an accelerator's default: a read would stall it) not at all.
+    tests/test_host_syncs.py runs the steps on tensors with no values."""
+    x = torch.randn(2, 3)
+    nan = x.clone()
+    nan[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="sigma must lie in"):
+        sde_step(x, x, torch.tensor([0.5, 1.5]), 0.2, noise_level=0.7)
+    with pytest.raises(ValueError, match="sigma_next must be <"):
+        ode_step(x, x, torch.tensor([0.5, 0.3]), torch.tensor([0.4, 0.4]))
+    with pytest.raises(ValueError, match="sigma_prev must be >"):
+        dpm_solver_2m_step(x, x, 0.5, 0.3, prev_x0=x, sigma_prev=torch.tensor([0.6, 0.4]))
+    with pytest.raises(ValueError, match="use ode_step"):
+        sde_step(x, x, torch.tensor([0.3, 0.2]), torch.tensor([0.1, 0.0]), noise_level=0.7, kind="cps")
+    monkeypatch.setenv("FLOWRAY_DEBUG_CHECKS", "0")
+    assert torch.isnan(ode_step(nan, x, 0.5, 0.3)).any()  # not read
+    ode_step(x, x, torch.tensor([0.5, 0.3]), torch.tensor([0.4, 0.4]))
+    with pytest.raises(ValueError, match="sigma must lie in"):
+        ode_step(x, x, 1.5, 0.3)
+    with pytest.raises(ValueError, match="sigma_next must be <"):
+        sde_step(x, x, 0.3, 0.3, noise_level=0.7)
+    with pytest.raises(ValueError, match="use ode_step"):
+        sde_step(x, x, 0.2, 0.0, noise_level=0.7, kind="cps")  # the std from the host sigmas
