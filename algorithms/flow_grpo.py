@@ -47,7 +47,7 @@ class FlowGRPO(PerStepAlgorithm):
         x = initial_noise(init_noise, g, self.same_latent(sampling), generator)
         modes = [sde_mode(sampling.sde_kind, sigmas[i + 1].item()) for i in range(num_steps)]
         record = all_rows(modes, range(int(num_steps * self.timestep_fraction)), g)
-        recorder = Recorder()
+        recorder = Recorder(keep_means=self.records_step_means)
         final = integrate(velocity, x, sigmas, modes, record, recorder, sampling, generator)
         return trajectory_rollout(self.name, sampling, velocity, recorder, final)
 
@@ -93,6 +93,6 @@ class FlowGRPOFast(PerStepAlgorithm):
                                   device=generator.device).item())
         modes = window_modes(sampling, sigmas, start, self.window_size)
         record = all_rows(modes, range(start, start + self.window_size), g)
-        recorder = Recorder()
+        recorder = Recorder(keep_means=self.records_step_means)
         final = integrate(velocity, x, sigmas, modes, record, recorder, sampling, generator)
         return trajectory_rollout(self.name, sampling, velocity, recorder, final)

@@ -194,6 +194,73 @@ def grpo_clip_loss(
     return loss, diag
 
 
+def guard_log_ratio(log_prob: torch.Tensor, old_log_prob: torch.Tensor, mean: torch.Tensor, old_mean: torch.Tensor,
+                    std: torch.Tensor) -> torch.Tensor:
+    """GRPO-Guard's normalised log-ratio per transition [N] (arXiv 2510.22319, RatioNorm, as Flow-Factory's
+    GRPOGuardTrainer computes it): sigma_s * log r + mse / (2 sigma_s), with sigma_s the step's std and
+    mse = mean_d (mean - old_mean)^2. For x_next = old_mean + sigma_s eps this equals mean_d(eps * delta),
+    delta = mean - old_mean: the raw log-ratio's bias -mse / (2 sigma_s^2) (its on-policy drift below 1) and
+    its 1 / sigma_s scale (larger at low noise) are gone, so the ratio centres on 1 at every step.
+    Needs the mean-reduced Gaussian log-prob (sampling.log_prob_form 'gaussian')."""
+    sigma_s = std.expand_as(mean).flatten(1)[:, 0].to(log_prob.dtype)
+    mse = (mean - old_mean).pow(2).flatten(1).mean(1).to(log_prob.dtype)
+    return sigma_s * (log_prob - old_log_prob) + mse / (2.0 * sigma_s)
+
+
+def dppo_keep_mask(ratio: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Flow-DPPO's per-transition mask (arXiv 2606.11025; UniRL's FlowDPPO): a transition is dropped when its
+    step's Gaussian KL between the new and old policies is at least `threshold` AND the ratio has moved the way
+    its advantage pushes (r > 1 with A > 0, or r < 1 with A < 0); inside the bound, and for moves back
+    towards the old policy, it is kept. Returns a bool [N], True = kept."""
+    pushing = ((ratio > 1.0) & (advantages > 0)) | ((ratio < 1.0) & (advantages < 0))
+    return ~((kl >= threshold) & pushing)
+
+
+def dppo_loss(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    step_kl: torch.Tensor,
+    *,
+    threshold: float,
+    kl: torch.Tensor | None = None,
+    beta: float = 0.0,
+    sigma: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Diagnostics]:
+    """Flow-DPPO per transition: mean(keep * (-A r)) with the unclipped ratio r = exp(logp - logp_old) and
+    `dppo_keep_mask` on `step_kl` = KL(new || old) of the step's Gaussians [N], plus beta * the mean KL to the
+    reference (`kl`; the reference implementation has none, beta 0 in the presets)."""
+    if not (log_prob.shape == old_log_prob.shape == advantages.shape == step_kl.shape) or log_prob.ndim != 1:
+        raise ValueError(
+            f"log_prob, old_log_prob, advantages and step_kl must be equal 1-D shapes, got {tuple(log_prob.shape)}, "
+            f"{tuple(old_log_prob.shape)}, {tuple(advantages.shape)}, {tuple(step_kl.shape)}"
+        )
+    log_ratio = log_prob - old_log_prob.detach()
+    ratio = torch.exp(log_ratio)
+    adv = advantages.detach().to(ratio.dtype)
+    keep = dppo_keep_mask(ratio.detach(), adv, step_kl.detach(), threshold)
+    per_transition = torch.where(keep, -adv * ratio, torch.zeros_like(ratio))
+    policy_loss = per_transition.mean()
+    loss = policy_loss
+    diag = Diagnostics()
+    with torch.no_grad():
+        diag.scalar("policy/loss", policy_loss)
+        diag.scalar("policy/approx_kl", 0.5 * log_ratio.pow(2).mean())
+        diag.scalar("policy/step_kl", step_kl.mean())
+        diag.scalar("policy/clipfrac", (~keep).float().mean())  # the masked share: what clipping was
+        diag.scalar("policy/ratio_mean", ratio.mean())
+        diag.scalar("policy/ratio_std", ratio.std(unbiased=False))
+        diag.scalar("policy/advantage_abs_mean", adv.abs().mean())
+    if kl is not None:
+        kl_mean = kl.mean()
+        loss = loss + beta * kl_mean
+        diag.scalar("policy/kl", kl_mean)
+    diag.scalar("policy/total_loss", loss)
+    if sigma is not None:
+        diag.bin("policy/loss", per_transition, sigma)
+    return loss, diag
+
+
 # ----------------------------------------------------------------------------- the forward-process family
 
 

@@ -3,8 +3,10 @@ denoising step is a Gaussian policy with a log-prob; the learner recomputes the 
 SDE transitions (learner/per_step.py) and applies the clipped surrogate of Flow-GRPO (paper Eq. 8) with a
 KL to the reference policy.
 
-The family's loss signature: loss(log_prob, old_log_prob, advantages, *, learner, kl, sigma) with [N]
-tensors per transition and `learner` the learner config section (clip range, KL weight).
+The family's loss signature: loss(log_prob, old_log_prob, advantages, *, learner, kl, sigma, mean, old_mean,
+std) with [N] tensors per transition, `learner` the learner config section (clip range, KL weight), and the
+step's Gaussian means under the current policy and the sampler's (the latter recorded only for units with
+`records_step_means`, else None).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ class PerStepAlgorithm(Algorithm):
     """Settings every per-step algorithm shares."""
 
     learner_plan: ClassVar[str] = "per_step"
+    # The sampler keeps each trained step's Gaussian mean (Transitions.mean) for a loss that compares the old
+    # and new policies' means (`loss`'s mean / old_mean / std).
+    records_step_means: ClassVar[bool] = False
     legacy_keys: ClassVar[dict[str, str]] = {
         "learner.kl_form": "kl_form", "learner.recompute_old_log_probs": "recompute_old_log_probs",
     }
@@ -49,8 +54,11 @@ class PerStepAlgorithm(Algorithm):
         return super().learner_frozen_forwards(learner) + (("old log-probs",) if self.recompute_old_log_probs else ())
 
     def loss(self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, *, learner,
-             kl: torch.Tensor | None = None, sigma: torch.Tensor | None = None):
-        """The clipped surrogate with learner.clip_range (and clip_range_high) plus learner.beta * KL."""
+             kl: torch.Tensor | None = None, sigma: torch.Tensor | None = None, mean: torch.Tensor | None = None,
+             old_mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
+        """The clipped surrogate with learner.clip_range (and clip_range_high) plus learner.beta * KL.
+        `mean`, `old_mean` [N, ...] and `std` (broadcastable): the step's Gaussian under the current policy and
+        the sampler's, given to units that record them (`records_step_means`)."""
         return grpo_clip_loss(log_prob, old_log_prob, advantages, clip_range=learner.clip_range, kl=kl,
                               beta=learner.beta, sigma=sigma, clip_range_high=learner.clip_range_high)
 

@@ -244,7 +244,7 @@ class ExperimentConfig(_Section):
     algorithm: AlgorithmSection = Field(
         default_factory=default_algorithm,
         description="The RL algorithm, by `name` (algorithms/: flow_grpo, flow_grpo_fast, dance_grpo, mix_grpo, "
-        "g2rpo, diffusion_nft, awm), with its own settings.",
+        "g2rpo, grpo_guard, flow_dppo, diffusion_nft, awm), with its own settings.",
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Group size, steps and the SDE step.")
     rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="Reward models and their servers.")

@@ -32,6 +32,7 @@ class MicroBatch:
     advantages: torch.Tensor  # [K]
     weight: float = 1.0  # 0 for padding micro-batches
     rows: list[tuple[int, int, int]] = field(default_factory=list)  # (group, sample, transition) per row
+    old_mean: torch.Tensor | None = None  # [K, ...] the sampler's step means, where the unit records them
 
     def __len__(self) -> int:
         return self.index.shape[0]
@@ -74,6 +75,7 @@ def build_micro_batches(groups, rows: list[tuple[int, int, int]], size: int) -> 
                 old_log_prob=torch.stack([t.log_prob[j] for t, j in ts]),
                 advantages=torch.stack([groups[g].advantages[s] for g, s, _ in chunk]).float(),
                 rows=chunk,
+                old_mean=torch.stack([t.mean[j] for t, j in ts]) if ts[0][0].mean is not None else None,
             )
         )
     return out
@@ -135,8 +137,10 @@ class PerStepPlan:
             with torch.no_grad():
                 ref = self._step(mb, reference=True)
             kl = kl_to_reference(out, ref.mean, self.algorithm.kl_form)
+        # A padding micro-batch built from nothing has no recorded means: the current ones (a zero KL) stand in.
+        old_mean = mb.old_mean.to(dev) if mb.old_mean is not None else out.mean.detach()
         return self.algorithm.loss(out.log_prob, mb.old_log_prob.to(dev), mb.advantages.to(dev), learner=learner,
-                                   kl=kl, sigma=mb.sigma)
+                                   kl=kl, sigma=mb.sigma, mean=out.mean, old_mean=old_mean, std=out.std)
 
     @torch.no_grad()
     def _recompute_old_log_probs(self, groups, rows):

@@ -96,7 +96,10 @@ def sde_mode(kind: str, sigma_next: float) -> str:
 class Recorder:
     """Collects trained transitions; an input shared by several transitions is stored once."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_means: bool = False) -> None:
+        """`keep_means`: also keep each step's Gaussian mean (Transitions.mean)."""
+        self.keep_means = keep_means
+        self.means: list[torch.Tensor] = []
         self.inputs: list[torch.Tensor] = []
         self.input_id: list[torch.Tensor] = []
         self.fields: dict[str, list[torch.Tensor]] = {
@@ -104,8 +107,13 @@ class Recorder:
         }
         self.num_inputs = 0
 
-    def add(self, x_t, x_next, sigma, sigma_next, log_prob, sample_id, step, *, shared_input=False):
-        """Record rows x_t -> x_next; with `shared_input`, x_t is one [1, ...] latent all rows start from."""
+    def add(self, x_t, x_next, sigma, sigma_next, log_prob, sample_id, step, *, shared_input=False, mean=None):
+        """Record rows x_t -> x_next; with `shared_input`, x_t is one [1, ...] latent all rows start from;
+        `mean`: the step's Gaussian mean of those rows (kept with `keep_means`)."""
+        if self.keep_means:
+            if mean is None:
+                raise ValueError("this recorder keeps each step's mean (keep_means=True): pass mean=")
+            self.means.append(mean)
         n = x_next.shape[0]
         u = 1 if shared_input else n
         self.inputs.append(x_t[:u])
@@ -130,9 +138,11 @@ class Recorder:
                 empty_latents,
                 *(torch.zeros(0) for _ in range(3)),
                 *(torch.zeros(0, dtype=torch.long) for _ in range(2)),
+                mean=empty_latents if self.keep_means else None,
             )
         f = {k: torch.cat(v) for k, v in self.fields.items()}
-        return Transitions(inputs=torch.cat(self.inputs), input_id=torch.cat(self.input_id), **f)
+        mean = torch.cat(self.means) if self.keep_means else None
+        return Transitions(inputs=torch.cat(self.inputs), input_id=torch.cat(self.input_id), **f, mean=mean)
 
 
 def integrate(
@@ -174,7 +184,7 @@ def integrate(
             if rows:
                 # every row: no index (a list index is copied to the device, which waits for its queue)
                 pick = slice(None) if rows == list(range(x.shape[0])) else rows
-                recorder.add(x[pick], out.prev_sample[pick], s, s_next, out.log_prob[pick], rows, i)
+                recorder.add(x[pick], out.prev_sample[pick], s, s_next, out.log_prob[pick], rows, i, mean=out.mean[pick])
             x_next = out.prev_sample
         elif mode == "dpm":
             x_next, _ = dpm_solver_2m_step(v, x, s, s_next, prev_x0=x0_prev, sigma_prev=sigma_prev)

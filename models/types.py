@@ -59,6 +59,9 @@ class Transitions:
     log_prob: torch.Tensor  # [K] float32, log-prob of x_next at sampling time
     sample_id: torch.Tensor  # [K] long, the trained sample the transition belongs to
     step: torch.Tensor  # [K] long, index of the step in the sampling schedule (for per-step diagnostics)
+    # [K, ...] the sampler's Gaussian mean of x_next, kept only for units whose loss compares the old and new
+    # policies' means (Flow-DPPO's KL mask, GRPO-Guard's ratio normalisation: `records_step_means`)
+    mean: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_id.shape[0]

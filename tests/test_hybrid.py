@@ -96,6 +96,8 @@ def test_hybrid_trains_and_evaluates_exactly_what_split_does_and_a_lost_worker_s
     pytest.param("shapes_flowgrpo", 2, marks=pytest.mark.slow),
     ("shapes_nft", 1),
     ("shapes_nft", 2),
+    ("shapes_grpo_guard", 1),  # the sampler's recorded step means travel with the groups (records_step_means)
+    pytest.param("shapes_flow_dppo", 1, marks=pytest.mark.slow),  # the same plumbing as GRPO-Guard
 ])
 def test_hybrid_resumes_bit_exactly(local_ray, tiny_sd3_path, tmp_path, preset, ranks):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -20,7 +20,8 @@ PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 ASSETS = ROOT / "assets" / "prompts"
 make_text_prompts = load_script("scripts/make_text_prompts.py")
 
-SHAPES = ["shapes_flowgrpo", "shapes_flowgrpo_fast", "shapes_dancegrpo", "shapes_mixgrpo", "shapes_g2rpo"]
+SHAPES = ["shapes_flowgrpo", "shapes_flowgrpo_fast", "shapes_dancegrpo", "shapes_mixgrpo", "shapes_g2rpo", "shapes_grpo_guard",
+          "shapes_flow_dppo"]
 SD35 = {"sd35_geneval": ("geneval", 0.04), "sd35_ocr": ("ocr", 0.04), "sd35_pickscore": ("pickscore", 0.01)}
 FORWARD_SHAPES = ["shapes_nft", "shapes_awm"]
 FORWARD_SD35 = {  # preset: (algorithm, scorer, nft_beta, old-policy decay (flat, rate, max), K, T)
@@ -28,6 +29,12 @@ FORWARD_SD35 = {  # preset: (algorithm, scorer, nft_beta, old-policy decay (flat
     "sd35_nft_ocr": ("diffusion_nft", "ocr", 0.1, (75, 7.5e-3, 0.999), 9, 10),
     "sd35_nft_pickscore": ("diffusion_nft", "pickscore", 1.0, (0, 1e-3, 0.5), 9, 10),
     "sd35_awm_pickscore": ("awm", "pickscore", 1.0, (0, 1e-3, 0.5), 6, 14),
+}
+# The 2026 per-step units on SD3.5 (docs/fidelity.md): preset -> the reference's values
+# (algorithm, guidance, G, trained steps, clip range or KL-mask threshold, beta)
+PER_STEP_2026_SD35 = {
+    "sd35_grpo_guard_pickscore": ("grpo_guard", 4.5, 24, 9, 1e-4, 0.01),  # Flow-Factory on flow_grpo's preset
+    "sd35_flow_dppo_pickscore": ("flow_dppo", 1.0, 16, 3, 1e-5, 0.0),  # UniRL FlowDPPO/config.yaml
 }
 FLUX = {  # preset: (algorithm, T, lr)
     "flux_dancegrpo_hps": ("dance_grpo", 16, 1e-5),
@@ -42,7 +49,7 @@ def preset(name):
 
 def test_every_preset_is_listed_loads_and_is_named_after_its_file():
     assert {p.stem for p in PRESETS} == (set(SHAPES) | set(SD35) | set(FLUX) | set(FORWARD_SHAPES) | set(FORWARD_SD35)
-                                         | {"sd35_pickscore_fast"})
+                                         | set(PER_STEP_2026_SD35) | {"sd35_pickscore_fast"})
     for path in PRESETS:
         assert load_config(path).name == path.stem
 
@@ -302,3 +309,13 @@ def test_shapes_presets_fit_the_head_a_2_core_laptop_starts(name):
     report = PreflightReport(resources_source="ray start --head on 2 cores")
     check_resources(load_config(ROOT / "configs" / f"{name}.yaml"), report, {"CPU": 2.0}, local=False)
     assert report.ok, [c.message for c in report.errors]
+
+
+@pytest.mark.parametrize("name", PER_STEP_2026_SD35)
+def test_the_2026_per_step_sd35_presets_carry_their_references_settings(name):
+    algorithm, guidance, g, trained, bound, beta = PER_STEP_2026_SD35[name]
+    cfg = preset(name)
+    assert cfg.algorithm.name == algorithm and cfg.model.guidance_scale == guidance and cfg.sampling.group_size == g
+    assert int(cfg.sampling.num_steps * cfg.algorithm.timestep_fraction) == trained and cfg.learner.beta == beta
+    assert getattr(cfg.algorithm, "kl_mask_threshold", cfg.learner.clip_range) == bound
+    assert cfg.cluster.layout == "hybrid" and cfg.rewards.scorers[0].name == "pickscore"

@@ -555,7 +555,8 @@ def test_bad_window_arguments_name_the_parameter(args, name):
 
 
 def test_registry():
-    assert set(ALGORITHMS) == {"flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo", "diffusion_nft", "awm"}
+    assert set(ALGORITHMS) == {"flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo", "diffusion_nft", "awm",
+                               "grpo_guard", "flow_dppo"}
 
     class Duplicate(ALGORITHMS["g2rpo"]):  # its `name` default is still 'g2rpo'
         pass
