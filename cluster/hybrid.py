@@ -124,6 +124,11 @@ class HybridWorker(LearnerWorker):
         self.sampler.version = version
         return {"actor": self.name, "version": version, "digest": sync_digest(specs, sums)}
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The trainable weights this worker samples with, as CPU tensors (a rollout actor's `weights`)."""
+        with self._sampling():
+            return self.sampler.weights()
+
     def ping(self) -> str:
         return self.name
 

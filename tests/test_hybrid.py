@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import ray
+import torch
 from safetensors.torch import load_file
 
 from cluster.config import REPO_ROOT, load_config
@@ -79,6 +80,9 @@ def test_hybrid_trains_and_evaluates_exactly_what_split_does_and_a_lost_worker_s
                 assert trainer.rollouts is trainer.learners
                 digests = {ray.get(w.sampling_digest.remote(trainer.version))["digest"] for w in trainer.learners}
                 assert len(digests) == 1  # both ranks sample with the same bits after the evaluation
+                held = ray.get(trainer.rollouts[0].weights.remote())  # what it samples with: the trained weights
+                trained = ray.get(trainer.learners[0].export_weights.remote())
+                assert all(torch.equal(held[k].float(), torch.from_numpy(v)) for k, v in trained.items())
                 ray.kill(trainer.learners[1], no_restart=True)
                 with pytest.raises(LearnerRankError, match="hybrid-1 died while sampling"):
                     trainer.rollout(trainer.submit_rollout(2))
