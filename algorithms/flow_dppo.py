@@ -11,23 +11,19 @@ UniRL's unirl/algorithms/flowdppo.py (docs/fidelity.md).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from algorithms.base import register_algorithm
-from algorithms.flow_grpo import FlowGRPO
-from algorithms.grpo_guard import check_gaussian_log_probs
+from algorithms.grpo_guard import StepMeansFlowGRPO
 from algorithms.losses import dppo_loss
 from models.sde import gaussian_kl_equal_std
 
 
 @register_algorithm
-class FlowDPPO(FlowGRPO):
+class FlowDPPO(StepMeansFlowGRPO):
     """Flow-GRPO's sampling; the loss masks transitions whose step KL left the bound (no ratio clipping)."""
-
-    legacy_keys: ClassVar[dict[str, str]] = {}
-    records_step_means: ClassVar[bool] = True
 
     name: Literal["flow_dppo"] = "flow_dppo"
     kl_mask_threshold: float = Field(
@@ -35,14 +31,6 @@ class FlowDPPO(FlowGRPO):
         description="tau: a transition whose step KL(new || old), mean over latent dims, is at least tau and whose "
         "ratio moves the way its advantage pushes is masked out (UniRL's kl_mask_threshold, 1e-5).",
     )
-
-    @classmethod
-    def legacy_selector(cls) -> dict[str, str]:
-        return {}  # new in the `algorithm` section's layout: no older one to migrate
-
-    def check(self, cfg) -> None:
-        super().check(cfg)
-        check_gaussian_log_probs(self.name, cfg)
 
     def loss(self, log_prob, old_log_prob, advantages, *, learner, kl=None, sigma=None, mean=None, old_mean=None,
              std=None):

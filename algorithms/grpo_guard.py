@@ -18,23 +18,13 @@ from algorithms.flow_grpo import FlowGRPO
 from algorithms.losses import grpo_clip_loss, guard_log_ratio
 
 
-def check_gaussian_log_probs(name: str, cfg) -> None:
-    """The mean comparisons assume the mean-reduced Gaussian log-prob."""
-    if cfg.sampling.log_prob_form != "gaussian":
-        raise ValueError(
-            f"algorithm {name!r} compares the steps' Gaussian means through their log-probs: it needs "
-            f"sampling.log_prob_form='gaussian' (got {cfg.sampling.log_prob_form!r})"
-        )
-
-
-@register_algorithm
-class GRPOGuard(FlowGRPO):
-    """Flow-GRPO's sampling and clipped surrogate, on GRPO-Guard's normalised per-step ratio."""
+class StepMeansFlowGRPO(FlowGRPO):
+    """Flow-GRPO's sampling with each trained step's mean recorded, for a loss that compares the current and
+    the sampler's step Gaussians through their mean-reduced Gaussian log-probs (GRPO-Guard, Flow-DPPO).
+    Not registered: a base, as PerStepAlgorithm is."""
 
     legacy_keys: ClassVar[dict[str, str]] = {}
     records_step_means: ClassVar[bool] = True
-
-    name: Literal["grpo_guard"] = "grpo_guard"
 
     @classmethod
     def legacy_selector(cls) -> dict[str, str]:
@@ -42,7 +32,18 @@ class GRPOGuard(FlowGRPO):
 
     def check(self, cfg) -> None:
         super().check(cfg)
-        check_gaussian_log_probs(self.name, cfg)
+        if cfg.sampling.log_prob_form != "gaussian":
+            raise ValueError(
+                f"algorithm {self.name!r} compares the steps' Gaussian means through their log-probs: it needs "
+                f"sampling.log_prob_form='gaussian' (got {cfg.sampling.log_prob_form!r})"
+            )
+
+
+@register_algorithm
+class GRPOGuard(StepMeansFlowGRPO):
+    """Flow-GRPO's sampling and clipped surrogate, on GRPO-Guard's normalised per-step ratio."""
+
+    name: Literal["grpo_guard"] = "grpo_guard"
 
     def loss(self, log_prob, old_log_prob, advantages, *, learner, kl=None, sigma=None, mean=None, old_mean=None,
              std=None):

@@ -135,6 +135,20 @@ def pooled_mean_std(parts: list[tuple[int, float, float]]) -> tuple[float, float
     return mean, max(second - mean * mean, 0.0) ** 0.5
 
 
+def _ratio_diagnostics(policy_loss: torch.Tensor, log_ratio: torch.Tensor, ratio: torch.Tensor,
+                       adv: torch.Tensor) -> Diagnostics:
+    """The diagnostics every ratio-based per-step loss logs (the clip or mask share is the loss's own)."""
+    diag = Diagnostics()
+    with torch.no_grad():
+        diag.scalar("policy/loss", policy_loss)
+        # 0.5 E[(log r)^2]: the estimator Flow-GRPO logs; ~KL(old || new) for small steps.
+        diag.scalar("policy/approx_kl", 0.5 * log_ratio.pow(2).mean())
+        diag.scalar("policy/ratio_mean", ratio.mean())
+        diag.scalar("policy/ratio_std", ratio.std(unbiased=False))
+        diag.scalar("policy/advantage_abs_mean", adv.abs().mean())
+    return diag
+
+
 def grpo_clip_loss(
     log_prob: torch.Tensor,
     old_log_prob: torch.Tensor,
@@ -169,17 +183,11 @@ def grpo_clip_loss(
     per_transition = torch.maximum(unclipped, clipped)
     policy_loss = per_transition.mean()
     loss = policy_loss
-    diag = Diagnostics()
+    diag = _ratio_diagnostics(policy_loss, log_ratio, ratio, adv)
     with torch.no_grad():
-        diag.scalar("policy/loss", policy_loss)
-        # 0.5 E[(log r)^2]: the estimator Flow-GRPO logs; ~KL(old || new) for small steps.
-        diag.scalar("policy/approx_kl", 0.5 * log_ratio.pow(2).mean())
         diag.scalar("policy/clipfrac", ((ratio > 1.0 + high) | (ratio < 1.0 - clip_range)).float().mean())
         diag.scalar("policy/clipfrac_high", (ratio > 1.0 + high).float().mean())
         diag.scalar("policy/clipfrac_low", (ratio < 1.0 - clip_range).float().mean())
-        diag.scalar("policy/ratio_mean", ratio.mean())
-        diag.scalar("policy/ratio_std", ratio.std(unbiased=False))
-        diag.scalar("policy/advantage_abs_mean", adv.abs().mean())
     if kl is not None:
         if kl.shape != log_prob.shape:
             raise ValueError(f"kl shape {tuple(kl.shape)} differs from log_prob shape {tuple(log_prob.shape)}")
@@ -242,15 +250,10 @@ def dppo_loss(
     per_transition = torch.where(keep, -adv * ratio, torch.zeros_like(ratio))
     policy_loss = per_transition.mean()
     loss = policy_loss
-    diag = Diagnostics()
+    diag = _ratio_diagnostics(policy_loss, log_ratio, ratio, adv)
     with torch.no_grad():
-        diag.scalar("policy/loss", policy_loss)
-        diag.scalar("policy/approx_kl", 0.5 * log_ratio.pow(2).mean())
         diag.scalar("policy/step_kl", step_kl.mean())
         diag.scalar("policy/clipfrac", (~keep).float().mean())  # the masked share: what clipping was
-        diag.scalar("policy/ratio_mean", ratio.mean())
-        diag.scalar("policy/ratio_std", ratio.std(unbiased=False))
-        diag.scalar("policy/advantage_abs_mean", adv.abs().mean())
     if kl is not None:
         kl_mean = kl.mean()
         loss = loss + beta * kl_mean

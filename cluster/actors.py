@@ -53,13 +53,15 @@ def rollout_actors(cfg: ExperimentConfig, placement: Placement, max_restarts: in
     return actors
 
 
-def learner_actors(cfg: ExperimentConfig, placement: Placement) -> list:
-    """Start the learner ranks; they form their process group in `setup`."""
+def learner_actors(cfg: ExperimentConfig, placement: Placement, cls: type = LearnerWorker, prefix: str = "learner",
+                   **extra) -> list:
+    """Start the learner ranks; they form their process group in `setup`. `cls`, `prefix`, `extra`: another
+    learner-rank class with its actor names and its own arguments (`hybrid_actors`)."""
     c = cfg.cluster
-    cls = ray.remote(LearnerWorker)
+    remote = ray.remote(cls)
     return [
-        cls.options(
-            name=f"learner-{r}",
+        remote.options(
+            name=f"{prefix}-{r}",
             num_cpus=c.learner_num_cpus,
             num_gpus=c.learner_num_gpus,
             max_restarts=0,
@@ -68,7 +70,7 @@ def learner_actors(cfg: ExperimentConfig, placement: Placement) -> list:
         ).remote(
             cfg.model, cfg.sampling, cfg.learner, algorithm=cfg.algorithm, rank=r, world_size=c.num_learner_ranks, seed=cfg.seed,
             device=device_for(c.learner_num_gpus), torch_threads=c.learner_torch_threads or c.torch_threads_per_actor,
-            iterations=cfg.iterations,
+            iterations=cfg.iterations, **extra,
         )  # fmt: skip
         for r in range(c.num_learner_ranks)
     ]
@@ -78,21 +80,5 @@ def hybrid_actors(cfg: ExperimentConfig, placement: Placement) -> list:
     """cluster.layout 'hybrid': one worker per learner rank (cluster/hybrid.py), in the learner ranks'
     bundles with their resources; like a learner rank it does not restart."""
     c = cfg.cluster
-    cls = ray.remote(HybridWorker)
-    return [
-        cls.options(
-            name=f"hybrid-{r}",
-            num_cpus=c.learner_num_cpus,
-            num_gpus=c.learner_num_gpus,
-            max_restarts=0,
-            runtime_env=_env(cfg),
-            scheduling_strategy=PlacementGroupSchedulingStrategy(placement.group, placement.learner_bundle(r)),
-        ).remote(
-            cfg.model, cfg.sampling, cfg.learner, algorithm=cfg.algorithm, rank=r, world_size=c.num_learner_ranks, seed=cfg.seed,
-            device=device_for(c.learner_num_gpus), torch_threads=c.learner_torch_threads or c.torch_threads_per_actor,
-            iterations=cfg.iterations, rows_per_forward=c.rollout_rows_per_forward,
-            images_per_decode=c.rollout_images_per_decode,
-        )  # fmt: skip
-        for r in range(c.num_learner_ranks)
-    ]
-
+    return learner_actors(cfg, placement, HybridWorker, "hybrid", rows_per_forward=c.rollout_rows_per_forward,
+                          images_per_decode=c.rollout_images_per_decode)

@@ -184,7 +184,8 @@ def integrate(
             if rows:
                 # every row: no index (a list index is copied to the device, which waits for its queue)
                 pick = slice(None) if rows == list(range(x.shape[0])) else rows
-                recorder.add(x[pick], out.prev_sample[pick], s, s_next, out.log_prob[pick], rows, i, mean=out.mean[pick])
+                recorder.add(x[pick], out.prev_sample[pick], s, s_next, out.log_prob[pick], rows, i,
+                             mean=out.mean[pick] if recorder.keep_means else None)
             x_next = out.prev_sample
         elif mode == "dpm":
             x_next, _ = dpm_solver_2m_step(v, x, s, s_next, prev_x0=x0_prev, sigma_prev=sigma_prev)
