@@ -28,7 +28,7 @@ class AWM(ForwardProcessAlgorithm):
     )
     ghuber_power: float = Field(0.25, gt=0, le=1, description="The power p of the 'ghuber' weighting.")
 
-    def loss(self, v, v_old, target, sigma, advantages, *, learner, v_ref=None):
+    def loss(self, v, v_old, target, sigma, advantages, *, learner, v_ref=None, terms=None):
         """The clipped surrogate of `grpo_clip_loss` on the ratio exp(log p_theta - log p_old) of
         `fm_log_likelihood`s at the same (x_t, sigma, eps), the old one under the sampling policy, plus
         learner.beta * `velocity_kl`."""

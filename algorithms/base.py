@@ -118,8 +118,13 @@ class Algorithm(BaseModel):
         """Inputs one sampled group gives the learner (each trained once per inner epoch)."""
         raise NotImplementedError
 
+    def needs_reference(self, learner) -> bool:
+        """Whether the learner evaluates the reference (base) policy: for the KL term when learner.beta > 0
+        (a unit whose loss itself compares with the base says so whatever the KL weight)."""
+        return learner.beta > 0
+
     def learner_frozen_forwards(self, learner) -> tuple[str, ...]:
         """The forwards without gradients the learner runs beside each trained one (the reference policy, the
         old policy, ...), by name."""
-        return ("reference",) if learner.beta > 0 else ()
+        return ("reference",) if self.needs_reference(learner) else ()
 

@@ -26,7 +26,7 @@ class DiffusionNFT(ForwardProcessAlgorithm):
         "v- = (1 + beta) v_old - beta v, in (0, 1] (the paper: 1, and 0.1 for OCR and multi-reward).",
     )
 
-    def loss(self, v, v_old, target, sigma, advantages, *, learner, v_ref=None):
+    def loss(self, v, v_old, target, sigma, advantages, *, learner, v_ref=None, terms=None):
         """nft_loss with learner.adv_clip and the KL weight learner.beta."""
         return nft_loss(v, v_old, target, sigma, advantages, beta=self.nft_beta, adv_clip=learner.adv_clip,
                         v_ref=v_ref, kl_beta=learner.beta)

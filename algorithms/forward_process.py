@@ -6,19 +6,38 @@ timesteps (learner/forward_process.py), so nothing per step is recorded and any 
 'ode' (Euler), 'dpm' (DPM-Solver++(2M), NVlabs' `solver="dpm2"` default) or 'sde' (the configured SDE
 step, for exploration). The record carries the final latents (x0 for the learner) and no transitions.
 
-The family's loss signature: loss(v, v_old, target, sigma, advantages, *, learner, v_ref) with v* [N, ...]
-velocities at the re-noised samples, target = eps - x0, sigma and advantages [N], `learner` the learner
-config section and v_ref the reference policy's velocity (None when learner.beta is 0).
+The family's loss signature: loss(v, v_old, target, sigma, advantages, *, learner, v_ref, terms) with v*
+[N, ...] velocities at the re-noised samples, target = eps - x0, sigma and advantages [N], `learner` the
+learner config section, v_ref the reference policy's velocity (None unless learner.beta > 0), v_old None
+unless `needs_old_velocity`, and `terms` the per-row tensors a group-coupled unit computed before the update
+(`group_terms`; None for the others).
+
+How the learner re-noises (`draws`): by default each sample gets its own K timesteps and noises; a unit may
+share one (t, eps) set across a prompt's group (V-GRPO's variance reduction, DGPO's group logit), stratify
+the K timesteps over the schedule, or draw from its noisiest fraction only.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from algorithms.base import Algorithm
 from models.sampling import Recorder, initial_noise, integrate, sde_mode, trajectory_rollout
+
+
+@dataclass(frozen=True)
+class Draws:
+    """How the learner draws the re-noising (t, eps) of each sample: `shared` one set per prompt group
+    (every sample of the group on the same pairs), `stratified` one t per equal stratum of the eligible
+    schedule (else K distinct timesteps at random), `fraction` the eligible share of the sampling schedule
+    from its noisy end (1: all of it)."""
+
+    shared: bool = False
+    stratified: bool = False
+    fraction: float = 1.0
 
 
 class ForwardProcessAlgorithm(Algorithm):
@@ -76,6 +95,31 @@ class ForwardProcessAlgorithm(Algorithm):
     def sampling_policy_is_separate(self) -> bool:
         return self.old_policy == "ema"
 
+    # ---- what the learner computes for the loss (learner/forward_process.py asks, never tests a name)
+
+    def draws(self) -> Draws:
+        """The re-noising draws: per sample, K distinct timesteps of the whole schedule (NVlabs)."""
+        return Draws()
+
+    @property
+    def needs_old_velocity(self) -> bool:
+        """Whether the loss takes the sampling policy's velocity v_old at every trained row."""
+        return True
+
+    # A group-coupled loss (DGPO) weighs each row by a statistic of its whole group, computed before the
+    # update from the no-grad velocities of every row: `row_statistics` per micro-batch, then `group_terms`.
+    group_coupled: ClassVar[bool] = False
+
+    def row_statistics(self, v, v_old, v_ref, target, sigma) -> dict:
+        """A few numbers per row [N] from the no-grad velocities of the weights the update starts from (v), the
+        sampling policy (v_old: v itself unless it is separate) and the reference policy (v_ref)."""
+        raise NotImplementedError
+
+    def group_terms(self, stats, advantages, block, group_size) -> dict:
+        """Per-row tensors [N] for the loss's `terms`, from every row's `row_statistics`: `block` [N] numbers
+        the rows that share a group and a draw; `group_size` [N] the group's sample count."""
+        raise NotImplementedError
+
     def learner_device_terms(self, trainable: int) -> list[tuple[str, float, tuple[str, ...]]]:
         # learner/forward_process.py keeps the sampling policy beside the trained weights on the device (fp32
         # for bf16 weights, `held_dtype`), even when 'current'.
@@ -85,7 +129,8 @@ class ForwardProcessAlgorithm(Algorithm):
         return record.num_samples * self.train_timesteps  # each kept sample re-noised at K sigmas
 
     def learner_frozen_forwards(self, learner) -> tuple[str, ...]:
-        return ("old policy", *super().learner_frozen_forwards(learner))
+        old = ("old policy",) if self.needs_old_velocity else ()
+        return (*old, *(("reference",) if self.needs_reference(learner) else ()))
 
     def sample(self, sampling, velocity, init_noise, sigmas, generator, iteration):
         """G independent trajectories with `solver`, keeping only the final latents (x0)."""
@@ -99,5 +144,5 @@ class ForwardProcessAlgorithm(Algorithm):
         final = integrate(velocity, x, sigmas, modes, {}, recorder, sampling, generator)
         return trajectory_rollout(self.name, sampling, velocity, recorder, final, learner_needs_final=True)
 
-    def loss(self, v, v_old, target, sigma, advantages, *, learner, v_ref=None):
+    def loss(self, v, v_old, target, sigma, advantages, *, learner, v_ref=None, terms=None):
         raise NotImplementedError

@@ -359,3 +359,81 @@ def fm_log_likelihood(
     if weighting == "ghuber":
         return -((mse + 1e-10) ** power - 1e-10**power) * s / power
     raise ValueError(f"algorithm.weighting {weighting!r}: expected 'uniform', 't' or 'ghuber'")
+
+
+# ----------------------------------------------------------------------------- likelihood from the final sample
+
+
+def elbo_log_likelihood(v: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The ELBO surrogate of log p(x0) of arXiv 2602.04663 ('adaptive', every script's default): per sample
+    -mean (x0_hat - x0)^2 / sg(mean |x0_hat - x0|) at one re-noised (x_t, t), in float64. It is minus
+    DiffusionNFT's adaptive x0 loss (`adaptive_x0_loss`): the same self-normalised weighting."""
+    return -adaptive_x0_loss(v.double(), target.double(), sigma)
+
+
+def soft_clip(advantages: torch.Tensor, eta: float) -> torch.Tensor:
+    """V-GRPO's advantage soft clipping eta * tanh(A / eta): the identity near 0, bounded by +-eta."""
+    return eta * torch.tanh(advantages / eta)
+
+
+def elbo_pg_loss(
+    elbo: torch.Tensor, elbo_old: torch.Tensor, advantages: torch.Tensor, *, proximal: bool = False
+) -> tuple[torch.Tensor, Diagnostics]:
+    """The policy gradient of arXiv 2602.04663 on the ELBO surrogate, per (sample, t), averaged:
+    'EPG' -sg(rho) A ELBO, 'PEPG' (`proximal`) -sg(rho) (A - log rho) ELBO, with log rho = sg(ELBO) -
+    ELBO_old the importance weight to the sampling policy, detached and never clipped. Its gradient is the
+    flow-matching gradient weighted by rho A: samples with A > 0 have their x0 error lowered."""
+    if not (elbo.shape == elbo_old.shape == advantages.shape) or elbo.ndim != 1:
+        raise ValueError(f"elbo_pg_loss: shapes elbo {tuple(elbo.shape)}, elbo_old {tuple(elbo_old.shape)}, "
+                         f"advantages {tuple(advantages.shape)}")
+    adv = advantages.detach().to(elbo.dtype)
+    log_ratio = elbo.detach() - elbo_old.detach()
+    ratio = torch.exp(log_ratio)
+    weight = adv - log_ratio if proximal else adv
+    per_sample = -ratio * weight * elbo
+    loss = per_sample.mean()
+    diag = _ratio_diagnostics(loss, log_ratio, ratio, adv)
+    with torch.no_grad():
+        diag.scalar("policy/elbo", elbo.mean())
+        diag.scalar("policy/clipfrac", torch.zeros((), dtype=elbo.dtype))  # nothing is clipped
+    return loss, diag
+
+
+def dsm_loss(v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample denoising score-matching loss mean (v - (eps - x0))^2 in float64 (DGPO's `dsm`)."""
+    return _per_sample_mean((v.double() - target.double()) ** 2)
+
+
+def dgpo_group_weights(dsm_old: torch.Tensor, dsm_ref: torch.Tensor, advantages: torch.Tensor, block: torch.Tensor,
+                       group_size: torch.Tensor, beta_dpo: float) -> torch.Tensor:
+    """DGPO's (arXiv 2510.08425) detached group weight per row: sigmoid of the group logit
+    x_b = (beta_dpo / G) sum_{i in b} A_i (dsm_i - dsm_ref_i) over the rows of its block b (one prompt group at
+    one shared draw). x_b is minus the implicit reward difference R(G+) - R(G-): the weight is near 1 while
+    the group's preference (positives fitting better than the reference, negatives worse) is violated and
+    falls to 0 once it is met. dsm_i is the policy's at the update's start (the loss's stop-gradient)."""
+    term = advantages.double() * (dsm_old.double() - dsm_ref.double())
+    sums = torch.zeros(int(block.max()) + 1, dtype=term.dtype, device=term.device).index_add_(0, block, term)
+    return torch.sigmoid(beta_dpo / group_size.double() * sums[block])
+
+
+def dgpo_loss(
+    v: torch.Tensor, target: torch.Tensor, advantages: torch.Tensor, group_weight: torch.Tensor,
+    dsm_old: torch.Tensor, *, clip_range: float, sigma: torch.Tensor,
+) -> tuple[torch.Tensor, Diagnostics]:
+    """DGPO's loss, mean_i w_b(i) A_i dsm_i: gradient-equivalent to -log sigmoid(-x_b) of the group DPO (up
+    to the positive constant G / beta_dpo). With the reference code's `clip_dsm`, a row whose likelihood
+    ratio exp(dsm_old - dsm) already moved past 1 + clip_range (A > 0) or below 1 - clip_range (A <= 0)
+    keeps its value but loses its gradient."""
+    dsm = dsm_loss(v, target)
+    adv = advantages.detach().double()
+    ratio = torch.exp(dsm_old.double() - dsm.detach())
+    clipped = ((adv > 0) & (ratio > 1.0 + clip_range)) | ((adv <= 0) & (ratio < 1.0 - clip_range))
+    per_sample = group_weight.double() * adv * torch.where(clipped, dsm.detach(), dsm)
+    loss = per_sample.mean()
+    diag = _ratio_diagnostics(loss, torch.log(ratio), ratio, adv)
+    with torch.no_grad():
+        diag.scalar("policy/clipfrac", clipped.double().mean())
+        diag.scalar("policy/dgpo_weight_mean", group_weight.double().mean())
+        diag.scalar("policy/dsm", dsm.mean())
+        diag.bin("policy/loss", per_sample, sigma)
+    return loss, diag

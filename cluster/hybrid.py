@@ -51,7 +51,7 @@ class HybridWorker(LearnerWorker):
         prompts and decodes the images it samples."""
         return Policy.from_config(
             self.model_cfg, device=self.device, trainable_dtype=PRECISION_DTYPES[self.cfg.precision],
-            reference_copy=self.cfg.beta > 0, rows_per_forward=self.rows_per_forward,
+            reference_copy=self.algorithm.needs_reference(self.cfg), rows_per_forward=self.rows_per_forward,
             images_per_decode=self.images_per_decode,
         )  # fmt: skip
 

@@ -195,6 +195,20 @@ def grpo_estimator(rewards: Mapping[str, torch.Tensor], reward_group: torch.Tens
                            clip=learner.adv_clip, eps=learner.adv_eps, std_form=learner.adv_std)
 
 
+@register_adv_est("centred")
+def centred_estimator(rewards: Mapping[str, torch.Tensor], reward_group: torch.Tensor, sample_id: torch.Tensor,
+                      num_samples: int, *, weights: Mapping[str, float], learner) -> torch.Tensor:
+    """The group-centred reward sum over reward models of weight * (r - mean_group), not divided by a std
+    nor clipped: arXiv 2602.04663's 'exact' advantage before its scale (the unit applies the scale). A
+    group of equal rewards gets exactly 0."""
+    total = torch.zeros(num_samples, dtype=torch.float64)
+    for name, r in rewards.items():
+        r = _check_rewards(r, f"rewards[{name!r}]")
+        mean, _, _ = group_stats(r, reward_group)
+        total += weights.get(name, 1.0) * sum_to_samples(r - mean, sample_id, num_samples)
+    return total.float()
+
+
 def g2rpo_advantages(
     rewards: torch.Tensor, *, eps: float = 1e-8, clip: float = ADV_CLIP, std_form: StdForm = "unbiased"
 ) -> torch.Tensor:

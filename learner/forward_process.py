@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -44,21 +45,31 @@ class FlowMatchBatch:
     noise: torch.Tensor  # [N, ...] eps
     advantages: torch.Tensor  # [N]
     weight: float = 1.0  # 0 for padding micro-batches
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # a group-coupled unit's per-row tensors [N]
 
     def __len__(self) -> int:
         return self.sigma.shape[0]
 
 
 def training_draws(
-    seed: int, iteration: int, group_index: int, sample_id: int, schedule: torch.Tensor, k: int, shape: tuple
+    seed: int, iteration: int, group_index: int, sample_id: int | None, schedule: torch.Tensor, k: int, shape: tuple,
+    *, stratified: bool = False, fraction: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """K distinct sigmas of `schedule` and K noises [K, *shape] for one sample, seeded by
-    (seed, iteration, group, sample) on a CPU generator (device-independent)."""
-    if not 1 <= k <= schedule.numel():
-        raise ValueError(f"algorithm.train_timesteps ({k}) must lie in [1, {schedule.numel()}] (the sampling schedule)")
-    gen = torch.Generator().manual_seed(derive_seed(seed, "forward_process", iteration, group_index, sample_id))
-    sigma = schedule[torch.randperm(schedule.numel(), generator=gen)[:k]].float()
-    return sigma, torch.randn((k, *shape), generator=gen, dtype=torch.float32)
+    """K sigmas of `schedule` and K noises [K, *shape] for one sample (sample_id None: the draws its whole
+    group shares), seeded by (seed, iteration, group, sample) on a CPU generator (device-independent).
+    The sigmas come from the first ceil(fraction * T) schedule entries (the noisiest): K distinct ones at
+    random, or with `stratified` one at random from each of K equal consecutive strata (V-GRPO)."""
+    eligible = max(1, math.ceil(fraction * schedule.numel() - 1e-9))  # 0.7 * 10 is 7.000000000000001
+    if not 1 <= k <= eligible:
+        raise ValueError(f"algorithm.train_timesteps ({k}) must lie in [1, {eligible}] (the eligible sampling schedule)")
+    key = ("group",) if sample_id is None else (sample_id,)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "forward_process", iteration, group_index, *key))
+    if stratified:
+        strata = torch.tensor_split(torch.arange(eligible), k)
+        index = torch.stack([st[torch.randint(st.numel(), (1,), generator=gen)[0]] for st in strata])
+    else:
+        index = torch.randperm(eligible, generator=gen)[:k]
+    return schedule[index].float(), torch.randn((k, *shape), generator=gen, dtype=torch.float32)
 
 
 def old_policy_decay(step: int, flat: int, rate: float, ceiling: float) -> float:
@@ -108,8 +119,12 @@ def flatten_samples(groups, k: int) -> list[tuple[int, int, int]]:
             for j in range(k)]
 
 
-def build_flow_batches(groups, rows: list[tuple[int, int, int]], size: int, draw: Draw) -> list[FlowMatchBatch]:
-    """Chunk rows into micro-batches of at most `size`; `draw(group, sample)` gives that sample's draws."""
+def build_flow_batches(
+    groups, rows: list[tuple[int, int, int]], size: int, draw: Draw,
+    terms: dict[tuple[int, int, int], dict[str, torch.Tensor]] | None = None,
+) -> list[FlowMatchBatch]:
+    """Chunk rows into micro-batches of at most `size`; `draw(group, sample)` gives that sample's draws,
+    `terms` (when given) each row's precomputed tensors (0-dim each)."""
     cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
     out = []
     rows = sorted(rows)
@@ -125,6 +140,8 @@ def build_flow_batches(groups, rows: list[tuple[int, int, int]], size: int, draw
             sigma=torch.stack([d[0][j] for d, (_, _, j) in zip(draws, chunk, strict=True)]),
             noise=torch.stack([d[1][j] for d, (_, _, j) in zip(draws, chunk, strict=True)]),
             advantages=torch.stack([groups[g].advantages[s] for g, s, _ in chunk]).float(),
+            terms={} if terms is None else {
+                name: torch.stack([terms[r][name] for r in chunk]) for name in terms[chunk[0]]},
         ))  # fmt: skip
     return out
 
@@ -138,6 +155,7 @@ class ForwardProcessPlan:
         self.schedule = sd3_sigmas(worker.sampling.num_steps, worker.sampling.shift)[:-1]
         self.old: dict[str, torch.Tensor] | None = None  # the sampling policy's weights, on the rank's device
         self.iteration = 0
+        self.terms: dict[tuple[int, int, int], dict[str, torch.Tensor]] | None = None  # group-coupled units'
 
     def setup(self) -> None:
         """At the start both policies are the initial weights."""
@@ -159,15 +177,54 @@ class ForwardProcessPlan:
         return flatten_samples(groups, self.algorithm.train_timesteps)
 
     def prepare(self, groups, rows):
+        """A group-coupled unit's per-row terms, from no-grad forwards over every row of the iteration at the
+        weights the update starts from (all of a group's rows are on this rank: groups are never split)."""
+        self.terms = self._group_terms(groups, rows) if self.algorithm.group_coupled else None
         return groups
 
-    def micro_batches(self, groups, rows) -> list[FlowMatchBatch]:
+    def _draw(self, groups):
+        spec = self.algorithm.draws()
+
         def draw(g: int, s: int):
             x0 = groups[g].rollout.final_latents
-            return training_draws(self.worker.seed, self.iteration, groups[g].group_index, s, self.schedule,
-                                  self.algorithm.train_timesteps, tuple(x0.shape[1:]))
+            return training_draws(self.worker.seed, self.iteration, groups[g].group_index, None if spec.shared else s,
+                                  self.schedule, self.algorithm.train_timesteps, tuple(x0.shape[1:]),
+                                  stratified=spec.stratified, fraction=spec.fraction)
 
-        return build_flow_batches(groups, rows, self.cfg.micro_batch_size, draw)
+        return draw
+
+    def micro_batches(self, groups, rows) -> list[FlowMatchBatch]:
+        return build_flow_batches(groups, rows, self.cfg.micro_batch_size, self._draw(groups), self.terms)
+
+    def _group_terms(self, groups, rows) -> dict[tuple[int, int, int], dict[str, torch.Tensor]]:
+        """`algorithm.group_terms` over every row: per micro-batch the unit's row statistics (a few numbers a
+        row, never the velocities), then the terms of each block (the rows of one group and one draw j)."""
+        policy, dev = self.worker.policy, self.worker.device
+        stats: list[dict[str, torch.Tensor]] = []
+        ordered = sorted(rows)
+        for mb in build_flow_batches(groups, ordered, self.cfg.micro_batch_size, self._draw(groups)):
+            x_t, eps, x0 = self._noised(mb)
+            sigma = mb.sigma.to(dev)
+            with torch.no_grad():
+                v = policy.velocity(x_t, sigma, mb.cond)
+                # 'current': the sampling policy is the live weights at the update's start
+                v_old = self._old_velocity(x_t, sigma, mb.cond) if self.algorithm.sampling_policy_is_separate else v
+                v_ref = policy.velocity(x_t, sigma, mb.cond, reference=True)
+                stats.append(self.algorithm.row_statistics(v, v_old, v_ref, eps - x0, sigma))
+        blocks = {key: b for b, key in enumerate(dict.fromkeys((g, j) for g, _, j in ordered))}
+        block = torch.tensor([blocks[(g, j)] for g, _, j in ordered], device=dev)
+        size = torch.tensor([float(groups[g].rollout.num_samples) for g, _, _ in ordered], device=dev)
+        adv = torch.stack([groups[g].advantages[s] for g, s, _ in ordered]).float().to(dev)
+        merged = {name: torch.cat([st[name] for st in stats]) for name in stats[0]} if stats else {}
+        terms = self.algorithm.group_terms(merged, adv, block, size) if stats else {}
+        return {row: {name: t[i] for name, t in terms.items()} for i, row in enumerate(ordered)}
+
+    def _noised(self, mb: FlowMatchBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_t = (1 - s) x0 + s eps for the batch's rows, with eps and x0, on the rank's device."""
+        dev = self.worker.device
+        x0, eps, sigma = mb.x0.to(dev), mb.noise.to(dev), mb.sigma.to(dev)
+        s = sigma.view(-1, *([1] * (x0.ndim - 1)))
+        return (1.0 - s) * x0 + s * eps, eps, x0
 
     def padding(self, like: list[FlowMatchBatch]) -> FlowMatchBatch:
         """A zero-weight micro-batch (see LearnerWorker._padding)."""
@@ -178,16 +235,16 @@ class ForwardProcessPlan:
                               torch.zeros(1), weight=0.0)
 
     def loss(self, mb: FlowMatchBatch):
-        policy, dev = self.worker.policy, self.worker.device
-        x0, eps, sigma = mb.x0.to(dev), mb.noise.to(dev), mb.sigma.to(dev)
-        s = sigma.view(-1, *([1] * (x0.ndim - 1)))
-        x_t = (1.0 - s) * x0 + s * eps
-        cond = mb.cond
+        policy, dev, algorithm = self.worker.policy, self.worker.device, self.algorithm
+        x_t, eps, x0 = self._noised(mb)
+        sigma, cond = mb.sigma.to(dev), mb.cond
         with torch.no_grad():
-            v_old = self._old_velocity(x_t, sigma, cond)
-            v_ref = policy.velocity(x_t, sigma, cond, reference=True) if self.cfg.beta > 0 else None
+            v_old = self._old_velocity(x_t, sigma, cond) if algorithm.needs_old_velocity else None
+            v_ref = policy.velocity(x_t, sigma, cond, reference=True) if self.cfg.beta > 0 else None  # the KL's
         v = policy.velocity(x_t, sigma, cond)
-        return self.algorithm.loss(v, v_old, eps - x0, sigma, mb.advantages.to(dev), learner=self.cfg, v_ref=v_ref)
+        terms = {k: t.to(dev) for k, t in mb.terms.items()} or None
+        return algorithm.loss(v, v_old, eps - x0, sigma, mb.advantages.to(dev), learner=self.cfg, v_ref=v_ref,
+                              terms=terms)
 
     def _old_velocity(self, x_t, sigma, cond) -> torch.Tensor:
         policy = self.worker.policy

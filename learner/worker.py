@@ -204,7 +204,7 @@ class LearnerWorker:
         worker, cluster/hybrid.py, loads the whole pipeline)."""
         return Policy.from_config(
             self.model_cfg, device=self.device, transformer_only=True,
-            trainable_dtype=PRECISION_DTYPES[self.cfg.precision], reference_copy=self.cfg.beta > 0,
+            trainable_dtype=PRECISION_DTYPES[self.cfg.precision], reference_copy=self.algorithm.needs_reference(self.cfg),
         )  # fmt: skip
 
     # -- the update

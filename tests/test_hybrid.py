@@ -102,6 +102,8 @@ def test_hybrid_trains_and_evaluates_exactly_what_split_does_and_a_lost_worker_s
     ("shapes_nft", 2),
     ("shapes_grpo_guard", 1),  # the sampler's recorded step means travel with the groups (records_step_means)
     pytest.param("shapes_flow_dppo", 1, marks=pytest.mark.slow),  # the same plumbing as GRPO-Guard
+    ("shapes_dgpo", 1),  # the group pass before the update, the group-shared draws
+    pytest.param("shapes_elbo", 1, marks=pytest.mark.slow),  # shared stratified draws, the EMA as shapes_nft
 ])
 def test_hybrid_resumes_bit_exactly(local_ray, tiny_sd3_path, tmp_path, preset, ranks):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -113,7 +115,7 @@ def test_hybrid_resumes_bit_exactly(local_ray, tiny_sd3_path, tmp_path, preset, 
         assert trainer.iteration == 1
         trainer.train()
     names = ["trainable.safetensors", *(f"optimizer_rank{r}.safetensors" for r in range(ranks))]
-    if preset == "shapes_nft":
+    if preset in ("shapes_nft", "shapes_elbo"):
         names.append("old_policy.safetensors")  # the EMA sampling policy, held on the device
     _same_files(straight / "checkpoints" / "iter_000002", resumed / "checkpoints" / "iter_000002", names)
     assert _trained(resumed) == _trained(straight)

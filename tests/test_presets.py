@@ -36,6 +36,13 @@ PER_STEP_2026_SD35 = {
     "sd35_grpo_guard_pickscore": ("grpo_guard", 4.5, 24, 9, 1e-4, 0.01),  # Flow-Factory on flow_grpo's preset
     "sd35_flow_dppo_pickscore": ("flow_dppo", 1.0, 16, 3, 1e-5, 0.0),  # UniRL FlowDPPO/config.yaml
 }
+# The 2026 forward-process units: on the shapes world the default preset's task, model and budget; on SD3.5
+# the reference's values (docs/fidelity.md): preset -> (algorithm, G, K, lr, learner.beta, LoRA rank)
+FORWARD_2026_SHAPES = ["shapes_elbo", "shapes_dgpo"]
+FORWARD_2026_SD35 = {
+    "sd35_elbo_geneval": ("elbo_pg", 24, 9, 3e-4, 1e-4, 32),  # 2602.04663 sd3_geneval_pepg.sh
+    "sd35_dgpo_geneval": ("dgpo", 16, 4, 3e-4, 0.02, 64),  # Luo-Yihong/DGPO dgpo_wocfg on geneval_sd3_4gpu
+}
 FLUX = {  # preset: (algorithm, T, lr)
     "flux_dancegrpo_hps": ("dance_grpo", 16, 1e-5),
     "flux_mixgrpo_hps": ("mix_grpo", 25, 1e-5),
@@ -49,7 +56,8 @@ def preset(name):
 
 def test_every_preset_is_listed_loads_and_is_named_after_its_file():
     assert {p.stem for p in PRESETS} == (set(SHAPES) | set(SD35) | set(FLUX) | set(FORWARD_SHAPES) | set(FORWARD_SD35)
-                                         | set(PER_STEP_2026_SD35) | {"sd35_pickscore_fast"})
+                                         | set(PER_STEP_2026_SD35) | set(FORWARD_2026_SHAPES) | set(FORWARD_2026_SD35)
+                                         | {"sd35_pickscore_fast"})
     for path in PRESETS:
         assert load_config(path).name == path.stem
 
@@ -117,6 +125,25 @@ def test_sd35_forward_process_presets_carry_their_papers_settings(name):
     else:
         assert (a.weighting, a.ghuber_power, lc.clip_range, lc.adv_clip) == ("ghuber", 0.25, 1.0, 1.0)
         assert a.old_policy == "current" and cfg.data.images_per_iteration == 48 * 16
+
+
+@pytest.mark.parametrize("name", FORWARD_2026_SHAPES)
+def test_2026_forward_process_shapes_presets_are_the_default_preset_but_for_the_algorithm(name):
+    base, cfg = preset("shapes_nft"), preset(name)
+    for section in ("model", "sampling", "data", "cluster", "rewards"):
+        assert getattr(cfg, section) == getattr(base, section), section
+    assert (cfg.seed, cfg.iterations, cfg.algorithm.train_timesteps, cfg.algorithm.solver) == (0, 480, 3, "ode")
+    same = ("beta", "learning_rate", "lr_schedule", "lr_final_fraction", "micro_batch_size")
+    assert [getattr(cfg.learner, k) for k in same] == [getattr(base.learner, k) for k in same]
+
+
+@pytest.mark.parametrize("name", FORWARD_2026_SD35)
+def test_sd35_2026_forward_process_presets_carry_their_references_settings(name):
+    algorithm, g, k, lr, beta, rank = FORWARD_2026_SD35[name]
+    cfg = preset(name)
+    assert (cfg.algorithm.name, cfg.sampling.group_size, cfg.algorithm.train_timesteps) == (algorithm, g, k)
+    assert (cfg.learner.learning_rate, cfg.learner.beta, cfg.model.lora.rank) == (lr, beta, rank)
+    assert cfg.model.guidance_scale == 1.0 and cfg.algorithm.solver == "dpm" and cfg.learner.optimizer_steps_per_iteration == 1
 
 
 def test_shapes_presets_carry_each_algorithms_sampling():

@@ -556,7 +556,7 @@ def test_bad_window_arguments_name_the_parameter(args, name):
 
 def test_registry():
     assert set(ALGORITHMS) == {"flow_grpo", "flow_grpo_fast", "dance_grpo", "mix_grpo", "g2rpo", "diffusion_nft", "awm",
-                               "grpo_guard", "flow_dppo"}
+                               "grpo_guard", "flow_dppo", "elbo_pg", "dgpo"}
 
     class Duplicate(ALGORITHMS["g2rpo"]):  # its `name` default is still 'g2rpo'
         pass
