@@ -31,6 +31,7 @@ learning rate keeps its own horizon (learner.lr_schedule_iterations), since `ite
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -47,7 +48,7 @@ import numpy as np  # noqa: E402
 from cluster.config import REPO_ROOT, load_config  # noqa: E402
 
 PRESETS = ["shapes_flowgrpo", "shapes_flowgrpo_fast", "shapes_dancegrpo", "shapes_mixgrpo", "shapes_g2rpo",
-           "shapes_nft", "shapes_awm"]
+           "shapes_grpo_guard", "shapes_flow_dppo", "shapes_nft", "shapes_awm", "shapes_elbo", "shapes_dgpo"]
 BEGIN, END = "<!-- BEGIN COMPARE RESULTS -->", "<!-- END COMPARE RESULTS -->"
 BUDGET_KEYS = {"wall": "charts/wall_seconds", "nfe": "charts/nfe_total"}
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -150,6 +151,32 @@ def preset_settings(settings: dict, path: Path, horizon: int | None) -> dict:
     canonical = json.dumps(load_config(path).model_dump(mode="json"), sort_keys=True)
     own = {**settings, "preset_config_sha256": hashlib.sha256(canonical.encode()).hexdigest()}
     return own if horizon is None else {**own, "lr_schedule_iterations": horizon}
+
+
+def keep_run(run_dir: Path, out: Path, keep: Path) -> None:
+    """Copy a finished run's result and the evaluation files it names (gzipped, a few hundred kB) to `keep`
+    under the same relative paths: the comparison outlasts a machine whose outputs/ is wiped, and the
+    repository can carry what it measured."""
+    saved = json.loads((run_dir / RUN_RESULT).read_text())
+    result = saved["result"]
+    files = [run_dir / RUN_RESULT, Path(result["base_file"]), *(Path(a["eval_file"]) for a in result["at"].values())]
+    for f in dict.fromkeys(files):
+        target = keep / f.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.with_name(target.name + ".gz").write_bytes(gzip.compress(f.read_bytes(), mtime=0))
+
+
+def restore_run(run_dir: Path, out: Path, keep: Path) -> None:
+    """Put a kept run's files back under `out` (the inverse of `keep_run`), where they are missing."""
+    kept = keep / run_dir.relative_to(out) / (RUN_RESULT + ".gz")
+    if run_dir.joinpath(RUN_RESULT).exists() or not kept.exists():
+        return
+    result = json.loads(gzip.decompress(kept.read_bytes()))["result"]
+    for f in [run_dir / RUN_RESULT, Path(result["base_file"]), *(Path(a["eval_file"]) for a in result["at"].values())]:
+        source = keep / f.relative_to(out)
+        if not f.exists() and source.with_name(source.name + ".gz").exists():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(gzip.decompress(source.with_name(source.name + ".gz").read_bytes()))
 
 
 def finished_run(run_dir: Path, settings: dict) -> dict | None:
@@ -292,6 +319,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--max-iterations", type=int, default=1000, help="hard cap per run")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--output", default="outputs/compare")
+    p.add_argument("--keep", help="also keep each finished run's result and evaluation files here (gzipped), and "
+                   "reuse them from here when --output lacks them (a folder the repository carries)")
     p.add_argument("--write-docs", "--write-readme", dest="write_docs", action="store_true",
                    help="write the table, command and figure into docs/results.md (--write-readme: old name)")
     p.add_argument("overrides", nargs="*")
@@ -308,10 +337,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results, base_file = [], None
     limits = {"wall": 60 * args.minutes, "nfe": args.nfe}
     settings = run_settings(limits, args)  # the same for every run of this command
+    keep = Path(args.keep) if args.keep else None
     try:
-        for preset, path, config in zip(args.presets, paths, configs, strict=True):
-            for seed in args.seeds:
+        # Seed by seed over the presets: when the comparison is cut off, every preset has as many seeds as
+        # any other, give or take one.
+        for seed in args.seeds:
+            for preset, path, config in zip(args.presets, paths, configs, strict=True):
                 run_dir = out / f"{preset}-seed{seed}"
+                if keep is not None:
+                    restore_run(run_dir, out, keep)
                 horizon = schedule_horizon(config)  # the preset's own, with the overrides: the run's and the key's
                 own = preset_settings(settings, path, horizon)
                 if (done := finished_run(run_dir, own)) is not None:
@@ -320,8 +354,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 else:
                     print(f"[compare] {preset} seed {seed} until wall {limits['wall']:g} s and NFE {limits['nfe']:g}",
                           flush=True)
+                    load = os.getloadavg()[0]
                     results.append(run_one(preset, seed, limits, args, run_dir, base_file, horizon))
+                    # the machine's load around the run: a wall-clock budget buys less on a busy machine
+                    results[-1]["load_average"] = [load, os.getloadavg()[0]]
                     (run_dir / RUN_RESULT).write_text(json.dumps({"settings": own, "result": results[-1]}))
+                    if keep is not None:
+                        keep_run(run_dir, out, keep)
                 base_file = Path(results[-1]["base_file"])
                 print(f"[compare] {preset} seed {seed}: " + ", ".join(
                     f"{b} {a['summary'].get('overall', float('nan')):.3f}" for b, a in results[-1]["at"].items()),
