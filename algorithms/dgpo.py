@@ -17,6 +17,7 @@ timesteps for every sample), from the noisiest `timestep_fraction` of the schedu
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -71,6 +72,13 @@ class DGPO(ForwardProcessAlgorithm):
 
     def check(self, cfg) -> None:
         super().check(cfg)
+        eligible = max(1, math.ceil(self.timestep_fraction * cfg.sampling.num_steps - 1e-9))
+        if self.train_timesteps > eligible:
+            raise ValueError(
+                f"algorithm.train_timesteps ({self.train_timesteps}) exceeds the {eligible} noisiest steps that "
+                f"algorithm.timestep_fraction ({self.timestep_fraction}) leaves of sampling.num_steps "
+                f"({cfg.sampling.num_steps}): raise the fraction or lower train_timesteps"
+            )
         if cfg.learner.optimizer_steps_per_iteration != 1 or cfg.learner.num_inner_epochs != 1:
             raise ValueError(
                 "dgpo: learner.optimizer_steps_per_iteration and learner.num_inner_epochs must be 1: the group "

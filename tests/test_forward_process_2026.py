@@ -209,3 +209,5 @@ def test_presets_load_and_dgpo_refuses_several_steps_per_iteration(preset):
     if preset == "shapes_dgpo":
         with pytest.raises(Exception, match="optimizer_steps_per_iteration"):
             load_config(REPO_ROOT / "configs" / f"{preset}.yaml", ["learner.optimizer_steps_per_iteration=2"])
+        with pytest.raises(Exception, match="the 7 noisiest steps"):  # 0.7 of 10 steps
+            load_config(REPO_ROOT / "configs" / f"{preset}.yaml", ["algorithm.train_timesteps=8"])

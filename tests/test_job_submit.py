@@ -94,8 +94,9 @@ def _stop_head(temp: Path) -> None:
 
 @pytest.mark.parametrize(
     "preset",
-    [["algorithm.train_timesteps=2"], ["--config", "configs/shapes_flowgrpo.yaml", "model.guidance_scale=1.0"]],
-    ids=["default_diffusion_nft", "flow_grpo"],
+    [["algorithm.train_timesteps=2"], ["--config", "configs/shapes_flowgrpo.yaml", "model.guidance_scale=1.0"],
+     ["--config", "configs/shapes_dgpo.yaml", "algorithm.train_timesteps=2"]],
+    ids=["default_diffusion_nft", "flow_grpo", "dgpo"],
 )
 def test_ray_job_submit_runs_launch_py(ray_head, tiny_sd3_path, tmp_path, preset):
     dashboard, _, env = ray_head
