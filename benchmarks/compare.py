@@ -153,30 +153,48 @@ def preset_settings(settings: dict, path: Path, horizon: int | None) -> dict:
     return own if horizon is None else {**own, "lr_schedule_iterations": horizon}
 
 
+def _evaluation_files(summary: Path) -> list[Path]:
+    """An evaluation's summary and the per-image file it names (what `paired_change` reads)."""
+    return [summary, summary.parent / json.loads(summary.read_text())["images_file"]]
+
+
+def _run_files(run_dir: Path, result: dict) -> list[Path]:
+    evaluations = [Path(result["base_file"]), *(Path(a["eval_file"]) for a in result["at"].values())]
+    return [run_dir / RUN_RESULT, *dict.fromkeys(f for e in evaluations for f in _evaluation_files(e))]
+
+
+def _gz(path: Path) -> Path:
+    return path.with_name(path.name + ".gz")
+
+
 def keep_run(run_dir: Path, out: Path, keep: Path) -> None:
-    """Copy a finished run's result and the evaluation files it names (gzipped, a few hundred kB) to `keep`
-    under the same relative paths: the comparison outlasts a machine whose outputs/ is wiped, and the
-    repository can carry what it measured."""
-    saved = json.loads((run_dir / RUN_RESULT).read_text())
-    result = saved["result"]
-    files = [run_dir / RUN_RESULT, Path(result["base_file"]), *(Path(a["eval_file"]) for a in result["at"].values())]
-    for f in dict.fromkeys(files):
-        target = keep / f.relative_to(out)
+    """Copy a finished run's result and the evaluations it names (summaries and per-image files, gzipped:
+    ~70 kB each) to `keep` under the same relative paths: the comparison outlasts a machine whose outputs/
+    is wiped, and the repository can carry what it measured."""
+    result = json.loads((run_dir / RUN_RESULT).read_text())["result"]
+    for f in _run_files(run_dir, result):
+        target = _gz(keep / f.relative_to(out))
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.with_name(target.name + ".gz").write_bytes(gzip.compress(f.read_bytes(), mtime=0))
+        target.write_bytes(gzip.compress(f.read_bytes(), mtime=0))
 
 
 def restore_run(run_dir: Path, out: Path, keep: Path) -> None:
-    """Put a kept run's files back under `out` (the inverse of `keep_run`), where they are missing."""
-    kept = keep / run_dir.relative_to(out) / (RUN_RESULT + ".gz")
-    if run_dir.joinpath(RUN_RESULT).exists() or not kept.exists():
+    """Put a kept run's files back under `out` where they are missing (the inverse of `keep_run`)."""
+    kept = _gz(keep / run_dir.relative_to(out) / RUN_RESULT)
+    if (run_dir / RUN_RESULT).exists() or not kept.exists():
         return
-    result = json.loads(gzip.decompress(kept.read_bytes()))["result"]
-    for f in [run_dir / RUN_RESULT, Path(result["base_file"]), *(Path(a["eval_file"]) for a in result["at"].values())]:
-        source = keep / f.relative_to(out)
-        if not f.exists() and source.with_name(source.name + ".gz").exists():
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_bytes(gzip.decompress(source.with_name(source.name + ".gz").read_bytes()))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_RESULT).write_bytes(gzip.decompress(kept.read_bytes()))
+    result = json.loads((run_dir / RUN_RESULT).read_text())["result"]
+    evaluations = [Path(result["base_file"]), *(Path(a["eval_file"]) for a in result["at"].values())]
+    for summary in dict.fromkeys(evaluations):
+        for name in (summary, None):
+            if name is None:  # the per-image file the (restored) summary names
+                name = summary.parent / json.loads(summary.read_text())["images_file"]
+            source = _gz(keep / name.relative_to(out))
+            if not name.exists() and source.exists():
+                name.parent.mkdir(parents=True, exist_ok=True)
+                name.write_bytes(gzip.decompress(source.read_bytes()))
 
 
 def finished_run(run_dir: Path, settings: dict) -> dict | None:
