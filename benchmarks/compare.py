@@ -226,12 +226,18 @@ def paired_change(before: list[str], after: list[str]) -> dict:
             raise EvaluationFileError(f"{files}: evaluations of different prompts, seeds or counts")
         rows = loaded[0][1]
         key = accuracy_key(rows)
-        return np.mean([[float(r[key] or 0.0) for r in rs] for _, rs in loaded], axis=0), rows, prints.pop()
+        # an image no seed's scorer could judge stays NaN (left out below), never a 0
+        verdicts = np.array([[np.nan if r[key] is None else float(r[key]) for r in rs] for _, rs in loaded])
+        judged = np.isfinite(verdicts).sum(axis=0)
+        mean = np.where(judged > 0, np.nansum(verdicts, axis=0) / np.maximum(judged, 1), np.nan)
+        return mean, rows, prints.pop()
 
     (a, rows, fa), (b, _, fb) = mean_correct(before), mean_correct(after)
     if fa != fb:
         raise EvaluationFileError(f"{before} vs {after}: evaluations of different prompts, seeds or counts")
-    est = bootstrap(b - a, [r["prompt_index"] for r in rows], [r["tag"] for r in rows])
+    ok = np.isfinite(b - a)
+    est = bootstrap((b - a)[ok], [r["prompt_index"] for r, k in zip(rows, ok, strict=True) if k],
+                    [r["tag"] for r, k in zip(rows, ok, strict=True) if k])
     return {k: {"difference": e.value, "ci": e.as_list()} for k, e in est.items()}
 
 

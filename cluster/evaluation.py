@@ -307,11 +307,16 @@ def summarize(plan: EvalPlan, rows: list[dict], scorer_names: Sequence[str]) -> 
                  "images_per_tag": plan.images_per_tag(), "fingerprint": plan.fingerprint(), "rewards": {}}
     key = accuracy_key(rows)
     if key is not None:
-        verdicts = np.nan_to_num(_column(rows, key))
-        est = bootstrap(verdicts, prompt_index, tags)
+        # An image the scorer could not judge (rewards/unscored.py) is left out, not counted wrong: a failed
+        # scorer would otherwise read as a worse policy. How many were left out is in the summary.
+        verdicts = _column(rows, key)
+        ok = np.isfinite(verdicts)
+        out["accuracy_unscored"] = int((~ok).sum())
+        kept_prompts, kept_tags = [i for i, k in zip(prompt_index, ok, strict=True) if k], [t for t, k in zip(tags, ok, strict=True) if k]
+        est = bootstrap(verdicts[ok], kept_prompts, kept_tags)
         out.update({k: e.value for k, e in est.items()})
         out["ci"] = {k: e.as_list() for k, e in est.items()}
-        wide = bootstrap(verdicts, prompt_index, tags, resample_prompts=True)
+        wide = bootstrap(verdicts[ok], kept_prompts, kept_tags, resample_prompts=True)
         out["ci_prompts"] = {k: e.as_list() for k, e in wide.items()}
     for name in scorer_names:
         values = _column(rows, name)
@@ -430,10 +435,14 @@ def compare_evaluations(before: str | Path, after: str | Path, name: str = "eval
     out: dict = {"before": str(before), "after": str(after), "split": sa["split"], "num_images": len(ra),
                  "fingerprint": sa["fingerprint"], "differences": {}, "verdicts": []}
     key = accuracy_key(ra)
-    if key is not None:  # per tag and overall, as GenEval reports accuracy
-        diff, tags = np.nan_to_num(_column(rb, key)) - np.nan_to_num(_column(ra, key)), [r["tag"] for r in ra]
-        est = bootstrap(diff, prompt_index, tags)
-        wide = bootstrap(diff, prompt_index, tags, resample_prompts=True)
+    if key is not None:  # per tag and overall, as GenEval reports accuracy, over the images judged in both
+        diff, tags = _column(rb, key) - _column(ra, key), [r["tag"] for r in ra]
+        ok = np.isfinite(diff)
+        out["accuracy_unscored"] = int((~ok).sum())
+        kept_prompts, tags = [i for i, k in zip(prompt_index, ok, strict=True) if k], [t for t, k in zip(tags, ok, strict=True) if k]
+        diff = diff[ok]
+        est = bootstrap(diff, kept_prompts, tags)
+        wide = bootstrap(diff, kept_prompts, tags, resample_prompts=True)
         out["differences"]["accuracy"] = {k: {**_difference(sa[k], sb[k], e), "ci_prompts": wide[k].as_list()}
                                           for k, e in est.items()}
         out["verdicts"] += [verdict(f"accuracy {k}", e) for k, e in est.items()]

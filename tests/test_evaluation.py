@@ -253,3 +253,18 @@ def test_batched_evaluation_keeps_each_images_noise(tiny_sd3_path, monkeypatch):
     assert torch.equal(torch.cat(first_steps), single_noise) and torch.equal(single_noise, per_seed)
     assert batched.shape == single.shape == (7, 32, 32, 3)
     assert np.abs(batched.astype(np.int16) - single).max() <= 1
+
+
+@pytest.mark.unit
+def test_an_image_the_scorer_could_not_judge_is_left_out_of_the_accuracy_not_counted_wrong():
+    """A verdict of None/NaN (an unscored image, rewards/unscored.py) is not a 0: the accuracy is over the judged
+    images, and the summary says how many were left out; a paired comparison uses images judged in both."""
+    from cluster.evaluation import summarize
+
+    plan = plan_evaluation(_records()[:4], split="test", seed=0, images_per_tag=8, images_per_prompt=2)
+    rows = [{"prompt_index": i, "image_index": j, "tag": r["tag"], "shapes_geneval": 1.0, "shapes_geneval/correct": 1.0}
+            for i, (r, seeds) in enumerate(zip(plan.records, plan.seeds, strict=True)) for j in range(len(seeds))]
+    for r in rows[:3]:
+        r["shapes_geneval/correct"] = None  # unscored
+    summary = summarize(plan, rows, ["shapes_geneval"])
+    assert summary["overall"] == 1.0 and summary["accuracy_unscored"] == 3
