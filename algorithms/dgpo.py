@@ -49,6 +49,10 @@ class DGPO(ForwardProcessAlgorithm):
         1e-2, ge=0, description="The reference's clip_dsm: a row whose ratio exp(dsm_old - dsm) passed 1 + c (A > "
         "0) or fell below 1 - c (A <= 0) loses its gradient (1e-2 GenEval and OCR, 5e-2 PickScore).",
     )
+    train_timesteps: int = Field(
+        4, ge=1, description="K, the timesteps each group is re-noised at per iteration, shared by its samples "
+        "(the reference's num_train_timesteps 4), drawn from the noisiest timestep_fraction of the schedule.",
+    )
     timestep_fraction: float = Field(
         0.7, gt=0, le=1, description="The noisiest share of the sampling schedule the K timesteps are drawn from "
         "(the reference's trunc_steps: 6 of 10 steps, indices 0-6, for OCR and PickScore; 4 for GenEval).",

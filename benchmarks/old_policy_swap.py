@@ -80,7 +80,7 @@ def main() -> None:
             learner.train(groups, it)
             seconds.append(time.perf_counter() - start)
         results[label] = (seconds[1:], weights_digest(learner.policy.export_trainable()))
-        print(f"[bench] {label}: {['%.2f' % s for s in seconds]}", flush=True)
+        print(f"[bench] {label}: {[f'{s:.2f}' for s in seconds]}", flush=True)
     print("\n| old-policy velocity | update s/iteration (median, min-max) |\n|---|---|")
     for label, (seconds, _) in results.items():
         print(f"| {label} | {np.median(seconds):.2f} ({min(seconds):.2f}-{max(seconds):.2f}) |")

@@ -19,9 +19,9 @@ not a round trip through the host. algorithm.old_policy:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np

@@ -27,9 +27,11 @@ def test_reward_output_of_wrong_length_fails_that_request_only():
     images = np.zeros((3, 8, 8, 3), dtype=np.uint8)
     bad = worker.score("r1", images, ["a"] * 3)
     assert bad.result is None and "scorer returned 2 scores for 3 images" in bad.error
-    assert worker.score("r1", images, ["a"] * 3) is bad  # idempotent: same id, same answer
+    # an error is not cached: a retry of the same id runs the scorer again (and fails the same way here)
+    retry = worker.score("r1", images, ["a"] * 3)
+    assert retry is not bad and retry.error is not None
     again = worker.score("r2", images[:1], ["a"])  # still serving
-    assert again.error is not None and worker.requests_served == 2
+    assert again.error is not None and worker.requests_served == 3
 
 
 def _publish(out, iteration, keep):

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from algorithms import ALGORITHMS
-from algorithms.losses import dgpo_group_weights, dgpo_loss, dsm_loss, elbo_log_likelihood, elbo_pg_loss, soft_clip
+from algorithms.losses import (
+    dgpo_group_weights,
+    dgpo_loss,
+    dsm_loss,
+    elbo_log_likelihood,
+    elbo_pg_loss,
+    soft_clip,
+)
 from cluster.config import REPO_ROOT, load_config
 from learner.advantages import get_adv_est
 from learner.config import LearnerConfig
