@@ -138,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from cluster.config import ConfigError
     from cluster.evaluation import EvaluationFileError
+    from common.durable import CheckpointError
 
     try:
         if argv and argv[0] == "eval":
             return evaluate_cmd(argv[1:])
         return train(argv)
-    except (ConfigError, EvaluationFileError) as err:
+    except (ConfigError, EvaluationFileError, CheckpointError) as err:  # their messages name the key or file
         print(f"error: {err}", file=sys.stderr)
         return 2
 

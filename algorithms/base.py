@@ -62,6 +62,9 @@ class Algorithm(BaseModel):
 
     # The learner's training plan for this family (learner/ PLANS: how micro-batches are built and fed).
     learner_plan: ClassVar[str] = ""
+    # The loss trains the sampler's own denoising steps as a policy (per-step log-probs): a step-distilled model,
+    # whose few steps are no SDE's, is refused unless model.allow_step_distilled (cluster/config.py).
+    trains_sampling_steps: ClassVar[bool] = False
     # The advantage estimator, by its name in learner/advantages.py's registry.
     advantage_estimator: ClassVar[str] = "grpo"
     # sampling.same_latent null: whether a group shares one initial noise (the paper's default).

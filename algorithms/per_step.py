@@ -24,6 +24,7 @@ class PerStepAlgorithm(Algorithm):
     """Settings every per-step algorithm shares."""
 
     learner_plan: ClassVar[str] = "per_step"
+    trains_sampling_steps: ClassVar[bool] = True
     # The sampler keeps each trained step's Gaussian mean (Transitions.mean) for a loss that compares the old
     # and new policies' means (`loss`'s mean / old_mean / std).
     records_step_means: ClassVar[bool] = False

@@ -40,12 +40,34 @@ COMMON = ["model.resolution=256", "model.max_sequence_length=16", "cluster.layou
 SD35 = ["sampling.group_size=4", "sampling.num_steps=2", "data.images_per_iteration=4", "learner.micro_batch_size=4"]
 FLUX = ["sampling.group_size=2", "sampling.num_steps=3", "algorithm.steps=[0,1]", "data.images_per_iteration=2",
         "learner.micro_batch_size=2", "cluster.rollout_images_per_decode=4"]  # fmt: skip
+FLUX2 = ["sampling.group_size=4", "sampling.num_steps=3", "algorithm.window_range=[1,3]", "data.images_per_iteration=4",
+         "learner.micro_batch_size=2"]  # fmt: skip
+KLEIN = ["sampling.group_size=4", "sampling.num_steps=3", "data.images_per_iteration=4", "learner.micro_batch_size=4"]
+QWEN_Z = ["sampling.group_size=4", "sampling.num_steps=3", "algorithm.window_range=[1,3]", "data.images_per_iteration=4",
+          "learner.micro_batch_size=2"]  # fmt: skip
+QWEN_Z_512 = QWEN_Z + ["model.resolution=512"]  # the learners at 4x the tokens their activation factors were fitted at
 CASES = {
     "sd35_rollout": ("sd35", 4, "sd35_geneval", SD35, "rollout"),
     "sd35_learner": ("sd35", 4, "sd35_geneval", SD35 + ["model.gradient_checkpointing=false"], "learner"),
     "sd35_learner_ckpt": ("sd35", 4, "sd35_geneval", SD35 + ["model.gradient_checkpointing=true"], "learner"),
     "flux_rollout": ("flux", 1, "flux_g2rpo_hps", FLUX, "rollout"),
     "flux_learner_ckpt": ("flux", 1, "flux_g2rpo_hps", FLUX, "learner"),
+    # SD3.5-Large (2 of its 2432-wide blocks) as sd35l_grpo_geneval trains it: LoRA, CFG, gradient checkpointing.
+    "sd35l_rollout": ("sd35l", 2, "sd35l_grpo_geneval", SD35, "rollout"),
+    "sd35l_learner_ckpt": ("sd35l", 2, "sd35l_grpo_geneval", SD35, "learner"),
+    # FLUX.2-dev (1 double + 1 single block at 6144: 2.3 B parameters) and klein-4B (1 + 1 at 3072) as their presets
+    # train them: dev's LoRA Flow-GRPO-Fast window with gradient checkpointing, klein's CFG-free DiffusionNFT.
+    "flux2_rollout": ("flux2", 1, "flux2_dev_grpo_pickscore", FLUX2, "rollout"),
+    "flux2_learner_ckpt": ("flux2", 1, "flux2_dev_grpo_pickscore", FLUX2, "learner"),
+    "flux2_klein_rollout": ("flux2_klein", 1, "flux2_klein_nft_pickscore", KLEIN, "rollout"),
+    "flux2_klein_learner": ("flux2_klein", 1, "flux2_klein_nft_pickscore", KLEIN, "learner"),
+    # Qwen-Image (1 block at 3072, one layer each of Qwen2.5-VL's language model and vision tower) and Z-Image (1
+    # main + 1 + 1 refiner blocks at 3840, 2 Qwen3 layers) as their Flow-GRPO presets train them: LoRA, a 2-step SDE
+    # window, gradient checkpointing; Qwen-Image with true CFG, Z-Image CFG-free with fp32 adapters.
+    "qwen_image_rollout": ("qwen_image", 1, "qwen_image_grpo_ocr", QWEN_Z, "rollout"),
+    "qwen_image_learner_ckpt": ("qwen_image", 1, "qwen_image_grpo_ocr", QWEN_Z_512, "learner"),
+    "z_image_rollout": ("z_image", 1, "z_image_grpo_pickscore", QWEN_Z, "rollout"),
+    "z_image_learner_ckpt": ("z_image", 1, "z_image_grpo_pickscore", QWEN_Z_512, "learner"),
 }
 PROMPT = "a photo of a red circle"
 
@@ -97,9 +119,10 @@ def _load_rollout(path: Path):
 
     record = torch.load(path, weights_only=True)
     c = record.pop("conditioning")
-    negative = PromptEmbeds(c["negative"]["embeds"], c["negative"]["pooled"]) if c["negative"] else None
+    n = c["negative"]
+    negative = PromptEmbeds(n["embeds"], n["pooled"], mask=n.get("mask")) if n else None  # masks: variable-length prompts
     return Rollout(**{**record, "transitions": Transitions(**record["transitions"]),
-                      "conditioning": PromptEmbeds(c["embeds"], c["pooled"], negative)})
+                      "conditioning": PromptEmbeds(c["embeds"], c["pooled"], negative, c.get("mask"))})
 
 
 def child(case: str, folder: Path, sampled: Path | None) -> dict:

@@ -23,6 +23,7 @@ BLOCKS = {
     "DATA PLANE": BENCHMARKS,  # benchmarks/data_plane.py --table BEFORE AFTER --readme
     "WEIGHT SYNC": BENCHMARKS,  # benchmarks/weight_sync.py prints it; pasted from that output
     "COLOCATION": BENCHMARKS,  # benchmarks/colocation.py prints it; pasted from that output
+    "CHAOS": BENCHMARKS,  # benchmarks/chaos.py --write-docs
 }
 
 

@@ -18,6 +18,7 @@ from algorithms import ALGORITHMS, default_algorithm, unregistered
 from cluster.config_migration import migrate
 from learner.config import LearnerConfig
 from models.config import ModelConfig, SamplingConfig
+from models.families import family_of
 from rewards.config import RewardsConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -284,6 +285,7 @@ class ExperimentConfig(_Section):
             _check_hybrid(c, self.learner.zero_stage)
         if self.cluster.async_mode and self.cluster.max_staleness < 1:
             raise ValueError("cluster.max_staleness must be >= 1 when cluster.async_mode is true")
+        _check_step_distilled(self)
         self.algorithm.check(self)
         return self
 
@@ -293,6 +295,18 @@ class ExperimentConfig(_Section):
 
 
 _PRECISION_MODEL_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _check_step_distilled(cfg: ExperimentConfig) -> None:
+    """A per-step algorithm on a step-distilled model (the family table knows which) needs the override."""
+    why = family_of(cfg.model.family).step_distilled(cfg.model.path)
+    if why and cfg.algorithm.trains_sampling_steps and not cfg.model.allow_step_distilled:
+        raise ValueError(
+            f"model.path {cfg.model.path!r}: {why}, and algorithm {cfg.algorithm.name!r} trains the log-probs of "
+            "each sampling step as an SDE policy, which a step-distilled model's few steps are not. Use a "
+            "forward-process algorithm (it trains on final samples), the undistilled base model, or set "
+            "model.allow_step_distilled=true to train it anyway"
+        )
 
 
 def _check_hybrid(c: ClusterConfig, zero_stage: int) -> None:

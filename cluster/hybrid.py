@@ -35,6 +35,8 @@ from rollout.worker import GroupRequest, GroupResult, RolloutWorker
 class HybridWorker(LearnerWorker):
     """A learner rank that also samples (see the module docstring)."""
 
+    role = "hybrid"
+
     def __init__(
         self, *args, rows_per_forward: int | None = None, images_per_decode: int | None = None, **kwargs
     ):
@@ -138,9 +140,9 @@ class HybridWorker(LearnerWorker):
         self.restore_sampling_weights()
         return super().train(groups, iteration)
 
-    def save_checkpoint(self, directory: str) -> None:
+    def save_checkpoint(self, directory: str) -> dict[str, dict]:
         self.restore_sampling_weights()
-        super().save_checkpoint(directory)
+        return super().save_checkpoint(directory)
 
     def load_checkpoint(self, directory: str) -> int:
         self.restore_sampling_weights()

@@ -36,9 +36,10 @@ class Split:
         return rollout_actors(cfg, placement)
 
     @staticmethod
-    def weight_sync(cfg: ExperimentConfig, learners: list, rollouts: list) -> WeightSync:
+    def weight_sync(cfg: ExperimentConfig, learners: list, rollouts: list, spans_nodes: bool = False) -> WeightSync:
         return WeightSync(
-            cfg.cluster.sync_backend, learners, rollouts, gather_on_all_ranks=cfg.learner.zero_stage == 3
+            cfg.cluster.sync_backend, learners, rollouts, gather_on_all_ranks=cfg.learner.zero_stage == 3,
+            spans_nodes=spans_nodes,
         )
 
 
@@ -54,7 +55,7 @@ class Hybrid:
         return learners
 
     @staticmethod
-    def weight_sync(cfg: ExperimentConfig, learners: list, rollouts: list) -> InPlaceSync:
+    def weight_sync(cfg: ExperimentConfig, learners: list, rollouts: list, spans_nodes: bool = False) -> InPlaceSync:
         return InPlaceSync(learners)
 
 

@@ -105,7 +105,8 @@ def train_activation_bytes(spec: PipelineSpec, tokens: int, rows: int, act_bytes
     """Saved activations of one forward/backward over `rows` rows of `tokens` tokens. Without checkpointing
     every block keeps its factor x tokens x hidden; with it (diffusers checkpoints each block) each block
     keeps its input and one block at a time is recomputed in full."""
-    per_block = TRAIN_ELEMENTS_PER_TOKEN_HIDDEN * tokens * spec.hidden * act_bytes * rows
+    factor = family_of(spec.family).train_elements_per_token_hidden or TRAIN_ELEMENTS_PER_TOKEN_HIDDEN
+    per_block = factor * tokens * spec.hidden * act_bytes * rows
     if not checkpointing:
         return spec.layers * per_block
     return spec.layers * tokens * spec.hidden * act_bytes * rows + per_block
@@ -113,12 +114,15 @@ def train_activation_bytes(spec: PipelineSpec, tokens: int, rows: int, act_bytes
 
 def inference_activation_bytes(spec: PipelineSpec, tokens: int, rows: int, act_bytes: int) -> float:
     """The live tensors of one block at inference (no_grad frees each block's outputs)."""
-    return INFERENCE_ELEMENTS_PER_TOKEN_HIDDEN * tokens * spec.hidden * act_bytes * rows
+    factor = family_of(spec.family).inference_elements_per_token_hidden or INFERENCE_ELEMENTS_PER_TOKEN_HIDDEN
+    return factor * tokens * spec.hidden * act_bytes * rows
 
 
 def decode_bytes(spec: PipelineSpec, resolution: int, images: int, act_bytes: int) -> float:
-    """The VAE decoder's full-resolution stage for a chunk of images."""
-    return DECODE_ELEMENTS_PER_PIXEL_CHANNEL * resolution**2 * spec.vae_fullres_channels * act_bytes * images
+    """The VAE decoder's full-resolution stage for a chunk of images (a family whose VAE is no AutoencoderKL
+    brings its own measured factor: models/families.py `decode_elements_per_pixel_channel`)."""
+    factor = family_of(spec.family).decode_elements_per_pixel_channel or DECODE_ELEMENTS_PER_PIXEL_CHANNEL
+    return factor * resolution**2 * spec.vae_fullres_channels * act_bytes * images
 
 
 def prompt_embedding_bytes(spec: PipelineSpec, max_sequence_length: int, rows: int, dtype_bytes: int) -> float:

@@ -1,11 +1,20 @@
 """Run metrics: metrics.jsonl (every key, every iteration), TensorBoard scalars, Ray dashboard gauges
-(ray.util.metrics, exported as ray_flowray_*), and the terminal's progress: a line every
-logging.log_every iterations with the pace and the ETA, and a few lines per evaluation (`Progress`)."""
+(ray.util.metrics, exported as ray_flowray_*; docs/grafana/flowray.json charts them), and the terminal's
+progress: a line every logging.log_every iterations with the pace and the ETA, and a few lines per
+evaluation (`Progress`).
+
+Besides the metrics, each metrics.jsonl row records which groups the iteration trained (`groups`, their
+indices in the iteration; a group's id is (iteration, index), its seed derived from both), the policy
+version each was sampled with (`policy_versions`), and the groups it sampled again after losing them to a
+rollout actor's death (`groups_resampled`), so a run's rows show every group trained exactly once
+(benchmarks/chaos.py checks them). A resumed run drops the rows after its checkpoint (`drop_from`) and
+appends a line to resumes.jsonl (`count_resume`)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -17,6 +26,8 @@ from pathlib import Path
 DASHBOARD_GAUGES = {
     "reward/mean": "flowray_reward_mean",
     "reward/std": "flowray_reward_std",
+    "reward/unscored_images": "flowray_reward_unscored_images",
+    "reward/accuracy": "flowray_reward_accuracy",
     "eval/overall": "flowray_eval_accuracy",
     "charts/images_per_s": "flowray_images_per_s",
     "charts/transitions_per_s": "flowray_transitions_per_s",
@@ -25,6 +36,18 @@ DASHBOARD_GAUGES = {
     "learner/staleness_max": "flowray_staleness",
     "charts/policy_version": "flowray_policy_version",
 }
+# Keys with a label in their name -> (Ray gauge, its tag keys): one series per scorer or prompt tag.
+TAGGED_GAUGES = {
+    "flowray_reward_by_tag": (re.compile(r"reward/tag/(?P<tag>[^/]+)"), ("tag",)),
+    "flowray_reward_unscored_share": (re.compile(r"reward/(?P<scorer>[^/]+)/unscored_share_window"), ("scorer",)),
+    # eval/<tag> and probe/<tag> are accuracies only for the prompts' tags (probe/<scorer> is a reward)
+    "flowray_accuracy": (re.compile(r"(?P<source>eval|probe)/(?P<tag>[^/]+)"), ("source", "tag")),
+}
+RESUMES = "resumes.jsonl"  # one line per --resume of the run in this folder (`count_resume`)
+# Ray (2.60, measured) drops a gauge from its Prometheus endpoint ~20 s after it was last set (two export
+# intervals), so a value set once (an evaluation's accuracy, the resume count) or between slow iterations
+# vanished from the dashboard: the logger sets every gauge again at this period while it is open.
+HOLD_GAUGES_S = 5.0
 
 
 def _finite(value) -> bool:
@@ -36,18 +59,29 @@ class MetricsLogger:
     "config"}); it receives the same scalars and images as TensorBoard."""
 
     def __init__(self, output_dir: str | Path, *, tensorboard: bool = True, ray_gauges: bool = True,
-                 wandb: dict | None = None):
+                 wandb: dict | None = None, accuracy_tags: tuple[str, ...] = ()):
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = (self.dir / "metrics.jsonl").open("a", encoding="utf-8")
         # The TensorBoard writer opens at the first `log`, so that a resumed run, which calls
         # `drop_from` first, writes one event file (with its purge step), not an empty one as well.
         self.tensorboard, self.tb, self._purge_step = tensorboard, None, None
-        self.gauges = {}
+        self.gauges, self.tagged, self.restarts, self.resumes = {}, {}, None, None
+        self._held: dict[tuple, tuple] = {}  # (gauge name, tags) -> (gauge, value, tags): what `_hold` sets again
+        self._lock, self._closed = threading.Lock(), threading.Event()
         if ray_gauges:
             from ray.util.metrics import Gauge
 
             self.gauges = {key: Gauge(name, description=f"flowray {key}") for key, name in DASHBOARD_GAUGES.items()}
+            self.tagged = {name: (pattern, Gauge(name, description=f"flowray {pattern.pattern}", tag_keys=keys))
+                           for name, (pattern, keys) in TAGGED_GAUGES.items()}
+            keys = ("actor", "role")
+            self.restarts = Gauge("flowray_actor_restarts", description="Times Ray restarted each actor of the "
+                                  "run (this driver's actors)", tag_keys=keys)
+            self.resumes = Gauge("flowray_run_resumes", description="Times the run was resumed (--resume)")
+            self._set(self.resumes, float(self._resume_count()))
+            threading.Thread(target=self._hold, daemon=True, name="flowray gauges").start()
+        self.accuracy_tags = {*accuracy_tags, "overall"}
         self.start = time.time()
         self.logged_at: deque[float] = deque(maxlen=11)  # the last `log` calls: the pace of 10 iterations
         self.wandb = _wandb_run(self.dir, wandb) if wandb else None
@@ -84,6 +118,41 @@ class MetricsLogger:
         self.log_scalars(metrics, iteration)
         self.logged_at.append(time.monotonic())
 
+    def _set(self, gauge, value: float, tags: dict | None = None) -> None:
+        gauge.set(value, tags=tags)
+        with self._lock:
+            self._held[(gauge, tuple(sorted((tags or {}).items())))] = (gauge, value, tags)
+
+    def _hold(self) -> None:
+        """Set every gauge again to its last value every HOLD_GAUGES_S until `close` (see HOLD_GAUGES_S)."""
+        while not self._closed.wait(HOLD_GAUGES_S):
+            with self._lock:
+                held = list(self._held.values())
+            for gauge, value, tags in held:
+                gauge.set(value, tags=tags)
+
+    def set_actor_restarts(self, restarts: dict[str, int]) -> None:
+        """`flowray_actor_restarts{actor, role}` from {actor name: Ray's restart count} (common/actor_metrics.py
+        `actor_restarts`); the role is the name's prefix (rollout-0 -> rollout, reward-<scorer>-0 -> reward)."""
+        if self.restarts is not None:
+            for name, count in restarts.items():
+                self._set(self.restarts, float(count), {"actor": name, "role": name.split("-", 1)[0]})
+
+    def _resume_count(self) -> int:
+        path = self.dir / RESUMES
+        return len(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else 0
+
+    def count_resume(self, iteration: int, checkpoint: str | None) -> int:
+        """Record a --resume of this run (resumes.jsonl: when, from which checkpoint; None: there was none
+        yet, so it started again from iteration 0) and return how many there have been; a fresh run into the
+        folder archives the file with the rest of the old run."""
+        with (self.dir / RESUMES).open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": time.time(), "iteration": iteration, "checkpoint": checkpoint}) + "\n")
+        count = self._resume_count()
+        if self.resumes is not None:
+            self._set(self.resumes, float(count))
+        return count
+
     def seconds_per_iteration(self) -> float | None:
         """Mean wall time of the recent iterations (up to 10; everything between two `log` calls: probes,
         evaluations and checkpoints included, as an ETA must count them); None before two."""
@@ -98,7 +167,11 @@ class MetricsLogger:
             if tb is not None:
                 tb.add_scalar(key, value, step)
             if key in self.gauges:
-                self.gauges[key].set(value)
+                self._set(self.gauges[key], value)
+            for name, (pattern, gauge) in self.tagged.items():
+                m = pattern.fullmatch(key)
+                if m and (name != "flowray_accuracy" or m.group("tag") in self.accuracy_tags):
+                    self._set(gauge, value, m.groupdict())
         if self.wandb is not None and finite:
             self.wandb.log(finite, step=step)
 
@@ -113,6 +186,7 @@ class MetricsLogger:
             self.wandb.log({key: wandb.Image(image)}, step=step)
 
     def close(self) -> None:
+        self._closed.set()
         self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
@@ -171,6 +245,8 @@ def progress_line(iteration: int, total: int, m: dict, seconds_per_iteration: fl
     skipped = m.get("learner/skipped_steps")
     # a skipped step is news (a non-finite gradient): say it on the line people watch
     warning = f" | SKIPPED {skipped:.0f} optimizer step(s): gradient not finite" if _finite(skipped) and skipped else ""
+    unscored = m.get("reward/unscored_images")  # failed scores are left out of training: say how many
+    warning += f" | UNSCORED {unscored:.0f} image(s)" if _finite(unscored) and unscored else ""
     pace = seconds_per_iteration if _finite(seconds_per_iteration) else m.get("time/step")
     eta = f" | {pace:.1f} s/it, ETA {duration(pace * (total - iteration))}" if _finite(pace) else ""
     return (

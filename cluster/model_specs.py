@@ -9,7 +9,7 @@ import json
 import math
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.families import family_of
@@ -37,6 +37,9 @@ class PipelineSpec:
     # (module name, in_features, out_features) of every 2-D transformer weight, for exact LoRA counts;
     # empty for the published table, which approximates them.
     linears: tuple[tuple[str, int, int], ...] = ()
+    # scheduler_config.json: the resolution-dependent shift's constants (sampling.shift_mode=resolution) for the
+    # dry run's grids; empty: FLUX.1's defaults (models/schedule.py resolution_sigmas).
+    scheduler: dict = field(default_factory=dict, hash=False)
 
 
 def image_tokens(spec: PipelineSpec, resolution: int) -> int:
@@ -99,25 +102,18 @@ def pipeline_spec(folder: Path, family: str) -> PipelineSpec:
     shapes = safetensors_shapes(folder / "transformer")
     encoders = {name: count_params(safetensors_shapes(folder / name))
                 for name in ("text_encoder", "text_encoder_2", "text_encoder_3") if (folder / name).is_dir()}
-    blocks = vconf["block_out_channels"]
-    vae_scale = 2 ** (len(blocks) - 1)
     entry = family_of(family)
+    scheduler = folder / "scheduler" / "scheduler_config.json"
     return PipelineSpec(
         family=family,
         transformer_params=count_params(shapes),
-        hidden=tconf["num_attention_heads"] * tconf["attention_head_dim"],
-        layers=tconf["num_layers"] + tconf.get("num_single_layers", 0),
-        pixels_per_token=entry.pixels_per_token(vae_scale, tconf.get("patch_size", 1)),
         text_encoder_params=encoders,
         vae_params=count_params(safetensors_shapes(folder / "vae")),
-        vae_fullres_channels=max(blocks[:2]),
-        latent_channels=vconf["latent_channels"],
-        vae_scale=vae_scale,
-        embed_dim=tconf["joint_attention_dim"],
-        pooled_dim=tconf["pooled_projection_dim"],
         clip_tokens=entry.clip_tokens,
         linears=tuple((name[: -len(".weight")], s[1], s[0]) for name, s in shapes.items()
                       if name.endswith(".weight") and len(s) == 2),
+        scheduler=json.loads(scheduler.read_text()) if scheduler.is_file() else {},
+        **entry.architecture(tconf, vconf),  # the family reads its own config keys (models/families.py)
     )
 
 
@@ -126,6 +122,8 @@ def pipeline_spec(folder: Path, family: str) -> PipelineSpec:
 # (stabilityai/stable-diffusion-3.5-medium, black-forest-labs/FLUX.1-dev: transformer, text encoders with
 # vocabularies 49408 and 32128, VAE); SD3.5's includes its 384 x 384 x 1536 position-embedding buffer.
 _CLIP_L, _CLIP_G, _T5_XXL, _VAE = 123_650_304, 694_659_840, 4_762_310_656, 83_819_683
+_VAE_FLUX2 = 84_046_372  # AutoencoderKLFlux2, its batch-norm buffers included
+_FLUX2_SCHEDULER = {"use_dynamic_shifting": True, "time_shift_type": "exponential", "shift": 3.0}  # mu: FLUX.2's own
 PUBLISHED_PIPELINES = {
     "stabilityai/stable-diffusion-3.5-medium": PipelineSpec(
         "sd3", 2_243_171_520 + 384 * 384 * 1536, 1536, 24, 16,
@@ -133,6 +131,35 @@ PUBLISHED_PIPELINES = {
     "black-forest-labs/FLUX.1-dev": PipelineSpec(
         "flux", 11_901_408_320, 3072, 57, 16, {"text_encoder": 123_060_480, "text_encoder_2": _T5_XXL}, _VAE,
         256, 16, 8, 4096, 768, 0),
+    # Qwen/Qwen-Image: the 60-block MMDiT; Qwen2.5-VL-7B as QwenImagePipeline loads it (Qwen2_5_VLForConditionalGeneration:
+    # the language model, its vision tower and an untied lm_head, vocabulary 152064); AutoencoderKLQwenImage (base_dim
+    # 96, dim_mult 1 2 4 4: 192 channels at full resolution); scheduler_config.json's dynamic shift.
+    "Qwen/Qwen-Image": PipelineSpec(
+        "qwen_image", 20_430_401_088, 3072, 60, 16, {"text_encoder": 8_292_166_656}, 126_892_531, 192, 16, 8, 3584, 0, 0,
+        scheduler={"base_image_seq_len": 256, "max_image_seq_len": 8192, "base_shift": 0.5, "max_shift": 0.9,
+                   "shift_terminal": 0.02, "time_shift_type": "exponential", "use_dynamic_shifting": True}),
+    # Tongyi-MAI/Z-Image-Turbo: 30 blocks + 2 noise- and 2 context-refiner blocks at 3840 (32 layers over every token:
+    # models/family_z_image.py); Qwen3-4B as Qwen3Model (no lm_head, vocabulary 151936); FLUX.1's VAE; a static shift.
+    "Tongyi-MAI/Z-Image-Turbo": PipelineSpec(
+        "z_image", 6_154_908_736, 3840, 32, 16, {"text_encoder": 4_022_468_096}, _VAE, 256, 16, 8, 2560, 0, 0),
+    # stabilityai/stable-diffusion-3.5-large: SD3.5-Medium's pipeline with the 38-block, 2432-wide MMDiT (38 heads,
+    # no dual-attention layers) and its 192 x 192 x 2432 position-embedding buffer; the same encoders and VAE.
+    "stabilityai/stable-diffusion-3.5-large": PipelineSpec(
+        "sd3", 8_056_627_520 + 192 * 192 * 2432, 2432, 38, 16,
+        {"text_encoder": _CLIP_L, "text_encoder_2": _CLIP_G, "text_encoder_3": _T5_XXL}, _VAE, 256, 16, 8, 4096, 2048, 77),
+    # FLUX.2 (scripts/build_flux2.py has the configs): dev's 8 + 48 blocks at 6144 with Mistral-Small-3.1-24B
+    # (Mistral3ForConditionalGeneration, vision tower and untied lm_head, vocabulary 131072); klein 4B / 9B (5 + 20
+    # blocks at 3072, 8 + 24 at 4096) with Qwen3-4B (tied embeddings) / Qwen3-8B as Qwen3ForCausalLM; AutoencoderKLFlux2
+    # (32 channels, its batch-norm statistics); the distilled and base klein models share their architecture.
+    "black-forest-labs/FLUX.2-dev": PipelineSpec(
+        "flux2", 32_223_281_152, 6144, 56, 16, {"text_encoder": 24_011_361_280}, _VAE_FLUX2, 256, 32, 8, 15360, 0, 0,
+        scheduler=_FLUX2_SCHEDULER),
+    **{f"black-forest-labs/FLUX.2-klein-{kind}4B": PipelineSpec(
+        "flux2_klein", 3_875_544_576, 3072, 25, 16, {"text_encoder": 4_022_468_096}, _VAE_FLUX2, 256, 32, 8, 7680, 0, 0,
+        scheduler=_FLUX2_SCHEDULER) for kind in ("", "base-")},
+    **{f"black-forest-labs/FLUX.2-klein-{kind}9B": PipelineSpec(
+        "flux2_klein", 9_078_581_248, 4096, 32, 16, {"text_encoder": 8_190_735_360}, _VAE_FLUX2, 256, 32, 8, 12288, 0, 0,
+        scheduler=_FLUX2_SCHEDULER) for kind in ("", "base-")},
 }
 # Default scorer weights (rewards/: the hub ids the scorers load without a `model` option): parameters
 # (meta-device count of the CLIP configs; Mask2Former Swin-S from its model card) and the live elements of

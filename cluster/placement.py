@@ -30,6 +30,11 @@ class Placement:
     def rollout_bundle(self, index: int) -> int:
         return index % self.num_learner if self.colocate else self.num_learner + index
 
+    def spans_nodes(self) -> bool:
+        """Whether the bundles sit on more than one node: only then do flowray's groups listen beyond
+        loopback (common/net.py `bind_address`). Ready placements only (`create_placement` waits)."""
+        return len(set(ray.util.placement_group_table(self.group)["bundles_to_node_id"].values())) > 1
+
     def remove(self) -> None:
         remove_placement_group(self.group)
 

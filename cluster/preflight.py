@@ -584,10 +584,22 @@ def _node_name(hosts: dict[str, dict], node_id: str) -> str:
 
 
 def sampling_grids(cfg: ExperimentConfig) -> dict[str, list[float]]:
-    """The sigma grids of training rollouts and of evaluation (what the rollout workers build)."""
+    """The sigma grids of training rollouts and of evaluation (what the rollout workers build: models/policy.py
+    `Policy.sigmas`). A resolution-dependent shift needs the image token count and the scheduler config, read
+    from the model's spec (none printed for a model the planner does not know)."""
+    from cluster.model_specs import image_tokens
+    from models.families import family_of
     from models.schedule import sigma_schedule
 
     sc = cfg.sampling
+    if sc.shift_mode == "resolution":
+        spec, _ = _model_spec(cfg)
+        if spec is None:
+            return {}
+        tokens = image_tokens(spec, cfg.model.resolution)
+        grid = family_of(cfg.model.family).resolution_sigmas  # FLUX.2's mu is its own (models/family_flux2.py)
+        return {name: grid(steps, tokens, spec.scheduler).tolist()
+                for name, steps in (("train", sc.num_steps), ("eval", sc.eval_num_steps))}
     return {
         name: sigma_schedule(sc.sigma_schedule, steps, sc.shift).tolist()
         for name, steps in (("train", sc.num_steps), ("eval", sc.eval_num_steps))

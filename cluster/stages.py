@@ -39,11 +39,27 @@ def score_in_process(results: Sequence[GroupResult], scorers: dict) -> list[Scor
     return [Scored(r, {name: scorer(*reward_inputs(r)) for name, scorer in scorers.items()}) for r in results]
 
 
+MIN_SCORED_PER_GROUP = 2  # fewer scored images give no group-relative signal (one image is its own mean)
+
+
+def enough_scored(group_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """valid, less the images of reward groups with fewer than MIN_SCORED_PER_GROUP valid images: such a
+    group is dropped as a zero-variance group is, whatever learner.drop_zero_std_groups says, since its
+    lone image's advantage of 0 would come from the images that failed, not from a comparison."""
+    dense = torch.unique(group_ids, return_inverse=True)[1]
+    counts = torch.zeros(int(dense.max()) + 1 if dense.numel() else 0, dtype=torch.long).index_add_(
+        0, dense, valid.long())
+    return valid & (counts[dense] >= MIN_SCORED_PER_GROUP)
+
+
 def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[list[TrainGroup], dict]:
-    """Advantages over the whole iteration at once (so `global` std sees every image); images with a
-    masked reward are left out of their group, and samples left with no valid image are not trained."""
-    names = [s.name for s in cfg.rewards.scorers]
-    weights = cfg.rewards.weights()
+    """Advantages over the whole iteration at once (so `global` std sees every image). Unscored images
+    (rewards/base.py: `ScoreResult.valid` False under any scorer) are left out of their group's mean and
+    std; a group left with fewer than two scored images is dropped (`enough_scored`); a sample left with no
+    valid image gets advantage 0 and `keep` False, so it is never trained (not trained as a zero).
+    Scorers of weight 0 (watches) add nothing to any advantage, so their failures drop no image."""
+    names = [s.name for s in cfg.rewards.scorers if s.weight > 0]
+    weights = {n: w for n, w in cfg.rewards.weights().items() if w > 0}
     offset_g = offset_s = 0
     group_ids, sample_ids, per_reward, valid = [], [], {n: [] for n in names}, []
     for s in scored:
@@ -52,17 +68,21 @@ def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[l
         sample_ids.append(r.image_sample_id + offset_s)
         for n in names:
             per_reward[n].append(torch.from_numpy(s.scores[n].reward))
-        valid.append(torch.from_numpy(np.all([np.isfinite(s.scores[n].reward) for n in names], axis=0)))
+        valid.append(torch.from_numpy(np.all([s.scores[n].valid for n in names], axis=0)))
         offset_g += r.num_reward_groups
         offset_s += r.num_samples
-    group_ids, sample_ids, valid = torch.cat(group_ids), torch.cat(sample_ids), torch.cat(valid)
+    group_ids, sample_ids, scored_images = torch.cat(group_ids), torch.cat(sample_ids), torch.cat(valid)
+    valid = enough_scored(group_ids, scored_images)
     rewards = {n: torch.cat(v).double() for n, v in per_reward.items()}
     rewards, weights = ADVANTAGE_INPUTS[cfg.rewards.combination](rewards, weights)
     rewards = {n: torch.as_tensor(r) for n, r in rewards.items()}
     lc = cfg.learner
     estimate = get_adv_est(cfg.algorithm.advantage_estimator)
-    adv = estimate({n: r[valid] for n, r in rewards.items()}, group_ids[valid], sample_ids[valid], offset_s,
-                   weights=weights, learner=lc)
+    if valid.any():
+        adv = estimate({n: r[valid] for n, r in rewards.items()}, group_ids[valid], sample_ids[valid], offset_s,
+                       weights=weights, learner=lc)
+    else:  # nothing scored this iteration: no sample is trained (rewards.max_unscored_share decides on the run)
+        adv = torch.zeros(offset_s)
     has_valid = torch.zeros(offset_s, dtype=torch.bool).index_fill_(0, sample_ids[valid], True)
     zero_std = no_signal_mask({n: r[valid] for n, r in rewards.items()}, group_ids[valid], weights)
     keep = has_valid.clone()
@@ -81,7 +101,8 @@ def iteration_advantages(scored: list[Scored], cfg: ExperimentConfig) -> tuple[l
         "advantage/abs_mean": adv[keep].abs().mean().item() if keep.any() else 0.0,
         "advantage/zero_std_fraction": group_zero,
         "advantage/samples_kept": float(keep.sum()),
-        "reward/masked_images": float((~valid).sum()),
+        "reward/unscored_images": float((~scored_images).sum()),
+        "advantage/groups_too_few_scored": float(len(set(group_ids.tolist()) - set(group_ids[valid].tolist()))),
     }
 
 

@@ -19,6 +19,7 @@ actor restart is identical and is counted once.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -41,16 +42,21 @@ from cluster.ray_init import require_fit
 from cluster.run_evaluation import RunEvaluation
 from cluster.scheduling import MAX_ROLLOUT_RETRIES, PendingRollout, Schedule, schedule_for, timed
 from cluster.stages import Scored, iteration_advantages, mean_over_ranks, reward_inputs, reward_metrics
+from common.actor_metrics import actor_restarts, report_process
+from common.durable import CheckpointError
 from common.storage import StorageError, remove_sentinel, resolve_output_dir, write_sentinel
 from learner.worker import TrainGroup
 from models.seeding import derive_seed
 from rewards.pool import RewardPools
 from rewards.prompt_order import PromptOrder
 from rewards.prompts import load_prompts
+from rewards.unscored import UnscoredWindow
 from rollout.worker import GroupRequest, GroupResult
 
 # A step's times, each measured around its stage (`timed`); time/step runs from the sample to the sync.
 STAGE_TIMES = ("time/rollout", "time/reward", "time/update", "time/offload", "time/step")
+
+log = logging.getLogger("flowray")
 
 
 class LearnerRankError(RuntimeError):
@@ -63,6 +69,7 @@ class Trainer(RunEvaluation):
         out = resolve_output_dir(cfg.logging.output_dir)
         self.cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"output_dir": out})})
         self.resume = resume
+        self._resume_from: tuple[Path, dict] | None = None  # --resume's checkpoint and state (`open_checkpoint`)
         self.prompts = load_prompts(resolve(cfg.data.train_prompts))
         self.prompt_order = PromptOrder(cfg.data, self.prompts, cfg.prompts_per_iteration, cfg.seed)
         self.iteration = 0  # iterations completed
@@ -72,11 +79,14 @@ class Trainer(RunEvaluation):
         self.logger: MetricsLogger | None = None
         self.schedule: Schedule | None = None  # cluster/scheduling.py, chosen at setup once the actors exist
         self.layout = LAYOUTS[cfg.cluster.layout]  # cluster/layouts.py: the actors and the weight sync
+        self.unscored = UnscoredWindow.from_config(cfg.rewards)  # stops the run past rewards.max_unscored_share
+        self._resampled: list[int] = []  # groups sampled again this iteration (metrics.jsonl `groups_resampled`)
 
     # ------------------------------------------------------------------ setup / teardown
 
     def setup(self) -> None:
         c = self.cfg.cluster
+        self._resume_from = self.open_checkpoint() if self.resume else None  # before anything touches the run
         require_fit(self.cfg)  # fail now, naming the keys, rather than wait forever for unplaceable actors
         out = Path(self.cfg.logging.output_dir)
         if not self.resume and (archived := checkpoints.archive_previous_run(out)) is not None:
@@ -85,19 +95,22 @@ class Trainer(RunEvaluation):
         (out / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
         self.placement = create_placement(c)
         self._check_nodes()
+        spans_nodes = self.placement.spans_nodes()  # flowray's groups listen on loopback unless True
         self.learners = self.layout.learners(self.cfg, self.placement)
-        master = ray.get(self.learners[0].rendezvous.remote())
+        master = ray.get(self.learners[0].rendezvous.remote(spans_nodes))
         ray.get([learner.setup.remote(*master) for learner in self.learners])
         self._check_storage()
         self.rollouts = self.layout.rollouts(self.cfg, self.placement, self.learners)
         self.schedule = schedule_for(c, lambda iteration: self.submit_rollout(iteration), self.learners,
                                      self.rollouts)
         self.rewards = RewardPools(self.cfg.rewards)
-        self.sync_weights = self.layout.weight_sync(self.cfg, self.learners, self.rollouts)
+        self.sync_weights = self.layout.weight_sync(self.cfg, self.learners, self.rollouts, spans_nodes)
         lc = self.cfg.logging
         wandb = {"project": lc.wandb_project, "mode": lc.wandb_mode, "name": self.cfg.name,
                  "config": self.cfg.model_dump(mode="json")} if lc.wandb else None
-        self.logger = MetricsLogger(lc.output_dir, tensorboard=lc.tensorboard, wandb=wandb)
+        tags = tuple(sorted({str(p["tag"]) for p in self.prompts if p.get("tag")}))
+        self.logger = MetricsLogger(lc.output_dir, tensorboard=lc.tensorboard, wandb=wandb, accuracy_tags=tags)
+        report_process("driver", "driver", lambda: self.version, driver=True)  # its memory on the dashboard
         if self.resume:
             self._restore()
         # Rollout actors initialise their own LoRA adapters; the first sync gives them the learner's.
@@ -127,18 +140,33 @@ class Trainer(RunEvaluation):
         seen = ", ".join(f"learner-{r} (node {n[:8]})" for r, n in enumerate(nodes))
         print(f"[flowray] storage {out}: seen by {seen}", flush=True)
 
-    def _restore(self) -> None:
+    def open_checkpoint(self) -> tuple[Path, dict] | None:
+        """--resume's checkpoint, checked before any actor starts or any file of the run is written: the
+        newest one, its files against its manifest (a damaged one is refused by name), its state and
+        seed; warns when this config moves the learning-rate schedule it was trained under. None: none yet."""
         ckpt = checkpoints.latest_checkpoint(self.cfg.logging.output_dir)
         if ckpt is None:
-            print(f"[flowray] --resume: no complete checkpoint under {self.cfg.logging.output_dir}; starting fresh")
-            self.logger.drop_from(0)
-            return
+            return None
+        checkpoints.verify_checkpoint(ckpt)
         state = checkpoints.read_state(ckpt)
         if state["seed"] != self.cfg.seed:
             raise ValueError(f"checkpoint {ckpt} was made with seed {state['seed']}, the config says {self.cfg.seed}")
+        if (change := checkpoints.schedule_change(state, self.cfg)) is not None:
+            print(f"[flowray] WARNING: {change}", flush=True)
+            log.warning(change)
+        return ckpt, state
+
+    def _restore(self) -> None:
+        if self._resume_from is None:
+            print(f"[flowray] --resume: no complete checkpoint under {self.cfg.logging.output_dir}; starting fresh")
+            self.logger.drop_from(0)
+            self.logger.count_resume(0, None)
+            return
+        ckpt, state = self._resume_from
         versions = self._call_learners(lambda learner: learner.load_checkpoint.remote(str(ckpt)))
         self.iteration, self.version = int(state["iteration"]), int(versions[0])
         self.logger.drop_from(self.iteration)  # rows a crashed run logged after its last checkpoint
+        self.logger.count_resume(self.iteration, str(ckpt))
         print(f"[flowray] resumed from {ckpt} (iteration {self.iteration}, policy version {self.version})")
 
     def __enter__(self) -> Trainer:
@@ -208,6 +236,7 @@ class Trainer(RunEvaluation):
                     raise
                 finished = sorted(pending.by_actor[a] & done.keys())  # their images and latents are gone too
                 lost = pending.drop_actor(a) + [req] + [done.pop(g)[0].request for g in finished]
+                self._resampled += [r.group_index for r in lost]
                 print(f"[flowray] rollout-{a} died; waiting for its restart and resampling its {len(lost)} groups",
                       flush=True)
                 self.sync_weights.resend(self.rollouts[a])
@@ -227,11 +256,13 @@ class Trainer(RunEvaluation):
                 res = self._resample(res.request)
                 scores = self.rewards.score(*reward_inputs(res)).results
             scored.append(Scored(res, scores))
+        self.unscored.observe({name: [s.scores[name] for s in scored] for name in self.rewards.pools})
         return scored
 
     def _resample(self, request: GroupRequest) -> GroupResult:
         """Sample a group again (same seed) on its actor once Ray has restarted it."""
         a = self._actor_of(request)
+        self._resampled.append(request.group_index)
         print(f"[flowray] rollout-{a} died holding group {request.group_index}'s images and latents; resampling it",
               flush=True)
         self.sync_weights.resend(self.rollouts[a])
@@ -289,7 +320,7 @@ class Trainer(RunEvaluation):
         the error propagates, so `--resume` loses nothing."""
         try:
             return self._train(stop, evaluate_when)
-        except LearnerRankError:
+        except (LearnerRankError, CheckpointError):  # a checkpoint written now would fail alike
             raise
         except BaseException:
             if self.iteration > 0 and self.iteration != self._last_checkpoint:
@@ -337,7 +368,9 @@ class Trainer(RunEvaluation):
                     summary = self.evaluate(name=f"eval_iter{it + 1:06d}").summary
                 metrics.update({f"eval/{k}": v for k, v in summary.items() if isinstance(v, float)})
             self.logger.log(it, metrics, groups=[s.result.request.group_index for s in scored],  # log
-                            policy_versions=[s.result.policy_version for s in scored])
+                            policy_versions=[s.result.policy_version for s in scored],
+                            groups_resampled=sorted(self._resampled))
+            self._resampled = []
             if (it + 1) % cfg.logging.log_every == 0 or it + 1 == cfg.iterations:
                 print(progress_line(it + 1, cfg.iterations, metrics, self.logger.seconds_per_iteration()), flush=True)
             every = cfg.logging.checkpoint_every
@@ -355,7 +388,7 @@ class Trainer(RunEvaluation):
         """An iteration's metrics row: the rewards, the stages' metrics and times, and the throughputs;
         `training_seconds` is the wall time without the evaluations inside the loop (budgets compare training)."""
         metrics = {
-            **reward_metrics(scored, self.cfg), **stages,
+            **reward_metrics(scored, self.cfg), **self.unscored.shares(), **stages,
             "charts/images_per_s": sum(s.result.num_images for s in scored)
             / max(stages["time/rollout"] + stages["time/reward"], 1e-9),
             "charts/transitions_per_s": stages.get("learner/transitions", 0.0) * len(self.learners)
@@ -365,7 +398,14 @@ class Trainer(RunEvaluation):
         }  # fmt: skip
         self.nfe_total += sum(s.result.rollout.nfe for s in scored)
         metrics["charts/nfe_total"] = float(self.nfe_total)
-        return metrics
+        return {**metrics, **self._fault_counts()}
+
+    def _fault_counts(self) -> dict:
+        """What this driver has recovered from so far: Ray's restarts of its actors (also exported per actor,
+        `flowray_actor_restarts`) and the reward pools' resubmitted requests and ignored duplicate answers."""
+        restarts = actor_restarts()
+        self.logger.set_actor_restarts(restarts)
+        return {"charts/actor_restarts": float(sum(restarts.values())), **self.rewards.counters()}
 
     def run(self, stop: Callable[[dict], bool] | None = None,
             evaluate_when: Callable[[dict], bool] | None = None) -> Evaluation:
@@ -393,17 +433,29 @@ class Trainer(RunEvaluation):
         return final
 
     def checkpoint(self) -> str:
-        staging = checkpoints.staging_dir(self.cfg.logging.output_dir, self.iteration)
+        """Write checkpoint `iteration` (cluster/checkpoints.py `write_checkpoint`: staged, fsynced, with a
+        manifest, renamed into place). A failed write raises CheckpointError naming the path and cause."""
         holding = self.schedule.resident
         self._hold("learner")  # the optimizer state is saved: bring it back, and put it away again after
-        self._call_learners(lambda learner: learner.save_checkpoint.remote(str(staging)))
-        if holding == "rollout":
-            self._hold("rollout")
-        state = {"iteration": self.iteration, "policy_version": self.version, "seed": self.cfg.seed,
-                 "config": self.cfg.model_dump(mode="json")}
-        path = str(checkpoints.publish(staging, state, self.cfg.logging.keep_checkpoints))
+
+        def save(staging: Path) -> list[dict]:
+            try:
+                files = self._call_learners(lambda learner: learner.save_checkpoint.remote(str(staging)))
+            except CheckpointError as err:  # the rank's own message, not Ray's wrapping of it
+                raise getattr(err, "cause", err) from None
+            if holding == "rollout":
+                self._hold("rollout")
+            return files
+
+        path = str(checkpoints.write_checkpoint(self.cfg.logging.output_dir, self.iteration, save, self.state(),
+                                                self.cfg.logging.keep_checkpoints))
         self._last_checkpoint = self.iteration
         return path
+
+    def state(self) -> dict:
+        """What a checkpoint's trainer_state.json records of the driver."""
+        return {"iteration": self.iteration, "policy_version": self.version, "seed": self.cfg.seed,
+                "config": self.cfg.model_dump(mode="json")}
 
     # ------------------------------------------------------------------ helpers
 

@@ -43,12 +43,14 @@ class WeightSyncError(RuntimeError):
 
 class WeightSync:
     def __init__(
-        self, backend: str, learners: list, rollout_actors: list, *, gather_on_all_ranks: bool = False
+        self, backend: str, learners: list, rollout_actors: list, *, gather_on_all_ranks: bool = False,
+        spans_nodes: bool = False,
     ):
         if backend not in ("object_store", "collective"):
             raise ValueError(f"cluster.sync_backend {backend!r}: expected 'object_store' or 'collective'")
         self.backend, self.learner0, self.actors = backend, learners[0], rollout_actors
         self.gatherers = learners[1:] if gather_on_all_ranks else []  # ranks that only take part in gathers
+        self.spans_nodes = spans_nodes  # the collective group listens on loopback unless the run spans nodes
         self.latest: tuple[list, str] | None = (
             None  # (bucket refs, digest) of the current version, once exported
         )
@@ -64,7 +66,7 @@ class WeightSync:
 
     def _build_group(self) -> None:
         """(Re)build the broadcast group; members that belonged to an older one close it first."""
-        ip, port = ray.get(self.learner0.rendezvous.remote())
+        ip, port = ray.get(self.learner0.rendezvous.remote(self.spans_nodes))
         world = 1 + len(self.actors)
         calls = [self.learner0.join_sync_group.remote(ip, port, world)]
         calls += [a.join_sync_group.remote(ip, port, i + 1, world) for i, a in enumerate(self.actors)]

@@ -1,7 +1,8 @@
 """A weight-broadcast process group beside DeepSpeed's: learner rank 0 (group rank 0) and every rollout
 actor (ranks 1..N), gloo on CPU, NCCL on GPU.
 
-The group is built directly from a TCPStore (PrefixStore -> ProcessGroupGloo / ProcessGroupNCCL) and is
+The group is built directly from a TCPStore (PrefixStore -> ProcessGroupGloo / ProcessGroupNCCL), its
+server and every member's pair listener on loopback in a single-node run (common/net.py), and is
 never the default group, so it cannot interfere with the learner's data-parallel group. Weights are
 broadcast bucket by bucket (common/weight_buckets.py: both sides derive the same plan from the same
 trainable-weight layout), each after a small header that lets the receivers verify it.
@@ -14,6 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from common.net import member_address, pin_transport_interfaces, tcp_store
 from common.weight_buckets import BucketSpec, WeightIntegrityError, checksum, plan_hash, verify
 
 
@@ -23,7 +25,9 @@ class SyncGroup:
     def __init__(self, master_addr: str, master_port: int, rank: int, world_size: int, device: torch.device,
                  timeout_s: float = 300.0):
         timeout = timedelta(seconds=timeout_s)
-        store = dist.TCPStore(master_addr, master_port, world_size, is_master=rank == 0, timeout=timeout)
+        own = master_addr if rank == 0 else member_address(master_addr)
+        pin_transport_interfaces(own, device)  # NCCL's bootstrap listener
+        store = tcp_store(master_addr, master_port, world_size, rank == 0, timeout)
         self.store = dist.PrefixStore("flowray-weight-sync", store)
         self.device, self.rank, self.world_size = device, rank, world_size
         if device.type == "cuda":
@@ -31,7 +35,7 @@ class SyncGroup:
         else:
             opts = dist.ProcessGroupGloo._Options()
             opts._timeout = timeout
-            opts._devices = [dist.ProcessGroupGloo.create_device(hostname=_own_address(master_addr))]
+            opts._devices = [dist.ProcessGroupGloo.create_device(hostname=own)]
             self.pg = dist.ProcessGroupGloo(self.store, rank, world_size, opts)
 
     def close(self) -> None:
@@ -84,12 +88,3 @@ class SyncGroup:
         verify(spec, flat, tuple(sums))
         return flat, (sums[0], sums[1])
 
-
-def _own_address(master_addr: str) -> str:
-    """The address gloo binds to and peers connect to: loopback when the group is local, else this
-    node's IP as Ray knows it."""
-    if master_addr in ("127.0.0.1", "localhost"):
-        return "127.0.0.1"
-    import ray
-
-    return ray.util.get_node_ip_address() if ray.is_initialized() else master_addr

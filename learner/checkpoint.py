@@ -5,19 +5,21 @@ lists, tuples, numbers and tensors. `flatten_state` stores every tensor under it
 safetensors file and the structure, with tensors replaced by references, in a JSON file, so loading
 never unpickles anything. Values that are neither (DeepSpeed's LossScaler object) are marked "live":
 on load they are taken from the optimizer being restored, which holds an equivalent one (fp32 and bf16
-use a static scale of 1; an fp16 run restarts its dynamic loss scale). Files are written to temporary names and renamed, so a crash mid-write
-leaves the previous file intact.
+use a static scale of 1; an fp16 run restarts its dynamic loss scale). The files go into a checkpoint's
+staging folder (cluster/checkpoints.py), which is renamed into place only when complete; each is
+fsynced, and a failed write names the file (common/durable.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from common.durable import write_file
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
@@ -70,19 +72,19 @@ def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor], live: Any = None
     return obj
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
+    """A safetensors file, fsynced; returns its digest (a failed write: CheckpointError naming it)."""
+    return write_file(Path(path), lambda p: save_file(tensors, str(p)))
 
 
-def save_optimizer_state(state: dict, prefix: Path, extra: dict | None = None) -> None:
-    """Write `prefix`.safetensors and `prefix`.json."""
+def save_optimizer_state(state: dict, prefix: Path, extra: dict | None = None) -> dict[str, dict]:
+    """Write `prefix`.safetensors and `prefix`.json; returns {file name: digest} for the manifest."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = {"state": flatten_state(state, tensors), "extra": extra or {}}
     prefix = Path(prefix)
-    _atomic_write(prefix.with_suffix(".safetensors"), lambda p: save_file(tensors, str(p)))
-    _atomic_write(prefix.with_suffix(".json"), lambda p: p.write_text(json.dumps(skeleton)))
+    data, meta = prefix.with_suffix(".safetensors"), prefix.with_suffix(".json")
+    return {data.name: save_tensors(data, tensors),
+            meta.name: write_file(meta, lambda p: p.write_text(json.dumps(skeleton)))}
 
 
 def load_optimizer_state(prefix: Path, live: dict | None = None) -> tuple[dict, dict]:

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
 
+from common.net import (
+    free_port,  # noqa: F401 (tests and benchmarks take their rendezvous port from here)
+    member_address,
+    pin_transport_interfaces,
+    tcp_store,
+)
 from learner.config import LearnerConfig
 
 
@@ -31,33 +36,17 @@ class DistInfo:
     local_rank: int = 0
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on `host` (rank 0 publishes it to the others)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def node_ip() -> str:
-    """This node's IP as Ray sees it, or loopback outside Ray."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.util.get_node_ip_address()
-    except ImportError:  # pragma: no cover - ray is a dependency
-        pass
-    return "127.0.0.1"
-
-
 def dist_backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
 def init_distributed(info: DistInfo, device: torch.device) -> None:
-    """Join the learner group. DeepSpeed reads the env:// rendezvous; without these variables it
-    falls back to MPI discovery and fails."""
+    """Join the learner group. The group is built here on a store whose server listens on
+    `info.master_addr` only (common/net.py: DeepSpeed's env:// rendezvous would bind every interface),
+    and DeepSpeed adopts it. The env:// variables stay set for what reads them (LOCAL_RANK)."""
     import deepspeed
+    import torch.distributed as dist
+    from deepspeed.constants import default_pg_timeout
 
     os.environ.update(
         MASTER_ADDR=info.master_addr,
@@ -71,6 +60,13 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
         # (~60 s on 2 cores) although it is only used when the launcher sets LOCAL_SIZE; marking the
         # op incompatible makes DeepSpeed skip the build and use plain gloo collectives.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if not dist.is_initialized():  # a second learner in one process (tests) shares the group, as DeepSpeed did
+        pin_transport_interfaces(member_address(info.master_addr), device)
+        store = tcp_store(info.master_addr, info.master_port, info.world_size, info.rank == 0, default_pg_timeout)
+        # DeepSpeed binds the device on CUDA when it initialises the group itself (deepspeed/comm/torch.py).
+        bound = {"device_id": device} if device.type == "cuda" and info.world_size > 1 else {}
+        dist.init_process_group(dist_backend(device), store=store, rank=info.rank, world_size=info.world_size,
+                                timeout=default_pg_timeout, **bound)
     deepspeed.init_distributed(dist_backend=dist_backend(device), auto_mpi_discovery=False)
 
 
@@ -142,6 +138,22 @@ def scheduled_learning_rate(cfg: LearnerConfig, iteration: int, iterations: int 
                          "LearnerWorker with iterations=cfg.iterations")
     progress = min(max(iteration, 0) / iterations, 1.0)
     return cfg.learning_rate * (cfg.lr_final_fraction + (1 - cfg.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def lr_horizon_change(saved: LearnerConfig, saved_iterations: int, cfg: LearnerConfig, iterations: int,
+                      iteration: int) -> str | None:
+    """A warning for resuming at `iteration` under (`cfg`, `iterations`) a run trained under (`saved`,
+    `saved_iterations`) when that moves a decaying schedule's horizon: it follows the run's `iterations`
+    unless learner.lr_schedule_iterations pins it, so "2 iterations, then resume to 4" changes every rate
+    from the resume point on. None when the horizon is unchanged or the rate is constant."""
+    old, new = saved.lr_schedule_iterations or saved_iterations, cfg.lr_schedule_iterations or iterations
+    if cfg.lr_schedule == "constant" or old == new:
+        return None
+    before = scheduled_learning_rate(saved, iteration, saved_iterations)
+    after = scheduled_learning_rate(cfg, iteration, iterations)
+    return (f"resuming at iteration {iteration} moves learner.lr_schedule={cfg.lr_schedule!r}'s horizon from {old} "
+            f"to {new} iterations: the learning rate there changes from {before:.4g} to {after:.4g}, and every "
+            f"later one with it. learner.lr_schedule_iterations={old} keeps the checkpoint's schedule.")
 
 
 def set_learning_rate(engine, lr: float) -> None:

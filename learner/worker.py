@@ -22,9 +22,12 @@ import torch
 
 from algorithms import Algorithm, default_algorithm
 from algorithms.losses import Diagnostics, DiagnosticSums, pooled_mean_std
+from common.actor_metrics import describe, report_process
 from common.collective import SyncGroup
 from common.data_plane import fetch_groups
+from common.durable import CheckpointError
 from common.memory import peak_memory_gb
+from common.net import bind_address, free_port
 from common.offload import Offloader
 from common.storage import check_sentinel
 from common.weight_buckets import (
@@ -36,16 +39,14 @@ from common.weight_buckets import (
     to_packed,
     weights_digest,
 )
-from learner.checkpoint import load_into_optimizer, load_optimizer_state, save_optimizer_state
+from learner.checkpoint import load_into_optimizer, load_optimizer_state, save_optimizer_state, save_tensors
 from learner.config import LearnerConfig
 from learner.engine import (
     DistInfo,
     StepOutcome,
     build_engine,
-    free_port,
     init_distributed,
     micro_batch_step,
-    node_ip,
     optimizer_state_tensors,
     scheduled_learning_rate,
     set_learning_rate,
@@ -140,6 +141,8 @@ class PolicyDiverged(RuntimeError):
 class LearnerWorker:
     """One data-parallel learner rank holding the trainable policy inside a DeepSpeed engine."""
 
+    role = "learner"  # its actor's name prefix (cluster/actors.py) and its role in the dashboard
+
     def __init__(
         self,
         model: ModelConfig,
@@ -171,13 +174,19 @@ class LearnerWorker:
         self._consecutive_skips = 0  # optimizer steps skipped in a row for a non-finite gradient
         self._received: list[TrainGroup] = []  # groups `receive` fetched for the next `train`
         self._offloader: Offloader | None = None  # cluster.colocate_offload: made by the first `offload`
+        report_process(self.role, f"{self.role}-{rank}", lambda: self.version)
+
+    def __repr__(self) -> str:
+        """The Ray dashboard's Repr column and log prefix (common/actor_metrics.py)."""
+        return describe(type(self).__name__, self.role, f"{self.role}-{self.rank}", policy_version=self.version)
 
     # -- group setup
 
-    def rendezvous(self) -> tuple[str, int]:
-        """This rank's address and a free port (rank 0's serve the learner group and the sync group)."""
-        ip = node_ip()
-        return ip, free_port("0.0.0.0" if ip != "127.0.0.1" else "127.0.0.1")
+    def rendezvous(self, spans_nodes: bool = False) -> tuple[str, int]:
+        """The address and a free port rank 0 serves the learner group or the sync group on: loopback
+        unless the run's actors span several nodes (common/net.py `bind_address`)."""
+        host = bind_address(spans_nodes)
+        return host, free_port(host)
 
     def setup(self, master_addr: str, master_port: int) -> str:
         init_distributed(
@@ -450,24 +459,30 @@ class LearnerWorker:
         digest = sync_digest(specs, sums) if group is not None else ""
         return {"seconds": time.perf_counter() - start, "digest": digest}
 
-    def save_checkpoint(self, directory: str) -> None:
-        """This rank's optimizer state (and, on rank 0, the trainable weights) into `directory`."""
-        from safetensors.torch import save_file
-
+    def save_checkpoint(self, directory: str) -> dict[str, dict]:
+        """This rank's optimizer state (and, on rank 0, the trainable weights) into `directory`, each file
+        fsynced; returns {file name: size and sha256} for the checkpoint's manifest. A failed write (a
+        full disk) raises CheckpointError naming this rank, the file and the cause."""
         self.reload()
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         weights = self._trainable_state()  # every rank: a collective under ZeRO-3
-        if self.rank == 0:
-            save_file(weights, path / "trainable.safetensors")  # in the weights' own dtype: no fp32 copy of bf16
-            if self.ema is not None:
-                save_file({k: torch.from_numpy(v) for k, v in self.ema.state.items()}, path / "ema.safetensors")
-            if (old := self.plan.state()) is not None:
-                save_file({k: torch.from_numpy(v) for k, v in old.items()}, path / "old_policy.safetensors")
-        save_optimizer_state(
-            self.engine.optimizer.state_dict(), path / f"optimizer_rank{self.rank}",
-            extra={"global_steps": self.engine.global_steps, "version": self.version},
-        )  # fmt: skip
+        files: dict[str, dict] = {}
+        try:
+            if self.rank == 0:  # the weights in their own dtype: no fp32 copy of bf16
+                files["trainable.safetensors"] = save_tensors(path / "trainable.safetensors", weights)
+                held = {"ema.safetensors": self.ema.state if self.ema is not None else None,
+                        "old_policy.safetensors": self.plan.state()}
+                for name, state in held.items():
+                    if state is not None:
+                        files[name] = save_tensors(path / name, {k: torch.from_numpy(v) for k, v in state.items()})
+            files.update(save_optimizer_state(
+                self.engine.optimizer.state_dict(), path / f"optimizer_rank{self.rank}",
+                extra={"global_steps": self.engine.global_steps, "version": self.version},
+            ))  # fmt: skip
+        except CheckpointError as err:
+            raise CheckpointError(f"learner-{self.rank}: {err}") from None
+        return files
 
     def load_checkpoint(self, directory: str) -> int:
         """Restore weights and optimizer state written by `save_checkpoint`; returns the policy version."""

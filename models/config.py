@@ -47,7 +47,8 @@ class ModelConfig(_Section):
     )
     family: str = Field(
         "sd3", description="Pipeline family, by its entry in the family table (models/families.py): 'sd3' "
-        "(StableDiffusion3Pipeline) or 'flux' (FluxPipeline).",
+        "(StableDiffusion3Pipeline), 'flux' (FluxPipeline), 'qwen_image' (QwenImagePipeline), 'z_image' (ZImagePipeline), "
+        "'flux2' (Flux2Pipeline: FLUX.2-dev), 'flux2_klein' (Flux2KleinPipeline: FLUX.2-klein).",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype of the frozen parts; the SDE math always runs in float32."
@@ -72,6 +73,14 @@ class ModelConfig(_Section):
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings.")
     gradient_checkpointing: bool = Field(False, description="Enable gradient checkpointing on the transformer.")
+    allow_step_distilled: bool = Field(
+        False,
+        description="Train a step-distilled model (the family table says which: Z-Image-Turbo, the 4-step FLUX.2-klein) with a per-step "
+        "algorithm anyway. Its few sampling steps were distilled to match a teacher, not to be an SDE's steps, so "
+        "the per-step log-probs the algorithm trains are not a policy it was trained as; such runs are refused "
+        "unless this is true (Flow-Factory trains Z-Image-Turbo with GRPO so). The forward-process algorithms "
+        "train on final samples and need no override.",
+    )
 
     @model_validator(mode="after")
     def _check_family(self) -> ModelConfig:

@@ -54,6 +54,13 @@ class ModelFamily:
     uses_cfg: bool = False  # true CFG: a second, unconditional half of every transformer batch
     clip_tokens: int = 0  # CLIP tokens in the transformer's text sequence (planner)
     latent_patch: int | None = None  # latent pixels per token side; None: the transformer's patch_size
+    # Live elements per output pixel per full-resolution channel of one VAE decode (planner); None: the
+    # AutoencoderKL factor measured for SD3.5 and FLUX.1 (cluster/memory_plan.py).
+    decode_elements_per_pixel_channel: float | None = None
+    # Elements per token per hidden unit per block of a training forward/backward and of one inference block
+    # (planner); None: the factors measured for SD3.5 and FLUX.1 (cluster/memory_plan.py).
+    train_elements_per_token_hidden: float | None = None
+    inference_elements_per_token_hidden: float | None = None
 
     def __init__(self, pipe, cfg):
         self.pipe, self.cfg = pipe, cfg
@@ -88,6 +95,55 @@ class ModelFamily:
 
     def forward(self, transformer, x, sigma, cond: PromptEmbeds, guidance: float) -> torch.Tensor:
         raise NotImplementedError
+
+    # ---- hooks with the SD3 / FLUX.1 behaviour as default (a family overrides what its pipeline does otherwise)
+
+    @classmethod
+    def vae_scale_of(cls, vae_config: dict) -> int:
+        """Pixels per latent side, from the VAE's config.json alone (a transformer-only load has no VAE)."""
+        return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+    @classmethod
+    def architecture(cls, transformer_config: dict, vae_config: dict) -> dict:
+        """What the memory planner reads of the transformer's and the VAE's config.json
+        (cluster/model_specs.py pipeline_spec): PipelineSpec's fields by name."""
+        t, blocks, scale = transformer_config, vae_config["block_out_channels"], cls.vae_scale_of(vae_config)
+        return {"hidden": t["num_attention_heads"] * t["attention_head_dim"],
+                "layers": t["num_layers"] + t.get("num_single_layers", 0),
+                "pixels_per_token": cls.pixels_per_token(scale, t.get("patch_size", 1)),
+                "vae_fullres_channels": max(blocks[:2]), "latent_channels": vae_config["latent_channels"],
+                "vae_scale": scale, "embed_dim": t["joint_attention_dim"], "pooled_dim": t.get("pooled_projection_dim", 0)}
+
+    @classmethod
+    def resolution_sigmas(cls, num_steps: int, image_seq_len: int, scheduler_config: dict) -> torch.Tensor:
+        """The pipeline's own resolution-dependent grid (sampling.shift_mode=resolution): mu from the scheduler
+        config (FluxPipeline's, QwenImagePipeline's: models/schedule.py `resolution_sigmas`)."""
+        from models.schedule import resolution_sigmas
+
+        return resolution_sigmas(num_steps, image_seq_len, scheduler_config)
+
+    @classmethod
+    def step_distilled(cls, path: str) -> str | None:
+        """Why the model at `path` (model.path) is step-distilled, or None: a distilled model's few steps are no
+        diffusion SDE's, so the per-step algorithms have no per-step policy to train (cluster/config.py refuses
+        them unless model.allow_step_distilled)."""
+        return None
+
+    def blank_conditioning(self) -> PromptEmbeds:
+        """Zero conditioning of one text token, with a zero negative: what a zero-weight padding batch of a
+        learner rank without groups runs on (it only has to run the transformer; no encoder needed)."""
+        c = self.pipe.transformer.config
+        zero = PromptEmbeds(torch.zeros(1, 1, c.joint_attention_dim), torch.zeros(1, c.pooled_projection_dim))
+        return PromptEmbeds(zero.embeds, zero.pooled, zero)
+
+    def guide(self, v_uncond: torch.Tensor, v_cond: torch.Tensor, w: float) -> torch.Tensor:
+        """CFG's combination of the two halves (float32 [B, C, h, w])."""
+        return v_uncond + w * (v_cond - v_uncond)
+
+    def decode(self, vae, z: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, h, w] -> images [B, 3, H, W] in [-1, 1]: AutoencoderKL's scaling and shift undone."""
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return vae.decode(z.to(vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
 
 
 _CLIP_PAIR_AND_T5 = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
@@ -192,3 +248,9 @@ class FluxFamily(ModelFamily):
             return_dict=False,
         )[0]
         return self.pipe._unpack_latents(out, h * self.vae_scale, w * self.vae_scale, self.vae_scale)
+
+
+# Families in their own modules, registered on import.
+import models.family_flux2  # noqa: E402, F401
+import models.family_qwen_image  # noqa: E402, F401
+import models.family_z_image  # noqa: E402, F401

@@ -46,7 +46,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from models.config import PROMPT_CACHE_SIZE, LoraSettings, ModelConfig
 from models.families import family_of
-from models.schedule import exponential_shift_sigmas, resolution_shift_mu, sigma_schedule
+from models.schedule import sigma_schedule
 from models.types import PromptEmbeds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,8 @@ def check_pipeline_folder(folder: Path, family: str) -> None:
             f"{folder} holds a {index.get('_class_name')}, but model.family={family!r} expects a "
             f"{expected_class}: set model.family to match the model."
         )
-    listed = [name for name, spec in index.items() if not name.startswith("_") and spec and spec[0]]
+    # Components are [library, class] pairs; other keys are the pipeline's own config (Flux2KleinPipeline's is_distilled).
+    listed = [name for name, spec in index.items() if not name.startswith("_") and isinstance(spec, list) and spec[0]]
     problems = [f"{name}/ (missing)" for name in required if not (folder / name).is_dir()]
     for name in listed:
         sub = folder / name
@@ -133,11 +134,12 @@ def load_pipeline(cfg: ModelConfig, transformer_only: bool = False):
         # Components saved as null (a T5-less SD3 has text_encoder_3 = None) must be passed explicitly.
         absent = {name: None for name, spec in index.items() if not name.startswith("_") and spec == [None, None]}
         if transformer_only:  # every other component of this family's index: encoders, tokenizers, VAE
-            absent.update({name: None for name in index if not name.startswith("_") and name not in _TRANSFORMER_ONLY_KEEPS})
+            absent.update({name: None for name, spec in index.items()
+                           if not name.startswith("_") and isinstance(spec, list) and name not in _TRANSFORMER_ONLY_KEEPS})
         pipe = cls.from_pretrained(location, dtype=_DTYPES[cfg.dtype], **absent)
         if transformer_only:
             # Without a VAE diffusers assumes a scale of 8; latent shapes need the folder's (its config only).
-            pipe.vae_scale_factor = 2 ** (len(AutoencoderKL.load_config(location, subfolder="vae")["block_out_channels"]) - 1)
+            pipe.vae_scale_factor = family_of(cfg.family).vae_scale_of(AutoencoderKL.load_config(location, subfolder="vae"))
     except OSError as err:
         raise ModelFolderError(f"could not load {cls.__name__} from {location!r}: {err}") from err
     t5 = getattr(pipe, family_of(cfg.family).t5_component, None)
@@ -165,7 +167,7 @@ class _PromptCache:
             with torch.no_grad():
                 fresh = self._encode(missing)
             for i, prompt in enumerate(missing):
-                self._items[prompt] = PromptEmbeds(fresh.embeds[i : i + 1], fresh.pooled[i : i + 1])
+                self._items[prompt] = fresh.trimmed(i)  # its own length, whatever it was encoded beside
         rows = []
         for prompt in prompts:
             self._items.move_to_end(prompt)
@@ -340,26 +342,20 @@ class Policy:
     def blank_conditioning(self) -> PromptEmbeds:
         """Zero conditioning of one text token, with a zero negative: what a zero-weight padding batch of a
         learner rank without groups runs on (it only has to run the transformer; no encoder needed)."""
-        c = self.transformer.config
-        zero = PromptEmbeds(torch.zeros(1, 1, c.joint_attention_dim), torch.zeros(1, c.pooled_projection_dim))
-        return PromptEmbeds(zero.embeds, zero.pooled, zero)
+        return self.family.blank_conditioning()
 
     def latent_shape(self, batch: int) -> tuple[int, ...]:
         """Unpacked latent shape [B, C, h, w] for `model.resolution` (FLUX packs internally)."""
         return self.family.latent_shape(batch)
 
     def sigmas(self, num_steps: int, shift: float, shift_mode: str, grid: str = "linear") -> torch.Tensor:
-        """The sampling schedule: a static shift on the named grid (`sampling.sigma_schedule`), or
-        FluxPipeline's resolution-dependent one with mu from the pipeline's scheduler config (FLUX.1: 0.5
-        at 256 image tokens to 1.15 at 4096)."""
+        """The sampling schedule: a static shift on the named grid (`sampling.sigma_schedule`), or the
+        resolution-dependent one of FluxPipeline and QwenImagePipeline from the pipeline's scheduler config (mu:
+        FLUX.1 0.5 at 256 image tokens to 1.15 at 4096; Qwen-Image 0.5 at 256 to 0.9 at 8192, stretched to end
+        at 0.02; FLUX.2 from the image tokens and the step count): the family's `resolution_sigmas`."""
         if shift_mode == "static":
             return sigma_schedule(grid, num_steps, shift)
-        sc = self.pipe.scheduler.config
-        mu = resolution_shift_mu(
-            self.family.image_seq_len(), sc.get("base_image_seq_len", 256), sc.get("max_image_seq_len", 4096),
-            sc.get("base_shift", 0.5), sc.get("max_shift", 1.15),
-        )  # fmt: skip
-        return exponential_shift_sigmas(num_steps, mu)
+        return self.family.resolution_sigmas(num_steps, self.family.image_seq_len(), dict(self.pipe.scheduler.config))
 
     def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """x at sigma = 1: standard normal float32 latents (draw on CPU for device-independent seeds)."""
@@ -393,7 +389,7 @@ class Policy:
             cond = PromptEmbeds.cat([self.negative(b) if cond.negative is None else cond.negative, cond])
             x, sigma = torch.cat([x, x]), torch.cat([sigma, sigma])
         dev = x.device
-        x, cond = x.to(self.dtype), PromptEmbeds(cond.embeds.to(dev, self.dtype), cond.pooled.to(dev, self.dtype))
+        x, cond = x.to(self.dtype), cond.to(dev, self.dtype)
         rows = self.rows_per_forward or x.shape[0]
         with self._reference_context(reference) as transformer:
             # Rows are independent, so chunking the call (G2RPO's anchor + branches + tails reach
@@ -403,14 +399,14 @@ class Policy:
                     transformer,
                     x[i : i + rows],
                     sigma[i : i + rows],  # float32: a bf16 timestep of ~1000 would be rounded to steps of 4-8
-                    PromptEmbeds(cond.embeds[i : i + rows], cond.pooled[i : i + rows]),
+                    cond.rows(i, i + rows),
                     w,
                 ).float()
                 for i in range(0, x.shape[0], rows)
             ])
         if cfg:
             v_uncond, v_cond = v.chunk(2)
-            v = v_uncond + w * (v_cond - v_uncond)
+            v = self.family.guide(v_uncond, v_cond, w)
         return v
 
     def velocity_fn(
@@ -454,10 +450,8 @@ class Policy:
         if vae is None:
             raise RuntimeError("Policy.decode: this policy was loaded with transformer_only=True (a learner rank's) "
                                "and has no VAE; images are decoded on the rollout actors")
-        scaling = vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        z = latents.to(self.device, vae.dtype) / scaling + shift
+        z = latents.to(self.device)
         n = self.images_per_decode or z.shape[0]
-        images = torch.cat([vae.decode(z[i : i + n], return_dict=False)[0].float() for i in range(0, z.shape[0], n)])
+        images = torch.cat([self.family.decode(vae, z[i : i + n]).float() for i in range(0, z.shape[0], n)])
         images = ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu()

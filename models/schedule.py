@@ -104,6 +104,33 @@ def exponential_shift_sigmas(num_steps: int, mu: float) -> torch.Tensor:
     return check_sigmas(torch.cat([sigmas.float(), torch.zeros(1)]), "sigmas", ends_at_zero=True)
 
 
+def stretch_to_terminal(sigmas: torch.Tensor, terminal: float) -> torch.Tensor:
+    """FlowMatchEulerDiscreteScheduler's `shift_terminal` (from LTX-Video's rf.py): 1 - sigma rescaled so the
+    last sigma before 0 equals `terminal` (Qwen-Image: 0.02), the first staying 1."""
+    one_minus = 1 - sigmas
+    return 1 - one_minus / (one_minus[-1] / (1 - terminal))
+
+
+def resolution_sigmas(num_steps: int, image_seq_len: int, scheduler_config: dict) -> torch.Tensor:
+    """The grid FluxPipeline and QwenImagePipeline sample on (sampling.shift_mode=resolution): t uniform from 1
+    to 1/T, shifted with mu from the image token count (`resolution_shift_mu`, the scheduler config's
+    base/max shift and sequence lengths; FLUX.1's defaults when a key is absent) by the config's
+    `time_shift_type` ('exponential' e^mu / (e^mu + 1/t - 1), 'linear' mu / (mu + 1/t - 1)), stretched to its
+    `shift_terminal` when set, then 0 (FlowMatchEulerDiscreteScheduler.set_timesteps(sigmas, mu)). Computed in
+    float64 and rounded once: without a terminal it is `exponential_shift_sigmas` bit for bit."""
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    c = scheduler_config
+    mu = resolution_shift_mu(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+    t = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
+    exponential = c.get("time_shift_type", "exponential") == "exponential"
+    sigmas = math.exp(mu) / (math.exp(mu) + (1 / t - 1)) if exponential else mu / (mu + (1 / t - 1))
+    if c.get("shift_terminal"):
+        sigmas = stretch_to_terminal(sigmas, c["shift_terminal"])
+    return check_sigmas(torch.cat([sigmas.float(), torch.zeros(1)]), "sigmas", ends_at_zero=True)
+
+
 def granular_grid(sigmas: torch.Tensor, k: int, granularity: int) -> torch.Tensor:
     """G2RPO's grid for a branch at step k and granularity lambda (Granular GRPO, 2025):
     sigma[:k+2] + sigma[k+2::lambda], with the last point set to 0.

@@ -30,21 +30,53 @@ class PromptEmbeds:
 
     `negative`: the same rows' unconditional embeddings (model.negative_prompt) for CFG when they travel
     with the conditioning (a learner rank has no text encoder to make them); None: the policy encodes
-    model.negative_prompt itself."""
+    model.negative_prompt itself.
+
+    `mask`: [B, L] bool, True for a real token, for families whose prompts have their own lengths (Qwen-Image,
+    Z-Image: the LLM encoder's hidden states of the prompt's tokens only); None: every token is real (SD3's
+    and FLUX's fixed-length T5 padding is part of what the model was trained on). Rows of different lengths
+    are padded with zero tokens that the mask leaves out (`cat`), as QwenImagePipeline pads a batch."""
 
     embeds: torch.Tensor  # [B, L, D]
-    pooled: torch.Tensor  # [B, P]
+    pooled: torch.Tensor  # [B, P] (P = 0 for families without a pooled embedding)
     negative: PromptEmbeds | None = None
+    mask: torch.Tensor | None = None  # [B, L] bool
 
     @staticmethod
     def cat(parts: Sequence[PromptEmbeds]) -> PromptEmbeds:
         negatives = [p.negative for p in parts]
         negative = PromptEmbeds.cat(negatives) if negatives and None not in negatives else None
-        return PromptEmbeds(torch.cat([p.embeds for p in parts]), torch.cat([p.pooled for p in parts]), negative)
+        if all(p.mask is None for p in parts) and len({p.embeds.shape[1] for p in parts}) == 1:
+            return PromptEmbeds(torch.cat([p.embeds for p in parts]), torch.cat([p.pooled for p in parts]), negative)
+        length = max(p.embeds.shape[1] for p in parts)
+        embeds = torch.cat([torch.nn.functional.pad(p.embeds, (0, 0, 0, length - p.embeds.shape[1])) for p in parts])
+        masks = [p.mask if p.mask is not None else p.embeds.new_ones(p.embeds.shape[:2], dtype=torch.bool) for p in parts]
+        mask = torch.cat([torch.nn.functional.pad(m, (0, length - m.shape[1])) for m in masks])
+        return PromptEmbeds(embeds, torch.cat([p.pooled for p in parts]), negative, mask)
 
     def expand(self, batch: int) -> PromptEmbeds:
         negative = self.negative.expand(batch) if self.negative is not None else None
-        return PromptEmbeds(self.embeds.expand(batch, -1, -1), self.pooled.expand(batch, -1), negative)
+        mask = self.mask.expand(batch, -1) if self.mask is not None else None
+        return PromptEmbeds(self.embeds.expand(batch, -1, -1), self.pooled.expand(batch, -1), negative, mask)
+
+    def rows(self, start: int, stop: int) -> PromptEmbeds:
+        """Rows start:stop (the negative left behind: it is for the whole batch)."""
+        mask = self.mask[start:stop] if self.mask is not None else None
+        return PromptEmbeds(self.embeds[start:stop], self.pooled[start:stop], None, mask)
+
+    def trimmed(self, row: int) -> PromptEmbeds:
+        """Row `row` alone, without the padding a batch gave it: a prompt's entry is then the same whatever it
+        was encoded beside (the policy's prompt cache, the shipped conditioning)."""
+        one = self.rows(row, row + 1)
+        if one.mask is None:
+            return one
+        length = int(one.mask[0].nonzero().max().item()) + 1 if one.mask.any() else 0
+        return PromptEmbeds(one.embeds[:, :length], one.pooled, None, one.mask[:, :length])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> PromptEmbeds:
+        """Embeddings on `device` in `dtype` (the mask keeps its bool dtype; the negative is left behind)."""
+        mask = self.mask.to(device) if self.mask is not None else None
+        return PromptEmbeds(self.embeds.to(device, dtype), self.pooled.to(device, dtype), None, mask)
 
 
 @dataclass

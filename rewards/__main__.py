@@ -1,8 +1,12 @@
-"""Score images from the command line, in-process (no Ray):
+"""Score images from the command line, in-process (no Ray), or serve a scorer over HTTP:
 
     python -m rewards score --scorer ocr --images DIR --prompt 'a sign that says "open"'
     python -m rewards score --scorer pickscore --images DIR --prompts prompts.txt --model PATH
     python -m rewards score --scorer shapes_geneval --images DIR --prompts metadata.jsonl
+    python -m rewards serve --scorer shapes_geneval [--host 127.0.0.1] [--port 8790] [--token-file F]
+
+`serve` (rewards/serve.py) answers the `remote` scorer; it prints `serving <scorer> on <url>` once it
+listens (with --port 0, the port it picked). A host other than loopback needs --token-file.
 
 Images are the DIR's .png/.jpg/.jpeg/.webp files in name order. --prompts is a text file (one prompt
 per line) or a .jsonl of GenEval records ({"tag", "include", "prompt", ...}), one per image; --prompt
@@ -53,10 +57,7 @@ def load_prompts(args, count: int) -> tuple[list[str], list[dict]]:
 def score(args) -> int:
     paths, images = load_images(Path(args.images))
     prompts, records = load_prompts(args, len(images))
-    options = dict(json.loads(args.options)) if args.options else {}
-    if args.model is not None:
-        options["detector" if args.scorer == "geneval" else "model"] = args.model
-    scorer = build_scorer(args.scorer, **options)
+    scorer = build_scorer(args.scorer, **scorer_options(args))
     rewards, total_s = [], 0.0
     for path, image, prompt, record in zip(paths, images, prompts, records, strict=True):
         start = time.perf_counter()
@@ -67,6 +68,37 @@ def score(args) -> int:
         rewards.append(result.reward[0])
     print(f"# {args.scorer}: {len(rewards)} images, mean reward {np.mean(rewards):.4f}, "
           f"{total_s / len(rewards):.3f} s/image", file=sys.stderr)
+    return 0
+
+
+def scorer_options(args) -> dict:
+    options = dict(json.loads(args.options)) if args.options else {}
+    if args.model is not None:
+        options["detector" if args.scorer == "geneval" else "model"] = args.model
+    return options
+
+
+def serve(args) -> int:
+    from rewards.http_client import read_token
+    from rewards.serve import RewardServer, check_bind
+    from rewards.transport import Limits
+    from rewards.worker import RewardWorker
+
+    try:
+        token = read_token(args.token_file, "serve")
+        check_bind(args.host, token)  # before loading any weights
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"python -m rewards serve: {err}") from None
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images, max_side=args.max_side)
+    server = RewardServer(RewardWorker(args.scorer, scorer_options(args)), host=args.host, port=args.port,
+                          token=token, limits=limits)
+    print(f"serving {args.scorer} on {server.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
     return 0
 
 
@@ -81,8 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--prompt", help="one prompt for every image")
     cmd.add_argument("--model", help="local folder or hub id of the scorer's weights (geneval: the detector)")
     cmd.add_argument("--options", help='JSON object of extra scorer options, e.g. \'{"reward": "strict"}\'')
+    srv = commands.add_parser("serve", help="serve a scorer over HTTP for the `remote` scorer")
+    srv.add_argument("--scorer", required=True, choices=known_scorers())
+    srv.add_argument("--model", help="local folder or hub id of the scorer's weights (geneval: the detector)")
+    srv.add_argument("--options", help="JSON object of extra scorer options")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need --token-file)")
+    srv.add_argument("--port", type=int, default=8790, help="port (0: any free port, printed at start)")
+    srv.add_argument("--token-file", help="file holding the bearer token every request must carry")
+    srv.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body accepted")
+    srv.add_argument("--max-images", type=int, default=256, help="most images in one request")
+    srv.add_argument("--max-side", type=int, default=4096, help="largest image height or width, in pixels")
     args = parser.parse_args(argv)
-    return score(args)
+    return serve(args) if args.command == "serve" else score(args)
 
 
 if __name__ == "__main__":

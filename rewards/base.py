@@ -4,6 +4,12 @@ A scorer maps a batch (images uint8 [B, H, W, 3], prompts, per-image metadata) t
 the training reward [B] plus named per-image diagnostics (GenEval's strict/partial, OCR's read text
 length, ...). Scorers are registered by name; `build_scorer("ocr", **options)` imports the module of a
 built-in scorer on first use, so that asking for OCR never imports transformers.
+
+Unscored images. A failure is not a reward: an image the scorer could not score (its request raised or
+timed out, a remote judge's answer was malformed) is *unscored*, never 0. The representation, one for the
+whole data path: `ScoreResult.scored` [B] bool is False there and `reward` is NaN there, so code that
+ignores the mask still cannot read a failure as a number. `ScoreResult.valid` (scored and finite) is what
+the advantage stage and the metrics read; `errors` keeps a few one-line reasons for the run's stop message.
 """
 
 from __future__ import annotations
@@ -25,51 +31,79 @@ BUILTIN_SCORERS: dict[str, str] = {
     "clipscore": "rewards.pickscore",
     "shapes_geneval": "rewards.shapes_scorer",
     "shapes_quality": "rewards.quality",
+    "remote": "rewards.remote",
+    "openai_judge": "rewards.openai_judge",
 }
+MAX_ERRORS = 5  # one-line failure reasons a ScoreResult keeps: enough to name the cause, small on the wire
 
 _REGISTRY: dict[str, Callable[..., Scorer]] = {}
 
 
 class ScorerInputError(ValueError):
-    """A batch that no scorer can read (wrong dtype, shape, lengths, missing prompt target)."""
+    """A batch that no scorer can read (wrong dtype, shape, lengths, missing prompt target), or a request a
+    remote service refuses as such: the caller's bug, which would fail every retry alike, so it stops the
+    run instead of leaving the images unscored."""
 
 
 @dataclass(frozen=True)
 class ScoreResult:
     """Per-image scores of one batch.
 
-    reward: float64 [B], the training reward.
+    reward: float64 [B], the training reward; NaN wherever `scored` is False.
     diagnostics: name -> float64 [B], logged per reward model (e.g. GenEval `strict`, `partial`).
+    scored: bool [B], False for the images the scorer could not score (None: every image scored).
+    errors: up to MAX_ERRORS one-line reasons for the unscored images.
     """
 
     reward: np.ndarray
     diagnostics: Mapping[str, np.ndarray] = field(default_factory=dict)
+    scored: np.ndarray | None = None
+    errors: tuple[str, ...] = ()
 
     def __post_init__(self):
         reward = np.asarray(self.reward, dtype=np.float64)
         if reward.ndim != 1:
             raise ValueError(f"ScoreResult.reward must be 1-D [B], got shape {reward.shape}")
+        scored = np.ones(reward.shape, dtype=bool) if self.scored is None else np.asarray(self.scored)
+        if scored.dtype != bool or scored.shape != reward.shape:
+            raise ValueError(f"ScoreResult.scored must be bool {reward.shape}, got {scored.dtype} {scored.shape}")
         diagnostics = {}
         for name, values in self.diagnostics.items():
             values = np.asarray(values, dtype=np.float64)
             if values.shape != reward.shape:
                 raise ValueError(f"ScoreResult diagnostic {name!r} has shape {values.shape}, reward {reward.shape}")
             diagnostics[name] = values
-        object.__setattr__(self, "reward", reward)
+        # The mask is authoritative: whatever number sits under an unscored image is not a reward.
+        object.__setattr__(self, "reward", np.where(scored, reward, np.nan))
+        object.__setattr__(self, "scored", scored)
         object.__setattr__(self, "diagnostics", diagnostics)
+        object.__setattr__(self, "errors", tuple(self.errors)[:MAX_ERRORS])
 
     def __len__(self) -> int:
         return len(self.reward)
 
+    @property
+    def valid(self) -> np.ndarray:
+        """bool [B]: scored and finite, the images whose reward may be trained on."""
+        return self.scored & np.isfinite(self.reward)
+
+    @staticmethod
+    def unscored(size: int, error: str) -> ScoreResult:
+        """`size` images that could not be scored, for the one-line reason `error`."""
+        return ScoreResult(np.full(size, np.nan), scored=np.zeros(size, dtype=bool), errors=(error,))
+
     @staticmethod
     def concat(parts: Sequence[ScoreResult]) -> ScoreResult:
-        """Join the results of consecutive sub-batches (same diagnostics names) into one."""
+        """Join the results of consecutive sub-batches into one. A diagnostic that a part lacks (an
+        unscored part has none) is NaN for that part's images."""
         if not parts:
             raise ValueError("ScoreResult.concat needs at least one part")
-        names = list(parts[0].diagnostics)
+        names = list(dict.fromkeys(n for p in parts for n in p.diagnostics))
         return ScoreResult(
             np.concatenate([p.reward for p in parts]),
-            {n: np.concatenate([p.diagnostics[n] for p in parts]) for n in names},
+            {n: np.concatenate([p.diagnostics.get(n, np.full(len(p), np.nan)) for p in parts]) for n in names},
+            np.concatenate([p.scored for p in parts]),
+            tuple(e for p in parts for e in p.errors),
         )
 
 
@@ -108,11 +142,16 @@ def scorer_factory(name: str) -> Callable[..., Scorer]:
 
 
 def check_scorer_options(name: str, options: Mapping) -> None:
-    """Raise TypeError naming the scorer and the bad key if `options` does not fit its constructor."""
+    """Raise TypeError naming the scorer and the key if `options` does not fit its constructor (an unknown
+    key, or a required one missing)."""
     signature = inspect.signature(scorer_factory(name))
+    accepted = [n for n, p in signature.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [n for n in accepted if signature.parameters[n].default is inspect.Parameter.empty]
+    missing = [n for n in required if n not in options]
+    if missing:  # at config load, not when the reward actors start
+        raise TypeError(f"scorer {name!r} needs option(s) {missing}")
     if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         return
-    accepted = [n for n, p in signature.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"scorer {name!r} has no option(s) {unknown}; it accepts {accepted}")

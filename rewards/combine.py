@@ -4,7 +4,7 @@
 - weighted_sum (Flow-GRPO's multi-reward): r = sum_i w_i r_i per image, before advantages.
 - advantage_sum (DanceGRPO, MixGRPO, G2RPO): the learner needs the per-reward scores [R, B] and the
   weights [R]; it forms advantages per reward and sums w_i A_i.
-An image with a masked (NaN) score in any reward is invalid in the combined reward.
+An image unscored (NaN, rewards/base.py) under any reward is invalid in the combined reward.
 
 `weighted_sum` is the one weighted reward sum of the project: the metrics, the reward pools' combined
 reward and the advantage stage's weighted_sum mode (cluster/stages.py) all call it.

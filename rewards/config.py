@@ -32,7 +32,8 @@ class ScorerConfig(_Section):
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra keyword options of the scorer's constructor (e.g. geneval: {clip: ..., reward: strict}; "
-        "pickscore: {processor: ...}; shapes_geneval: {reward: partial}).",
+        "pickscore: {processor: ...}; shapes_geneval: {reward: partial}; remote: {url: 'http://127.0.0.1:8790', "
+        "token_file: ...}; openai_judge: {served_model: ..., url: 'http://127.0.0.1:8000/v1', template: ...}).",
     )
     batch_size_per_request: int = Field(
         16, ge=1, description="Most images in one request to a reward actor; bigger submissions are split (speed only)."
@@ -47,8 +48,9 @@ class ScorerConfig(_Section):
         "share one GPU; `launch.py --dry-run` checks the scorer's memory against that share of cluster.gpu_memory_gb."
     )
     timeout_s: float = Field(
-        300.0, gt=0, description="Seconds one request may take (queueing on its actor included) before the call fails "
-        "with an error naming the scorer; a hung actor is then restarted."
+        300.0, gt=0, description="Seconds one request may take on its actor (from the moment the actor could start it) "
+        "before its images are left unscored (never a reward of 0) and the hung actor is restarted; remote scorers "
+        "time out their own HTTP calls first (their options timeout_s, retries)."
     )
     max_restarts: int = Field(3, ge=0, description="How often Ray restarts a dead reward actor (Ray's max_restarts).")
 
@@ -119,8 +121,21 @@ class RewardsConfig(_Section):
     )
     nan_policy: Literal["mask", "fail"] = Field(
         "mask",
-        description="NaN/inf scores: 'mask' marks those images invalid (reward NaN, valid=False) and counts them; "
-        "'fail' raises at once, naming the scorer and prompt.",
+        description="NaN/inf numbers a scorer returns as scores: 'mask' leaves those images unscored (reward NaN, "
+        "scored=False) and counts them; 'fail' raises at once, naming the scorer and prompt.",
+    )
+    max_unscored_share: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Stop the run, naming the scorer, when the share of its images left unscored (the scorer raised, "
+        "timed out or answered malformed; never trained as rewards) over the last `unscored_window` iterations "
+        "exceeds this. Failures are rarely random (a judge times out on busy images), so a large share biases the "
+        "groups' statistics; 0.1 tolerates one fully failed iteration in ten. Watches (weight 0) are counted, never "
+        "stopped on. 1.0: never stop.",
+    )
+    unscored_window: int = Field(
+        10, ge=1,
+        description="Iterations over which max_unscored_share is measured (fewer at the start of a run, so a service "
+        "that is down stops the run after its first iteration).",
     )
 
     @model_validator(mode="after")

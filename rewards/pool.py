@@ -15,13 +15,13 @@ Guarantees:
   it fails at once with ActorUnavailableError; such a call is not a second loss and is retried once the
   actor is back). Results are stored by request id and each id is accepted once, so no score is ever
   counted twice.
-- Each request has `timeout_s` from the moment its actor could start it (its predecessors on that
-  actor done); past it, gather raises RewardTimeoutError naming the scorer, and the hung actor is
-  killed so Ray restarts it.
-- A scorer error on bad input fails that request (RewardRequestError with the worker's traceback);
-  the actor keeps serving.
-- NaN/inf scores: 'mask' turns them into NaN (so `np.isfinite(reward)` is the valid mask) and counts
-  them; 'fail' raises NonFiniteRewardError naming the scorer and prompts.
+- Failures are not rewards (rewards/base.py): a request whose scorer raised, or that ran past `timeout_s`
+  from the moment its actor could start it (its predecessors on that actor done), comes back with its
+  images *unscored* (`ScoreResult.scored` False, reward NaN) and counted by kind; a timed-out request's
+  hung actor is killed so Ray restarts it. The run decides what share of unscored images it accepts
+  (rewards/unscored.py). Bad input (ScorerInputError: the caller's bug) still raises RewardRequestError.
+- NaN/inf scores that a scorer returned as scores: 'mask' marks those images unscored (kind `nonfinite`);
+  'fail' raises NonFiniteRewardError naming the scorer and prompts.
 Images travel through Ray's object store only, never through a socket of our own: `submit` puts an
 array it is given, or passes on the ObjectRef of images a rollout actor already put
 (common/data_plane.py), so that the caller never holds the images.
@@ -33,7 +33,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import ray
@@ -59,12 +59,8 @@ class RewardError(RuntimeError):
         self.scorer = scorer
 
 
-class RewardTimeoutError(RewardError):
-    """A request took longer than the scorer's timeout_s."""
-
-
 class RewardRequestError(RewardError):
-    """The scorer raised on a request (bad input, scorer bug); the actor is still serving."""
+    """A request's input was refused (ScorerInputError); the actor is still serving."""
 
 
 class RewardActorError(RewardError):
@@ -88,6 +84,8 @@ class _Metrics:
         self.failures = Counter("flowray_reward_failures", "Failed reward requests (by kind).", tag_keys=("scorer", "kind"))
         self.images = Counter("flowray_reward_images_scored", "Images scored per scorer.", tag_keys=tags)
         self.nonfinite = Counter("flowray_reward_nonfinite", "NaN/inf scores masked or failed on.", tag_keys=tags)
+        self.unscored = Counter("flowray_reward_unscored", "Images left unscored (by kind: error, timeout, nonfinite, "
+                                "reported by the scorer).", tag_keys=("scorer", "kind"))
 
 
 @dataclass
@@ -103,6 +101,7 @@ class _Request:
     submitted_at: float = 0.0
     started_at: float | None = None  # when its actor could start it (head of that actor's queue)
     unavailable: int = 0  # calls refused while the actor was restarting
+    failed: bool = False  # answered as unscored by the pool (the scorer raised, or the request timed out)
 
 
 @dataclass
@@ -128,7 +127,7 @@ class ScorerPool:
         self.scorer = config.name
         self.nan_policy = nan_policy
         self.metrics = _Metrics()
-        self.masked_total = 0
+        self.unscored_total: dict[str, int] = {}  # kind -> images left unscored
         self.resubmitted_total = 0
         self.duplicates_ignored = 0
         self._queues: list[deque[tuple[_Request, ray.ObjectRef]]] = []
@@ -145,7 +144,7 @@ class ScorerPool:
                 max_restarts=config.max_restarts,
                 max_task_retries=0,  # the pool resubmits itself, once, so it knows what was lost
                 runtime_env=actor_env(threads),
-            ).remote(self.scorer, options, factory))
+            ).remote(self.scorer, options, factory, name=f"reward-{self.scorer}-{i}"))
             self._queues.append(deque())
         try:
             self.pids = ray.get([a.ping.remote() for a in self.actors], timeout=startup_timeout_s)
@@ -214,9 +213,12 @@ class ScorerPool:
         while pending:
             self._advance_queues()
             now = time.monotonic()
-            for request in pending.values():
+            for request in list(pending.values()):
                 if request.started_at is not None and now - request.started_at > self.config.timeout_s:
                     self._on_timeout(request)
+                    del pending[request.request_id]
+            if not pending:
+                break
             clocks = [r.started_at + self.config.timeout_s - now for r in pending.values() if r.started_at is not None]
             wait_s = max(0.0, min(clocks, default=self.config.timeout_s)) + 0.01
             by_ref = {r.ref: r for r in pending.values()}
@@ -227,9 +229,13 @@ class ScorerPool:
                     del pending[request.request_id]
         self._advance_queues()
         responses = [self._done.pop(r.request_id) for r in handle.requests]
-        result = ScoreResult.concat([r.result for r in responses])
-        self.metrics.images.inc(handle.size, tags={"scorer": self.scorer})
-        return self._apply_nan_policy(result, handle.prompts)
+        joined = ScoreResult.concat([r.result for r in responses])
+        failed = sum(len(r.prompts) for r in handle.requests if r.failed)  # counted when they failed
+        self._count_unscored("reported", int((~joined.scored).sum()) - failed)
+        result = self._apply_nan_policy(joined, handle.prompts)
+        if result.valid.any():  # Ray's counters refuse an increment of 0
+            self.metrics.images.inc(int(result.valid.sum()), tags={"scorer": self.scorer})
+        return result
 
     def _collect(self, request: _Request) -> bool:
         """Read a finished request; True when it has its answer, False when it was resubmitted."""
@@ -257,13 +263,16 @@ class ScorerPool:
             self._redispatch_when_back(request)
             return False
         self.metrics.latency.observe(time.monotonic() - request.submitted_at, tags={"scorer": self.scorer})
+        if request.request_id in self._done:  # answered already: neither its scores nor its failure count twice
+            self.duplicates_ignored += 1
+            return True
         if response.error is not None:
             self.metrics.failures.inc(tags={"scorer": self.scorer, "kind": "request_error"})
-            raise RewardRequestError(self.scorer, f"request {request.request_id} failed in the worker: {response.error}")
-        if request.request_id in self._done:
-            self.duplicates_ignored += 1
-        else:
-            self._done[request.request_id] = response
+            if response.input_error:
+                raise RewardRequestError(self.scorer, f"request {request.request_id} was refused: {response.error}")
+            reason = response.error.splitlines()[0]
+            response = self._unscored(request, "error", f"request {request.request_id} failed in the worker: {reason}")
+        self._done[request.request_id] = response
         return True
 
     def _redispatch_when_back(self, request: _Request) -> None:
@@ -283,15 +292,29 @@ class ScorerPool:
         self._dispatch(request)
 
     def _on_timeout(self, request: _Request) -> None:
+        """Leave the request's images unscored and restart its hung actor (a hung scorer cannot be
+        interrupted). Ray answers the actor's queued calls as lost, and `_collect` resubmits them."""
         self.metrics.failures.inc(tags={"scorer": self.scorer, "kind": "timeout"})
-        actor = request.actor
-        ray.kill(self.actors[actor], no_restart=False)  # a hung scorer cannot be interrupted; restart it
-        raise RewardTimeoutError(self.scorer, f"request {request.request_id} ({len(request.prompts)} images) exceeded "
-                                 f"timeout_s={self.config.timeout_s:g} on actor reward-{self.scorer}-{actor}; the "
-                                 "actor was restarted")
+        ray.kill(self.actors[request.actor], no_restart=False)
+        self._done[request.request_id] = self._unscored(
+            request, "timeout", f"request {request.request_id} ({len(request.prompts)} images) exceeded timeout_s="
+            f"{self.config.timeout_s:g} on actor reward-{self.scorer}-{request.actor}; the actor was restarted")
+
+    def _unscored(self, request: _Request, kind: str, reason: str) -> ScoreResponse:
+        """The response standing for a failed request: its images unscored, counted once under `kind`."""
+        request.failed = True
+        self._count_unscored(kind, len(request.prompts))
+        return ScoreResponse(request.request_id, self.scorer, ScoreResult.unscored(len(request.prompts), reason),
+                             None, time.monotonic() - request.submitted_at, 0)
+
+    def _count_unscored(self, kind: str, images: int) -> None:
+        if images > 0:
+            self.unscored_total[kind] = self.unscored_total.get(kind, 0) + images
+            self.metrics.unscored.inc(images, tags={"scorer": self.scorer, "kind": kind})
 
     def _apply_nan_policy(self, result: ScoreResult, prompts: Sequence[str]) -> ScoreResult:
-        bad = ~np.isfinite(result.reward)
+        """Non-finite numbers a scorer returned as scores (not the images it reported unscored)."""
+        bad = result.scored & ~np.isfinite(result.reward)
         if not bad.any():
             return result
         self.metrics.nonfinite.inc(int(bad.sum()), tags={"scorer": self.scorer})
@@ -300,8 +323,9 @@ class ScorerPool:
             shown = [prompts[i] for i in np.flatnonzero(bad)[:3]]
             raise NonFiniteRewardError(self.scorer, f"{int(bad.sum())} non-finite scores (nan_policy='fail'), "
                                        f"e.g. for prompts {shown}")
-        self.masked_total += int(bad.sum())
-        return ScoreResult(np.where(bad, np.nan, result.reward), result.diagnostics)
+        self._count_unscored("nonfinite", int(bad.sum()))
+        error = f"{int(bad.sum())} non-finite score(s) masked (nan_policy='mask')"
+        return replace(result, scored=result.scored & ~bad, errors=(*result.errors, error))
 
     def score(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[Mapping] | None = None) -> ScoreResult:
         """submit + gather."""
@@ -322,13 +346,15 @@ class RewardBatch:
     combined: CombinedRewards
 
     def metrics(self) -> dict[str, float]:
-        """Namespaced means for logging: reward/<scorer>/mean, std, <diagnostic>, masked."""
+        """Namespaced means for logging: reward/<scorer>/mean, std, <diagnostic>, and the counts `scored` and
+        `unscored` (images the scorer failed on, or returned non-finite for: never counted as rewards)."""
         out = {}
         for name, result in self.results.items():
-            finite = result.reward[np.isfinite(result.reward)]
+            finite = result.reward[result.valid]
             out[f"reward/{name}/mean"] = float(finite.mean()) if finite.size else float("nan")
             out[f"reward/{name}/std"] = float(finite.std()) if finite.size else float("nan")
-            out[f"reward/{name}/masked"] = float((~np.isfinite(result.reward)).sum())
+            out[f"reward/{name}/scored"] = float(result.valid.sum())
+            out[f"reward/{name}/unscored"] = float((~result.valid).sum())
             for diag, values in result.diagnostics.items():
                 out[f"reward/{name}/{diag}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
         return out
@@ -359,6 +385,12 @@ class RewardPools:
 
     def score(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[Mapping] | None = None) -> RewardBatch:
         return self.gather(self.submit(images, prompts, metadata))
+
+    def counters(self) -> dict[str, float]:
+        """Requests resubmitted after an actor's death, and answers ignored because their request was
+        answered already (each request id is accepted once: no image is scored twice into a result)."""
+        return {"reward/requests_resubmitted": float(sum(p.resubmitted_total for p in self.pools.values())),
+                "reward/duplicates_ignored": float(sum(p.duplicates_ignored for p in self.pools.values()))}
 
     def shutdown(self) -> None:
         for pool in self.pools.values():

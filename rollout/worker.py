@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from algorithms import Algorithm, default_algorithm
+from common.actor_metrics import describe, report_process
 from common.collective import SyncGroup
 from common.data_plane import EvalShare, put_eval_share, put_group
 from common.memory import peak_memory_gb
@@ -90,6 +91,7 @@ class RolloutWorker:
             torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS=1 in actors
         self.name, self.sampling = name, sampling
         self.algorithm = algorithm if algorithm is not None else default_algorithm()
+        own_process = policy is None  # a hybrid worker's sampler (its policy given) is reported as that worker
         if policy is None:
             policy = Policy.from_config(
                 model, device=resolve_device(device, name), trainable_dtype=PRECISION_DTYPES[precision],
@@ -104,6 +106,12 @@ class RolloutWorker:
         self.eval_sigmas = self.policy.sigmas(sampling.eval_num_steps, sampling.shift, sampling.shift_mode, grid)
         self.eval_guidance = model.eval_guidance_scale  # None: the training guidance_scale
         self._offloader: Offloader | None = None  # cluster.colocate_offload: made by the first `offload`
+        if own_process:
+            report_process("rollout", name, lambda: self.version)
+
+    def __repr__(self) -> str:
+        """The Ray dashboard's Repr column and log prefix (common/actor_metrics.py)."""
+        return describe(type(self).__name__, "rollout", self.name, policy_version=self.version)
 
     # -- sampling
 

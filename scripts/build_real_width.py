@@ -1,7 +1,9 @@
 """Real-width, reduced-depth SD3.5-Medium and FLUX.1-dev pipelines with random weights, for CPU tests of
-the GPU path (issue 13): every width as published, only the layer counts cut to fit 2 cores.
+the GPU path (issue 13): every width as published, only the layer counts cut to fit 2 cores. SD3.5-Large
+(`sd35l`), FLUX.2-dev (`flux2`) and FLUX.2-klein-4B (`flux2_klein`, scripts/build_flux2.py) likewise, and
+Qwen-Image (`qwen_image`) and Z-Image (`z_image`, scripts/build_qwen_z_image.py: their published widths and why).
 
-    python scripts/build_real_width.py OUT_DIR [--family sd35|flux|both] [--layers N]
+    python scripts/build_real_width.py OUT_DIR [--family sd35|flux|sd35l|flux2|flux2_klein|qwen_image|z_image|both] [--layers N]
 
 writes OUT_DIR/sd35-medium-real-width and OUT_DIR/flux1-dev-real-width as diffusers pipeline folders
 (`save_pretrained`), loadable with `from_pretrained` like the hub models. What is kept from the published
@@ -49,6 +51,9 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_flux2 import OUT_LAYERS as FLUX2_OUT_LAYERS  # noqa: E402
+from build_flux2 import flux2_pipeline  # noqa: E402
+from build_qwen_z_image import qwen_image_pipeline, qwen_tokenizer, z_image_pipeline  # noqa: E402
 from build_tiny_sd3 import MODEL_MAX_LENGTH, train_clip_tokenizer  # noqa: E402
 
 CORPUS = [
@@ -119,7 +124,40 @@ def flux1_dev(layers: int, clip_tok, t5_tok) -> FluxPipeline:
     )  # fmt: skip
 
 
-FAMILIES = {"sd35": ("sd35-medium-real-width", sd35_medium), "flux": ("flux1-dev-real-width", flux1_dev)}
+# stabilityai/stable-diffusion-3.5-large transformer/config.json: 38 heads x 64 (2432 wide), caption projection 2432,
+# position embedding 192, no dual-attention layers. Published: 38 layers.
+SD35_LARGE_TRANSFORMER = {**SD35_TRANSFORMER, "num_attention_heads": 38, "caption_projection_dim": 2432,
+                          "pos_embed_max_size": 192}  # fmt: skip
+
+
+def sd35_large(layers: int, clip_tok, t5_tok) -> StableDiffusion3Pipeline:
+    """SD3.5-Large's structure: SD3.5-Medium's pipeline, text encoders and VAE around the wider MMDiT."""
+    return StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(num_layers=layers, **SD35_LARGE_TRANSFORMER),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=AutoencoderKL(**VAE, scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=clip(CLIPTextModelWithProjection, clip_tok, 1, CLIP_L), tokenizer=clip_tok,
+        text_encoder_2=clip(CLIPTextModelWithProjection, clip_tok, 1, CLIP_G), tokenizer_2=clip_tok,
+        text_encoder_3=t5(t5_tok, 1), tokenizer_3=t5_tok,
+    )  # fmt: skip
+
+
+def flux2(variant: str):
+    """FLUX.2 (scripts/build_flux2.py) at the published widths, `layers` double and `layers` single blocks, in bf16
+    (dev's blocks are 0.5-1 B parameters each). The text encoder keeps its published hidden width (the transformer's
+    joint_attention_dim is 3 x it) and the layer count the pipeline reads hidden states from (31 / 28), with one
+    attention head and a 256-wide MLP per layer: its published 40 / 36 full layers are 24 / 4 B parameters."""
+    narrow = {"num_attention_heads": 1, "num_key_value_heads": 1, "intermediate_size": 256}
+    return lambda layers, clip_tok, t5_tok: flux2_pipeline(
+        variant, double=layers, single=layers, text_layers=max(FLUX2_OUT_LAYERS[variant]) + 1, text=narrow,
+        vision={"num_hidden_layers": 1}, dtype=torch.bfloat16)
+
+
+FAMILIES = {"sd35": ("sd35-medium-real-width", sd35_medium), "flux": ("flux1-dev-real-width", flux1_dev),
+            "sd35l": ("sd35-large-real-width", sd35_large), "flux2": ("flux2-dev-real-width", flux2("dev")),
+            "flux2_klein": ("flux2-klein-4b-real-width", flux2("klein-4b"))}  # fmt: skip
+# Qwen-Image and Z-Image (scripts/build_qwen_z_image.py): their own Qwen2-layout tokenizer, not the CLIP / T5 pair.
+FAMILIES |= {"qwen_image": ("qwen-image-real-width", lambda layers, *_: qwen_image_pipeline(qwen_tokenizer(CORPUS), layers)),
+             "z_image": ("z-image-real-width", lambda layers, *_: z_image_pipeline(qwen_tokenizer(CORPUS), layers))}
 
 
 def build(out_dir: Path, family: str, layers: int = 1, seed: int = 0) -> Path:
@@ -140,7 +178,7 @@ def main() -> None:
     p.add_argument("--family", choices=[*FAMILIES, "both"], default="both")
     p.add_argument("--layers", type=int, default=1, help="transformer layers (FLUX: double and single blocks each)")
     args = p.parse_args()
-    for family in FAMILIES if args.family == "both" else [args.family]:
+    for family in ("sd35", "flux") if args.family == "both" else [args.family]:  # both: the device check's pair
         print(build(args.out_dir, family, args.layers))
 
 

@@ -1,11 +1,12 @@
 """The GPU check (issue 32): a matrix of short runs (Flow-GRPO and DiffusionNFT, cluster.layout hybrid and
 split, optionally FLUX's G2RPO), each asserted, then one summary table; exit status 1 if any row fails.
 
-    python scripts/device_check.py --model-path DIR --output-dir DIR [--flux-path DIR] [--gpu]
-        [--real-weights] [--only NAME:LAYOUT,...] [key=value | NAME:key=value ...]
+    python scripts/device_check.py --model-path DIR --output-dir DIR [--flux-path DIR] [--family MODEL=DIR ...]
+        [--gpu] [--real-weights] [--only NAME:LAYOUT,...] [key=value | NAME:key=value ...]
 
 Each run is its preset (configs/sd35_pickscore.yaml, configs/sd35_nft_pickscore.yaml,
-configs/flux_g2rpo_hps.yaml) with its model swapped for the folder given, the `shapes_quality` reward (no
+configs/flux_g2rpo_hps.yaml; with --family: configs/sd35l_grpo_geneval.yaml, flux2_dev_grpo_pickscore.yaml,
+flux2_klein_nft_pickscore.yaml) with its model swapped for the folder given, the `shapes_quality` reward (no
 downloaded weights), 2 groups of 4 images per iteration and a tiny evaluation. Per run:
 
   1. 2 iterations with a checkpoint after each, then the evaluation (`Trainer.run`, as launch.py);
@@ -24,7 +25,8 @@ With --gpu every actor shares the one GPU: hybrid gives its worker the whole GPU
 and learner rank 0.4 each and syncs through the object store (NCCL refuses two ranks on one GPU; preflight
 refuses the collective backend there). Without --gpu the sizes are cut to what 2 cores run in minutes.
 --real-weights (a local SD3.5-Medium diffusers folder) cuts the resolution to 256 px and the micro-batch to
-4. `NAME:key=value` overrides only the rows of run NAME (flow_grpo, diffusion_nft, flux_g2rpo).
+4. `NAME:key=value` overrides only the rows of run NAME (flow_grpo, diffusion_nft, flux_g2rpo, sd35l_grpo,
+flux2_grpo, flux2_klein_nft).
 scripts/device_check.sh builds the real-width reduced-depth folders and runs this.
 """
 
@@ -62,18 +64,25 @@ class Case:
 
 RUNS = {"flow_grpo": ("configs/sd35_pickscore.yaml", "sd35"),
         "diffusion_nft": ("configs/sd35_nft_pickscore.yaml", "sd35"),
-        "flux_g2rpo": ("configs/flux_g2rpo_hps.yaml", "flux")}  # fmt: skip
+        "flux_g2rpo": ("configs/flux_g2rpo_hps.yaml", "flux"),
+        # the other families' presets (--family NAME=DIR, device_check.sh's FAMILY), one hybrid row each
+        "sd35l_grpo": ("configs/sd35l_grpo_geneval.yaml", "sd35l"),
+        "flux2_grpo": ("configs/flux2_dev_grpo_pickscore.yaml", "flux2"),
+        "flux2_klein_nft": ("configs/flux2_klein_nft_pickscore.yaml", "flux2_klein")}  # fmt: skip
+# The models --family takes (SD3.5-Medium and FLUX.1 have --model-path and --flux-path).
+FAMILY_MODELS = tuple(dict.fromkeys(m for _, m in RUNS.values() if m not in ("sd35", "flux")))
 LAYOUTS = ("hybrid", "split")
 FLUX_LAYOUTS = ("hybrid",)  # one FLUX row: its assertions are the per-step family's, already covered twice
 
 
-def matrix(flux: bool) -> list[Case]:
-    cases = [Case(name, config, model, layout) for name, (config, model) in RUNS.items() if model == "sd35"
+def matrix(flux: bool, families: tuple[str, ...] = (), sd35: bool = True) -> list[Case]:
+    """SD3.5-Medium's rows (`sd35`), FLUX.1's (`flux`), and a hybrid row per run of each model in `families`."""
+    cases = [Case(name, config, model, layout) for name, (config, model) in RUNS.items() if model == "sd35" and sd35
              for layout in LAYOUTS]
     if flux:
         config, model = RUNS["flux_g2rpo"]
         cases += [Case("flux_g2rpo", config, model, layout) for layout in FLUX_LAYOUTS]
-    return cases
+    return cases + [Case(name, config, model, "hybrid") for name, (config, model) in RUNS.items() if model in families]
 
 
 # One GPU: hybrid's worker takes it whole; split's two actors share it, so the weights go through the object
@@ -114,7 +123,8 @@ ROW = [
 FLUX_SIZES = ["flux_g2rpo:model.resolution=512", "flux_g2rpo:algorithm.steps=[0, 1]"]
 # What 2 cores run in minutes: the real widths at 32 px and a few steps.
 CPU_SIZES = ["model.resolution=32", "model.max_sequence_length=8", "sampling.num_steps=3", "sampling.eval_num_steps=3",
-             "cluster.torch_threads_per_actor=1", "diffusion_nft:algorithm.train_timesteps=2"]  # fmt: skip
+             "cluster.torch_threads_per_actor=1", "diffusion_nft:algorithm.train_timesteps=2",
+             "flux2_grpo:algorithm.window_range=[1, 3]"]  # fmt: skip
 # SD3.5-Medium's real weights: 256 px and micro-batches of 4 keep the learner's activations in its 0.4 share.
 REAL_WEIGHT_SIZES = ["model.resolution=256", "learner.micro_batch_size=4"]
 
@@ -322,7 +332,9 @@ def run_case(case: Case, model_path: str, out: Path, gpu: bool, extra: list[str]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-path", required=True, help="SD3.5 diffusers folder (real-width or SD3.5-Medium)")
+    p.add_argument("--model-path", help="SD3.5 diffusers folder (real-width or SD3.5-Medium): the SD3.5 rows")
+    p.add_argument("--family", action="append", default=[], metavar="MODEL=DIR",
+                   help=f"a diffusers folder of MODEL ({', '.join(FAMILY_MODELS)}): its preset's hybrid row")
     p.add_argument("--flux-path", help="FLUX.1 diffusers folder: adds the flux_g2rpo row")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--gpu", action="store_true", help="put every actor on the one GPU")
@@ -331,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value for every row, NAME:key=value for run NAME's rows")
     args = p.parse_args(argv)
 
-    cases = matrix(flux=args.flux_path is not None)
+    families = dict(item.split("=", 1) for item in args.family)
+    unknown = sorted(set(families) - set(FAMILY_MODELS))
+    if unknown or not (args.model_path or families):
+        p.error(f"--family {','.join(unknown)}: not one of {', '.join(FAMILY_MODELS)}" if unknown
+                else "give --model-path or --family")
+    cases = matrix(flux=args.flux_path is not None, families=tuple(families), sd35=args.model_path is not None)
     if args.only:
         only = args.only.split(",")
         unknown = sorted(set(only) - {c.label for c in cases})
@@ -339,8 +356,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--only {','.join(unknown)}: not in the matrix ({','.join(c.label for c in cases)})")
         cases = [c for c in cases if c.label in only]
     extra = FLUX_SIZES + ([] if args.gpu else CPU_SIZES) + (REAL_WEIGHT_SIZES if args.real_weights else []) + args.overrides
-    paths = {"sd35": str(Path(args.model_path).resolve()),
-             "flux": str(Path(args.flux_path).resolve()) if args.flux_path else None}
+    paths = {"sd35": str(Path(args.model_path).resolve()) if args.model_path else None,
+             "flux": str(Path(args.flux_path).resolve()) if args.flux_path else None,
+             **{model: str(Path(folder).resolve()) for model, folder in families.items()}}
     out = Path(args.output_dir).resolve()
 
     import ray

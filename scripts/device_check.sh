@@ -10,6 +10,9 @@
 #
 # MODEL_DIR: a local diffusers folder of SD3.5-Medium's real weights; nothing is built, the SD3.5 rows run on
 # it at 256 px (no FLUX row). Exit status: 0 every row passed, 1 a row failed, 2 the check could not start.
+# FAMILY (default sd35: the matrix above) = sd35l | flux2 | flux2_klein: only that model's preset, one hybrid row
+# (sd35l_grpo_geneval, flux2_dev_grpo_pickscore, flux2_klein_nft_pickscore) on its real-width reduced-depth folder,
+# or on MODEL_DIR's real weights of that model.
 # Environment: PYTHON (default: .venv/bin/python if present, else python3); DEVICE_CHECK_CPU=1 runs the same
 # checks on CPU at cut sizes, the GPU memory check skipped (what tests/test_device_check.py checks on the tiny
 # model); DEVICE_CHECK_FLUX=0/1 drops or keeps the FLUX row (default: 1 on GPU, 0 on CPU, where full
@@ -23,16 +26,23 @@ BUILDER=scripts/build_real_width.py
 ARGS=(--output-dir "$OUT/runs")
 if [ "${DEVICE_CHECK_CPU:-0}" = 1 ]; then FLUX="${DEVICE_CHECK_FLUX:-0}"; else FLUX="${DEVICE_CHECK_FLUX:-1}"; ARGS+=(--gpu); fi
 [ -n "${DEVICE_CHECK_ONLY:-}" ] && ARGS+=(--only "$DEVICE_CHECK_ONLY")
+FAMILY="${FAMILY:-sd35}"
+case "$FAMILY" in
+  sd35) ;;
+  sd35l|flux2|flux2_klein) FLUX=0 ;;
+  *) echo "device_check: FAMILY=$FAMILY: choose sd35, sd35l, flux2 or flux2_klein" >&2; exit 2 ;;
+esac
 export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 
 start=$(date +%s)
 if [ -n "${MODEL_DIR:-}" ]; then
   if [ ! -f "$MODEL_DIR/model_index.json" ]; then
-    echo "device_check: MODEL_DIR=$MODEL_DIR has no model_index.json: give a diffusers folder of SD3.5-Medium" >&2
+    echo "device_check: MODEL_DIR=$MODEL_DIR has no model_index.json: give a diffusers folder of SD3.5-Medium (or of FAMILY)" >&2
     exit 2
   fi
   echo "device_check: the real weights in $MODEL_DIR (no FLUX row)"
-  ARGS+=(--model-path "$MODEL_DIR" --real-weights)
+  if [ "$FAMILY" = sd35 ]; then ARGS+=(--model-path "$MODEL_DIR"); else ARGS+=(--family "$FAMILY=$MODEL_DIR"); fi
+  ARGS+=(--real-weights)
 elif [ ! -f "$BUILDER" ]; then
   echo "device_check: $BUILDER is missing: it builds the real-width reduced-depth model folders" >&2
   exit 2
@@ -41,7 +51,15 @@ if [ "${DEVICE_CHECK_CPU:-0}" != 1 ]; then
   "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'device_check: no CUDA device (DEVICE_CHECK_CPU=1 runs on CPU)')" || exit 2
 fi
 
-if [ -z "${MODEL_DIR:-}" ]; then
+if [ -z "${MODEL_DIR:-}" ] && [ "$FAMILY" != sd35 ]; then
+  echo "device_check: building the real-width reduced-depth $FAMILY folder under $OUT/models"
+  folder=$("$PYTHON" "$BUILDER" "$OUT/models" --family "$FAMILY" | tail -n 1)
+  if [ ! -f "$folder/model_index.json" ]; then
+    echo "device_check: $BUILDER did not write $folder/model_index.json" >&2
+    exit 2
+  fi
+  ARGS+=(--family "$FAMILY=$folder")
+elif [ -z "${MODEL_DIR:-}" ]; then
   families=sd35-medium-real-width
   [ "$FLUX" = 1 ] && families="$families flux1-dev-real-width"
   echo "device_check: building the real-width reduced-depth folders under $OUT/models"

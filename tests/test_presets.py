@@ -43,6 +43,21 @@ FORWARD_2026_SD35 = {
     "sd35_elbo_geneval": ("elbo_pg", 24, 9, 3e-4, 1e-4, 32),  # 2602.04663 sd3_geneval_pepg.sh
     "sd35_dgpo_geneval": ("dgpo", 16, 4, 3e-4, 0.02, 64),  # Luo-Yihong/DGPO dgpo_wocfg on geneval_sd3_4gpu
 }
+# The families users train now (docs/fidelity.md): preset -> the reference's (family, algorithm, scorer, T, guidance,
+# prompts x G per iteration, LoRA rank)
+NEW_FAMILIES = {
+    "qwen_image_grpo_ocr": ("qwen_image", "flow_grpo_fast", "ocr", 10, 4.0, (32, 16), 64),  # verl-omni
+    "qwen_image_nft_pickscore": ("qwen_image", "diffusion_nft", "pickscore", 12, 1.0, (48, 16), 64),  # UniRL
+    "z_image_grpo_pickscore": ("z_image", "flow_grpo_fast", "pickscore", 6, 1.0, (48, 16), 64),  # Flow-Factory
+}
+# FLUX.2 and SD3.5-Large: preset -> (family, model.path, algorithm, T, guidance, G, LoRA rank, scorers)
+FLUX2_SD35L = {
+    "flux2_dev_grpo_pickscore": ("flux2", "black-forest-labs/FLUX.2-dev", "flow_grpo_fast", 8, 4.0, 16, 64,
+                                 ["clipscore", "pickscore"]),
+    "flux2_klein_nft_pickscore": ("flux2_klein", "black-forest-labs/FLUX.2-klein-base-4B", "diffusion_nft", 8, 1.0, 16, 64,
+                                  ["pickscore"]),
+    "sd35l_grpo_geneval": ("sd3", "stabilityai/stable-diffusion-3.5-large", "flow_grpo", 10, 4.5, 24, 32, ["geneval"]),
+}
 FLUX = {  # preset: (algorithm, T, lr)
     "flux_dancegrpo_hps": ("dance_grpo", 16, 1e-5),
     "flux_mixgrpo_hps": ("mix_grpo", 25, 1e-5),
@@ -57,7 +72,7 @@ def preset(name):
 def test_every_preset_is_listed_loads_and_is_named_after_its_file():
     assert {p.stem for p in PRESETS} == (set(SHAPES) | set(SD35) | set(FLUX) | set(FORWARD_SHAPES) | set(FORWARD_SD35)
                                          | set(PER_STEP_2026_SD35) | set(FORWARD_2026_SHAPES) | set(FORWARD_2026_SD35)
-                                         | {"sd35_pickscore_fast"})
+                                         | {"sd35_pickscore_fast"} | set(NEW_FAMILIES) | set(FLUX2_SD35L))
     for path in PRESETS:
         assert load_config(path).name == path.stem
 
@@ -216,7 +231,37 @@ def test_flux_algorithm_specifics():
         assert (cfg.learner.adv_std, cfg.learner.adv_eps, cfg.sampling.sigma_schedule) == ("unbiased", 1e-8, "linear")
 
 
-GPU_PRESETS = sorted(p.stem for p in PRESETS if p.stem.startswith(("sd35_", "flux_")))
+GPU_PRESETS = sorted(p.stem for p in PRESETS if p.stem.startswith(("sd35_", "flux_")) or p.stem in NEW_FAMILIES
+                     or p.stem in FLUX2_SD35L)
+
+
+@pytest.mark.parametrize("name", sorted(FLUX2_SD35L))
+def test_flux2_and_sd35_large_presets_carry_their_references_values(name):
+    family, path, algorithm, steps, guidance, group, rank, scorers = FLUX2_SD35L[name]
+    cfg = preset(name)
+    assert (cfg.model.family, cfg.model.path, cfg.algorithm.name) == (family, path, algorithm)
+    assert (cfg.sampling.num_steps, cfg.model.guidance_scale, cfg.sampling.group_size, cfg.model.lora.rank) == (
+        steps, guidance, group, rank)
+    assert [s.name for s in cfg.rewards.scorers] == scorers
+    if family == "sd3":  # Flow-GRPO's SD3.5 GenEval preset on the larger transformer, checkpointing to fit
+        base = preset("sd35_geneval")
+        assert cfg.model.gradient_checkpointing and not base.model.gradient_checkpointing
+        for section in ("sampling", "learner", "data", "rewards", "algorithm"):
+            assert getattr(cfg, section) == getattr(base, section), section
+    else:  # Flow-Factory's FLUX.2 examples sample on the pipeline's own grid (compute_empirical_mu)
+        assert cfg.sampling.shift_mode == "resolution" and cfg.prompts_per_iteration == 48
+
+
+@pytest.mark.parametrize("name", sorted(NEW_FAMILIES))
+def test_new_family_presets_carry_their_references_values(name):
+    family, algorithm, scorer, steps, guidance, (prompts, group), rank = NEW_FAMILIES[name]
+    cfg = preset(name)
+    assert (cfg.model.family, cfg.algorithm.name, cfg.sampling.num_steps, cfg.model.guidance_scale) == (
+        family, algorithm, steps, guidance)
+    assert [s.name for s in cfg.rewards.scorers] == [scorer]
+    assert (cfg.prompts_per_iteration, cfg.sampling.group_size, cfg.model.lora.rank) == (prompts, group, rank)
+
+
 NODE = {"CPU": 192.0, "GPU": 8.0}  # one 8-GPU node (192 vCPUs, as AWS p5.48xlarge)
 
 

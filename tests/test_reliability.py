@@ -1,5 +1,5 @@
 """Reliability on a real local Ray (CPU): a rollout actor killed mid-iteration, a learner rank killed,
-exact resume, and partial checkpoints."""
+exact resume, partial checkpoints, and a disk that fills up between two checkpoints."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import json
 import os
 import signal
 
+import psutil
 import pytest
 import ray
 from safetensors.torch import load_file
 
 from cluster import checkpoints
 from cluster.trainer import LearnerRankError, Trainer
+from common.durable import CheckpointError
 from tests.test_system import _config
 
 pytestmark = pytest.mark.system
@@ -83,6 +85,31 @@ def test_a_failing_reward_checkpoints_completed_iterations_first(local_ray, tiny
             trainer.train()
     latest = checkpoints.latest_checkpoint(tmp_path)
     assert latest is not None and checkpoints.read_state(latest)["iteration"] == 1
+
+
+def test_a_full_disk_stops_the_run_naming_the_checkpoint_and_keeps_the_previous(local_ray, tiny_sd3_path, tmp_path):
+    """After the first checkpoint the learner rank's process gets a file-size limit below its weights file
+    (prlimit; Python ignores SIGXFSZ, so writes past it fail with EFBIG, as on a full disk): the second
+    checkpoint fails inside the rank and the run stops with the path and the cause, without retrying."""
+    cfg = _single_rank(tiny_sd3_path, tmp_path, iterations=2, **{"logging.checkpoint_every": 1})
+    first = tmp_path / "checkpoints" / "iter_000001"
+    with Trainer(cfg) as trainer:
+        learner = psutil.Process(ray.get(trainer.learners[0].pid.remote()))
+
+        def fill_the_disk(metrics: dict) -> bool:  # after iteration 2's update, before its checkpoint
+            if trainer.iteration == 2:
+                learner.rlimit(psutil.RLIMIT_FSIZE, ((first / "trainable.safetensors").stat().st_size // 2,
+                                                     psutil.RLIM_INFINITY))
+            return False
+
+        with pytest.raises(CheckpointError) as stopped:
+            trainer.train(stop=fill_the_disk)
+    message = str(stopped.value)
+    assert message.startswith(f"checkpoint {tmp_path / 'checkpoints' / 'iter_000002'} was not written: learner-0: "
+                              "writing ") and "trainable.safetensors failed" in message
+    assert "File too large" in message and f"the previous checkpoint {first} is intact" in message
+    assert sorted(p.name for p in first.parent.iterdir()) == ["iter_000001"]
+    checkpoints.verify_checkpoint(first)
 
 
 def test_a_diverged_learner_reaches_the_driver_as_policy_diverged(local_ray):
