@@ -65,7 +65,8 @@ class Algorithm(BaseModel):
     # The loss trains the sampler's own denoising steps as a policy (per-step log-probs): a step-distilled model,
     # whose few steps are no SDE's, is refused unless model.allow_step_distilled (cluster/config.py).
     trains_sampling_steps: ClassVar[bool] = False
-    # The advantage estimator, by its name in learner/advantages.py's registry.
+    # The advantage estimator, by its name in learner/advantages.py's registry (a unit whose settings choose
+    # it overrides this with a property, as ELBO-PG's `advantage`).
     advantage_estimator: ClassVar[str] = "grpo"
     # sampling.same_latent null: whether a group shares one initial noise (the paper's default).
     default_same_latent: ClassVar[bool] = False

@@ -15,8 +15,10 @@ pytestmark = pytest.mark.unit
 
 
 def test_every_unit_names_a_registered_estimator():
+    """Per instance: a unit may choose its estimator by a setting (ELBO-PG's `advantage`)."""
     for name, cls in ALGORITHMS.items():
-        assert cls.advantage_estimator in ADVANTAGE_ESTIMATORS, name
+        assert cls().advantage_estimator in ADVANTAGE_ESTIMATORS, name
+    assert ALGORITHMS["elbo_pg"](advantage="zscore").advantage_estimator in ADVANTAGE_ESTIMATORS
 
 
 def test_unknown_estimator_and_double_registration_are_errors():
