@@ -40,7 +40,7 @@ def test_compare_runs_every_preset_and_writes_table_and_figure(tiny_sd3_path, tm
     table = (tmp_path / "results.md").read_text()
     assert all(p in table for p in compare.PRESETS)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert len(saved["runs"]) == len(compare.PRESETS) == 7
+    assert len(saved["runs"]) == len(compare.PRESETS) == 11
     for budget, ranked in saved["rankings"].items():  # every preset ranked, with paired intervals
         assert sorted(x["preset"] for x in ranked) == sorted(compare.PRESETS), budget
         changes = [x["change"]["overall"]["difference"] for x in ranked]
