@@ -99,7 +99,7 @@ def parse_kills(text: str) -> dict[str, int]:
 
 
 class Driver:
-    """One `python launch.py` process of the run; its output goes to logs/driver_<n>.log."""
+    """One `python launch.py` process; its output goes to logs/<chaos or undisturbed>_<n>.log."""
 
     def __init__(self, cmd: list[str], log: Path, env: dict[str, str]):
         self.cmd, self.log_path = cmd, log
