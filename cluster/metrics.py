@@ -69,6 +69,9 @@ class MetricsLogger:
         self.gauges, self.tagged, self.restarts, self.resumes = {}, {}, None, None
         self._held: dict[tuple, tuple] = {}  # (gauge name, tags) -> (gauge, value, tags): what `_hold` sets again
         self._lock, self._closed = threading.Lock(), threading.Event()
+        # {actor name: Ray's restart count} (common/actor_metrics.py `actor_restarts`), read by `_hold` too, so a
+        # restart shows within seconds also while an evaluation holds the loop for minutes
+        self.restart_source: Callable[[], dict[str, int]] | None = None
         if ray_gauges:
             from ray.util.metrics import Gauge
 
@@ -126,6 +129,8 @@ class MetricsLogger:
     def _hold(self) -> None:
         """Set every gauge again to its last value every HOLD_GAUGES_S until `close` (see HOLD_GAUGES_S)."""
         while not self._closed.wait(HOLD_GAUGES_S):
+            if self.restart_source is not None:
+                self.set_actor_restarts(self.restart_source())
             with self._lock:
                 held = list(self._held.values())
             for gauge, value, tags in held:

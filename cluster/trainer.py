@@ -110,6 +110,7 @@ class Trainer(RunEvaluation):
                  "config": self.cfg.model_dump(mode="json")} if lc.wandb else None
         tags = tuple(sorted({str(p["tag"]) for p in self.prompts if p.get("tag")}))
         self.logger = MetricsLogger(lc.output_dir, tensorboard=lc.tensorboard, wandb=wandb, accuracy_tags=tags)
+        self.logger.restart_source = actor_restarts
         report_process("driver", "driver", lambda: self.version, driver=True)  # its memory on the dashboard
         if self.resume:
             self._restore()
