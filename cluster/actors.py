@@ -29,8 +29,11 @@ def _env(cfg: ExperimentConfig) -> dict:
     return actor_env(cfg.cluster.torch_threads_per_actor)
 
 
-def rollout_actors(cfg: ExperimentConfig, placement: Placement, max_restarts: int = 3) -> list:
-    """Start `cluster.num_rollout_actors` rollout actors, one per rollout bundle."""
+def rollout_actors(cfg: ExperimentConfig, placement: Placement, max_restarts: int = -1) -> list:
+    """Start `cluster.num_rollout_actors` rollout actors, one per rollout bundle. They restart without limit
+    (Ray's max_restarts=-1): a fixed budget counts over the driver's whole life, so a run of days would lose an
+    actor for good at its fourth death. What bounds a crash loop is the driver's per-iteration limit
+    (cluster/scheduling.py MAX_ROLLOUT_RETRIES)."""
     c = cfg.cluster
     cls = ray.remote(RolloutWorker)
     actors = []

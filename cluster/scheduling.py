@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import ray
 
-MAX_ROLLOUT_RETRIES = 3  # per actor and iteration; matches the actors' max_restarts
+MAX_ROLLOUT_RETRIES = 3  # per actor and iteration; the actors themselves restart without limit
 
 
 @contextmanager

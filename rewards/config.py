@@ -52,7 +52,11 @@ class ScorerConfig(_Section):
         "before its images are left unscored (never a reward of 0) and the hung actor is restarted; remote scorers "
         "time out their own HTTP calls first (their options timeout_s, retries)."
     )
-    max_restarts: int = Field(3, ge=0, description="How often Ray restarts a dead reward actor (Ray's max_restarts).")
+    max_restarts: int = Field(
+        -1, ge=-1, description="How often Ray restarts a dead reward actor over the run (Ray's max_restarts); -1, the "
+        "default, is without limit, as a run of days outlives any fixed budget. A crash loop still stops the run: each "
+        "request is resubmitted once, and a request whose actor dies again fails the run."
+    )
 
     @field_validator("name")
     @classmethod

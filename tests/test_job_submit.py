@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.script_loader import load_script
 from tests.tiny_models import SMALL_EVAL
 
 pytestmark = pytest.mark.job
@@ -22,28 +22,10 @@ pytestmark = pytest.mark.job
 REPO = Path(__file__).resolve().parents[1]
 
 
-_GIVEN_PORTS: set[int] = set()
-
-
-def _free_port() -> int:
-    """A free loopback port never handed out before in this process. The OS may offer a port again once
-    its probe socket closes, and a head got the same port for its GCS and its agent's gRPC once
-    (`ray start` then failed)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN_PORTS:
-            _GIVEN_PORTS.add(port)
-            return port
-
-
-def ray_env() -> dict[str, str]:
-    """The environment every `ray start` and `ray job submit` of a test shares: token auth off, and this
-    interpreter's venv first on PATH (a job's command runs with the PATH of the shell that started Ray)."""
-    bin_dir = Path(sys.executable).parent
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+# The free-port picker and the shared environment of every head and driver are benchmarks/ray_head.py's (the
+# chaos benchmark starts its head with them too).
+_ray_head = load_script("benchmarks/ray_head.py")
+_free_port, ray_env = _ray_head.free_port, _ray_head.ray_env
 
 
 def start_ray_node(temp: Path, env: dict[str, str], *args: str) -> None:

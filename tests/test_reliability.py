@@ -40,6 +40,20 @@ def test_rollout_actor_killed_mid_iteration_groups_counted_once(local_ray, tiny_
     assert [sorted(m["groups"]) for m in lines] == [[0, 1], [0, 1]]
 
 
+def test_a_rollout_actor_killed_more_often_than_any_fixed_budget_still_restarts(local_ray, tiny_sd3_path, tmp_path):
+    """Ray counts max_restarts over the actor's life, so with a budget of 3 the fourth death in one driver
+    life lost the actor for good (a run of days would stop); the limit is per iteration instead."""
+    cfg = _single_rank(tiny_sd3_path, tmp_path, iterations=1)
+    with Trainer(cfg) as trainer:
+        for _ in range(4):
+            pid = ray.get(trainer.rollouts[0].pid.remote())
+            pending = trainer.submit_rollout(0)
+            os.kill(pid, signal.SIGKILL)
+            results, _ = trainer.rollout(pending)
+            assert sorted(r.request.group_index for r in results) == [0, 1]
+            assert ray.get(trainer.rollouts[0].pid.remote()) != pid
+
+
 def test_learner_death_names_the_rank(local_ray, tiny_sd3_path, tmp_path):
     cfg = _single_rank(tiny_sd3_path, tmp_path)
     with Trainer(cfg) as trainer:
