@@ -73,6 +73,9 @@ class Algorithm(BaseModel):
     # The keys of the config layout before the `algorithm` section (sampling.strategy / learner.loss) that
     # became this unit's fields: old dotted key -> field (cluster/config_migration.py).
     legacy_keys: ClassVar[dict[str, str]] = {}
+    # False for units added with the `algorithm` section: no old layout names them, so the migration ignores
+    # them (and the legacy_keys and legacy_selector they inherit from their family's base).
+    legacy_layout: ClassVar[bool] = True
 
     # ---- configuration
 

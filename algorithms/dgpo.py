@@ -31,12 +31,7 @@ from algorithms.losses import dgpo_group_weights, dgpo_loss, dsm_loss, velocity_
 class DGPO(ForwardProcessAlgorithm):
     """DGPO with the reference code's PPO-style DSM clip and its velocity KL (learner.beta)."""
 
-    # added with the `algorithm` section: no layout before it to migrate from
-    legacy_keys: ClassVar[dict[str, str]] = {}
-
-    @classmethod
-    def legacy_selector(cls) -> dict[str, str]:
-        return {}
+    legacy_layout: ClassVar[bool] = False  # added with the `algorithm` section: nothing to migrate from
 
     name: Literal["dgpo"] = "dgpo"
     group_coupled: ClassVar[bool] = True

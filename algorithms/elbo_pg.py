@@ -28,12 +28,7 @@ from algorithms.losses import elbo_log_likelihood, elbo_pg_loss, soft_clip, velo
 class ELBOPolicyGradient(ForwardProcessAlgorithm):
     """ELBO policy gradient: the sampling policy is an EMA of the trained one, as the paper's 'old' adapter."""
 
-    # added with the `algorithm` section: no layout before it to migrate from
-    legacy_keys: ClassVar[dict[str, str]] = {}
-
-    @classmethod
-    def legacy_selector(cls) -> dict[str, str]:
-        return {}
+    legacy_layout: ClassVar[bool] = False  # added with the `algorithm` section: nothing to migrate from
 
     name: Literal["elbo_pg"] = "elbo_pg"
     old_policy: Literal["current", "ema"] = Field(

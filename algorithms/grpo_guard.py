@@ -23,12 +23,8 @@ class StepMeansFlowGRPO(FlowGRPO):
     the sampler's step Gaussians through their mean-reduced Gaussian log-probs (GRPO-Guard, Flow-DPPO).
     Not registered: a base, as PerStepAlgorithm is."""
 
-    legacy_keys: ClassVar[dict[str, str]] = {}
+    legacy_layout: ClassVar[bool] = False  # new in the `algorithm` section's layout: nothing to migrate from
     records_step_means: ClassVar[bool] = True
-
-    @classmethod
-    def legacy_selector(cls) -> dict[str, str]:
-        return {}  # new in the `algorithm` section's layout: no older one to migrate
 
     def check(self, cfg) -> None:
         super().check(cfg)

@@ -31,9 +31,14 @@ def _pop(data: dict, dotted: str) -> Any:
     return data[section].pop(key)
 
 
+def _legacy_units() -> list[type]:
+    """The units an old layout may name (not those added with the `algorithm` section)."""
+    return [cls for cls in ALGORITHMS.values() if cls.legacy_layout]
+
+
 def _all_legacy_keys() -> dict[str, list[type]]:
     owners: dict[str, list[type]] = {}
-    for cls in ALGORITHMS.values():
+    for cls in _legacy_units():
         for old in cls.legacy_keys:
             owners.setdefault(old, []).append(cls)
     return owners
@@ -62,7 +67,7 @@ def migrate(data: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     data = copy.deepcopy(data)
     old = dict(OLD_SELECTOR_DEFAULTS)
     old.update({key: _pop(data, key) for key in selectors})
-    chosen = [cls for cls in ALGORITHMS.values() if cls.legacy_selector() == old]
+    chosen = [cls for cls in _legacy_units() if cls.legacy_selector() == old]
     if len(chosen) != 1:
         raise ValueError(f"sampling.strategy {old['sampling.strategy']!r} with learner.loss {old['learner.loss']!r} "
                          f"names no algorithm; set `algorithm.name` to one of {sorted(ALGORITHMS)}")

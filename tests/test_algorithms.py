@@ -203,7 +203,7 @@ def test_every_preset_loads_and_equals_its_old_layout_read_through_the_migration
     data = yaml.safe_load(preset.read_text())
     cfg = load_config(preset)
     assert cfg.name == preset.stem and type(cfg.algorithm) is ALGORITHMS[data["algorithm"]["name"]]
-    if type(cfg.algorithm).legacy_selector():  # units added with the `algorithm` section had no old layout
+    if type(cfg.algorithm).legacy_layout:  # units added with the `algorithm` section had no old layout
         assert _load(tmp_path, _old_layout(data)) == cfg
 
 
