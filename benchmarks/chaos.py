@@ -296,6 +296,20 @@ def undisturbed(args, head: RayHead, run_dir: Path, logs: ChaosRun) -> float:
     return time.monotonic() - start
 
 
+def wait_for_baseline(run_dir: Path, iterations: int, poll_s: float = 30.0) -> None:
+    """`--baseline` may name a run still in progress (an undisturbed run started beside this one, e.g.
+    `--kills rollout=0,reward=0,learner=0,driver=0 --no-baseline`): wait for its final checkpoint and
+    evaluation, saying so every few minutes."""
+    final = [run_dir / "checkpoints" / f"iter_{iterations:06d}", run_dir / "eval.json"]
+    waited = 0.0
+    while not all(p.exists() for p in final):
+        if waited % 300 < poll_s:
+            print(f"[chaos] waiting for the baseline run {run_dir} to finish ({', '.join(p.name for p in final)})",
+                  flush=True)
+        time.sleep(poll_s)
+        waited += poll_s
+
+
 def cpus_for(args) -> int:
     from cluster.config import load_config
     from cluster.ray_init import cpu_demand
@@ -326,6 +340,8 @@ def main(argv: list[str] | None = None) -> dict:
     given = list(argv if argv is not None else sys.argv[1:])
     if "--output-dir" in given:  # the command docs/benchmarks.md shows: no path of this machine
         del given[given.index("--output-dir"):given.index("--output-dir") + 2]
+    if "--baseline" in given:
+        given[given.index("--baseline") + 1] = "<undisturbed run dir>"
     args.iterations = args.iterations or max(2, round(60 * args.minutes / args.seconds_per_iteration))
     out = Path(args.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -337,6 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = chaos.run(out / "chaos")
         baseline = Path(args.baseline).resolve() if args.baseline else None
         base_seconds = None
+        if baseline is not None:
+            wait_for_baseline(baseline, args.iterations)
         if baseline is None and not args.no_baseline:
             baseline = out / "undisturbed"
             base_seconds = undisturbed(args, head, baseline, chaos)
