@@ -286,6 +286,7 @@ class ExperimentConfig(_Section):
         if self.cluster.async_mode and self.cluster.max_staleness < 1:
             raise ValueError("cluster.max_staleness must be >= 1 when cluster.async_mode is true")
         _check_step_distilled(self)
+        _check_video_scorers(self)
         self.algorithm.check(self)
         return self
 
@@ -307,6 +308,21 @@ def _check_step_distilled(cfg: ExperimentConfig) -> None:
             "forward-process algorithm (it trains on final samples), the undistilled base model, or set "
             "model.allow_step_distilled=true to train it anyway"
         )
+
+
+def _check_video_scorers(cfg: ExperimentConfig) -> None:
+    """A video family's samples are [F, H, W, 3] frames: every scorer must take videos (rewards/video.py's
+    video_<name> wrappers score sampled frames with an image scorer), or the first request would fail."""
+    from rewards.base import scorer_factory
+
+    if not family_of(cfg.model.family).temporal_compression:
+        return
+    for i, scorer in enumerate(cfg.rewards.scorers):
+        if not getattr(scorer_factory(scorer.name), "accepts_video", False):
+            raise ValueError(
+                f"rewards.scorers[{i}].name={scorer.name!r} scores images, but model.family={cfg.model.family!r} makes "
+                f"videos: use video_{scorer.name} (the image scorer over sampled frames, options.frames; docs/video.md)"
+            )
 
 
 def _check_hybrid(c: ClusterConfig, zero_stage: int) -> None:

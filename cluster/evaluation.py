@@ -16,7 +16,8 @@ Each evaluation `<name>` writes:
   data.eval_max_halfwidth) and `ci_prompts` (prompts, then images); each scorer's mean reward with its
   interval, the plan's fingerprint and the per-image file's sha256 (so a truncated or swapped file is caught);
 - `<name>_grid.png`: a few images of a few prompts per tag, captioned (cluster.plots): the prompt of each
-  row, each image's verdict, and a title with the accuracy.
+  row, each image's verdict, and a title with the accuracy (a video as a strip of 4 of its frames);
+- videos only, `<name>_videos/<name>_<k>.gif`: the same captioned grid animated, one GIF per pictured prompt.
 While it runs, an evaluation prints a few progress lines (images done, elapsed, ETA; cluster.metrics.Progress).
 `compare_evaluations` pairs two evaluations with the same fingerprint and gives the difference per tag
 and overall with a paired bootstrap interval. The trainer (through its actors) and `launch.py eval`
@@ -41,7 +42,7 @@ import numpy as np
 
 from cluster.eval_stats import Estimate, bootstrap, verdict, worst_case_halfwidths
 from cluster.metrics import Progress
-from cluster.plots import Caption, before_after_grid, captioned_grid, write_png
+from cluster.plots import Caption, animated_grids, before_after_grid, captioned_grid, stills, write_png
 from cluster.plots import display_scale as display_scale  # re-exported: callers import the grid's pieces here
 from cluster.plots import image_grid as image_grid
 from cluster.plots import save_png as save_png
@@ -266,7 +267,16 @@ class Evaluation:
         """uint8 [H, W, 3]: these images captioned, one prompt a row (<name>_grid.png, the probe's grid)."""
         legend = "frame: GenEval verdict (green correct, red wrong)" if "overall" in self.summary else "under each: its reward"
         title = f"{self.headline()} -- {self.plan.split} prompts, {len(index)} of {self.plan.num_images} images; {legend}"
-        return captioned_grid(self.take(index), self.captions(index), columns, title)
+        images = self.take(index)
+        if images.ndim == 5:  # videos: a strip of evenly spaced frames each (the GIFs of `animations` move)
+            title += f"; each video as {min(4, images.shape[1])} of its {images.shape[1]} frames"
+        return captioned_grid(stills(images), self.captions(index), columns, title)
+
+    def animations(self, index: Sequence[int], columns: int, out_dir: str | Path) -> list[Path]:
+        """Videos only: one animated captioned grid per prompt of `index`, `<name>_videos/<name>_<k>.gif`
+        (cluster.plots.animated_grids; PIL, no video codec needed)."""
+        return animated_grids(self.take(index), self.captions(index), columns, f"{self.headline()} -- {self.plan.split}",
+                              Path(out_dir) / f"{self.name}_videos", self.name)
 
 
 def per_image_rows(plan: EvalPlan, scores: dict[str, ScoreResult]) -> list[dict]:
@@ -367,8 +377,10 @@ def evaluate(plan: EvalPlan, sample: SampleFn, score: ScoreFn, *, output_dir: st
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
     evaluation = Evaluation(summary, sampled.kept(), plan, rows, name)
     if grid:
-        write_png(evaluation.picture(plan.image_index(**PICTURED), columns=PICTURED["per_prompt"]),
-                  out / f"{name}_grid.png")
+        pictured = plan.image_index(**PICTURED)
+        write_png(evaluation.picture(pictured, columns=PICTURED["per_prompt"]), out / f"{name}_grid.png")
+        if evaluation.take(pictured[:1]).ndim == 5:
+            evaluation.animations(pictured, PICTURED["per_prompt"], out)
     return evaluation
 
 
@@ -376,7 +388,7 @@ def before_after_picture(base: Evaluation, final: Evaluation, out_png: str | Pat
     """before_after.png: per prompt (PICTURED's per tag), its first (<= 4) images by the base and the trained policy."""
     per_prompt = min(4, *(len(seeds) for seeds in base.plan.seeds))
     pick = base.plan.image_index(per_prompt=per_prompt, prompts_per_tag=PICTURED["prompts_per_tag"])
-    return before_after_grid(base.take(pick), final.take(pick), out_png, per_prompt=per_prompt,
+    return before_after_grid(stills(base.take(pick)), stills(final.take(pick)), out_png, per_prompt=per_prompt,
                              before_captions=base.captions(pick), after_captions=final.captions(pick),
                              title=f"before -- {base.headline()}  |  after -- {final.headline()}")
 

@@ -135,9 +135,9 @@ def prompt_cache_bytes(spec: PipelineSpec, max_sequence_length: int, prompts: in
     return prompt_embedding_bytes(spec, max_sequence_length, min(prompts, PROMPT_CACHE_SIZE), dtype_bytes)
 
 
-def latent_bytes(spec: PipelineSpec, resolution: int) -> int:
-    """One fp32 latent [C, res / scale, res / scale]."""
-    return 4 * spec.latent_channels * (resolution // spec.vae_scale) ** 2
+def latent_bytes(spec: PipelineSpec, resolution: int, frames: int = 1) -> int:
+    """One fp32 latent [C, res / scale, res / scale] (a video family's: [C, latent frames, ...] for `frames`)."""
+    return 4 * spec.latent_channels * (resolution // spec.vae_scale) ** 2 * family_of(spec.family).latent_frames(frames)
 
 
 # ----------------------------------------------------------------------------- per actor kind
@@ -258,13 +258,13 @@ def _sampler_state(cfg, spec: PipelineSpec, prompts: int, groups: int) -> list[T
     kept = f"{groups} groups' trajectory latents (fp32, kept until the update)" if groups > 1 else "trajectory latents (fp32)"
     return [Term(f"prompt cache ({min(prompts, PROMPT_CACHE_SIZE)} prompts)",
                  prompt_cache_bytes(spec, m.max_sequence_length, prompts, DTYPE_BYTES[m.dtype])),
-            Term(kept, groups * latent_bytes(spec, m.resolution) * images_per_group(cfg) * (cfg.sampling.num_steps + 1))]
+            Term(kept, groups * latent_bytes(spec, m.resolution, m.num_frames) * images_per_group(cfg) * (cfg.sampling.num_steps + 1))]
 
 
 def _sampler_transients(cfg, spec: PipelineSpec) -> list[Term]:
     """The largest transformer call while sampling, and one VAE decode chunk (never at once)."""
     m, dtype_bytes = cfg.model, DTYPE_BYTES[cfg.model.dtype]
-    tokens = image_tokens(spec, m.resolution) + text_tokens(spec, m.max_sequence_length)
+    tokens = image_tokens(spec, m.resolution, m.num_frames) + text_tokens(spec, m.max_sequence_length)
     rows = rollout_rows_per_call(cfg)
     chunk = min(images_per_group(cfg), cfg.cluster.rollout_images_per_decode or images_per_group(cfg))
     return [
@@ -312,7 +312,7 @@ def plan_learner(cfg, spec: PipelineSpec) -> tuple[list[Term], list[Term]]:
     terms.append(Term(f"prompt embeddings of {groups} groups ({shipped} rows, shipped with them)",
                       prompt_embedding_bytes(spec, m.max_sequence_length, shipped, dtype_bytes),
                       ("data.images_per_iteration", "cluster.num_learner_ranks"), host=True))
-    tokens = image_tokens(spec, m.resolution) + text_tokens(spec, m.max_sequence_length)
+    tokens = image_tokens(spec, m.resolution, m.num_frames) + text_tokens(spec, m.max_sequence_length)
     rows = learner_inputs_per_micro_batch(cfg) * _cfg_factor(cfg)
     ckpt = "with" if m.gradient_checkpointing else "without"
     fused = cfg.cluster.learner_num_gpus > 0  # learner/engine.py build_optimizer: fused AdamW on CUDA

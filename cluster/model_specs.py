@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.families import family_of
+from models.family_wan import wan_linears
 
 # ----------------------------------------------------------------------------- model architecture
 
@@ -42,9 +43,9 @@ class PipelineSpec:
     scheduler: dict = field(default_factory=dict, hash=False)
 
 
-def image_tokens(spec: PipelineSpec, resolution: int) -> int:
-    """(resolution / (VAE scale x patch))^2."""
-    return (resolution // spec.pixels_per_token) ** 2
+def image_tokens(spec: PipelineSpec, resolution: int, frames: int = 1) -> int:
+    """(resolution / (VAE scale x patch))^2, times the latent frames of a video family's `frames` (model.num_frames)."""
+    return (resolution // spec.pixels_per_token) ** 2 * family_of(spec.family).latent_frames(frames)
 
 
 def text_tokens(spec: PipelineSpec, max_sequence_length: int) -> int:
@@ -160,6 +161,13 @@ PUBLISHED_PIPELINES = {
     **{f"black-forest-labs/FLUX.2-klein-{kind}9B": PipelineSpec(
         "flux2_klein", 9_078_581_248, 4096, 32, 16, {"text_encoder": 8_190_735_360}, _VAE_FLUX2, 256, 32, 8, 12288, 0, 0,
         scheduler=_FLUX2_SCHEDULER) for kind in ("", "base-")},
+    # Wan2.1-T2V 1.3B / 14B (scripts/build_wan.py has the configs): 30 blocks at 1536 / 40 at 5120, UMT5-XXL's encoder
+    # (UMT5EncoderModel, vocabulary 256384), AutoencoderKLWan (Qwen-Image's VAE architecture: 192 channels at full
+    # resolution); the module list is the published one (models/family_wan.py wan_linears), so LoRA counts are exact.
+    **{f"Wan-AI/Wan2.1-T2V-{size}-Diffusers": PipelineSpec(
+        "wan", params, dim, layers, 16, {"text_encoder": 5_680_910_336}, 126_892_531, 192, 16, 8, 4096, 0, 0,
+        linears=wan_linears(dim, ffn, layers)) for size, params, dim, ffn, layers in (
+            ("1.3B", 1_418_996_800, 1536, 8960, 30), ("14B", 14_288_491_584, 5120, 13824, 40))},
 }
 # Default scorer weights (rewards/: the hub ids the scorers load without a `model` option): parameters
 # (meta-device count of the CLIP configs; Mask2Former Swin-S from its model card) and the live elements of
@@ -168,6 +176,18 @@ PUBLISHED_REWARDS = {
     "yuvalkirstain/PickScore_v1": RewardSpec(986_109_441, 257 * 1280),  # CLIP ViT-H/14
     "openai/clip-vit-large-patch14": RewardSpec(427_616_513, 257 * 1024),  # CLIP ViT-L/14
     "facebook/mask2former-swin-small-coco-instance": RewardSpec(69_000_000, 96 * 96 * 96),
+    # The vlm_judge / soft_tifa judges (rewards/vlm_judge.py): Qwen2_5_VLForConditionalGeneration built on the meta
+    # device from the published configs (7B: untied lm_head, vocabulary 152064; 3B: tied, 151936). Per image, one
+    # (image, question) forward; its widest block is the vision tower's at 512 px: (504 / 14)^2 = 1296 patches x 1280.
+    "Qwen/Qwen2.5-VL-7B-Instruct": RewardSpec(8_292_166_656, 1296 * 1280),
+    "Qwen/Qwen2.5-VL-3B-Instruct": RewardSpec(3_754_622_976, 1296 * 1280),
+    # unified_reward / unified_reward_pairwise (rewards/unified_reward.py): UnifiedReward's 7B judges are fine-tunes of
+    # Qwen2.5-VL-7B-Instruct with its architecture (their model cards; the -qwen-7b shards sum to 16.6 GB, 8.29 B in
+    # bf16). A pairwise forward holds two images per pair: 2 * options.batch_size images.
+    **{f"CodeGoat24/UnifiedReward-{series}qwen-7b": RewardSpec(8_292_166_656, 1296 * 1280) for series in ("", "2.0-")},
+    # hpsv3 (rewards/hpsv3.py) loads Qwen2VLModel without the LM head (8,291,375,616 with it, counted on the meta
+    # device from the published config); each image is resized to 448 x 448: (448 / 14)^2 = 1024 patches x 1280.
+    "Qwen/Qwen2-VL-7B-Instruct": RewardSpec(7_746_378_240, 1024 * 1280),
 }
 
 

@@ -285,6 +285,50 @@ def write_png(array: np.ndarray, path: str | Path) -> Path:
     return Path(path)
 
 
+# ----------------------------------------------------------------------------- videos (docs/video.md)
+
+STILL_FRAMES = 4  # frames of a video side by side in a still picture
+
+
+def stills(images: np.ndarray, frames: int = STILL_FRAMES) -> np.ndarray:
+    """What a still picture shows of each sample: images [N, H, W, 3] as they are; videos [N, F, H, W, 3] as a strip
+    of `frames` evenly spaced frames (first and last included), [N, H, k W + k - 1, 3] with 1 px grey gutters."""
+    if images.ndim == 4:
+        return images
+    from rewards.video import frame_indices
+
+    index = frame_indices(images.shape[1], frames)
+    n, _, h, w, c = images.shape
+    strip = np.full((n, h, len(index) * (w + 1) - 1, c), 128, dtype=np.uint8)
+    for j, f in enumerate(index):
+        strip[:, :, j * (w + 1) : j * (w + 1) + w] = images[:, f]
+    return strip
+
+
+def write_gif(frames: Sequence[np.ndarray], path: str | Path, fps: float = 8.0) -> Path:
+    """An animated GIF (PIL, looping) of uint8 [H, W, 3] pictures, one per video frame."""
+    first, *rest = [Image.fromarray(f) for f in frames]
+    first.save(path, save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
+    return Path(path)
+
+
+def animated_grids(videos: np.ndarray, captions: Sequence[Caption], columns: int, title: str, out_dir: str | Path,
+                   stem: str) -> list[Path]:
+    """One GIF per prompt (`<stem>_<k>.gif`, k the prompt's order in the picture): its videos side by side, captioned
+    as captioned_grid captions them, each GIF frame the videos' frame t ("frame t of F" in the title)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = list(dict.fromkeys(c.prompt for c in captions))
+    paths = []
+    for k, prompt in enumerate(prompts):
+        rows = [i for i, c in enumerate(captions) if c.prompt == prompt]
+        clip = videos[rows]
+        frames = [captioned_grid(clip[:, t], [captions[i] for i in rows], columns,
+                                 f"{title} -- frame {t + 1} of {clip.shape[1]}") for t in range(clip.shape[1])]
+        paths.append(write_gif(frames, out_dir / f"{stem}_{k}.gif"))
+    return paths
+
+
 def before_after_grid(before: np.ndarray, after: np.ndarray, out_png: str | Path, *, per_prompt: int,
                       max_prompts: int = 12, before_captions: Sequence[Caption] | None = None,
                       after_captions: Sequence[Caption] | None = None,

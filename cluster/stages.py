@@ -14,7 +14,7 @@ from cluster.config import ExperimentConfig
 from cluster.metrics import reward_by_tag
 from learner.advantages import get_adv_est, no_signal_mask
 from learner.worker import TrainGroup
-from rewards.base import ScoreResult
+from rewards.base import Progress, ScoreResult, call_scorer
 from rewards.combine import ADVANTAGE_INPUTS, combine
 from rewards.pool import RewardBatch
 from rollout.worker import GroupResult
@@ -34,9 +34,23 @@ def reward_inputs(res: GroupResult) -> tuple:
     return res.images, [res.request.prompt] * n, [res.request.metadata] * n
 
 
-def score_in_process(results: Sequence[GroupResult], scorers: dict) -> list[Scored]:
+def reward_context(res: GroupResult, iterations: int | None = None) -> dict:
+    """What a scorer may declare it needs beyond the images (rewards/base.py): the group's reward groups, the
+    training progress (None without `iterations`) and its final latents (an ObjectRef when a rollout actor put
+    them, the tensor in-process, None when nobody asked). The reward pools pass each only to the scorers that
+    declare it, so offering them costs nothing."""
+    latents = res.latents
+    if latents is None and res.rollout.final_latents is not None:
+        latents = res.rollout.final_latents
+    return {"groups": res.rollout.reward_group.numpy(),
+            "progress": None if iterations is None else Progress(res.request.iteration, iterations),
+            "latents": latents}
+
+
+def score_in_process(results: Sequence[GroupResult], scorers: dict, iterations: int | None = None) -> list[Scored]:
     """Score each sampled group in this process with `scorers` (rewards.base.build_scorers)."""
-    return [Scored(r, {name: scorer(*reward_inputs(r)) for name, scorer in scorers.items()}) for r in results]
+    return [Scored(r, {name: call_scorer(scorer, *reward_inputs(r), **reward_context(r, iterations))
+                       for name, scorer in scorers.items()}) for r in results]
 
 
 MIN_SCORED_PER_GROUP = 2  # fewer scored images give no group-relative signal (one image is its own mean)

@@ -41,7 +41,14 @@ from cluster.preflight import check_nodes
 from cluster.ray_init import require_fit
 from cluster.run_evaluation import RunEvaluation
 from cluster.scheduling import MAX_ROLLOUT_RETRIES, PendingRollout, Schedule, schedule_for, timed
-from cluster.stages import Scored, iteration_advantages, mean_over_ranks, reward_inputs, reward_metrics
+from cluster.stages import (
+    Scored,
+    iteration_advantages,
+    mean_over_ranks,
+    reward_context,
+    reward_inputs,
+    reward_metrics,
+)
 from common.actor_metrics import actor_restarts, report_process
 from common.durable import CheckpointError
 from common.storage import StorageError, remove_sentinel, resolve_output_dir, write_sentinel
@@ -81,6 +88,7 @@ class Trainer(RunEvaluation):
         self.layout = LAYOUTS[cfg.cluster.layout]  # cluster/layouts.py: the actors and the weight sync
         self.unscored = UnscoredWindow.from_config(cfg.rewards)  # stops the run past rewards.max_unscored_share
         self._resampled: list[int] = []  # groups sampled again this iteration (metrics.jsonl `groups_resampled`)
+        self._latents_for_rewards = cfg.rewards.wants_latents()  # rollout actors put final latents for a scorer
 
     # ------------------------------------------------------------------ setup / teardown
 
@@ -199,7 +207,8 @@ class Trainer(RunEvaluation):
         """The iteration's groups: the prompts of the run's order (rewards/prompt_order.py), one per group,
         each seeded by (seed, iteration, group)."""
         return [
-            GroupRequest(g, self.prompts[i]["prompt"], self.prompts[i], derive_seed(self.cfg.seed, "group", iteration, g), iteration)
+            GroupRequest(g, self.prompts[i]["prompt"], self.prompts[i], derive_seed(self.cfg.seed, "group", iteration, g), iteration,
+                         with_latents=self._latents_for_rewards)
             for g, i in enumerate(self.prompt_order.indices(iteration))
         ]
 
@@ -244,7 +253,7 @@ class Trainer(RunEvaluation):
                 for r in sorted(lost, key=lambda r: r.group_index):
                     pending.add(self.rollouts, a, r)
                 continue
-            done[req.group_index] = (res, self.rewards.submit(*reward_inputs(res)))
+            done[req.group_index] = (res, self.rewards.submit(*reward_inputs(res), **self._reward_context(res)))
         order = sorted(done)
         return [done[g][0] for g in order], {"handles": [done[g][1] for g in order]}
 
@@ -255,10 +264,14 @@ class Trainer(RunEvaluation):
                 scores = self.rewards.gather(handle).results
             except ObjectLostError:  # its rollout actor died after returning it: the images went with it
                 res = self._resample(res.request)
-                scores = self.rewards.score(*reward_inputs(res)).results
+                scores = self.rewards.score(*reward_inputs(res), **self._reward_context(res)).results
             scored.append(Scored(res, scores))
         self.unscored.observe({name: [s.scores[name] for s in scored] for name in self.rewards.pools})
         return scored
+
+    def _reward_context(self, res: GroupResult) -> dict:
+        """Group ids, progress and latents for the scorers that declare them (cluster/stages.py)."""
+        return reward_context(res, self.cfg.iterations)
 
     def _resample(self, request: GroupRequest) -> GroupResult:
         """Sample a group again (same seed) on its actor once Ray has restarted it."""

@@ -1,9 +1,9 @@
 """Bulk rollout data by reference: the one module that puts rollout tensors in Ray's object store and
 fetches them back.
 
-A rollout actor samples a group, then `put_group` stores two objects in the object store (owned by
-that actor, in its node's shared memory) and returns a small `GroupResult` whose bulk fields are
-ObjectRefs:
+A rollout actor samples a group, then `put_group` stores two objects (three where a scorer asks for
+latents) in the object store (owned by that actor, in its node's shared memory) and returns a small
+`GroupResult` whose bulk fields are ObjectRefs:
 - the images (uint8 [I, H, W, 3]): the reward actors read them (rewards/pool.py passes the ref on);
 - the learner's payload: only what the learner reads. Per-step losses read the transitions, stored as
   a latent chain where every distinct latent appears once (a trajectory's x_next is the next step's
@@ -12,7 +12,9 @@ ObjectRefs:
   image are never read by a learner and are not shipped. Every payload also carries the group's text
   conditioning (`Rollout.conditioning`: the prompt's embeddings once, not per image, and the negative
   prompt's for CFG) in the dtype the rollout actor sampled with, so learner ranks load only the
-  transformer (no text encoders, no VAE) and see bit-identical conditioning.
+  transformer (no text encoders, no VAE) and see bit-identical conditioning;
+- the final latents, only when a reward scorer declares `wants_latents` (rewards/base.py): the reward
+  actors of that scorer read them, nobody else.
 The driver handles the metadata only (ids, rewards, versions): it never calls `ray.get` on latents or
 images. Each learner rank fetches its own groups' payloads (`fetch_groups`).
 
@@ -111,13 +113,15 @@ def strip(rollout: Rollout) -> Rollout:
     return dataclasses.replace(rollout, transitions=None, final_latents=None, anchor_latents=None, conditioning=None)
 
 
-def put_group(result):
+def put_group(result, latents: bool = False):
     """[rollout actor] Put a sampled group's images and learner payload in the object store; returns
-    the GroupResult with `images` and `bulk` as ObjectRefs and `rollout` stripped."""
+    the GroupResult with `images` and `bulk` as ObjectRefs and `rollout` stripped. `latents`: put the final
+    latents too (`latents`), for a scorer that declares wants_latents (rewards/base.py); off, they stay out."""
     import ray
 
+    final = ray.put(result.rollout.final_latents.detach().cpu()) if latents else None
     return dataclasses.replace(result, rollout=strip(result.rollout), images=ray.put(np.ascontiguousarray(result.images)),
-                               bulk=ray.put(LearnerPayload.of(result.rollout)))
+                               bulk=ray.put(LearnerPayload.of(result.rollout)), latents=final)
 
 
 def fetch_groups(groups: list) -> tuple[list, list[int]]:

@@ -48,12 +48,18 @@ class ModelConfig(_Section):
     family: str = Field(
         "sd3", description="Pipeline family, by its entry in the family table (models/families.py): 'sd3' "
         "(StableDiffusion3Pipeline), 'flux' (FluxPipeline), 'qwen_image' (QwenImagePipeline), 'z_image' (ZImagePipeline), "
-        "'flux2' (Flux2Pipeline: FLUX.2-dev), 'flux2_klein' (Flux2KleinPipeline: FLUX.2-klein).",
+        "'flux2' (Flux2Pipeline: FLUX.2-dev), 'flux2_klein' (Flux2KleinPipeline: FLUX.2-klein), 'wan' (WanPipeline: Wan2.1 "
+        "text-to-video, with model.num_frames).",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype of the frozen parts; the SDE math always runs in float32."
     )
     resolution: int = Field(32, ge=8, description="Image height and width in pixels.")
+    num_frames: int = Field(
+        1, ge=1, description="Frames per sample: 1 for the image families; a video family's count (Wan: 4k + 1, e.g. 33, "
+        "49, 81, as its VAE compresses 4 frames into one latent frame after the first). Scorers see each video's frames "
+        "through the video_<scorer> wrappers (rewards/video.py, docs/video.md).",
+    )
     guidance_scale: float = Field(
         4.5, ge=0.0, description="Classifier-free guidance scale of rollouts and training (1 disables CFG)."
     )
@@ -86,6 +92,7 @@ class ModelConfig(_Section):
     def _check_family(self) -> ModelConfig:
         if self.family not in FAMILIES:
             raise ValueError(f"model.family {self.family!r} is not registered; choose one of {sorted(FAMILIES)}")
+        FAMILIES[self.family].check_frames(self.num_frames)
         return self
 
 

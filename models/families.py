@@ -61,6 +61,9 @@ class ModelFamily:
     # (planner); None: the factors measured for SD3.5 and FLUX.1 (cluster/memory_plan.py).
     train_elements_per_token_hidden: float | None = None
     inference_elements_per_token_hidden: float | None = None
+    # Video families: frames per latent frame after the first (a 4k + 1 frame video has k + 1 latent frames); 0: the
+    # family makes images (model.num_frames is 1).
+    temporal_compression: int = 0
 
     def __init__(self, pipe, cfg):
         self.pipe, self.cfg = pipe, cfg
@@ -81,6 +84,23 @@ class ModelFamily:
     @classmethod
     def pixels_per_token(cls, vae_scale: int, patch_size: int) -> int:
         return vae_scale * (cls.latent_patch or patch_size)
+
+    @classmethod
+    def check_frames(cls, num_frames: int) -> None:
+        """ValueError unless `num_frames` (model.num_frames) is what this family makes: 1 for an image family, 4k + 1
+        for a video family whose VAE compresses 4 frames (the pipelines round other counts; here they are refused)."""
+        k = cls.temporal_compression
+        if not k and num_frames != 1:
+            raise ValueError(f"model.num_frames={num_frames}: model.family {cls.name!r} makes images; set it to 1")
+        if k and (num_frames - 1) % k:
+            raise ValueError(f"model.num_frames={num_frames}: {cls.name!r} videos have {k}k + 1 frames (its VAE "
+                             f"compresses {k} frames into one latent frame after the first); use e.g. "
+                             f"{(num_frames - 1) // k * k + 1} or {(num_frames - 1) // k * k + k + 1}")
+
+    @classmethod
+    def latent_frames(cls, num_frames: int) -> int:
+        """Latent frames of a sample of `num_frames` frames (planner: tokens and latent bytes scale with it)."""
+        return (num_frames - 1) // cls.temporal_compression + 1 if cls.temporal_compression else 1
 
     # ---- the loaded model
 
@@ -253,4 +273,5 @@ class FluxFamily(ModelFamily):
 # Families in their own modules, registered on import.
 import models.family_flux2  # noqa: E402, F401
 import models.family_qwen_image  # noqa: E402, F401
+import models.family_wan  # noqa: E402, F401
 import models.family_z_image  # noqa: E402, F401

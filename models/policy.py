@@ -445,7 +445,8 @@ class Policy:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [B, C, h, w] -> uint8 images [B, H, W, 3] (undo the VAE scaling and shift first),
-        at most `images_per_decode` per VAE call (a group's decode at 720 px is ~100 GB otherwise)."""
+        at most `images_per_decode` per VAE call (a group's decode at 720 px is ~100 GB otherwise). A video family's
+        latents [B, C, f, h, w] -> uint8 videos [B, F, H, W, 3] (channels last, as the scorers take frames)."""
         vae = self.pipe.vae
         if vae is None:
             raise RuntimeError("Policy.decode: this policy was loaded with transformer_only=True (a learner rank's) "
@@ -454,4 +455,4 @@ class Policy:
         n = self.images_per_decode or z.shape[0]
         images = torch.cat([self.family.decode(vae, z[i : i + n]).float() for i in range(0, z.shape[0], n)])
         images = ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        return images.permute(0, 2, 3, 1).cpu()
+        return images.movedim(1, -1).cpu()

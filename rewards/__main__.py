@@ -4,9 +4,13 @@
     python -m rewards score --scorer pickscore --images DIR --prompts prompts.txt --model PATH
     python -m rewards score --scorer shapes_geneval --images DIR --prompts metadata.jsonl
     python -m rewards serve --scorer shapes_geneval [--host 127.0.0.1] [--port 8790] [--token-file F]
+    python -m rewards questions PROMPTS_IN OUT.jsonl
 
 `serve` (rewards/serve.py) answers the `remote` scorer; it prints `serving <scorer> on <url>` once it
 listens (with --port 0, the port it picked). A host other than loopback needs --token-file.
+
+`questions` (rewards/questions.py) writes PROMPTS_IN's records to OUT.jsonl, each with its atomic yes/no
+`questions` for the `soft_tifa` scorer (kept where a record has them; rule-based, GenEval-template prompts only).
 
 Images are the DIR's .png/.jpg/.jpeg/.webp files in name order. --prompts is a text file (one prompt
 per line) or a .jsonl of GenEval records ({"tag", "include", "prompt", ...}), one per image; --prompt
@@ -102,6 +106,17 @@ def serve(args) -> int:
     return 0
 
 
+def questions(args) -> int:
+    from rewards.questions import write_questions
+
+    try:
+        count = write_questions(args.prompts_in, args.out)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"python -m rewards questions: {err}") from None
+    print(f"wrote {count} records with questions to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rewards", description="flowray reward scorers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body accepted")
     srv.add_argument("--max-images", type=int, default=256, help="most images in one request")
     srv.add_argument("--max-side", type=int, default=4096, help="largest image height or width, in pixels")
+    qs = commands.add_parser("questions", help="write a prompt file's atomic yes/no questions (soft_tifa)")
+    qs.add_argument("prompts_in", help="prompt file (.jsonl or .txt)")
+    qs.add_argument("out", help="output .jsonl: the records, each with its `questions`")
     args = parser.parse_args(argv)
-    return serve(args) if args.command == "serve" else score(args)
+    return {"serve": serve, "questions": questions}.get(args.command, score)(args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,17 @@ timed out, a remote judge's answer was malformed) is *unscored*, never 0. The re
 whole data path: `ScoreResult.scored` [B] bool is False there and `reward` is NaN there, so code that
 ignores the mask still cannot read a failure as a number. `ScoreResult.valid` (scored and finite) is what
 the advantage stage and the metrics read; `errors` keeps a few one-line reasons for the run's stop message.
+
+Declared inputs. A scorer gets (images, prompts, metadata) and, only where its class declares it, more
+(`call_scorer` is the one place that reads the declarations, `scorer_inputs`):
+- `groupwise = True`: keyword `groups`, int [B], the reward group of each image (the images normalised together;
+  a request holds whole groups, rewards/pool.py), so it can score an image against the others of its group
+  (pairwise win rates, rewards/pairwise.py). It still returns one reward per image.
+- `wants_progress = True`: keyword `progress`, a `Progress` (the iteration that sampled the images, out of the
+  run's `iterations`), or None outside training (evaluation).
+- `wants_latents = True`: keyword `latents`, the final latents [B, ...] the images were decoded from (a torch
+  tensor in the policy's dtype), or None where the caller has none (evaluation). Latents are large: a rollout
+  actor puts them in the object store only when some configured scorer declares this.
 """
 
 from __future__ import annotations
@@ -33,7 +44,15 @@ BUILTIN_SCORERS: dict[str, str] = {
     "shapes_quality": "rewards.quality",
     "remote": "rewards.remote",
     "openai_judge": "rewards.openai_judge",
+    "vlm_judge": "rewards.vlm_judge",
+    "soft_tifa": "rewards.soft_tifa",
+    "pairwise_pickscore": "rewards.pairwise",
+    "hpsv3": "rewards.hpsv3",
+    "unified_reward": "rewards.unified_reward",
+    "unified_reward_pairwise": "rewards.unified_reward",
 }
+# Every image scorer over a video's sampled frames, averaged (rewards/video.py): `video_<name>`.
+BUILTIN_SCORERS |= {f"video_{name}": "rewards.video" for name in BUILTIN_SCORERS}
 MAX_ERRORS = 5  # one-line failure reasons a ScoreResult keeps: enough to name the cause, small on the wire
 
 _REGISTRY: dict[str, Callable[..., Scorer]] = {}
@@ -108,11 +127,77 @@ class ScoreResult:
 
 
 class Scorer(Protocol):
-    """What every registered scorer implements."""
+    """What every registered scorer implements (plus, where it declares them, the keywords of `SCORER_INPUTS`)."""
 
     name: str
 
     def __call__(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[Mapping]) -> ScoreResult: ...
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands when a group is sampled: for scorers that declare `wants_progress` (a reward
+    whose weight or threshold follows a curriculum)."""
+
+    iteration: int  # the iteration that sampled the images, 0-based
+    iterations: int  # the run's `iterations`
+
+    def __post_init__(self):
+        if not 0 <= self.iteration < self.iterations:
+            raise ValueError(f"Progress: iteration {self.iteration} outside [0, iterations={self.iterations})")
+
+    @property
+    def fraction(self) -> float:
+        """iteration / iterations, in [0, 1)."""
+        return self.iteration / self.iterations
+
+
+# Class attribute -> the keyword a scorer that sets it True receives (module docstring).
+SCORER_INPUTS = {"groupwise": "groups", "wants_progress": "progress", "wants_latents": "latents"}
+
+
+def scorer_inputs(scorer) -> dict[str, bool]:
+    """The inputs a scorer (instance or class) declares, by attribute name: all False for a plain scorer."""
+    return {flag: bool(getattr(scorer, flag, False)) for flag in SCORER_INPUTS}
+
+
+def prompt_groups(prompts: Sequence[str]) -> np.ndarray:
+    """int [B]: one group per run of consecutive images with the same prompt, numbered in order. The groups of
+    a caller that gives none (an evaluation: the seeds of one prompt, side by side; `python -m rewards serve`);
+    runs, not distinct prompts, so a prompt listed twice in a test set makes two groups, not a split one."""
+    prompts = list(prompts)
+    changes = [i > 0 and prompts[i] != prompts[i - 1] for i in range(len(prompts))]
+    return np.cumsum(changes, dtype=np.int64)
+
+
+def validate_groups(groups, size: int) -> np.ndarray:
+    """Check group ids (one integer per image, each group's images consecutive, as every strategy lays them
+    out); return them as int64 [B]. Consecutive rows are what lets a request carry whole groups as a slice."""
+    groups = np.asarray(groups)
+    if groups.shape != (size,) or not np.issubdtype(groups.dtype, np.integer):
+        raise ScorerInputError(f"groups must be integers [B={size}], got {groups.dtype} {groups.shape}")
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    if len(starts) != len(np.unique(groups)):
+        raise ScorerInputError(f"each group's images must be consecutive; got groups {groups.tolist()}")
+    return groups.astype(np.int64)
+
+
+def call_scorer(scorer: Scorer, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[Mapping] | None,
+                *, groups=None, progress: Progress | None = None, latents=None) -> ScoreResult:
+    """Score one batch, handing the scorer the extra inputs it declares and nothing else: `groups` (None: one
+    group per run of the same prompt), `progress`, `latents` (rows of the batch). The reward worker and the in-process
+    scoring of benchmarks both call this."""
+    declared = scorer_inputs(scorer)
+    extras = {}
+    if declared["groupwise"]:  # None: one group per run of the same prompt (`prompt_groups`)
+        extras["groups"] = validate_groups(prompt_groups(prompts) if groups is None else groups, len(prompts))
+    if declared["wants_progress"]:
+        extras["progress"] = progress
+    if declared["wants_latents"]:
+        if latents is not None and len(latents) != len(prompts):
+            raise ScorerInputError(f"{len(prompts)} images but {len(latents)} latents")
+        extras["latents"] = latents
+    return scorer(images, prompts, metadata, **extras)
 
 
 def register_scorer(name: str) -> Callable[[Callable[..., Scorer]], Callable[..., Scorer]]:

@@ -27,13 +27,21 @@ class ScorerConfig(_Section):
     model: str | None = Field(
         None,
         description="Local folder or hub id of the scorer's main weights (pickscore/clipscore: the CLIPModel; geneval: "
-        "the Mask2Former detector). None: the scorer's default hub id. Unused by ocr and shapes_geneval.",
+        "the Mask2Former detector; vlm_judge/soft_tifa: the image-text-to-text judge, Qwen/Qwen2.5-VL-7B-Instruct by "
+        "default; pairwise_pickscore: the CLIPModel judge; hpsv3: the Qwen2-VL backbone, its reward head in "
+        "options.checkpoint; unified_reward/unified_reward_pairwise: the UnifiedReward judge, "
+        "CodeGoat24/UnifiedReward-2.0-qwen-7b by default). None: the scorer's default hub id. Unused by ocr and "
+        "shapes_geneval.",
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra keyword options of the scorer's constructor (e.g. geneval: {clip: ..., reward: strict}; "
         "pickscore: {processor: ...}; shapes_geneval: {reward: partial}; remote: {url: 'http://127.0.0.1:8790', "
-        "token_file: ...}; openai_judge: {served_model: ..., url: 'http://127.0.0.1:8000/v1', template: ...}).",
+        "token_file: ...}; openai_judge: {served_model: ..., url: 'http://127.0.0.1:8000/v1', template: ...}; vlm_judge: "
+        "{template: ..., answer: yes_no|score, dtype: bfloat16, batch_size: 8, cache_size: 4096}; soft_tifa: "
+        "{require_questions: true, dtype: bfloat16, batch_size: 8}; hpsv3: {checkpoint: MizzenAI/HPSv3/HPSv3.safetensors, "
+        "pixels: 200704}; unified_reward_pairwise: {choices: [Image 1 is better, Image 2 is better]}; docs/rewards.md "
+        "lists every option).",
     )
     batch_size_per_request: int = Field(
         16, ge=1, description="Most images in one request to a reward actor; bigger submissions are split (speed only)."
@@ -66,6 +74,13 @@ class ScorerConfig(_Section):
         if name not in known_scorers():
             raise ValueError(f"unknown scorer {name!r}; known scorers: {', '.join(known_scorers())}")
         return name
+
+    def inputs(self) -> dict[str, bool]:
+        """The extra inputs the scorer's class declares (rewards/base.py `scorer_inputs`): groupwise,
+        wants_progress, wants_latents."""
+        from rewards.base import scorer_factory, scorer_inputs
+
+        return scorer_inputs(scorer_factory(self.name))
 
     def scorer_options(self) -> dict[str, Any]:
         """Constructor keyword options: `options`, plus `model` and the thread count where the scorer takes them."""
@@ -157,3 +172,8 @@ class RewardsConfig(_Section):
     def weights(self) -> dict[str, float]:
         """Scorer name -> weight, in config order."""
         return {s.name: s.weight for s in self.scorers}
+
+    def wants_latents(self) -> bool:
+        """Whether some scorer declares `wants_latents`: only then do rollout actors put each group's final
+        latents in the object store for the reward actors (they are large)."""
+        return any(s.inputs()["wants_latents"] for s in self.scorers)

@@ -22,6 +22,9 @@ Guarantees:
   (rewards/unscored.py). Bad input (ScorerInputError: the caller's bug) still raises RewardRequestError.
 - NaN/inf scores that a scorer returned as scores: 'mask' marks those images unscored (kind `nonfinite`);
   'fail' raises NonFiniteRewardError naming the scorer and prompts.
+- A groupwise scorer (rewards/base.py: it declares `groupwise`) gets whole groups: its requests are cut at
+  group boundaries (whole groups up to batch_size_per_request images; a larger group goes whole, alone), each
+  with its group ids. Progress and latents go only to the scorers that declare them.
 Images travel through Ray's object store only, never through a socket of our own: `submit` puts an
 array it is given, or passes on the ObjectRef of images a rollout actor already put
 (common/data_plane.py), so that the caller never holds the images.
@@ -41,7 +44,15 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from common.actor_calls import ActorNotBackError, call_when_available
 from common.runtime_env import actor_env
-from rewards.base import Scorer, ScoreResult, validate_batch, validate_metadata
+from rewards.base import (
+    Progress,
+    Scorer,
+    ScoreResult,
+    prompt_groups,
+    validate_batch,
+    validate_groups,
+    validate_metadata,
+)
 from rewards.combine import CombinedRewards, combine
 from rewards.config import RewardsConfig, ScorerConfig
 from rewards.worker import RewardWorker, ScoreResponse
@@ -102,6 +113,25 @@ class _Request:
     started_at: float | None = None  # when its actor could start it (head of that actor's queue)
     unavailable: int = 0  # calls refused while the actor was restarting
     failed: bool = False  # answered as unscored by the pool (the scorer raised, or the request timed out)
+    groups: np.ndarray | None = None  # group id per image: for a groupwise scorer only
+    progress: Progress | None = None  # for a scorer that declares wants_progress only
+    latents: ray.ObjectRef | None = None  # for a scorer that declares wants_latents only (rows as `images`)
+
+
+def request_rows(size: int, step: int, groups: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """[start, stop) of each request: `step` images each, or, given group ids (a groupwise scorer), whole
+    consecutive groups packed up to `step` images, a group larger than `step` alone. Never a group split
+    across two requests: a win rate against half a group is another number."""
+    if groups is None:
+        return [(start, min(start + step, size)) for start in range(0, size, step)]
+    bounds = [*np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]).tolist(), size]  # group starts, then the end
+    out: list[tuple[int, int]] = []
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        if out and stop - out[-1][0] <= step:
+            out[-1] = (out[-1][0], stop)
+        else:
+            out.append((start, stop))
+    return out
 
 
 @dataclass
@@ -148,6 +178,7 @@ class ScorerPool:
             self._queues.append(deque())
         try:
             self.pids = ray.get([a.ping.remote() for a in self.actors], timeout=startup_timeout_s)
+            self.inputs = ray.get(self.actors[0].inputs.remote())  # what the scorer declares (rewards/base.py)
         except Exception as err:
             self.shutdown()
             raise RewardActorError(self.scorer, f"reward actors failed to start: {err}") from err
@@ -155,23 +186,38 @@ class ScorerPool:
     # -- submit -------------------------------------------------------------------------------------------
 
     def submit(self, images: np.ndarray | ray.ObjectRef, prompts: Sequence[str],
-               metadata: Sequence[Mapping] | None = None) -> RewardHandle:
-        """Split into requests of at most batch_size_per_request images, dispatch each to the least busy
-        actor, return at once. `images`: an array, or the ObjectRef of one (one image per prompt; the
-        actors check it), which each request passes on with its rows."""
+               metadata: Sequence[Mapping] | None = None, *, groups=None, progress: Progress | None = None,
+               latents=None) -> RewardHandle:
+        """Split into requests of at most batch_size_per_request images (a groupwise scorer's at group
+        boundaries), dispatch each to the least busy actor, return at once. `images`: an array, or the
+        ObjectRef of one (one image per prompt; the actors check it), which each request passes on with its
+        rows. `groups` (int [B]; None: one group per run of the same prompt), `progress` and `latents` ([B, ...], or
+        the ObjectRef of them, rows as `images`) reach the scorer only where it declares them."""
         by_ref = isinstance(images, ray.ObjectRef)
         metadata = validate_metadata(prompts, metadata) if by_ref else validate_batch(images, prompts, metadata)
         size = len(prompts)
-        step = self.config.batch_size_per_request
+        if self.inputs["groupwise"]:
+            groups = validate_groups(prompt_groups(prompts) if groups is None else groups, size)
+        else:
+            groups = None
+        if self.inputs["wants_latents"] and latents is not None and not isinstance(latents, ray.ObjectRef):
+            if len(latents) != size:
+                raise ValueError(f"reward scorer {self.scorer!r}: {size} images but {len(latents)} latents")
+            latents = ray.put(latents)  # once: every request takes its rows from it
+        latents = latents if self.inputs["wants_latents"] else None
+        progress = progress if self.inputs["wants_progress"] else None
+        if latents is not None and not by_ref:  # one object each, so every request reads the same rows of both
+            images, by_ref = ray.put(np.ascontiguousarray(images)), True
         requests = []
         token = uuid.uuid4().hex[:12]
-        for k, start in enumerate(range(0, size, step)):
-            rows = slice(start, min(start + step, size))
+        for k, (start, stop) in enumerate(request_rows(size, self.config.batch_size_per_request, groups)):
             actor = min(range(len(self.actors)), key=lambda i: len(self._queues[i]))
             request = _Request(f"{self.scorer}-{token}-{k}",
-                               images if by_ref else ray.put(np.ascontiguousarray(images[rows])),
-                               list(prompts[rows]), list(metadata[rows]), actor,
-                               rows=(rows.start, rows.stop) if by_ref else None)
+                               images if by_ref else ray.put(np.ascontiguousarray(images[start:stop])),
+                               list(prompts[start:stop]), list(metadata[start:stop]), actor,
+                               rows=(start, stop) if by_ref else None,
+                               groups=None if groups is None else groups[start:stop], progress=progress,
+                               latents=latents)
             self._dispatch(request)
             requests.append(request)
         return RewardHandle(self.scorer, size, requests, list(prompts))
@@ -180,7 +226,8 @@ class ScorerPool:
         request.attempts += 1
         request.submitted_at = time.monotonic()
         request.ref = self.actors[request.actor].score.remote(
-            request.request_id, request.images, request.prompts, request.metadata, request.rows
+            request.request_id, request.images, request.prompts, request.metadata, request.rows,
+            groups=request.groups, progress=request.progress, latents=request.latents,
         )
         queue = self._queues[request.actor]
         queue.append((request, request.ref))
@@ -327,9 +374,10 @@ class ScorerPool:
         error = f"{int(bad.sum())} non-finite score(s) masked (nan_policy='mask')"
         return replace(result, scored=result.scored & ~bad, errors=(*result.errors, error))
 
-    def score(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[Mapping] | None = None) -> ScoreResult:
+    def score(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[Mapping] | None = None,
+              **context) -> ScoreResult:
         """submit + gather."""
-        return self.gather(self.submit(images, prompts, metadata))
+        return self.gather(self.submit(images, prompts, metadata, **context))
 
     def shutdown(self) -> None:
         """Kill this pool's actors for good (frees their names)."""
@@ -375,16 +423,18 @@ class RewardPools:
             raise
 
     def submit(self, images: np.ndarray | ray.ObjectRef, prompts: Sequence[str],
-               metadata: Sequence[Mapping] | None = None) -> dict[str, RewardHandle]:
-        """Dispatch to every scorer at once; non-blocking."""
-        return {name: pool.submit(images, prompts, metadata) for name, pool in self.pools.items()}
+               metadata: Sequence[Mapping] | None = None, **context) -> dict[str, RewardHandle]:
+        """Dispatch to every scorer at once; non-blocking. `context`: groups, progress, latents
+        (`ScorerPool.submit`), each handed to the scorers that declare it."""
+        return {name: pool.submit(images, prompts, metadata, **context) for name, pool in self.pools.items()}
 
     def gather(self, handles: Mapping[str, RewardHandle]) -> RewardBatch:
         results = {name: self.pools[name].gather(handle) for name, handle in handles.items()}
         return RewardBatch(results, combine({n: r.reward for n, r in results.items()}, self.config.weights()))
 
-    def score(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[Mapping] | None = None) -> RewardBatch:
-        return self.gather(self.submit(images, prompts, metadata))
+    def score(self, images: np.ndarray, prompts: Sequence[str], metadata: Sequence[Mapping] | None = None,
+              **context) -> RewardBatch:
+        return self.gather(self.submit(images, prompts, metadata, **context))
 
     def counters(self) -> dict[str, float]:
         """Requests resubmitted after an actor's death, and answers ignored because their request was

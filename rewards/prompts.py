@@ -7,6 +7,8 @@ Formats, chosen by file extension and, in JSONL, by the record's shape:
   "count", "color"?, "position"?: [relation, target_index]}], "exclude"?: [{"class", "count"}],
   "prompt"}. The GenEval scorers read these records, not the prompt text.
 - `.jsonl`, plain records: {"prompt", "tag"?} (OCR, PickScore, CLIPScore prompt sets).
+Either JSONL kind may carry "questions": a non-empty list of yes/no questions that a correct image answers
+"yes" (the `soft_tifa` scorer's atoms; `python -m rewards questions` writes them, rewards/questions.py).
 One file holds one kind of record. A bad record would only surface mid-run as a wrong reward, so
 every problem is a ValueError naming file:line and the field.
 """
@@ -19,10 +21,10 @@ from pathlib import Path
 
 from rewards.geneval_rules import GENEVAL_TAGS, RELATIONS
 
-_RECORD_KEYS = {"tag", "include", "exclude", "prompt"}
+_RECORD_KEYS = {"tag", "include", "exclude", "prompt", "questions"}
 _INCLUDE_KEYS = {"class", "count", "color", "position"}
 _EXCLUDE_KEYS = {"class", "count"}
-_PLAIN_KEYS = {"prompt", "tag"}
+_PLAIN_KEYS = {"prompt", "tag", "questions"}
 PROMPT_SUFFIXES = (".jsonl", ".txt")
 
 
@@ -77,6 +79,18 @@ def _check_exclude(item: object, index: int, classes: Collection[str] | None) ->
     return problems or _check_class(item, field, classes) + _check_count(item, field)
 
 
+def _check_questions(record: dict) -> list[str]:
+    """The optional `questions`: a non-empty list of non-empty strings (an empty list would make a reward of no
+    atoms, which is no reward)."""
+    if "questions" not in record:
+        return []
+    questions = record["questions"]
+    if not isinstance(questions, list) or not questions:
+        return [f"questions: expected a non-empty list of question strings, got {questions!r}"]
+    return [f"questions[{i}]: expected a non-empty string, got {q!r}" for i, q in enumerate(questions)
+            if not isinstance(q, str) or not q.strip()]
+
+
 def validate_record(record: object, classes: Collection[str] | None = None,
                     colors: Collection[str] | None = None) -> list[str]:
     """Problems with one record, each 'field: what is wrong' ([] when valid)."""
@@ -98,7 +112,7 @@ def validate_record(record: object, classes: Collection[str] | None = None,
     else:
         for index, item in enumerate(exclude):
             problems += _check_exclude(item, index, classes)
-    return problems
+    return problems + _check_questions(record)
 
 
 def is_geneval_record(record: object) -> bool:
@@ -107,18 +121,18 @@ def is_geneval_record(record: object) -> bool:
 
 
 def validate_plain_record(record: object) -> list[str]:
-    """Problems with one plain prompt record {"prompt", "tag"?}, each 'field: what is wrong'."""
+    """Problems with one plain prompt record {"prompt", "tag"?, "questions"?}, each 'field: what is wrong'."""
     problems = _check_keys(record, _PLAIN_KEYS, {"prompt"}, "record")
     if problems:
         if isinstance(record, dict) and set(record) - _PLAIN_KEYS:
-            problems.append("record: a plain prompt record holds `prompt` and an optional `tag` "
+            problems.append("record: a plain prompt record holds `prompt` and optional `tag` and `questions` "
                             "(GenEval metadata records need `include`)")
         return problems
     if not isinstance(record["prompt"], str) or not record["prompt"].strip():
         problems.append(f"prompt: expected a non-empty string, got {record['prompt']!r}")
     if "tag" in record and (not isinstance(record["tag"], str) or not record["tag"]):
         problems.append(f"tag: expected a non-empty string, got {record['tag']!r}")
-    return problems
+    return problems + _check_questions(record)
 
 
 def _read_text(path: Path) -> list[dict]:

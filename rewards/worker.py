@@ -20,7 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.actor_metrics import describe, report_process
-from rewards.base import Scorer, ScoreResult, ScorerInputError, build_scorer
+from rewards.base import (
+    Progress,
+    Scorer,
+    ScoreResult,
+    ScorerInputError,
+    build_scorer,
+    call_scorer,
+    scorer_inputs,
+)
 
 RESPONSE_CACHE_SIZE = 64
 
@@ -59,9 +67,12 @@ class RewardWorker:
         return describe(type(self).__name__, "reward", self.name, scorer=self.scorer_name)
 
     def score(self, request_id: str, images: np.ndarray, prompts: Sequence[str],
-              metadata: Sequence[Mapping] | None = None, rows: tuple[int, int] | None = None) -> ScoreResponse:
+              metadata: Sequence[Mapping] | None = None, rows: tuple[int, int] | None = None, *,
+              groups: np.ndarray | None = None, progress: Progress | None = None, latents=None) -> ScoreResponse:
         """Score one request; a repeated request id returns the cached response. `rows`: the request's
-        slice of `images` (a whole group's images, fetched here from the object store)."""
+        slice of `images` and `latents` (a whole group's, fetched here from the object store). `groups`,
+        `progress`, `latents`: handed on to a scorer that declares them (rewards/base.py `call_scorer`); the
+        pool sends them only to such a scorer."""
         if request_id in self._responses:
             return self._responses[request_id]
         start = time.perf_counter()
@@ -69,7 +80,9 @@ class RewardWorker:
         try:
             if rows is not None:
                 images = images[rows[0] : rows[1]]
-            result = self._scorer(images, list(prompts), metadata)
+                latents = None if latents is None else latents[rows[0] : rows[1]]
+            result = call_scorer(self._scorer, images, list(prompts), metadata, groups=groups, progress=progress,
+                                 latents=latents)
             if len(result) != len(prompts):
                 raise RuntimeError(f"scorer returned {len(result)} scores for {len(prompts)} images")
         except Exception as err:  # noqa: BLE001 - any scorer failure is reported for this request only
@@ -83,6 +96,11 @@ class RewardWorker:
             while len(self._responses) > RESPONSE_CACHE_SIZE:
                 self._responses.popitem(last=False)
         return response
+
+    def inputs(self) -> dict[str, bool]:
+        """The extra inputs its scorer declares (rewards/base.py `scorer_inputs`): the pool batches a groupwise
+        scorer's requests by whole groups and ships progress and latents only where they are declared."""
+        return scorer_inputs(self._scorer)
 
     def threads(self) -> dict[str, int]:
         """The thread pools this actor runs with, sized from its reservation (rewards/config.py passes

@@ -38,6 +38,7 @@ class GroupRequest:
     metadata: dict
     seed: int
     iteration: int
+    with_latents: bool = False  # put the final latents in the object store too: a scorer declares wants_latents
 
 
 @dataclass
@@ -55,6 +56,7 @@ class GroupResult:
     seconds: float
     sampled_at: float = 0.0  # wall-clock time (time.time()) sampling and decoding ended
     bulk: Any = None  # ObjectRef of the learner's payload (data_plane.LearnerPayload); None in-process
+    latents: Any = None  # ObjectRef of the final latents [I, ...] when request.with_latents; None otherwise
 
     @property
     def num_images(self) -> int:
@@ -144,7 +146,7 @@ class RolloutWorker:
         """One group, its images and learner payload left in the object store (common/data_plane.py):
         the driver calls this once per group, so each group's images reach the reward actors as soon as
         it is sampled."""
-        return put_group(self.rollout([request])[0])
+        return put_group(self.rollout([request])[0], latents=request.with_latents)
 
     @torch.no_grad()
     def evaluate(self, prompts: list[str], seeds: list[list[int]], grid: str = "eval") -> np.ndarray:

@@ -1,9 +1,9 @@
 """Real-width, reduced-depth SD3.5-Medium and FLUX.1-dev pipelines with random weights, for CPU tests of
 the GPU path (issue 13): every width as published, only the layer counts cut to fit 2 cores. SD3.5-Large
 (`sd35l`), FLUX.2-dev (`flux2`) and FLUX.2-klein-4B (`flux2_klein`, scripts/build_flux2.py) likewise, and
-Qwen-Image (`qwen_image`) and Z-Image (`z_image`, scripts/build_qwen_z_image.py: their published widths and why).
+Qwen-Image (`qwen_image`) and Z-Image (`z_image`, scripts/build_qwen_z_image.py: their published widths and why), Wan2.1-T2V-1.3B (`wan`, scripts/build_wan.py).
 
-    python scripts/build_real_width.py OUT_DIR [--family sd35|flux|sd35l|flux2|flux2_klein|qwen_image|z_image|both] [--layers N]
+    python scripts/build_real_width.py OUT_DIR [--family sd35|flux|sd35l|flux2|flux2_klein|qwen_image|z_image|wan|both] [--layers N]
 
 writes OUT_DIR/sd35-medium-real-width and OUT_DIR/flux1-dev-real-width as diffusers pipeline folders
 (`save_pretrained`), loadable with `from_pretrained` like the hub models. What is kept from the published
@@ -55,6 +55,7 @@ from build_flux2 import OUT_LAYERS as FLUX2_OUT_LAYERS  # noqa: E402
 from build_flux2 import flux2_pipeline  # noqa: E402
 from build_qwen_z_image import qwen_image_pipeline, qwen_tokenizer, z_image_pipeline  # noqa: E402
 from build_tiny_sd3 import MODEL_MAX_LENGTH, train_clip_tokenizer  # noqa: E402
+from build_wan import wan_pipeline  # noqa: E402
 
 CORPUS = [
     "a photo of a red circle", "a photo of two blue squares", "a green triangle left of a yellow square",
@@ -158,6 +159,9 @@ FAMILIES = {"sd35": ("sd35-medium-real-width", sd35_medium), "flux": ("flux1-dev
 # Qwen-Image and Z-Image (scripts/build_qwen_z_image.py): their own Qwen2-layout tokenizer, not the CLIP / T5 pair.
 FAMILIES |= {"qwen_image": ("qwen-image-real-width", lambda layers, *_: qwen_image_pipeline(qwen_tokenizer(CORPUS), layers)),
              "z_image": ("z-image-real-width", lambda layers, *_: z_image_pipeline(qwen_tokenizer(CORPUS), layers))}
+# Wan2.1-T2V-1.3B (scripts/build_wan.py): its 1536-wide blocks, one UMT5-XXL layer, the published video VAE, in bf16.
+FAMILIES |= {"wan": ("wan21-t2v-1.3b-real-width",
+                     lambda layers, clip_tok, t5_tok: wan_pipeline(t5_tok, layers, dtype=torch.bfloat16))}
 
 
 def build(out_dir: Path, family: str, layers: int = 1, seed: int = 0) -> Path:

@@ -1,5 +1,5 @@
-"""What every model family's test checks, written once (tests/test_family_qwen_image.py and
-tests/test_family_z_image.py call these with their own tiny pipeline and preset):
+"""What every model family's test checks, written once (tests/test_family_qwen_image.py,
+tests/test_family_z_image.py and tests/test_family_wan.py call these with their own tiny pipeline and preset):
 
 - `shipped_velocity_is_the_encoders`: a learner's transformer-only policy, given the conditioning a rollout
   actor ships through the data plane (prompts of different lengths, with the negative prompt for CFG), computes
@@ -64,11 +64,14 @@ def shipped_velocity_is_the_encoders(model: ModelConfig) -> None:
     for prompt in PROMPTS:  # what a learner rank receives: each group's conditioning through its payload
         record = replace(run(cfg_for("flow_grpo", group_size=2, num_steps=2)), conditioning=full.conditioning(prompt))
         shipped.append(LearnerPayload.of(record).restore(strip(record)).conditioning)
-    lengths = [int(c.mask.sum()) for c in shipped]
-    assert lengths[0] < lengths[1] and all(bool(c.mask.all()) for c in shipped)  # each row at its own length
     assert shipped[0].negative is not None and shipped[0].embeds.dtype == full.dtype
-    cond = PromptEmbeds.cat(shipped)  # a micro-batch of two groups: the short row padded and masked
-    assert cond.embeds.shape[1] == lengths[1] and int(cond.mask[0].sum()) == lengths[0]
+    cond = PromptEmbeds.cat(shipped)  # a micro-batch of two groups
+    if shipped[0].mask is not None:  # an LLM encoder's prompts of their own lengths: the short row padded and masked
+        lengths = [int(c.mask.sum()) for c in shipped]
+        assert lengths[0] < lengths[1] and all(bool(c.mask.all()) for c in shipped)  # each row at its own length
+        assert cond.embeds.shape[1] == lengths[1] and int(cond.mask[0].sum()) == lengths[0]
+    else:  # a T5 padded to a fixed length (Wan's UMT5), the padding part of the input
+        assert {c.embeds.shape[1] for c in shipped} == {model.max_sequence_length} and cond.mask is None
     x = full.initial_noise(2, torch.Generator().manual_seed(2))
     sigma = torch.tensor([0.9, 0.4])
     own = full.velocity_fn(PROMPTS)(x, sigma)  # the rollout actor: its own encoders and negative prompt
@@ -146,10 +149,11 @@ def available_gib() -> float:
     return float("inf")
 
 
-def one_bf16_iteration_at_published_width(path: str, model: dict, algorithm: dict, tmp: Path, needs_gib: float) -> None:
+def one_bf16_iteration_at_published_width(path: str, model: dict, algorithm: dict, tmp: Path, needs_gib: float,
+                                         masked: bool = True) -> None:
     """tests/test_real_width.py's check for a family at its published widths (scripts/build_real_width.py): one bf16
     iteration in process (rollout with the learner's synced weights, any reward, the update, sync, checkpoint),
-    on-policy up to bf16 rounding."""
+    on-policy up to bf16 rounding. `masked`: the family's prompts carry a mask (LLM encoders; not a padded T5)."""
     import os
 
     import pytest
@@ -174,7 +178,7 @@ def one_bf16_iteration_at_published_width(path: str, model: dict, algorithm: dic
     assert rollout.load_weights(learner.export_weights(), 0)["digest"] == learner.weights_digest()
     res = rollout.rollout([GroupRequest(0, PROMPTS[1], {}, seed=1, iteration=0)])[0]
     r = res.rollout
-    assert r.conditioning.mask is not None and r.conditioning.negative is not None
+    assert (r.conditioning.mask is not None) == masked and r.conditioning.negative is not None
     rewards = torch.from_numpy(res.images.reshape(len(res.images), -1).mean(1).astype(np.float32))  # any reward
     adv = grpo_advantages(rewards, r.reward_group, r.image_sample_id, r.num_samples)
     metrics = learner.train([TrainGroup(res.request.prompt, r, adv, torch.ones(r.num_samples, dtype=torch.bool), 0)],

@@ -49,6 +49,7 @@ NEW_FAMILIES = {
     "qwen_image_grpo_ocr": ("qwen_image", "flow_grpo_fast", "ocr", 10, 4.0, (32, 16), 64),  # verl-omni
     "qwen_image_nft_pickscore": ("qwen_image", "diffusion_nft", "pickscore", 12, 1.0, (48, 16), 64),  # UniRL
     "z_image_grpo_pickscore": ("z_image", "flow_grpo_fast", "pickscore", 6, 1.0, (48, 16), 64),  # Flow-Factory
+    "wan_dancegrpo_video": ("wan", "dance_grpo", "video_clipscore", 20, 5.0, (8, 8), 64),  # Pref-GRPO's Wan2.1 LoRA run
 }
 # FLUX.2 and SD3.5-Large: preset -> (family, model.path, algorithm, T, guidance, G, LoRA rank, scorers)
 FLUX2_SD35L = {
@@ -72,7 +73,7 @@ def preset(name):
 def test_every_preset_is_listed_loads_and_is_named_after_its_file():
     assert {p.stem for p in PRESETS} == (set(SHAPES) | set(SD35) | set(FLUX) | set(FORWARD_SHAPES) | set(FORWARD_SD35)
                                          | set(PER_STEP_2026_SD35) | set(FORWARD_2026_SHAPES) | set(FORWARD_2026_SD35)
-                                         | {"sd35_pickscore_fast"} | set(NEW_FAMILIES) | set(FLUX2_SD35L))
+                                         | {"sd35_pickscore_fast", "sd35_geneval2"} | set(NEW_FAMILIES) | set(FLUX2_SD35L))
     for path in PRESETS:
         assert load_config(path).name == path.stem
 
@@ -195,6 +196,24 @@ def _assert_flow_grpo_code_settings(cfg):
     assert s.sigma_schedule == "scheduler"
     assert (lr.adv_std, lr.adv_eps, lr.drop_zero_std_groups, lr.std_mode) == ("population", 1e-4, True, "global")
     assert (lr.ema_decay, lr.ema_update_every) == (0.9, 8)
+
+
+def test_sd35_geneval2_preset_is_sd35_geneval_with_soft_tifa():
+    """Flow-GRPO's GenEval recipe with GenEval 2's Soft-TIFA as reward and evaluation (docs/rewards.md): a
+    Qwen2.5-VL-7B judge in bf16 in the quarter each hybrid worker leaves, the GenEval prompts with their questions."""
+    base, cfg = preset("sd35_geneval"), preset("sd35_geneval2")
+    for section in ("model", "algorithm", "sampling", "learner"):
+        assert getattr(cfg, section) == getattr(base, section), section
+    (scorer,) = cfg.rewards.scorers
+    assert (scorer.name, scorer.model, scorer.num_gpus_per_actor, cfg.cluster.learner_num_gpus) == (
+        "soft_tifa", "Qwen/Qwen2.5-VL-7B-Instruct", 0.25, 0.75)
+    assert scorer.options == {"dtype": "bfloat16", "batch_size": 8, "require_questions": True}
+    assert scorer.batch_size_per_request == scorer.options["batch_size"]  # what the memory plan counts at once
+    for split in ("train", "test"):
+        records = load_prompts(ROOT / getattr(cfg.data, f"{split}_prompts"))
+        assert [{k: v for k, v in r.items() if k != "questions"} for r in records] == load_prompts(
+            ROOT / getattr(base.data, f"{split}_prompts"))
+        assert all(r["questions"] for r in records)
 
 
 def test_sd35_fast_preset_is_flow_grpos_maintained_fast_config():
