@@ -23,11 +23,17 @@ def forwarded_env() -> dict[str, str]:
 
 def actor_env(threads: int) -> dict:
     """A Ray `runtime_env`: the hub settings passed on, thread counts set on purpose (Ray's default is
-    one thread), and the libraries' loading bars and notices silenced."""
+    one thread), OpenMP's idle threads made to sleep, and the libraries' loading bars and notices silenced."""
     return {
         "env_vars": {
             **forwarded_env(),
             "OMP_NUM_THREADS": str(threads),
+            # An OpenMP thread that waits at a barrier spins by default. Where the node's cores are shared
+            # (a CPU run beside other jobs, several actors per core) a spinning thread burns the time slice
+            # its partner needs, and a 2-thread actor's step grew 12-30x at a load of 3-4 on 2 cores
+            # (benchmarks/omp_wait.py); passive waiting kept it at 1.0-1.1x. Same threads, same splits:
+            # the numbers are unchanged. A value set for the driver wins.
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
             "TOKENIZERS_PARALLELISM": "false",
             # Loading bars from every actor would drown the per-iteration progress lines.
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",

@@ -94,6 +94,7 @@ def test_rollout_and_reward_actors_see_the_drivers_hub_cache(two_nodes, by_value
     for key, value in hf.items():  # set after Ray started: the raylet's environment does not have them
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr(cluster.actors, "RolloutWorker", PidOnly)
     cfg = load_config(SHAPES, ["cluster.num_rollout_actors=1"])
     placement = create_placement(cfg.cluster)
@@ -107,6 +108,8 @@ def test_rollout_and_reward_actors_see_the_drivers_hub_cache(two_nodes, by_value
             assert env.get("HF_HUB_OFFLINE") == os.environ["HF_HUB_OFFLINE"] and "HF_TOKEN" not in env, name
         # max(1, floor(num_cpus_per_actor)) threads, as the scorer's own pools get
         assert envs["reward"]["OMP_NUM_THREADS"] == "1"
+        # idle OpenMP threads sleep instead of spinning (common/runtime_env.py)
+        assert {name: env.get("OMP_WAIT_POLICY") for name, env in envs.items()} == dict.fromkeys(envs, "PASSIVE")
     finally:
         if pool is not None:
             pool.shutdown()
