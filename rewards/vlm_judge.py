@@ -1,8 +1,9 @@
 """`vlm_judge`: a vision-language model run in-process (transformers) as a reward, read from its token
 probabilities rather than from generated text.
 
-The judge sees one image and one question in the model's chat format and runs a single forward pass; the
-reward is read from the logits of the first answer token (the position after the generation prompt):
+The judge sees an image (or several, in one message) and one question in the model's chat format and runs a
+single forward pass; the reward is read from the logits of the first answer token (the position after the
+generation prompt):
 - `yes_no` (VQAScore, Lin et al. 2024): P(yes) = p(yes) / (p(yes) + p(no)), the two-way softmax of the
   yes and no logits, each the logsumexp over the single-token spellings the tokenizer has ("Yes", "yes",
   " yes", ...), as rewards/openai_judge.py adds up its top_logprobs.
@@ -157,7 +158,7 @@ def single_token_ids(tokenizer, words: Sequence[str], what: str) -> list[int]:
 
 
 class JudgeCache:
-    """A bounded least-recently-used map (image digest, question) -> answer value, with hit and miss counts.
+    """A bounded least-recently-used map (image digests, question) -> answer value, with hit and miss counts.
     Pairs repeat when a request is scored again on the same actor (a resubmission, a `python -m rewards serve`
     client's retry), when identical images come back (a collapsed group) or a record repeats a question; a
     lookup costs one hash of the pixels, a judge forward billions of FLOPs."""
