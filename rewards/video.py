@@ -103,16 +103,56 @@ class VideoFrameScorer:
         k = len(index)
         flat = np.ascontiguousarray(videos[:, index].reshape(b * k, h, w, 3))
         per_frame = {key: value if key == "progress" or value is None else _repeat(value, k) for key, value in inputs.items()}
-        result = self.image_scorer(flat, [p for p in prompts for _ in range(k)], [m for m in metadata for _ in range(k)],
-                                   **per_frame)
+        flat_prompts, flat_metadata = [p for p in prompts for _ in range(k)], [m for m in metadata for _ in range(k)]
+        order = None
+        if per_frame.get("groups") is not None:  # a groupwise image scorer: compare like frames with like
+            order, per_frame["groups"] = frame_groups(inputs["groups"], k)
+            flat, flat_prompts, flat_metadata = flat[order], [flat_prompts[i] for i in order], [flat_metadata[i] for i in order]
+            per_frame = {key: _take(value, order) if key in ("latents",) and value is not None else value
+                         for key, value in per_frame.items()}
+        result = self.image_scorer(flat, flat_prompts, flat_metadata, **per_frame)
         if len(result) != b * k:
             raise RuntimeError(f"{self.image_scorer.name} returned {len(result)} scores for {b * k} frames")
+        if order is not None:
+            result = _unpermute(result, order)
         scored = result.scored.reshape(b, k).all(axis=1)  # a video's reward is the mean over all its sampled frames
         with np.errstate(invalid="ignore"):
             reward = result.reward.reshape(b, k).mean(axis=1)
             diagnostics = {name: np.nanmean(v.reshape(b, k), axis=1) if np.isfinite(v).any() else np.full(b, np.nan)
                            for name, v in result.diagnostics.items()}
         return ScoreResult(reward, {**diagnostics, **temporal_diagnostics(videos)}, scored, result.errors)
+
+
+def frame_groups(groups, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For a groupwise image scorer over k sampled frames of each video (rows video-major: video i's frames at
+    i*k .. i*k+k-1): the order of those rows that puts frame j of every video of a group side by side, and the
+    group id of each reordered row, one per (group, frame j), consecutive as rewards.base.validate_groups asks.
+    So a pairwise judge compares frame j of one video with frame j of the others, never two frames of one video."""
+    groups = np.asarray(groups)
+    dense = np.cumsum(np.r_[True, groups[1:] != groups[:-1]]) - 1  # the videos' groups are consecutive runs
+    video, frame = np.repeat(np.arange(len(groups)), k), np.tile(np.arange(k), len(groups))
+    order = np.lexsort((video, frame, dense[video]))
+    return order, (dense[video] * k + frame)[order]
+
+
+def _take(rows, order: np.ndarray):
+    """rows[order] for numpy arrays and torch tensors alike."""
+    if hasattr(rows, "index_select"):
+        import torch
+
+        return rows.index_select(0, torch.as_tensor(order, device=rows.device))
+    return np.asarray(rows)[order]
+
+
+def _unpermute(result: ScoreResult, order: np.ndarray) -> ScoreResult:
+    """A ScoreResult of rows scored in `order`, back in the original order."""
+    def back(values: np.ndarray) -> np.ndarray:
+        out = np.empty_like(values)
+        out[order] = values
+        return out
+
+    return ScoreResult(back(result.reward), {n: back(v) for n, v in result.diagnostics.items()}, back(result.scored),
+                       result.errors)
 
 
 def _repeat(rows, k: int):

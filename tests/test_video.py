@@ -26,8 +26,8 @@ def _videos(b: int = 3, f: int = 9, side: int = 16, seed: int = 0) -> np.ndarray
 
 @register_scorer("test_mean_red")
 class _MeanRed:
-    """The mean red channel; a row whose metadata says `fail` is unscored when it sits at an even position (so a video
-    marked so loses its first sampled frame only)."""
+    """The mean red channel; a video whose metadata says `fail` loses its first sampled frame only (the first row
+    holding that metadata record: the wrapper repeats a video's record for each of its frames)."""
 
     name = "test_mean_red"
     groupwise = True
@@ -38,7 +38,8 @@ class _MeanRed:
     def __call__(self, images, prompts, metadata, groups=None):
         self.seen_groups = groups
         reward = images[..., 0].reshape(len(images), -1).mean(axis=1) / 255
-        scored = np.array([not (m.get("fail", False) and i % 2 == 0) for i, m in enumerate(metadata)])
+        first = {}
+        scored = np.array([not (m.get("fail", False) and first.setdefault(id(m), i) == i) for i, m in enumerate(metadata)])
         return ScoreResult(reward, {"red": reward}, scored)
 
 
@@ -84,7 +85,19 @@ def test_a_video_with_an_unscored_frame_is_unscored_and_declared_inputs_reach_ea
     result = call_scorer(scorer, videos, ["a", "a", "b"], [{}, {"fail": True}, {}], groups=np.array([0, 0, 1]))
     assert result.scored.tolist() == [True, False, True] and np.isnan(result.reward[1])
     np.testing.assert_allclose(result.reward[0], videos[0, [0, 4], ..., 0].mean() / 255)
-    assert scorer.image_scorer.seen_groups.tolist() == [0, 0, 0, 0, 1, 1]  # each video's group, per sampled frame
+    # one group per (video group, sampled frame): frame j of each video beside frame j of the others
+    assert scorer.image_scorer.seen_groups.tolist() == [0, 0, 1, 1, 2, 3]
+
+
+def test_frame_groups_put_like_frames_of_a_group_side_by_side_and_scores_come_back_in_place():
+    from rewards.video import _unpermute, frame_groups
+
+    order, ids = frame_groups(np.array([7, 7, 7, 3, 3]), k=2)
+    # rows video-major (video v's frame j at 2v + j); reordered: group 7's frame 0 of videos 0-2, then their frame 1, ...
+    assert order.tolist() == [0, 2, 4, 1, 3, 5, 6, 8, 7, 9] and ids.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
+    scored = ScoreResult(np.arange(10.0)[order], {"d": -np.arange(10.0)[order]})
+    back = _unpermute(scored, order)
+    assert back.reward.tolist() == list(range(10)) and back.diagnostics["d"].tolist() == [-x for x in range(10)]
 
 
 def test_video_scorers_exist_for_every_image_scorer_with_its_options():
