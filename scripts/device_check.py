@@ -6,8 +6,9 @@ split, optionally FLUX's G2RPO), each asserted, then one summary table; exit sta
 
 Each run is its preset (configs/sd35_pickscore.yaml, configs/sd35_nft_pickscore.yaml,
 configs/flux_g2rpo_hps.yaml; with --family: configs/sd35l_grpo_geneval.yaml, flux2_dev_grpo_pickscore.yaml,
-flux2_klein_nft_pickscore.yaml) with its model swapped for the folder given, the `shapes_quality` reward (no
-downloaded weights), 2 groups of 4 images per iteration and a tiny evaluation. Per run:
+flux2_klein_nft_pickscore.yaml, qwen_image_grpo_ocr.yaml, z_image_grpo_pickscore.yaml, wan_dancegrpo_video.yaml)
+with its model swapped for the folder given, the `shapes_quality` reward (no downloaded weights; Wan's videos:
+`video_shapes_quality` over 2 frames), 2 groups of 4 images per iteration and a tiny evaluation. Per run:
 
   1. 2 iterations with a checkpoint after each, then the evaluation (`Trainer.run`, as launch.py);
   2. ratio, clipfrac: the first minibatch of iteration 1 is on-policy: learner/first_minibatch_ratio_mean
@@ -26,7 +27,7 @@ and learner rank 0.4 each and syncs through the object store (NCCL refuses two r
 refuses the collective backend there). Without --gpu the sizes are cut to what 2 cores run in minutes.
 --real-weights (a local SD3.5-Medium diffusers folder) cuts the resolution to 256 px and the micro-batch to
 4. `NAME:key=value` overrides only the rows of run NAME (flow_grpo, diffusion_nft, flux_g2rpo, sd35l_grpo,
-flux2_grpo, flux2_klein_nft).
+flux2_grpo, flux2_klein_nft, qwen_image_grpo, z_image_grpo, wan_dancegrpo).
 scripts/device_check.sh builds the real-width reduced-depth folders and runs this.
 """
 
@@ -68,7 +69,10 @@ RUNS = {"flow_grpo": ("configs/sd35_pickscore.yaml", "sd35"),
         # the other families' presets (--family NAME=DIR, device_check.sh's FAMILY), one hybrid row each
         "sd35l_grpo": ("configs/sd35l_grpo_geneval.yaml", "sd35l"),
         "flux2_grpo": ("configs/flux2_dev_grpo_pickscore.yaml", "flux2"),
-        "flux2_klein_nft": ("configs/flux2_klein_nft_pickscore.yaml", "flux2_klein")}  # fmt: skip
+        "flux2_klein_nft": ("configs/flux2_klein_nft_pickscore.yaml", "flux2_klein"),
+        "qwen_image_grpo": ("configs/qwen_image_grpo_ocr.yaml", "qwen_image"),
+        "z_image_grpo": ("configs/z_image_grpo_pickscore.yaml", "z_image"),
+        "wan_dancegrpo": ("configs/wan_dancegrpo_video.yaml", "wan")}  # fmt: skip
 # The models --family takes (SD3.5-Medium and FLUX.1 have --model-path and --flux-path).
 FAMILY_MODELS = tuple(dict.fromkeys(m for _, m in RUNS.values() if m not in ("sd35", "flux")))
 LAYOUTS = ("hybrid", "split")
@@ -121,10 +125,14 @@ ROW = [
 # FLUX's row: 512 px and branching at 2 of G2RPO's 8 steps (each group decodes and scores G x |M| x |Lambda|
 # images: 16 instead of 64).
 FLUX_SIZES = ["flux_g2rpo:model.resolution=512", "flux_g2rpo:algorithm.steps=[0, 1]"]
-# What 2 cores run in minutes: the real widths at 32 px and a few steps.
+# Wan's row makes videos, which the image scorers refuse: the shapes reward over 2 of each video's frames.
+VIDEO_REWARD = ["wan_dancegrpo:rewards.scorers=[{name: video_shapes_quality, options: {frames: 2}}]"]
+# What 2 cores run in minutes: the real widths at 32 px, a few steps (the Flow-GRPO-Fast windows cut to them) and
+# 5-frame Wan videos (its frame counts are 4k + 1).
 CPU_SIZES = ["model.resolution=32", "model.max_sequence_length=8", "sampling.num_steps=3", "sampling.eval_num_steps=3",
              "cluster.torch_threads_per_actor=1", "diffusion_nft:algorithm.train_timesteps=2",
-             "flux2_grpo:algorithm.window_range=[1, 3]"]  # fmt: skip
+             "flux2_grpo:algorithm.window_range=[1, 3]", "qwen_image_grpo:algorithm.window_range=[0, 3]",
+             "z_image_grpo:algorithm.window_range=[1, 3]", "wan_dancegrpo:model.num_frames=5"]  # fmt: skip
 # SD3.5-Medium's real weights: 256 px and micro-batches of 4 keep the learner's activations in its 0.4 share.
 REAL_WEIGHT_SIZES = ["model.resolution=256", "learner.micro_batch_size=4"]
 
@@ -355,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--only {','.join(unknown)}: not in the matrix ({','.join(c.label for c in cases)})")
         cases = [c for c in cases if c.label in only]
-    extra = FLUX_SIZES + ([] if args.gpu else CPU_SIZES) + (REAL_WEIGHT_SIZES if args.real_weights else []) + args.overrides
+    extra = FLUX_SIZES + VIDEO_REWARD + ([] if args.gpu else CPU_SIZES) + (REAL_WEIGHT_SIZES if args.real_weights else []) + args.overrides
     paths = {"sd35": str(Path(args.model_path).resolve()) if args.model_path else None,
              "flux": str(Path(args.flux_path).resolve()) if args.flux_path else None,
              **{model: str(Path(folder).resolve()) for model, folder in families.items()}}

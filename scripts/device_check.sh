@@ -10,9 +10,12 @@
 #
 # MODEL_DIR: a local diffusers folder of SD3.5-Medium's real weights; nothing is built, the SD3.5 rows run on
 # it at 256 px (no FLUX row). Exit status: 0 every row passed, 1 a row failed, 2 the check could not start.
-# FAMILY (default sd35: the matrix above) = sd35l | flux2 | flux2_klein: only that model's preset, one hybrid row
-# (sd35l_grpo_geneval, flux2_dev_grpo_pickscore, flux2_klein_nft_pickscore) on its real-width reduced-depth folder,
-# or on MODEL_DIR's real weights of that model.
+# FAMILY (default sd35: the matrix above) = sd35l | flux2 | flux2_klein | qwen_image | z_image | wan: only that
+# model's preset, one hybrid row (sd35l_grpo_geneval, flux2_dev_grpo_pickscore, flux2_klein_nft_pickscore,
+# qwen_image_grpo_ocr, z_image_grpo_pickscore, wan_dancegrpo_video: scripts/device_check.py RUNS) on its real-width
+# reduced-depth folder (scripts/build_real_width.py --family FAMILY; FLUX.2 from scripts/build_flux2.py, Qwen-Image
+# and Z-Image from scripts/build_qwen_z_image.py, Wan2.1-T2V-1.3B from scripts/build_wan.py), or on MODEL_DIR's
+# real weights of that model.
 # Environment: PYTHON (default: .venv/bin/python if present, else python3); DEVICE_CHECK_CPU=1 runs the same
 # checks on CPU at cut sizes, the GPU memory check skipped (what tests/test_device_check.py checks on the tiny
 # model); DEVICE_CHECK_FLUX=0/1 drops or keeps the FLUX row (default: 1 on GPU, 0 on CPU, where full
@@ -29,8 +32,9 @@ if [ "${DEVICE_CHECK_CPU:-0}" = 1 ]; then FLUX="${DEVICE_CHECK_FLUX:-0}"; else F
 FAMILY="${FAMILY:-sd35}"
 case "$FAMILY" in
   sd35) ;;
-  sd35l|flux2|flux2_klein) FLUX=0 ;;
-  *) echo "device_check: FAMILY=$FAMILY: choose sd35, sd35l, flux2 or flux2_klein" >&2; exit 2 ;;
+  # A family joins this list with its builder in scripts/build_real_width.py and its row in device_check.py RUNS.
+  sd35l|flux2|flux2_klein|qwen_image|z_image|wan) FLUX=0 ;;
+  *) echo "device_check: FAMILY=$FAMILY: choose sd35, sd35l, flux2, flux2_klein, qwen_image, z_image or wan" >&2; exit 2 ;;
 esac
 export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 

@@ -39,6 +39,41 @@ def test_device_check_sh_parses_and_names_a_missing_builder_or_model(tmp_path):
 
 
 @pytest.mark.unit
+def test_device_check_sh_takes_every_family_with_a_row_and_names_them_on_a_wrong_one(tmp_path):
+    """FAMILY's values are the models of device_check.py's rows (RUNS): each passes the script's switch and stops
+    at the missing builder of the bare folder; any other value is refused with the list."""
+    for family in dc.FAMILY_MODELS:
+        proc = _sh(tmp_path, FAMILY=family)
+        assert proc.returncode == 2 and "scripts/build_real_width.py is missing" in proc.stderr, (family, proc.stderr)
+    proc = _sh(tmp_path, FAMILY="flux3")
+    assert proc.returncode == 2
+    choices = proc.stderr.split("choose ", 1)[1].strip().replace(" or ", ", ").split(", ")
+    assert choices == ["sd35", *dc.FAMILY_MODELS]
+
+
+@pytest.mark.unit
+def test_every_row_config_loads_with_the_checks_overrides():
+    """What main() does before the first run, for every row (each FAMILY's too): its preset with the row's
+    overrides at CPU and at GPU sizes is a valid config (a Flow-GRPO-Fast window must fit the CPU's 3 steps, a
+    video model needs a video scorer)."""
+    from cluster.config import REPO_ROOT, load_config
+
+    cases = dc.matrix(flux=True, families=dc.FAMILY_MODELS)
+    assert {c.model for c in cases} == {"sd35", "flux", *dc.FAMILY_MODELS}
+    for gpu in (False, True):
+        extra = dc.FLUX_SIZES + dc.VIDEO_REWARD + ([] if gpu else dc.CPU_SIZES)
+        for case in cases:
+            cfg = load_config(REPO_ROOT / case.config, dc.overrides_for(case, "model", Path("out"), gpu, extra))
+            assert cfg.cluster.layout == case.layout and cfg.rewards.scorers[0].name.endswith("shapes_quality")
+
+
+@pytest.mark.component
+def test_the_real_width_builder_builds_every_family_with_a_row():
+    """device_check.sh builds FAMILY's folder with scripts/build_real_width.py --family FAMILY."""
+    assert set(dc.FAMILY_MODELS) <= set(load_script("scripts/build_real_width.py").FAMILIES)
+
+
+@pytest.mark.unit
 def test_each_check_fails_on_what_it_guards_against(tmp_path):
     on_policy = {"learner/first_minibatch_ratio_mean": 1.0, "learner/first_minibatch_clipfrac": 0.0}
     assert [c.status for c in dc.check_ratio(on_policy, True)] == [dc.PASS, dc.PASS]

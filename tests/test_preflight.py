@@ -240,7 +240,7 @@ def test_the_per_node_check_errs_offline_and_names_the_cache_it_looked_in(monkey
     again), for model.path and for each scorer's weights, and a missing local folder is an error."""
     from huggingface_hub import constants
 
-    from cluster.preflight import _node_checks
+    from cluster.preflight_cluster import _node_checks
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     cfg = load(REPO_ROOT / "configs" / "sd35_pickscore.yaml")
