@@ -60,7 +60,7 @@ def _check_prompts(cfg: ExperimentConfig, report: PreflightReport) -> None:
         except (OSError, ValueError) as err:
             report.add(f"data.{key}", "error", f"{value!r} does not load: {err}")
             continue
-        problems = _fit_scorers(records, names, path)
+        problems = _fit_scorers(records, names, path) + _questions_problems(records, cfg.rewards.scorers, path)
         if key == "train_prompts" and cfg.data.prompt_order == "tag_balanced":
             try:
                 prompt_tags(records, value, cfg.data.tag_weights)
@@ -117,6 +117,43 @@ def _fit_scorers(records: list[dict], scorers: list[str], path: Path) -> list[st
                 problems.append(f"the ocr scorer needs a double-quoted target text in every prompt; record "
                                 f"{index + 1} of {path} has none: {record['prompt']!r}")
                 break
+    return problems
+
+
+# Scorers that ask each prompt's atomic questions (rewards/soft_tifa.py), image or video.
+QUESTION_SCORERS = ("soft_tifa", "video_soft_tifa")
+
+
+def _questions_problems(records: list[dict], scorers, path: Path) -> list[str]:
+    """Why a question-answering scorer cannot ask these records (at load, not at the first scoring): with
+    `require_questions` every record must carry its `questions`; without, a record lacking them must parse
+    into questions (GenEval's templates, rewards/questions.py)."""
+    from rewards.questions import UnparsedPrompt, questions_for
+
+    problems = []
+    for scorer in (s for s in scorers if s.name in QUESTION_SCORERS):
+        require = bool(scorer.options.get("require_questions", False))
+        missing, unparsed = [], []
+        for index, record in enumerate(records, 1):
+            if record.get("questions"):
+                continue
+            if require:
+                missing.append(index)
+                continue
+            try:
+                questions_for(record)
+            except UnparsedPrompt as err:
+                unparsed.append((index, err))
+        if missing:
+            first = records[missing[0] - 1]["prompt"]
+            problems.append(f"scorer {scorer.name!r} has require_questions set, but {len(missing)} of {len(records)} "
+                            f"records of {path} have no `questions` (the first: record {missing[0]}, {first!r}); "
+                            f"write them with `python -m rewards questions {path} OUT.jsonl`")
+        if unparsed:
+            index, err = unparsed[0]
+            problems.append(f"scorer {scorer.name!r}: {len(unparsed)} of {len(records)} records of {path} have no "
+                            f"`questions` and do not parse into any (the first: record {index}: {err}); add their "
+                            "questions to the prompt file")
     return problems
 
 
@@ -192,6 +229,38 @@ def _check_scorers(cfg: ExperimentConfig, report: PreflightReport) -> None:
         report.add(f"{key}.options", "ok", f"scorer {scorer.name!r} accepts {sorted(options) or 'no options'}")
         for option, value in weights:
             check_weights(report, weight_key(key, scorer, option), scorer.name, option, value)
+        for option, value in scorer_file_options(scorer, options):
+            check_weight_file(report, weight_key(key, scorer, option), scorer.name, option, value)
+
+
+# Scorer constructor options that name one weights file (a local path or `owner/repo/path/in/repo` on the hub).
+FILE_OPTIONS = ("checkpoint",)
+
+
+def scorer_file_options(scorer, options: dict) -> list[tuple[str, str]]:
+    """(option, value) of each constructor option of a scorer that names one weights file, set or defaulted."""
+    from rewards.base import scorer_factory
+
+    parameters = inspect.signature(scorer_factory(scorer.name)).parameters
+    values = [(option, options.get(option, parameters[option].default)) for option in FILE_OPTIONS if option in parameters]
+    return [(option, value) for option, value in values if isinstance(value, str) and value]
+
+
+def check_weight_file(report: PreflightReport, where: str, name: str, option: str, value: str, node: bool = False) -> None:
+    """A weights file as the scorer resolves it (rewards/hpsv3.py `resolve_file`): a local file, else a hub file
+    'owner/repo/path' (its cache, as for folders)."""
+    parts = value.split("/")
+    local = value.startswith(("/", ".", "~")) or len(parts) < 3 or Path(value).expanduser().exists()
+    if local:
+        path = Path(value).expanduser()
+        if path.is_file():
+            report.add(where, "ok", f"scorer {name!r} {option}: local file {path}")
+        else:
+            report.add(where, "error", f"scorer {name!r} {option}: local file {value!r} does not exist (looked for "
+                       f"{path.resolve()}); give an existing file or a hub file 'owner/repo/file'")
+        return
+    status, message = _hub_message("/".join(parts[:2]), "/".join(parts[2:]), node)
+    report.add(where, status, f"scorer {name!r} {option}: {message}")
 
 
 def scorer_weight_options(scorer, options: dict) -> list[tuple[str, str]]:

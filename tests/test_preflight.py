@@ -253,3 +253,35 @@ def test_the_per_node_check_errs_offline_and_names_the_cache_it_looked_in(monkey
     assert not _node_checks(cfg, [0], model=False)[0].key.startswith("model.path")
     (missing,) = _node_checks(load(SHAPES[0], f"model.path={tmp_path / 'nope'}"), [], model=True)
     assert missing.status == "error" and "nope" in missing.message
+
+
+def test_question_answering_prompts_are_checked_at_load():
+    """soft_tifa with require_questions needs every record's questions; without it, a record lacking them
+    must parse into some (GenEval's templates). Both were found only at the first scoring before."""
+    sd35_geneval2 = REPO_ROOT / "configs" / "sd35_geneval2.yaml"
+    assert "data.train_prompts" not in [c.key for c in preflight(load(sd35_geneval2), cluster_resources=AMPLE).errors]
+    without = preflight(load(sd35_geneval2, "data.train_prompts=assets/prompts/geneval_train.jsonl"), cluster_resources=AMPLE)
+    assert "data.train_prompts" in [c.key for c in without.errors]
+    message = without.find("data.train_prompts")[0].message
+    assert "require_questions" in message and "python -m rewards questions" in message
+    cfg = load(sd35_geneval2, "data.train_prompts=assets/prompts/pickscore_train.jsonl")
+    data = cfg.model_dump()
+    data["rewards"]["scorers"][0]["options"]["require_questions"] = False
+    free_text = preflight(type(cfg).model_validate(data), cluster_resources=AMPLE)
+    assert "do not parse" in free_text.find("data.train_prompts")[0].message
+
+
+def test_a_missing_reward_checkpoint_file_is_an_error_naming_the_key(tmp_path):
+    cfg = load(REPO_ROOT / "configs" / "sd35_pickscore.yaml")
+    data = cfg.model_dump()
+    data["rewards"]["scorers"] = [{"name": "hpsv3", "model": str(tmp_path), "options": {
+        "checkpoint": str(tmp_path / "HPSv3.safetensors"), "processor": str(tmp_path)}}]
+    (tmp_path / "config.json").write_text("{}")
+    report = preflight(type(cfg).model_validate(data), cluster_resources=AMPLE)
+    assert "rewards.scorers[0].options.checkpoint" in [c.key for c in report.errors]
+    (tmp_path / "HPSv3.safetensors").write_bytes(b"")
+    report = preflight(type(cfg).model_validate(data), cluster_resources=AMPLE)
+    assert report.find("rewards.scorers[0].options.checkpoint")[0].status == "ok"
+    data["rewards"]["scorers"][0]["options"].pop("checkpoint")  # the default: a hub file
+    default = preflight(type(cfg).model_validate(data), cluster_resources=AMPLE).find("rewards.scorers[0].checkpoint (default)")
+    assert default and "MizzenAI/HPSv3" in default[0].message
