@@ -12,8 +12,10 @@ tests/test_family_z_image.py and tests/test_family_wan.py call these with their 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
@@ -41,6 +43,17 @@ def saturate_decoder(vae: torch.nn.Module, gain: float = 100.0) -> None:
     with torch.no_grad():
         last.weight.mul_(gain)
         last.bias.mul_(gain)
+
+
+def saved_pipeline(tmp_path_factory, name: str, build: Callable[[], Any]) -> str:
+    """A tiny random pipeline, built by `build` after seeding 0, its decoder saturated, saved into a fresh folder
+    `name`: the path a test's `from_pretrained` loads."""
+    torch.manual_seed(0)
+    pipe = build()
+    saturate_decoder(pipe.vae)
+    folder = tmp_path_factory.mktemp(name)
+    pipe.save_pretrained(folder)
+    return str(folder)
 
 
 def perturb(policy: Policy, seed: int = 1) -> None:

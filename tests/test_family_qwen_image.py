@@ -49,12 +49,8 @@ def builders():
 
 @pytest.fixture(scope="module")
 def qwen_path(tmp_path_factory, builders) -> str:
-    torch.manual_seed(0)
-    pipe = builders.qwen_image_pipeline(builders.qwen_tokenizer(family_checks.PROMPTS), layers=1, **TOY)
-    family_checks.saturate_decoder(pipe.vae)
-    folder = tmp_path_factory.mktemp("qwen-image")
-    pipe.save_pretrained(folder)
-    return str(folder)
+    return family_checks.saved_pipeline(tmp_path_factory, "qwen-image", lambda: builders.qwen_image_pipeline(
+        builders.qwen_tokenizer(family_checks.PROMPTS), layers=1, **TOY))
 
 
 def _model(path: str, **over) -> ModelConfig:

@@ -48,12 +48,8 @@ TOY = {
 @pytest.fixture(scope="module")
 def wan_path(tmp_path_factory) -> str:
     builders = load_script("scripts/build_wan.py")
-    torch.manual_seed(0)
-    pipe = builders.wan_pipeline(builders.t5_tokenizer(family_checks.PROMPTS), layers=1, **TOY)
-    family_checks.saturate_decoder(pipe.vae)
-    folder = tmp_path_factory.mktemp("wan")
-    pipe.save_pretrained(folder)
-    return str(folder)
+    return family_checks.saved_pipeline(tmp_path_factory, "wan", lambda: builders.wan_pipeline(
+        builders.t5_tokenizer(family_checks.PROMPTS), layers=1, **TOY))
 
 
 def _model(path: str, **over) -> ModelConfig:

@@ -45,12 +45,8 @@ TOY = {
 @pytest.fixture(scope="module")
 def z_path(tmp_path_factory) -> str:
     builders = load_script("scripts/build_qwen_z_image.py")
-    torch.manual_seed(0)
-    pipe = builders.z_image_pipeline(builders.qwen_tokenizer(family_checks.PROMPTS), layers=1, **TOY)
-    family_checks.saturate_decoder(pipe.vae)
-    folder = tmp_path_factory.mktemp("z-image")
-    pipe.save_pretrained(folder)
-    return str(folder)
+    return family_checks.saved_pipeline(tmp_path_factory, "z-image", lambda: builders.z_image_pipeline(
+        builders.qwen_tokenizer(family_checks.PROMPTS), layers=1, **TOY))
 
 
 def _model(path: str, **over) -> ModelConfig:
