@@ -46,6 +46,12 @@ KLEIN = ["sampling.group_size=4", "sampling.num_steps=3", "data.images_per_itera
 QWEN_Z = ["sampling.group_size=4", "sampling.num_steps=3", "algorithm.window_range=[1,3]", "data.images_per_iteration=4",
           "learner.micro_batch_size=2"]  # fmt: skip
 QWEN_Z_512 = QWEN_Z + ["model.resolution=512"]  # the learners at 4x the tokens their activation factors were fitted at
+# Wan: the preset's LoRA, CFG and DanceGRPO (timestep_fraction 0.6: 1 of 3 steps trained per video), 9 frames (3
+# latent frames: the VAE decodes them one by one with its causal caches), 2 videos per decode as the preset; the
+# learner takes the group's 4 videos in one micro-batch (8 rows with CFG), so that its activations are a large part.
+WAN = ["model.num_frames=9", "sampling.group_size=4", "sampling.num_steps=3", "data.images_per_iteration=4",
+       "learner.micro_batch_size=4", "learner.optimizer_steps_per_iteration=1"]  # fmt: skip
+WAN_384 = WAN + ["model.resolution=384", "model.num_frames=5"]  # 2.25x the pixels per frame, 2 latent frames
 CASES = {
     "sd35_rollout": ("sd35", 4, "sd35_geneval", SD35, "rollout"),
     "sd35_learner": ("sd35", 4, "sd35_geneval", SD35 + ["model.gradient_checkpointing=false"], "learner"),
@@ -68,6 +74,12 @@ CASES = {
     "qwen_image_learner_ckpt": ("qwen_image", 1, "qwen_image_grpo_ocr", QWEN_Z_512, "learner"),
     "z_image_rollout": ("z_image", 1, "z_image_grpo_pickscore", QWEN_Z, "rollout"),
     "z_image_learner_ckpt": ("z_image", 1, "z_image_grpo_pickscore", QWEN_Z_512, "learner"),
+    # Wan2.1-T2V-1.3B (2 of its 1536-wide blocks, one UMT5-XXL layer, the published video VAE) as wan_dancegrpo_video
+    # trains it: LoRA, CFG, DanceGRPO, gradient checkpointing.
+    "wan_rollout": ("wan", 2, "wan_dancegrpo_video", WAN, "rollout"),
+    "wan_learner_ckpt": ("wan", 2, "wan_dancegrpo_video", WAN, "learner"),
+    "wan_rollout_384": ("wan", 2, "wan_dancegrpo_video", WAN_384, "rollout"),
+    "wan_learner_ckpt_384": ("wan", 2, "wan_dancegrpo_video", WAN_384 + ["learner.micro_batch_size=2"], "learner"),
 }
 PROMPT = "a photo of a red circle"
 

@@ -42,7 +42,15 @@ import numpy as np
 
 from cluster.eval_stats import Estimate, bootstrap, verdict, worst_case_halfwidths
 from cluster.metrics import Progress
-from cluster.plots import Caption, animated_grids, before_after_grid, captioned_grid, stills, write_png
+from cluster.plots import (
+    Caption,
+    animated_grid,
+    animated_grids,
+    before_after_grid,
+    captioned_grid,
+    stills,
+    write_png,
+)
 from cluster.plots import display_scale as display_scale  # re-exported: callers import the grid's pieces here
 from cluster.plots import image_grid as image_grid
 from cluster.plots import save_png as save_png
@@ -263,14 +271,21 @@ class Evaluation:
         return [Caption(r["prompt"], r["tag"], None if key is None or r.get(key) is None else bool(r[key]),
                         r.get(scorer)) for r in (self.rows[i] for i in index)]
 
+    def _title(self, index: Sequence[int], kind: str) -> str:
+        legend = "frame: GenEval verdict (green correct, red wrong)" if "overall" in self.summary else "under each: its reward"
+        return f"{self.headline()} -- {self.plan.split} prompts, {len(index)} of {self.plan.num_images} {kind}; {legend}"
+
     def picture(self, index: Sequence[int], columns: int) -> np.ndarray:
         """uint8 [H, W, 3]: these images captioned, one prompt a row (<name>_grid.png, the probe's grid)."""
-        legend = "frame: GenEval verdict (green correct, red wrong)" if "overall" in self.summary else "under each: its reward"
-        title = f"{self.headline()} -- {self.plan.split} prompts, {len(index)} of {self.plan.num_images} images; {legend}"
+        title = self._title(index, "images")
         images = self.take(index)
         if images.ndim == 5:  # videos: a strip of evenly spaced frames each (the GIFs of `animations` move)
             title += f"; each video as {min(4, images.shape[1])} of its {images.shape[1]} frames"
         return captioned_grid(stills(images), self.captions(index), columns, title)
+
+    def animation(self, index: Sequence[int], columns: int) -> list[np.ndarray]:
+        """Videos only: `picture` that moves, one uint8 [H, W, 3] grid per video frame (the probe's TensorBoard video)."""
+        return animated_grid(self.take(index), self.captions(index), columns, self._title(index, "videos"))
 
     def animations(self, index: Sequence[int], columns: int, out_dir: str | Path) -> list[Path]:
         """Videos only: one animated captioned grid per prompt of `index`, `<name>_videos/<name>_<k>.gif`

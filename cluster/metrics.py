@@ -12,15 +12,18 @@ appends a line to resumes.jsonl (`count_resume`)."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 # Namespaced metric key -> Ray gauge name shown on the dashboard / Prometheus endpoint.
 DASHBOARD_GAUGES = {
@@ -189,6 +192,28 @@ class MetricsLogger:
             import wandb
 
             self.wandb.log({key: wandb.Image(image)}, step=step)
+
+    def log_video(self, key: str, frames: Sequence[np.ndarray], step: int, fps: float = 8.0) -> None:
+        """uint8 [H, W, 3] pictures, one per video frame (the probe's videos), as an animated GIF (`fps` as the
+        evaluation's GIFs) to TensorBoard and W&B. TensorBoard shows a GIF in an image summary as it moves; torch's
+        `add_video` writes the same summary but encodes it with moviepy, which flowray does not depend on, so PIL
+        encodes it here (cluster/plots.py `gif_bytes`)."""
+        from cluster.plots import gif_bytes
+
+        tb = self._writer()
+        if tb is None and self.wandb is None:
+            return
+        gif = gif_bytes(frames, fps)
+        if tb is not None:
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            h, w, c = frames[0].shape
+            image = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=gif)
+            tb._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=key, image=image)]), step)
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({key: wandb.Video(io.BytesIO(gif), format="gif")}, step=step)
 
     def close(self) -> None:
         self._closed.set()

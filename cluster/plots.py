@@ -5,6 +5,7 @@ headings. Plain arrays and captions in, pictures out: cluster.evaluation builds 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -305,11 +306,25 @@ def stills(images: np.ndarray, frames: int = STILL_FRAMES) -> np.ndarray:
     return strip
 
 
-def write_gif(frames: Sequence[np.ndarray], path: str | Path, fps: float = 8.0) -> Path:
-    """An animated GIF (PIL, looping) of uint8 [H, W, 3] pictures, one per video frame."""
+def gif_bytes(frames: Sequence[np.ndarray], fps: float = 8.0) -> bytes:
+    """An animated GIF (PIL, looping) of uint8 [H, W, 3] pictures, one per video frame, encoded in memory."""
     first, *rest = [Image.fromarray(f) for f in frames]
-    first.save(path, save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
+    out = io.BytesIO()
+    first.save(out, format="GIF", save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
+    return out.getvalue()
+
+
+def write_gif(frames: Sequence[np.ndarray], path: str | Path, fps: float = 8.0) -> Path:
+    """`gif_bytes` written to `path`."""
+    Path(path).write_bytes(gif_bytes(frames, fps))
     return Path(path)
+
+
+def animated_grid(videos: np.ndarray, captions: Sequence[Caption], columns: int, title: str) -> list[np.ndarray]:
+    """The frames of one animated picture of videos [N, F, H, W, 3]: frame t is captioned_grid of every video's frame t
+    ("frame t of F" in the title)."""
+    return [captioned_grid(videos[:, t], captions, columns, f"{title} -- frame {t + 1} of {videos.shape[1]}")
+            for t in range(videos.shape[1])]
 
 
 def animated_grids(videos: np.ndarray, captions: Sequence[Caption], columns: int, title: str, out_dir: str | Path,
@@ -322,9 +337,7 @@ def animated_grids(videos: np.ndarray, captions: Sequence[Caption], columns: int
     paths = []
     for k, prompt in enumerate(prompts):
         rows = [i for i, c in enumerate(captions) if c.prompt == prompt]
-        clip = videos[rows]
-        frames = [captioned_grid(clip[:, t], [captions[i] for i in rows], columns,
-                                 f"{title} -- frame {t + 1} of {clip.shape[1]}") for t in range(clip.shape[1])]
+        frames = animated_grid(videos[rows], [captions[i] for i in rows], columns, title)
         paths.append(write_gif(frames, out_dir / f"{stem}_{k}.gif"))
     return paths
 

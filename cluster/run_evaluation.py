@@ -94,7 +94,8 @@ class RunEvaluation:
     def probe(self, name: str, step: int | None = None) -> dict:
         """The training monitor's probe: the fixed probe set sampled with the sampling policy's weights
         on the training grid (ODE), scored into probes/<name>.json; returns probe/* metrics and sends the
-        grid to TensorBoard at `step` (the metrics row's iteration; None: not sent)."""
+        grid to TensorBoard at `step` (the metrics row's iteration; None: not sent), a video family's also as an
+        animated GIF (probe/videos)."""
         plan = plan_for(self.cfg, "probe")
         folder = Path(self.cfg.logging.output_dir) / "probes"
         result = self._evaluate_surviving_restarts(
@@ -105,6 +106,8 @@ class RunEvaluation:
         if step is not None:
             pick = plan.image_index(per_prompt=4, prompts_per_tag=1)
             self.logger.log_image("probe/images", result.picture(pick, columns=4), step)
+            if result.take(pick[:1]).ndim == 5:  # videos: the same picture, moving
+                self.logger.log_video("probe/videos", result.animation(pick, columns=4), step)
         return metrics
 
 

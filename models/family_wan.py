@@ -59,11 +59,19 @@ class WanFamily(ModelFamily):
     clip_tokens = 0
     latent_patch = 2  # patch (1, 2, 2): 16 pixels per token side
     temporal_compression = 4  # frames per latent frame after the first (AutoencoderKLWan's scale_factor_temporal)
-    # The VAE is Qwen-Image's (AutoencoderKLQwenImage is AutoencoderKLWan's architecture, 126.9 M parameters alike),
-    # measured at 11.3-12.8 elements per pixel per full-resolution channel for a one-frame decode. Decoding a video runs
-    # latent frame by latent frame (its causal convolutions cache the last 2 frames), each step producing 4 frames at
-    # full resolution: an estimate of 4 x 12.8, not measured on Wan's own decode.
-    decode_elements_per_pixel_channel = 52.0
+    # Decoding a video runs latent frame by latent frame (its causal convolutions cache the last 2 frames), each step
+    # producing 4 frames at full resolution, so the peak does not grow with the frame count (but for the decoded frames,
+    # 3 channels). Measured in bf16 with 2 videos per decode (benchmarks/memory_plan.py, docs/benchmarks.md): 39 elements
+    # per pixel of one frame per full-resolution channel at 256 px (9 frames), 34 at 384 px (5 frames); 36 puts both
+    # rollouts' peaks within 6%. The estimate before, 52 (4 frames x Qwen-Image's one-frame 12.8, the same VAE
+    # architecture), put them at 1.23x and 1.44x the measured.
+    decode_elements_per_pixel_channel = 36.0
+    # A checkpointed block's training forward/backward, fitted to four learner runs (2, 4 and 8 rows of 784 tokens, 4 of
+    # 1168; benchmarks/memory_plan.py): 110 puts their peaks at 0.88-1.12x the measured, where SD3.5's 20 put them at
+    # 0.30-0.43x. Wan's blocks run their norms, modulation and residual adds in fp32 (transformer_wan.py `.float()`), so
+    # they keep more per element than a bf16 block; and the learner's growth is not linear in the rows (0.28 GB per row of
+    # 784 tokens from 2 to 4 rows, 0.17 GB from 4 to 8), so no one factor fits them closer.
+    train_elements_per_token_hidden = 110.0
 
     def __init__(self, pipe, cfg):
         self.pipe, self.cfg = pipe, cfg

@@ -130,3 +130,31 @@ def test_still_pictures_show_frame_strips_and_gifs_move(tmp_path):
     assert [p.name for p in paths] == ["eval_0.gif", "eval_1.gif"]
     with Image.open(paths[0]) as gif:
         assert gif.n_frames == 9 and gif.info["loop"] == 0
+
+
+def test_tensorboard_gets_the_probe_videos_as_an_animated_gif_without_moviepy(tmp_path):
+    """MetricsLogger.log_video: PIL's GIF in an image summary at the step (what torch's add_video writes, which needs
+    moviepy), read back from the event file."""
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cluster.metrics import MetricsLogger
+    from cluster.plots import Caption, animated_grid
+
+    videos = _videos(4, 9, side=8)
+    captions = [Caption("a red circle", reward=0.5)] * 2 + [Caption("two squares", reward=0.1)] * 2
+    frames = animated_grid(videos, captions, 2, "probe")
+    logger = MetricsLogger(tmp_path, ray_gauges=False)
+    logger.log_video("probe/videos", frames, step=3)
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
+    [event] = events.Images("probe/videos")
+    assert event.step == 3 and event.encoded_image_string.startswith(b"GIF8")
+    assert (event.height, event.width) == frames[0].shape[:2]
+    with Image.open(io.BytesIO(event.encoded_image_string)) as gif:
+        assert gif.n_frames == 9 and gif.size == (event.width, event.height)
+        first = np.asarray(gif.convert("RGB"))
+        gif.seek(8)
+        assert not np.array_equal(np.asarray(gif.convert("RGB")), first)  # it moves
