@@ -249,9 +249,10 @@ def scorer_file_options(scorer, options: dict) -> list[tuple[str, str]]:
 def check_weight_file(report: PreflightReport, where: str, name: str, option: str, value: str, node: bool = False) -> None:
     """A weights file as the scorer resolves it (rewards/hpsv3.py `resolve_file`): a local file, else a hub file
     'owner/repo/path' (its cache, as for folders)."""
-    parts = value.split("/")
-    local = value.startswith(("/", ".", "~")) or len(parts) < 3 or Path(value).expanduser().exists()
-    if local:
+    from rewards.hpsv3 import hub_file
+
+    hub = hub_file(value)
+    if hub is None:
         path = Path(value).expanduser()
         if path.is_file():
             report.add(where, "ok", f"scorer {name!r} {option}: local file {path}")
@@ -259,7 +260,7 @@ def check_weight_file(report: PreflightReport, where: str, name: str, option: st
             report.add(where, "error", f"scorer {name!r} {option}: local file {value!r} does not exist (looked for "
                        f"{path.resolve()}); give an existing file or a hub file 'owner/repo/file'")
         return
-    status, message = _hub_message("/".join(parts[:2]), "/".join(parts[2:]), node)
+    status, message = _hub_message(*hub, node)
     report.add(where, status, f"scorer {name!r} {option}: {message}")
 
 

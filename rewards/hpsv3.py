@@ -43,17 +43,26 @@ DEFAULT_TEMPLATE = (
 )
 
 
+def hub_file(spec: str) -> tuple[str, str] | None:
+    """(repo id, path in the repo) when `spec` names a hub file 'owner/repo/path' rather than a local file
+    (one that exists, or that starts like a path); None otherwise. resolve_file and --dry-run read it alike."""
+    parts = spec.split("/")
+    if Path(spec).expanduser().is_file() or len(parts) < 3 or spec.startswith((".", "/", "~")):
+        return None
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
 def resolve_file(spec: str) -> str:
     """A local file, or `owner/repo/path/in/repo` fetched from the hub (its cache; offline mode respected)."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return str(path)
-    parts = spec.split("/")
-    if len(parts) < 3 or spec.startswith((".", "/", "~")):
+    hub = hub_file(spec)
+    if hub is None:
+        path = Path(spec).expanduser()
+        if path.is_file():
+            return str(path)
         raise FileNotFoundError(f"checkpoint {spec!r}: no such file, and not a hub file 'owner/repo/file'")
     from huggingface_hub import hf_hub_download
 
-    return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
+    return hf_hub_download(*hub)
 
 
 def head_layers(state: Mapping[str, object], prefix: str = HEAD_PREFIX) -> list[tuple[object, object | None]]:
