@@ -34,6 +34,9 @@ def actor_env(threads: int) -> dict:
             # (benchmarks/omp_wait.py); passive waiting kept it at 1.0-1.1x. Same threads, same splits:
             # the numbers are unchanged. A value set for the driver wins.
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+            # libgomp's spin count before a waiting thread sleeps overrides the policy where set
+            # (benchmarks/omp_wait.py compares settings with it).
+            **({"GOMP_SPINCOUNT": os.environ["GOMP_SPINCOUNT"]} if os.environ.get("GOMP_SPINCOUNT") else {}),
             "TOKENIZERS_PARALLELISM": "false",
             # Loading bars from every actor would drown the per-iteration progress lines.
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",

@@ -145,3 +145,17 @@ def test_the_weights_check_runs_on_each_node_and_names_the_one_without_them(two_
     report = check_nodes(cfg, skip_driver_node=True)
     assert report.ok and [c.key for c in report.checks] == ["cluster.nodes"], report.summary()
     assert node_id[:8] in report.checks[0].message
+
+
+def test_openmp_waits_passively_unless_the_driver_sets_the_policy_or_a_spin_count(monkeypatch):
+    from common.runtime_env import actor_env
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    env = actor_env(2)["env_vars"]
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in env and env["OMP_NUM_THREADS"] == "2"
+    # libgomp lets GOMP_SPINCOUNT override the policy's spin count: a driver that sets it gets it in every actor
+    monkeypatch.setenv("GOMP_SPINCOUNT", "10000")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    env = actor_env(1)["env_vars"]
+    assert (env["GOMP_SPINCOUNT"], env["OMP_WAIT_POLICY"]) == ("10000", "ACTIVE")
