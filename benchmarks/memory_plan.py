@@ -52,6 +52,11 @@ QWEN_Z_512 = QWEN_Z + ["model.resolution=512"]  # the learners at 4x the tokens 
 WAN = ["model.num_frames=9", "sampling.group_size=4", "sampling.num_steps=3", "data.images_per_iteration=4",
        "learner.micro_batch_size=4", "learner.optimizer_steps_per_iteration=1"]  # fmt: skip
 WAN_384 = WAN + ["model.resolution=384", "model.num_frames=5"]  # 2.25x the pixels per frame, 2 latent frames
+# Held out (not used to fit the Wan factors, which the four cases above fitted): 17 frames at 256 px (5 latent frames,
+# 1280 video tokens), a frame count none of the fits saw, so the decode's "peak does not grow with the frames" and the
+# training factor's tokens-per-row scaling are checked rather than fitted; the learner at micro-batches of 2 videos
+# (4 rows of 1296 tokens, longer rows than any fitted case) to stay within a few GB and minutes on 2 cores.
+WAN_17F = WAN + ["model.num_frames=17"]
 CASES = {
     "sd35_rollout": ("sd35", 4, "sd35_geneval", SD35, "rollout"),
     "sd35_learner": ("sd35", 4, "sd35_geneval", SD35 + ["model.gradient_checkpointing=false"], "learner"),
@@ -80,6 +85,9 @@ CASES = {
     "wan_learner_ckpt": ("wan", 2, "wan_dancegrpo_video", WAN, "learner"),
     "wan_rollout_384": ("wan", 2, "wan_dancegrpo_video", WAN_384, "rollout"),
     "wan_learner_ckpt_384": ("wan", 2, "wan_dancegrpo_video", WAN_384 + ["learner.micro_batch_size=2"], "learner"),
+    # Held-out checks of those factors (WAN_17F above): the same preset at 17 frames.
+    "wan_rollout_17f": ("wan", 2, "wan_dancegrpo_video", WAN_17F, "rollout"),
+    "wan_learner_ckpt_17f": ("wan", 2, "wan_dancegrpo_video", WAN_17F + ["learner.micro_batch_size=2"], "learner"),
 }
 PROMPT = "a photo of a red circle"
 

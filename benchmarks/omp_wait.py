@@ -14,7 +14,8 @@ Prints the median seconds of each case per load, and each setting's ratio to the
 
 times the main job itself instead (launch.py, its preset and overrides, N iterations, a 6-prompt final
 evaluation, no base evaluation): the actors take the driver's OMP_WAIT_POLICY / GOMP_SPINCOUNT
-(common/runtime_env.py), so each setting is one whole run. Prints the median seconds per iteration after
+(common/runtime_env.py), so each setting is one whole run; `default` there means the shipped PASSIVE, and
+libgomp's own default is GOMP_SPINCOUNT=300000. Prints the median seconds per iteration after
 the first 3 and the median update time, per setting, repeats interleaved.
 """
 
