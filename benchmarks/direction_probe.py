@@ -1,7 +1,7 @@
 """Does a policy read the relation word? Position prompts sampled beside their mirror at the same seeds.
 
     python benchmarks/direction_probe.py [--model assets/models/shapes-sd3-tiny] [--lora RUN/checkpoints/iter_N]
-                                         [--seeds 40] [--steps 20] [--guidance 1.0] [--output FILE.json]
+                                         [--seeds 40] [--steps 20] [--guidance 1.0] [--velocity] [--output FILE.json]
 
 For every position record of the shapes world ("a circle left of a square", 24 of them) and each seed, the
 policy samples the prompt and its mirror ("a circle right of a square": left <-> right, above <-> below)
@@ -15,6 +15,8 @@ and the GenEval rule gives the relations that hold between the two objects. Repo
 - the text towers: the cosine between the relation token's final hidden states for the two prompts (per
   tower, mean over records).
 The base model's effect against a trained policy's says whether RL taught the policy to read the word.
+With `--velocity`, also how far the relation word moves the velocity at the same x_t, against an object word
+and against the whole prompt, per noise level (word_effects).
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ def relations_found(image: np.ndarray, record: dict) -> set[str] | None:
 
 def token_cosines(policy, record: dict) -> list[float]:
     """Per text tower: cosine of the final hidden state at the relation word's first token, prompt vs mirror."""
+    return [layers[-1] for layers in layer_cosines(policy, record)]
+
+
+def layer_cosines(policy, record: dict) -> list[list[float]]:
+    """Per text tower, per hidden state (0: the token embedding plus position, then each layer's output): the
+    cosine at the relation word's first token, prompt vs mirror. Where the sign of a relation is lost shows
+    here: in the input embedding (the two words learned alike) or in the layers (read alike in context)."""
     pipe, out = policy.pipe, []
     prompts = [record["prompt"], mirrored(record)["prompt"]]
     for tok_name, enc_name in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
@@ -63,14 +72,52 @@ def token_cosines(policy, record: dict) -> list[float]:
         ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids
         differ = (ids[0] != ids[1]).nonzero()
-        if not len(differ):
-            out.append(1.0)
-            continue
         with torch.no_grad():
-            hidden = enc(ids.to(policy.device), output_hidden_states=True).hidden_states[-1]
+            hidden = enc(ids.to(policy.device), output_hidden_states=True).hidden_states
+        if not len(differ):
+            out.append([1.0] * len(hidden))
+            continue
         i = int(differ[0])
-        out.append(float(torch.nn.functional.cosine_similarity(hidden[0, i], hidden[1, i], dim=0)))
+        out.append([float(torch.nn.functional.cosine_similarity(h[0, i], h[1, i], dim=0)) for h in hidden])
     return out
+
+
+def swapped_subject(record: dict) -> dict:
+    """The record with its subject drawn as another shape (same relation, same target)."""
+    from rewards.shapes.world import SHAPES, position
+
+    target, subject = record["include"]
+    other = next(c for c in SHAPES if c not in (subject["class"], target["class"]))
+    return position(other, subject["position"][0], target["class"])
+
+
+def word_effects(policy, seeds: int, steps: int, guidance: float, levels=(1.0, 0.8, 0.6, 0.4)) -> dict:
+    """How much the relation word moves the velocity, against an object word, at the same x_t.
+
+    For each position record and seed, x_t = (1 - sigma) x0 + sigma eps on the straight path from the
+    prompt's own ODE sample x0 to its initial noise eps; at each sigma the velocity for the prompt (v_P),
+    its mirror (v_M), the prompt with the subject drawn as another shape (v_O) and the empty prompt (v_0).
+    Reported per sigma, as means over records and seeds: |v_P - v_M| / |v_P - v_O| (the relation word's
+    pull as a share of an object word's) and |v_P - v_M| / |v_P - v_0| (as a share of the whole prompt's).
+    The layout is chosen at high sigma: a word read only at low sigma cannot move it."""
+    from models.sampling import eval_sample
+    from rewards.shapes.world import all_records
+
+    sigmas = policy.sigmas(steps, 3.0, "static")
+    ratios = {level: {"vs_object": [], "vs_prompt": []} for level in levels}
+    for record in all_records()["position"]:
+        seed_list = [1000 + s for s in range(seeds)]
+        noise = torch.cat([policy.initial_noise(1, torch.Generator().manual_seed(s)) for s in seed_list])
+        x0 = eval_sample(policy.velocity_fn(record["prompt"], guidance), policy.initial_noise, sigmas, seeds=seed_list)
+        prompts = [record["prompt"], mirrored(record)["prompt"], swapped_subject(record)["prompt"], ""]
+        with torch.no_grad():
+            for level in levels:
+                x = (1 - level) * x0 + level * noise
+                v_p, v_m, v_o, v_0 = (policy.velocity_fn(q, guidance)(x, level).flatten(1) for q in prompts)
+                word = (v_p - v_m).norm(dim=1)
+                ratios[level]["vs_object"] += (word / (v_p - v_o).norm(dim=1)).tolist()
+                ratios[level]["vs_prompt"] += (word / (v_p - v_0).norm(dim=1)).tolist()
+    return {f"sigma_{level:g}": {k: float(np.mean(v)) for k, v in r.items()} for level, r in ratios.items()}
 
 
 def probe(policy, seeds: int, steps: int, guidance: float) -> dict:
@@ -99,14 +146,15 @@ def probe(policy, seeds: int, steps: int, guidance: float) -> dict:
                 s["holds_asked"] += int(relation in asked)
                 s["holds_mirror"] += int(relation in other)
                 s["flips"] += int(asked != other)
-        cosines.append(token_cosines(policy, record))
+        cosines.append(layer_cosines(policy, record))
     report = {}
     for axis, s in stats.items():
         pairs = max(s["pairs"], 1)
         report[axis] = {"accuracy": s["holds"] / s["asked"], "pairs": s["pairs"],
                         "direction_effect": (s["holds_asked"] - s["holds_mirror"]) / pairs,
                         "layout_flips": s["flips"] / pairs}
-    report["tower_cosine"] = [float(np.mean([c[i] for c in cosines])) for i in range(2)]
+    report["tower_cosine"] = [float(np.mean([c[i][-1] for c in cosines])) for i in range(2)]
+    report["tower_cosine_by_layer"] = [np.mean([c[i] for c in cosines], axis=0).round(4).tolist() for i in range(2)]
     return report
 
 
@@ -118,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=40)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--velocity", action="store_true",
+                   help="also the relation word's pull on the velocity at the same x_t (word_effects)")
     p.add_argument("--output")
     args = p.parse_args(argv)
     from safetensors.torch import load_file
@@ -131,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.lora:
         policy.load_trainable(load_file(str(Path(args.lora) / "trainable.safetensors")))
     report = probe(policy, args.seeds, args.steps, args.guidance)
+    if args.velocity:
+        report["word_effects"] = word_effects(policy, args.seeds, args.steps, args.guidance)
     print(json.dumps(report, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
