@@ -100,7 +100,7 @@ def word_effects(policy, seeds: int, steps: int, guidance: float, levels=(1.0, 0
     Reported per sigma, as means over records and seeds: |v_P - v_M| / |v_P - v_O| (the relation word's
     pull as a share of an object word's) and |v_P - v_M| / |v_P - v_0| (as a share of the whole prompt's).
     The layout is chosen at high sigma: a word read only at low sigma cannot move it."""
-    from models.sampling import eval_sample
+    from models.sampling import euler_sample
     from rewards.shapes.world import all_records
 
     sigmas = policy.sigmas(steps, 3.0, "static")
@@ -108,7 +108,7 @@ def word_effects(policy, seeds: int, steps: int, guidance: float, levels=(1.0, 0
     for record in all_records()["position"]:
         seed_list = [1000 + s for s in range(seeds)]
         noise = torch.cat([policy.initial_noise(1, torch.Generator().manual_seed(s)) for s in seed_list])
-        x0 = eval_sample(policy.velocity_fn(record["prompt"], guidance), policy.initial_noise, sigmas, seeds=seed_list)
+        x0 = euler_sample(policy.velocity_fn(record["prompt"], guidance), noise, sigmas)  # eval_sample's noise per seed
         prompts = [record["prompt"], mirrored(record)["prompt"], swapped_subject(record)["prompt"], ""]
         with torch.no_grad():
             for level in levels:

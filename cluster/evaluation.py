@@ -249,6 +249,12 @@ class Evaluation:
     rows: list[dict]  # what <name>_images.jsonl holds
     name: str = "eval"
 
+    @property
+    def is_video(self) -> bool:
+        """Whether the images are videos ([F, H, W, 3] each): the pictures then also move (GIFs, TensorBoard)."""
+        first = next(iter(self.kept.values()), None)
+        return first is not None and first.ndim == 4
+
     def take(self, index: Sequence[int]) -> np.ndarray:
         """uint8 [len(index), H, W, 3]: the images of these plan indices."""
         missing = [i for i in index if i not in self.kept]
@@ -394,7 +400,7 @@ def evaluate(plan: EvalPlan, sample: SampleFn, score: ScoreFn, *, output_dir: st
     if grid:
         pictured = plan.image_index(**PICTURED)
         write_png(evaluation.picture(pictured, columns=PICTURED["per_prompt"]), out / f"{name}_grid.png")
-        if evaluation.take(pictured[:1]).ndim == 5:
+        if evaluation.is_video:
             evaluation.animations(pictured, PICTURED["per_prompt"], out)
     return evaluation
 

@@ -106,7 +106,7 @@ class RunEvaluation:
         if step is not None:
             pick = plan.image_index(per_prompt=4, prompts_per_tag=1)
             self.logger.log_image("probe/images", result.picture(pick, columns=4), step)
-            if result.take(pick[:1]).ndim == 5:  # videos: the same picture, moving
+            if result.is_video:  # the same picture, moving
                 self.logger.log_video("probe/videos", result.animation(pick, columns=4), step)
         return metrics
 
