@@ -20,6 +20,7 @@ BENCHMARKS = DOCS / "benchmarks.md"
 BLOCKS = {
     "MAIN JOB RESULTS": RESULTS,  # benchmarks/main_job.py --write-docs
     "COMPARE RESULTS": RESULTS,  # benchmarks/compare.py --write-docs
+    "COMPARE LONG RESULTS": RESULTS,  # benchmarks/compare.py --write-docs --docs-block long
     "DATA PLANE": BENCHMARKS,  # benchmarks/data_plane.py --table BEFORE AFTER --readme
     "WEIGHT SYNC": BENCHMARKS,  # benchmarks/weight_sync.py prints it; pasted from that output
     "COLOCATION": BENCHMARKS,  # benchmarks/colocation.py prints it; pasted from that output

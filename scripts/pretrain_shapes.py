@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from build_tiny_sd3 import ARCH, MODEL_MAX_LENGTH, build_pipeline, load_tiny_pip
 from diffusers import AutoencoderKL, StableDiffusion3Pipeline  # noqa: E402
 
 from rewards.shapes import all_records, noisy_caption, render, sample_scene, underspecified_caption  # noqa: E402
+from rewards.shapes.world import Scene, position  # noqa: E402
 
 PHASES = ("build", "vae", "decoder", "dit", "export", "card")
 SIGMA_SHIFT = 3.0
@@ -90,6 +92,35 @@ def draw_batch(records: dict[str, list[dict]], rng: np.random.Generator, batch: 
         images.append(render(scene, ARCH["resolution"]))
         caption = noisy_caption(record, scene, rng, label_noise) if label_noise else underspecified_caption(record, rng)
         captions.append("" if rng.random() < dropout else caption)
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return captions, x
+
+
+# A relation and its mirror: same objects, same order, the other side (--mirror-pairs).
+MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def mirror_scene(scene: Scene, relation: str) -> Scene:
+    """The two-object scene with the objects' coordinates on `relation`'s axis swapped: the subject now stands
+    in the mirrored relation to the target (GenEval's rule compares box centres, and both sides are equal), the
+    other axis and every gap are unchanged, so the scene stays on the lattice and nothing overlaps."""
+    target, subject = scene.objects  # sample_scene places include[0] (the target) first
+    axis = "x" if relation in ("left of", "right of") else "y"
+    return Scene((replace(target, **{axis: getattr(subject, axis)}), replace(subject, **{axis: getattr(target, axis)})))
+
+
+def draw_mirror_pairs(records: dict[str, list[dict]], rng: np.random.Generator, pairs: int):
+    """(captions, images) of `pairs` position scenes, each followed by its mirror: rows 2k and 2k+1 differ only in
+    the relation word and the objects' places on its axis. Trained on the same noise and sigma
+    (`flow_matching_loss(tied_pairs=...)`), the only way to fit both rows is to let the word choose the layout."""
+    captions, images = [], []
+    for _ in range(pairs):
+        record = records["position"][int(rng.integers(len(records["position"])))]
+        (target, subject), relation = record["include"], record["include"][1]["position"][0]
+        scene = sample_scene(record, rng, ARCH["resolution"])
+        twin = position(subject["class"], MIRROR[relation], target["class"])
+        captions += [record["prompt"], twin["prompt"]]
+        images += [render(scene, ARCH["resolution"]), render(mirror_scene(scene, relation), ARCH["resolution"])]
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return captions, x
 
@@ -315,14 +346,29 @@ def sample_sigmas(batch: int, gen: torch.Generator) -> torch.Tensor:
     return SIGMA_SHIFT * s / (1 + (SIGMA_SHIFT - 1) * s)
 
 
-def flow_matching_loss(pipe, captions, x_img, gen, max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The flow-matching loss of one batch, and the pooled text embeddings it conditioned on."""
+def tie_pairs(eps: torch.Tensor, sigma: torch.Tensor, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise and sigma with the last `pairs` row pairs made equal (row 2k+1 takes row 2k's, counted from the end
+    block): a mirror pair is then one noisy input under two captions."""
+    eps, sigma = eps.clone(), sigma.clone()
+    first = torch.arange(len(eps) - 2 * pairs, len(eps), 2)
+    eps[first + 1], sigma[first + 1] = eps[first], sigma[first]
+    return eps, sigma
+
+
+def flow_matching_loss(pipe, captions, x_img, gen, max_sequence_length: int, tied_pairs: int = 0,
+                       pair_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flow-matching loss of one batch, and the pooled text embeddings it conditioned on.
+
+    The last 2 * `tied_pairs` rows are mirror pairs (`draw_mirror_pairs`): each pair shares its noise and sigma,
+    and `pair_weight` adds the squared error of the pair's velocity difference against its target difference,
+    the part of the loss only the relation word can lower."""
     with torch.no_grad():
         posterior = pipe.vae.encode(x_img).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
         x0 = (z - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
     eps = torch.randn(x0.shape, generator=gen)
     sigma = sample_sigmas(x0.shape[0], gen)
+    eps, sigma = tie_pairs(eps, sigma, tied_pairs)
     s = sigma.view(-1, 1, 1, 1)
     x_sigma = (1 - s) * x0 + s * eps
     embeds, _, pooled, _ = pipe.encode_prompt(
@@ -331,7 +377,12 @@ def flow_matching_loss(pipe, captions, x_img, gen, max_sequence_length: int) -> 
     v = pipe.transformer(
         hidden_states=x_sigma, timestep=sigma * 1000, encoder_hidden_states=embeds, pooled_projections=pooled
     ).sample
-    return F.mse_loss(v, eps - x0), pooled
+    target = eps - x0
+    loss = F.mse_loss(v, target)
+    if tied_pairs and pair_weight:
+        v_pairs, t_pairs = v[-2 * tied_pairs :], target[-2 * tied_pairs :]
+        loss = loss + pair_weight * F.mse_loss(v_pairs[0::2] - v_pairs[1::2], t_pairs[0::2] - t_pairs[1::2])
+    return loss, pooled
 
 
 # The relation a caption states, as the classes of the towers' auxiliary head (--relation-weight).
@@ -392,11 +443,15 @@ def phase_dit(work: Path, args) -> None:
         rng = np.random.default_rng([args.seed, 3, step])
         gen = torch.Generator().manual_seed(args.seed * 1_000_033 + step)
         captions, x = draw_batch(records, rng, args.batch, CAPTION_DROPOUT, parse_label_noise(args.label_noise))
+        if args.mirror_pairs:
+            pair_captions, pair_x = draw_mirror_pairs(records, rng, args.mirror_pairs)
+            captions, x = captions + pair_captions, torch.cat([x, pair_x])
         warm = min(1.0, (step + 1) / args.warmup)
         decay = 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
             group["lr"] = args.lr * warm * (0.1 + 0.9 * decay)
-        loss, pooled = flow_matching_loss(pipe, captions, x, gen, args.max_sequence_length)
+        loss, pooled = flow_matching_loss(pipe, captions, x, gen, args.max_sequence_length, args.mirror_pairs,
+                                          args.pair_weight)
         if head is not None:
             loss = loss + args.relation_weight * head.loss(pooled, captions)
         opt.zero_grad(set_to_none=True)
@@ -778,6 +833,11 @@ def parse_args(argv=None):
     p.add_argument("--relation-weight", type=float, default=0.0,
                    help="Weight of an auxiliary loss that reads each caption's stated relation (left of, right of, "
                         "above, below, none) from the towers' pooled embeddings (0: off; the head is not exported).")
+    p.add_argument("--mirror-pairs", type=int, default=0,
+                   help="Add this many position scenes and their mirrors to each dit batch (2x rows), each pair on "
+                        "one noise and sigma, with correct captions (0: off).")
+    p.add_argument("--pair-weight", type=float, default=0.0,
+                   help="Weight of the mirror pairs' velocity-difference loss (needs --mirror-pairs).")
     p.add_argument("--init-from", default="",
                    help="Warm start: a pipeline folder (an earlier export) whose weights and tokenizers "
                    "replace the build, vae and decoder phases.")
@@ -787,6 +847,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.pair_weight and not args.mirror_pairs:
+        raise SystemExit("--pair-weight needs --mirror-pairs N > 0 (the pairs it weighs)")
     torch.set_num_threads(args.threads)
     work, out = Path(args.work_dir), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)

@@ -38,3 +38,33 @@ def test_the_head_trains_with_the_towers_and_a_resume_must_keep_the_setting(tmp_
     pre.main(["--phase", "dit", "export", "--steps", "3", "--relation-weight", "0.5", *common])
     exported = load_file(str(tmp_path / "out" / "text_encoder" / "model.safetensors"))
     assert exported and not any("relation" in k for k in exported)
+
+
+def test_a_mirror_pair_differs_only_in_the_relation_word_and_the_places_on_its_axis():
+    from rewards.geneval_rules import relative_position
+
+    pre = load_script("scripts/pretrain_shapes.py")
+    records = all_records()
+    captions, x = pre.draw_mirror_pairs(records, pre.np.random.default_rng(0), 12)
+    assert len(captions) == 24 and x.shape[0] == 24
+    for first, second in zip(captions[0::2], captions[1::2], strict=True):
+        relation = pre.RELATIONS[pre.stated_relation(first)]
+        assert second == first.replace(relation, pre.MIRROR[relation])
+    for record in records["position"][:40]:
+        relation = record["include"][1]["position"][0]
+        scene = pre.sample_scene(record, pre.np.random.default_rng(1), 32)
+        target, subject = pre.mirror_scene(scene, relation).objects
+        assert pre.MIRROR[relation] in relative_position(subject.box, target.box)
+        assert relation not in relative_position(subject.box, target.box)
+        still = "y" if relation in ("left of", "right of") else "x"  # the other axis is untouched
+        assert [getattr(o, still) for o in (target, subject)] == [getattr(o, still) for o in scene.objects]
+
+
+def test_tied_pairs_share_noise_and_sigma_and_leave_the_other_rows_alone():
+    pre = load_script("scripts/pretrain_shapes.py")
+    eps, sigma = pre.torch.randn(7, 2, 3, 3), pre.torch.rand(7)
+    tied_eps, tied_sigma = pre.tie_pairs(eps, sigma, 2)  # rows 3-4 and 5-6 are pairs
+    assert pre.torch.equal(tied_eps[:4], eps[:4]) and pre.torch.equal(tied_sigma[:4], sigma[:4])
+    assert pre.torch.equal(tied_eps[4], eps[3]) and pre.torch.equal(tied_eps[6], eps[5])
+    assert tied_sigma[4] == sigma[3] and tied_sigma[6] == sigma[5]
+    assert not pre.torch.equal(eps[4], eps[3])  # the input was untouched
