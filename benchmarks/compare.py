@@ -313,7 +313,9 @@ def figure(results: list[dict], limits: dict[str, float], path: Path) -> None:
         for i, preset in enumerate(dict.fromkeys(r["preset"] for r in results)):
             for j, r in enumerate(r for r in results if r["preset"] == preset):
                 pts = np.array(r["curve"])
-                ax.plot(pts[:, x], pts[:, 2], "o-", color=f"C{i}", alpha=0.8, label=preset if j == 0 else None)
+                # ten colours, then the same colours dashed with squares: eleven presets stay told apart
+                ax.plot(pts[:, x], pts[:, 2], "os^"[i // 10 % 3], ls=("-", "--", ":")[i // 10 % 3], color=f"C{i % 10}",
+                        alpha=0.8, label=preset if j == 0 else None)
         ax.axvline(limits[budget], color="k", ls="--", lw=0.8)
         ax.set_xlabel(label)
         ax.set_ylabel("shapes-GenEval overall")
