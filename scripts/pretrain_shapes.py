@@ -522,12 +522,14 @@ def strip_local_paths(folder: Path) -> None:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def phase_export(work: Path, out: Path, quiet: bool = False) -> None:
+def phase_export(work: Path, out: Path, quiet: bool = False, weights: str = "ema") -> None:
+    """The pipeline with the dit checkpoint's EMA weights (or, `weights="raw"`, the optimiser's current ones: a
+    probe of what the last few hundred steps taught, which an EMA of 0.999 still mostly hides)."""
     pipe = load_training_pipeline(work)
     pipe.vae = AutoencoderKL.from_pretrained(work / "vae_decoder")
     tensors, state = load_checkpoint(work / "dit_ckpt")
     for name, m in trained_modules(pipe).items():
-        restore_module(m, tensors, f"ema.{name}")
+        restore_module(m, tensors, f"ema.{name}" if weights == "ema" else name)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
     strip_local_paths(out)
@@ -539,7 +541,7 @@ def phase_export(work: Path, out: Path, quiet: bool = False) -> None:
     if quiet:
         return
     (work / "training_summary.json").write_text(json.dumps(summary))
-    log(f"exported EMA pipeline after {state['step']} steps to {out}")
+    log(f"exported {'EMA' if weights == 'ema' else 'raw'} pipeline after {state['step']} steps to {out}")
 
 
 # ----------------------------------------------------------------------------- phase 5: card
@@ -838,6 +840,8 @@ def parse_args(argv=None):
                         "one noise and sigma, with correct captions (0: off).")
     p.add_argument("--pair-weight", type=float, default=0.0,
                    help="Weight of the mirror pairs' velocity-difference loss (needs --mirror-pairs).")
+    p.add_argument("--export-weights", choices=("ema", "raw"), default="ema",
+                   help="Export phase: the EMA weights (the model) or the current ones (a probe of recent steps).")
     p.add_argument("--init-from", default="",
                    help="Warm start: a pipeline folder (an earlier export) whose weights and tokenizers "
                    "replace the build, vae and decoder phases.")
@@ -862,7 +866,7 @@ def main(argv=None) -> None:
     if "dit" in phases:
         phase_dit(work, args)
     if "export" in phases:
-        phase_export(work, out)
+        phase_export(work, out, weights=args.export_weights)
     if "card" in phases:
         phase_card(out, args)
 

@@ -38,6 +38,13 @@ def test_the_head_trains_with_the_towers_and_a_resume_must_keep_the_setting(tmp_
     pre.main(["--phase", "dit", "export", "--steps", "3", "--relation-weight", "0.5", *common])
     exported = load_file(str(tmp_path / "out" / "text_encoder" / "model.safetensors"))
     assert exported and not any("relation" in k for k in exported)
+    # --export-weights raw: the optimiser's current weights in place of the EMA's
+    pre.main(["--phase", "export", "--export-weights", "raw", *common[:2], "--out", str(tmp_path / "raw")])
+    tensors, _ = pre.load_checkpoint(work / "dit_ckpt")
+    for folder, prefix in (("out", "ema.transformer."), ("raw", "transformer.")):
+        saved = load_file(str(tmp_path / folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+        assert all(pre.torch.equal(v, tensors[prefix + k]) for k, v in saved.items()), folder
+    assert any(not pre.torch.equal(tensors["transformer." + k], tensors["ema.transformer." + k]) for k in saved)
 
 
 def test_a_mirror_pair_differs_only_in_the_relation_word_and_the_places_on_its_axis():
