@@ -31,16 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-AXIS = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
-
-
-def mirrored(record: dict) -> dict:
-    """The record with its relation mirrored (same objects, same order)."""
-    from rewards.shapes.world import position
-
-    target, subject = record["include"]
-    return position(subject["class"], MIRROR[subject["position"][0]], target["class"])
+from rewards.shapes.world import AXIS  # noqa: E402
+from rewards.shapes.world import mirrored_position as mirrored  # noqa: E402
 
 
 def relations_found(image: np.ndarray, record: dict) -> set[str] | None:

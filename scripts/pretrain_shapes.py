@@ -27,7 +27,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,7 @@ from build_tiny_sd3 import ARCH, MODEL_MAX_LENGTH, build_pipeline, load_tiny_pip
 from diffusers import AutoencoderKL, StableDiffusion3Pipeline  # noqa: E402
 
 from rewards.shapes import all_records, noisy_caption, render, sample_scene, underspecified_caption  # noqa: E402
-from rewards.shapes.world import Scene, position  # noqa: E402
+from rewards.shapes.world import mirror_scene, mirrored_position  # noqa: E402
 
 PHASES = ("build", "vae", "decoder", "dit", "export", "card")
 SIGMA_SHIFT = 3.0
@@ -80,6 +79,11 @@ def parse_label_noise(text: str) -> dict[str, float]:
     return out
 
 
+def image_batch(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 [H, W, 3] renders -> float [B, 3, H, W] in [-1, 1], as the VAE takes them."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def draw_batch(records: dict[str, list[dict]], rng: np.random.Generator, batch: int, dropout: float,
                label_noise: dict[str, float] | None = None):
     """(captions, images in [-1, 1] [B,3,H,W]): tags uniform, then a record, a scene and a caption
@@ -92,21 +96,7 @@ def draw_batch(records: dict[str, list[dict]], rng: np.random.Generator, batch: 
         images.append(render(scene, ARCH["resolution"]))
         caption = noisy_caption(record, scene, rng, label_noise) if label_noise else underspecified_caption(record, rng)
         captions.append("" if rng.random() < dropout else caption)
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return captions, x
-
-
-# A relation and its mirror: same objects, same order, the other side (--mirror-pairs).
-MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-
-
-def mirror_scene(scene: Scene, relation: str) -> Scene:
-    """The two-object scene with the objects' coordinates on `relation`'s axis swapped: the subject now stands
-    in the mirrored relation to the target (GenEval's rule compares box centres, and both sides are equal), the
-    other axis and every gap are unchanged, so the scene stays on the lattice and nothing overlaps."""
-    target, subject = scene.objects  # sample_scene places include[0] (the target) first
-    axis = "x" if relation in ("left of", "right of") else "y"
-    return Scene((replace(target, **{axis: getattr(subject, axis)}), replace(subject, **{axis: getattr(target, axis)})))
+    return captions, image_batch(images)
 
 
 def draw_mirror_pairs(records: dict[str, list[dict]], rng: np.random.Generator, pairs: int):
@@ -116,13 +106,11 @@ def draw_mirror_pairs(records: dict[str, list[dict]], rng: np.random.Generator, 
     captions, images = [], []
     for _ in range(pairs):
         record = records["position"][int(rng.integers(len(records["position"])))]
-        (target, subject), relation = record["include"], record["include"][1]["position"][0]
+        relation = record["include"][1]["position"][0]
         scene = sample_scene(record, rng, ARCH["resolution"])
-        twin = position(subject["class"], MIRROR[relation], target["class"])
-        captions += [record["prompt"], twin["prompt"]]
+        captions += [record["prompt"], mirrored_position(record)["prompt"]]
         images += [render(scene, ARCH["resolution"]), render(mirror_scene(scene, relation), ARCH["resolution"])]
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return captions, x
+    return captions, image_batch(images)
 
 
 def caption_corpus(records: dict[str, list[dict]], seed: int, n: int = 4000) -> list[str]:

@@ -7,7 +7,7 @@ import pytest
 from safetensors.torch import load_file
 
 from cluster.config import REPO_ROOT
-from rewards.shapes.world import all_records
+from rewards.shapes.world import MIRROR, all_records, mirror_scene
 from tests.script_loader import load_script
 
 pytestmark = pytest.mark.unit
@@ -56,12 +56,12 @@ def test_a_mirror_pair_differs_only_in_the_relation_word_and_the_places_on_its_a
     assert len(captions) == 24 and x.shape[0] == 24
     for first, second in zip(captions[0::2], captions[1::2], strict=True):
         relation = pre.RELATIONS[pre.stated_relation(first)]
-        assert second == first.replace(relation, pre.MIRROR[relation])
+        assert second == first.replace(relation, MIRROR[relation])
     for record in records["position"][:40]:
         relation = record["include"][1]["position"][0]
         scene = pre.sample_scene(record, pre.np.random.default_rng(1), 32)
-        target, subject = pre.mirror_scene(scene, relation).objects
-        assert pre.MIRROR[relation] in relative_position(subject.box, target.box)
+        target, subject = mirror_scene(scene, relation).objects
+        assert MIRROR[relation] in relative_position(subject.box, target.box)
         assert relation not in relative_position(subject.box, target.box)
         still = "y" if relation in ("left of", "right of") else "x"  # the other axis is untouched
         assert [getattr(o, still) for o in (target, subject)] == [getattr(o, still) for o in scene.objects]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -145,6 +145,17 @@ def position(a: str, relation: str, b: str) -> dict:
     return _record("position", include, f"{_noun(a)} {relation} {_noun(b)}")
 
 
+# A relation's mirror (same objects, same order, the other side) and its axis.
+MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+AXIS = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", "below": "vertical"}
+
+
+def mirrored_position(record: Mapping) -> dict:
+    """The position record with its relation mirrored (same objects, same order)."""
+    target, subject = record["include"]
+    return position(subject["class"], MIRROR[subject["position"][0]], target["class"])
+
+
 def color_attr(a: str, color_a: str, b: str, color_b: str) -> dict:
     include = [{"class": a, "count": 1, "color": color_a}, {"class": b, "count": 1, "color": color_b}]
     return _record("color_attr", include, f"{_noun(a, color_a)} and {_noun(b, color_b)}")
@@ -227,6 +238,16 @@ def sample_scene(metadata: Mapping, rng: np.random.Generator, size: int = IMAGE_
         if _positions_hold(groups, metadata):
             return Scene(tuple(placed))
     raise RuntimeError(f"no scene of {size} px found for {metadata['prompt']!r}")
+
+
+def mirror_scene(scene: Scene, relation: str) -> Scene:
+    """A position scene (target first, as `sample_scene` places it) with the two objects' coordinates on
+    `relation`'s axis swapped: the subject now stands in the mirrored relation to the target (GenEval's rule
+    compares box centres, and both sides are equal), the other axis and every gap are unchanged, so the scene
+    stays on the lattice and nothing overlaps."""
+    target, subject = scene.objects
+    axis = "x" if AXIS[relation] == "horizontal" else "y"
+    return Scene((replace(target, **{axis: getattr(subject, axis)}), replace(subject, **{axis: getattr(target, axis)})))
 
 
 # --- under-specified captions for pretraining ---------------------------------------------------
